@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bgbfs/bgbfs/cache"
+	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// probeTimeout bounds the pre-mount check of the endpoint, so a bad
+// endpoint fails the start well within 15 s.
+const probeTimeout = 10 * time.Second
+
+// unmountGrace is how long a signalled daemon waits for the kernel to let
+// go of a lazily unmounted filesystem before exiting anyway.
+const unmountGrace = 5 * time.Second
+
+func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseMountArgs(args, os.Getenv, stdout)
+	if err != nil {
+		return err
+	}
+	mp, err := checkMountpoint(o.mountpoint)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+
+	client, err := s3backend.New(ctx, s3backend.Config{
+		Bucket:         o.bucket,
+		Endpoint:       o.endpoint,
+		Region:         o.region,
+		ForcePathStyle: o.forcePathStyle,
+		Profile:        o.profile,
+		NoSignRequest:  o.noSignRequest,
+	})
+	if err != nil {
+		return err
+	}
+	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
+	first, err := client.Probe(probeCtx, o.prefix)
+	cancel()
+	if err != nil {
+		return explainProbe(o, err)
+	}
+	if len(first.Objects) == 0 && len(first.CommonPrefixes) == 0 {
+		logger.Warn("no objects under the prefix: the mount is empty", "bucket", o.bucket, "prefix", o.prefix)
+	}
+
+	cfg := bgfs.Config{
+		Lister:      client,
+		Blocks:      cache.New(client),
+		Prefix:      o.prefix,
+		UID:         o.uid,
+		GID:         o.gid,
+		FileMode:    o.fileMode,
+		DirMode:     o.dirMode,
+		MetadataTTL: o.metadataTTL,
+		Logger:      logger,
+		RootListing: &first,
+	}
+	source := "s3://" + o.bucket + "/" + o.prefix
+	opts := bgfs.Options(cfg, source, o.allowOther, logger)
+	server, err := gofs.Mount(mp, bgfs.NewRoot(cfg), opts)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", mp, err)
+	}
+	logger.Info("mounted", "source", source, "mountpoint", mp,
+		"region", client.Region(), "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),
+		"uid", o.uid, "gid", o.gid, "file_mode", fmt.Sprintf("%#o", o.fileMode), "dir_mode", fmt.Sprintf("%#o", o.dirMode),
+		"allow_other", o.allowOther, "anonymous", o.noSignRequest)
+	return serveUntilSignal(server, mp, logger)
+}
+
+// serveUntilSignal keeps the mount up until it is unmounted from outside
+// or the process gets SIGINT or SIGTERM, which unmount it.
+func serveUntilSignal(server *fuse.Server, mp string, logger *slog.Logger) error {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	go func() {
+		server.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		logger.Info("unmounted from outside", "mountpoint", mp)
+		return nil
+	case sig := <-sigs:
+		logger.Info("signal received: unmounting", "signal", sig.String(), "mountpoint", mp)
+	}
+	if err := server.Unmount(); err != nil {
+		// Busy: files are open. Detach the mount so new lookups fail,
+		// and let the kernel drop it when the last file closes.
+		logger.Warn("unmount failed; detaching lazily", "mountpoint", mp, "err", err)
+		if err := detach(mp); err != nil {
+			return fmt.Errorf("unmount %s: %w", mp, err)
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(unmountGrace):
+		logger.Warn("files still open after unmount; exiting anyway", "mountpoint", mp)
+	}
+	logger.Info("unmounted", "mountpoint", mp)
+	return nil
+}
+
+// explainProbe turns a failed pre-mount check into a message that names
+// the cause a user can act on.
+func explainProbe(o mountOptions, err error) error {
+	where := "s3://" + o.bucket + "/" + o.prefix
+	endpoint := o.endpoint
+	if endpoint == "" {
+		endpoint = "AWS S3 (region " + o.region + ")"
+	}
+	cause := s3backend.Describe(err)
+	switch {
+	case errors.Is(err, s3backend.ErrUnreachable), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("cannot reach S3 endpoint %s: %s", endpoint, cause)
+	case errors.Is(err, s3backend.ErrBadCredentials):
+		return fmt.Errorf("credentials rejected by %s: %s", endpoint, cause)
+	case errors.Is(err, s3backend.ErrNotFound):
+		return fmt.Errorf("bucket %q does not exist at %s: %s", o.bucket, endpoint, cause)
+	case errors.Is(err, s3backend.ErrAccessDenied):
+		return fmt.Errorf("prefix %s is not readable with these credentials: %s", where, cause)
+	case errors.Is(err, s3backend.ErrNoCredentials):
+		return errors.New("no AWS credentials found (environment, shared config and profile, web identity, instance metadata); use --no-sign-request for a public bucket")
+	}
+	return fmt.Errorf("cannot list %s at %s: %s", where, endpoint, cause)
+}
+
+func ttlString(d time.Duration) string {
+	if d == bgfs.Indefinite {
+		return "indefinite"
+	}
+	return d.String()
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	bgfs "github.com/bgbfs/bgbfs/fs"
+)
+
+// mountOptions is everything "bgbfs mount" is told, validated.
+type mountOptions struct {
+	bucket, prefix string
+	mountpoint     string
+
+	endpoint       string
+	region         string
+	forcePathStyle bool
+	profile        string
+	noSignRequest  bool
+
+	uid, gid          uint32
+	fileMode, dirMode uint32
+	allowOther        bool
+	metadataTTL       time.Duration
+	logLevel          slog.Level
+}
+
+const mountSynopsis = "bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT"
+
+// parseMountArgs reads the command line and environment of "bgbfs mount".
+// getenv is os.Getenv outside tests.
+func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer) (mountOptions, error) {
+	fs := newFlagSet("mount", mountSynopsis, stdout)
+	endpoint := fs.String("endpoint-url", getenv("AWS_ENDPOINT_URL"), "S3 endpoint URL, for S3-compatible servers (env AWS_ENDPOINT_URL)")
+	region := fs.String("region", firstNonEmpty(getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION")), "AWS region (env AWS_REGION; us-east-1 when --endpoint-url is set and no region is)")
+	pathStyle := fs.Bool("force-path-style", false, "address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT")
+	profile := fs.String("profile", "", "shared config profile for credentials and region (env AWS_PROFILE)")
+	noSign := fs.Bool("no-sign-request", false, "send anonymous requests, for public buckets")
+	uid := fs.String("uid", strconv.Itoa(os.Getuid()), "owner uid of every file and directory")
+	gid := fs.String("gid", strconv.Itoa(os.Getgid()), "owner gid of every file and directory")
+	fileMode := fs.String("file-mode", "0444", "permission bits of files, octal")
+	dirMode := fs.String("dir-mode", "0555", "permission bits of directories, octal")
+	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
+	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, 0 for always ask S3, or indefinite")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return mountOptions{}, err
+	}
+	if fs.NArg() != 2 {
+		return mountOptions{}, usageError{fmt.Sprintf("mount takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", fs.NArg())}
+	}
+	o := mountOptions{
+		mountpoint:     fs.Arg(1),
+		endpoint:       *endpoint,
+		region:         *region,
+		forcePathStyle: *pathStyle,
+		profile:        *profile,
+		noSignRequest:  *noSign,
+		allowOther:     *allowOther,
+	}
+	var err error
+	if o.bucket, o.prefix, err = parseS3URL(fs.Arg(0)); err != nil {
+		return o, err
+	}
+	if o.endpoint != "" && !strings.HasPrefix(o.endpoint, "http://") && !strings.HasPrefix(o.endpoint, "https://") {
+		return o, usageError{fmt.Sprintf("--endpoint-url %q: want an http:// or https:// URL", o.endpoint)}
+	}
+	if o.region == "" && o.endpoint != "" {
+		o.region = "us-east-1"
+	}
+	if o.uid, err = parseID("uid", *uid); err != nil {
+		return o, err
+	}
+	if o.gid, err = parseID("gid", *gid); err != nil {
+		return o, err
+	}
+	if o.fileMode, err = parseMode("file-mode", *fileMode); err != nil {
+		return o, err
+	}
+	if o.dirMode, err = parseMode("dir-mode", *dirMode); err != nil {
+		return o, err
+	}
+	if o.metadataTTL, err = parseTTL(*ttl); err != nil {
+		return o, err
+	}
+	if err = o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
+	}
+	return o, nil
+}
+
+// parseS3URL splits s3://BUCKET/PREFIX into bucket and a prefix that is
+// empty or ends in "/": a prefix names a directory, never part of a name.
+func parseS3URL(s string) (bucket, prefix string, err error) {
+	rest, ok := strings.CutPrefix(s, "s3://")
+	if !ok {
+		return "", "", usageError{fmt.Sprintf("%q is not an s3://BUCKET[/PREFIX/] URL", s)}
+	}
+	bucket, prefix, _ = strings.Cut(rest, "/")
+	if !validBucketName(bucket) {
+		return "", "", usageError{fmt.Sprintf("%q: %q is not a valid bucket name", s, bucket)}
+	}
+	for _, c := range strings.Split(strings.TrimSuffix(prefix, "/"), "/") {
+		if prefix != "" && (c == "" || c == "." || c == "..") {
+			return "", "", usageError{fmt.Sprintf("%q: prefix has an empty, . or .. component", s)}
+		}
+	}
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return bucket, prefix, nil
+}
+
+// validBucketName follows S3's naming rules loosely: 3-63 characters of
+// lower-case letters, digits, dots and hyphens (underscores and capitals are
+// allowed for older buckets and S3-compatible servers).
+func validBucketName(b string) bool {
+	if len(b) < 3 || len(b) > 63 {
+		return false
+	}
+	for _, r := range b {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func parseID(name, s string) (uint32, error) {
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || v == 1<<32-1 {
+		return 0, usageError{fmt.Sprintf("--%s %q: want a number from 0 to 4294967294", name, s)}
+	}
+	return uint32(v), nil
+}
+
+func parseMode(name, s string) (uint32, error) {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o777 {
+		return 0, usageError{fmt.Sprintf("--%s %q: want octal permission bits from 0 to 0777", name, s)}
+	}
+	return uint32(v), nil
+}
+
+func parseTTL(s string) (time.Duration, error) {
+	if s == "indefinite" {
+		return bgfs.Indefinite, nil
+	}
+	d, err := time.ParseDuration(s)
+	if s == "0" {
+		d, err = 0, nil
+	}
+	if err != nil || d < 0 {
+		return 0, usageError{fmt.Sprintf("--metadata-ttl %q: want a duration such as 60s or 10m, 0, or indefinite", s)}
+	}
+	return d, nil
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	bgfs "github.com/bgbfs/bgbfs/fs"
+)
+
+func TestParseMountArgs(t *testing.T) {
+	env := func(m map[string]string) func(string) string {
+		return func(k string) string { return m[k] }
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string // substring; "" means success
+		check   func(t *testing.T, o mountOptions)
+	}{
+		{
+			name: "defaults",
+			args: []string{"s3://bucket-1/cache/tusz/", "/mnt"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.bucket != "bucket-1" || o.prefix != "cache/tusz/" || o.mountpoint != "/mnt" {
+					t.Errorf("got bucket %q prefix %q mountpoint %q", o.bucket, o.prefix, o.mountpoint)
+				}
+				if o.fileMode != 0o444 || o.dirMode != 0o555 || o.metadataTTL != time.Minute || o.region != "" {
+					t.Errorf("got modes %o %o ttl %v region %q", o.fileMode, o.dirMode, o.metadataTTL, o.region)
+				}
+			},
+		},
+		{
+			name: "prefix without trailing slash names a directory",
+			args: []string{"s3://bucket/cache/tusz", "/mnt"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.prefix != "cache/tusz/" {
+					t.Errorf("prefix = %q", o.prefix)
+				}
+			},
+		},
+		{
+			name: "bucket root",
+			args: []string{"s3://bucket", "/mnt"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.prefix != "" {
+					t.Errorf("prefix = %q", o.prefix)
+				}
+			},
+		},
+		{
+			name: "endpoint from the environment implies us-east-1",
+			args: []string{"s3://bucket/", "/mnt"},
+			env:  map[string]string{"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.endpoint != "http://127.0.0.1:9000" || o.region != "us-east-1" {
+					t.Errorf("endpoint %q region %q", o.endpoint, o.region)
+				}
+			},
+		},
+		{
+			name: "region flag beats the environment",
+			args: []string{"--region", "eu-west-1", "s3://bucket/", "/mnt"},
+			env:  map[string]string{"AWS_REGION": "us-west-2"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.region != "eu-west-1" {
+					t.Errorf("region %q", o.region)
+				}
+			},
+		},
+		{
+			name: "every flag",
+			args: []string{"--endpoint-url", "https://s3.example", "--force-path-style", "--profile", "p", "--no-sign-request",
+				"--uid", "1000", "--gid", "100", "--file-mode", "0440", "--dir-mode", "750", "--allow-other",
+				"--metadata-ttl", "indefinite", "--log-level", "debug", "s3://b-c/x/", "m"},
+			check: func(t *testing.T, o mountOptions) {
+				if !o.forcePathStyle || !o.noSignRequest || !o.allowOther || o.profile != "p" || o.uid != 1000 || o.gid != 100 ||
+					o.fileMode != 0o440 || o.dirMode != 0o750 || o.metadataTTL != bgfs.Indefinite || o.logLevel.String() != "DEBUG" {
+					t.Errorf("got %+v", o)
+				}
+			},
+		},
+		{name: "ttl zero", args: []string{"--metadata-ttl", "0", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
+			if o.metadataTTL != 0 {
+				t.Errorf("ttl %v", o.metadataTTL)
+			}
+		}},
+		{name: "bad mode", args: []string{"--file-mode", "999", "s3://bucket/", "/m"}, wantErr: "--file-mode"},
+		{name: "mode too big", args: []string{"--dir-mode", "1777", "s3://bucket/", "/m"}, wantErr: "--dir-mode"},
+		{name: "bad ttl", args: []string{"--metadata-ttl", "soon", "s3://bucket/", "/m"}, wantErr: "--metadata-ttl"},
+		{name: "negative ttl", args: []string{"--metadata-ttl", "-1s", "s3://bucket/", "/m"}, wantErr: "--metadata-ttl"},
+		{name: "negative uid", args: []string{"--uid", "-5", "s3://bucket/", "/m"}, wantErr: "--uid"},
+		{name: "bad gid", args: []string{"--gid", "x", "s3://bucket/", "/m"}, wantErr: "--gid"},
+		{name: "bad log level", args: []string{"--log-level", "loud", "s3://bucket/", "/m"}, wantErr: "--log-level"},
+		{name: "unknown flag", args: []string{"--bogus", "s3://bucket/", "/m"}, wantErr: "unknown flag"},
+		{name: "not an s3 URL", args: []string{"http://bucket", "/m"}, wantErr: "s3://"},
+		{name: "bad bucket", args: []string{"s3://a/", "/m"}, wantErr: "bucket name"},
+		{name: "dot-dot prefix", args: []string{"s3://bucket/a/../b/", "/m"}, wantErr: "component"},
+		{name: "bad endpoint", args: []string{"--endpoint-url", "localhost:9000", "s3://bucket/", "/m"}, wantErr: "--endpoint-url"},
+		{name: "missing mountpoint", args: []string{"s3://bucket/"}, wantErr: "2 arguments"},
+		{name: "extra argument", args: []string{"s3://bucket/", "/m", "x"}, wantErr: "2 arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseMountArgs(tt.args, env(tt.env), io.Discard)
+			if tt.wantErr != "" {
+				var ue usageError
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.As(err, &ue) {
+					t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			tt.check(t, o)
+		})
+	}
+}
+
+func TestParseMountinfoLine(t *testing.T) {
+	tests := []struct {
+		line string
+		want mountEntry
+		ok   bool
+	}{
+		{
+			line: `42 27 0:39 / /tmp/mnt\0401 ro,nosuid,nodev,relatime - fuse.bgbfs s3://b/p/ ro,user_id=0`,
+			want: mountEntry{mountpoint: "/tmp/mnt 1", fstype: "fuse.bgbfs", source: "s3://b/p/"},
+			ok:   true,
+		},
+		{
+			line: `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue`,
+			want: mountEntry{mountpoint: "/mnt2", fstype: "ext3", source: "/dev/root"},
+			ok:   true,
+		},
+		{line: `garbage`, ok: false},
+		{line: `1 2 3 4 5 6 -`, ok: false},
+	}
+	for _, tt := range tests {
+		got, ok := parseMountinfoLine(tt.line)
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("parseMountinfoLine(%q) = %+v, %v; want %+v, %v", tt.line, got, ok, tt.want, tt.ok)
+		}
+	}
+}

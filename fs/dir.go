@@ -1,0 +1,236 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// maxListPages bounds one directory listing, so that a server that keeps
+// handing out continuation tokens cannot keep a lookup busy forever.
+const maxListPages = 100_000
+
+// retryListAfter is how long a failed refresh leaves the previous listing
+// in use before the next attempt, so an outage does not turn every lookup
+// into a slow failing request.
+const retryListAfter = 2 * time.Second
+
+// dirNode is a directory: a key prefix. Its children come from one
+// delimited listing, kept for the metadata TTL.
+type dirNode struct {
+	gofs.Inode
+	tree   *tree
+	prefix string // full key prefix, "" or ending in "/"
+
+	mu      sync.Mutex
+	current *listing
+	loading chan struct{} // closed when the running refresh ends
+	loadErr error
+	retryAt time.Time
+}
+
+var (
+	_ gofs.NodeLookuper  = (*dirNode)(nil)
+	_ gofs.NodeReaddirer = (*dirNode)(nil)
+	_ gofs.NodeGetattrer = (*dirNode)(nil)
+	_ gofs.NodeStatfser  = (*dirNode)(nil)
+)
+
+func (d *dirNode) fresh(l *listing, now time.Time) bool {
+	if l == nil {
+		return false
+	}
+	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(d.tree.MetadataTTL))
+}
+
+// getListing returns a listing no older than the TTL, listing the prefix
+// again if needed. Concurrent callers share one refresh. If a refresh fails
+// and an older listing exists, the older one is served: a directory that
+// was listed keeps answering during an S3 outage.
+func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
+	for {
+		d.mu.Lock()
+		now := time.Now()
+		if d.fresh(d.current, now) || (d.current != nil && now.Before(d.retryAt)) {
+			l := d.current
+			d.mu.Unlock()
+			return l, nil
+		}
+		if wait := d.loading; wait != nil {
+			d.mu.Unlock()
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			d.mu.Lock()
+			l, err := d.current, d.loadErr
+			d.mu.Unlock()
+			if l != nil {
+				return l, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		done := make(chan struct{})
+		d.loading = done
+		d.mu.Unlock()
+
+		// The refresh must not die with the first caller's interrupted
+		// request: others are waiting for it.
+		pages, err := d.listAll(context.WithoutCancel(ctx))
+
+		d.mu.Lock()
+		d.loading = nil
+		d.loadErr = err
+		if err == nil {
+			d.installListingLocked(pages, time.Now())
+		} else if d.current != nil {
+			d.retryAt = time.Now().Add(retryListAfter)
+			d.tree.Logger.Warn("listing failed; serving the previous listing", "prefix", d.prefix, "err", err)
+		}
+		l := d.current
+		d.mu.Unlock()
+		close(done)
+		if l != nil {
+			return l, nil
+		}
+		return nil, err
+	}
+}
+
+func (d *dirNode) listAll(ctx context.Context) ([]s3backend.ListPage, error) {
+	var pages []s3backend.ListPage
+	seen := map[string]bool{}
+	token := ""
+	for range maxListPages {
+		page, err := d.tree.Lister.List(ctx, s3backend.ListRequest{
+			Prefix:            d.prefix,
+			Delimiter:         "/",
+			ContinuationToken: token,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list %q: %w", d.prefix, err)
+		}
+		pages = append(pages, page)
+		token = page.NextContinuationToken
+		if token == "" {
+			return pages, nil
+		}
+		if seen[token] {
+			return nil, fmt.Errorf("list %q: server repeated continuation token %q", d.prefix, token)
+		}
+		seen[token] = true
+	}
+	return nil, fmt.Errorf("list %q: more than %d pages", d.prefix, maxListPages)
+}
+
+func (d *dirNode) installListing(page s3backend.ListPage, at time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.installListingLocked([]s3backend.ListPage{page}, at)
+}
+
+func (d *dirNode) installListingLocked(pages []s3backend.ListPage, at time.Time) {
+	entries, hidden := mergeListing(d.prefix, pages)
+	for _, h := range hidden {
+		d.tree.warnHidden(h)
+	}
+	d.current = &listing{entries: entries, fetched: at}
+	d.retryAt = time.Time{}
+}
+
+// expire makes the next access list the directory again, after a read
+// found that an object changed under an open file.
+func (d *dirNode) expire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.current != nil {
+		d.current.fetched = time.Time{}
+		d.retryAt = time.Time{}
+	}
+}
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	l, err := d.getListing(ctx)
+	if err != nil {
+		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
+	}
+	e, ok := l.lookup(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	ttl := d.tree.remaining(l.fetched)
+	out.SetEntryTimeout(ttl)
+	out.SetAttrTimeout(ttl)
+	if e.isDir {
+		d.tree.dirAttr(&out.Attr)
+	} else {
+		d.tree.fileAttr(e, &out.Attr)
+	}
+	return d.child(ctx, e), 0
+}
+
+// child returns the inode for an entry: the existing one while it shows
+// the same object version, else a new one. A new ETag gets a new inode, so
+// the kernel never serves a page cached from the old version.
+func (d *dirNode) child(ctx context.Context, e dirEntry) *gofs.Inode {
+	if old := d.GetChild(e.name); old != nil {
+		switch n := old.Operations().(type) {
+		case *dirNode:
+			if e.isDir {
+				return old
+			}
+		case *fileNode:
+			if !e.isDir && n.entry.etag == e.etag && n.entry.size == e.size && n.entry.key == e.key {
+				return old
+			}
+		}
+	}
+	if e.isDir {
+		return d.NewInode(ctx, &dirNode{tree: d.tree, prefix: d.prefix + e.name + "/"}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+	}
+	return d.NewInode(ctx, &fileNode{tree: d.tree, parent: d, entry: e}, gofs.StableAttr{Mode: syscall.S_IFREG})
+}
+
+func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	l, err := d.getListing(ctx)
+	if err != nil {
+		return nil, d.tree.errno(ctx, "readdir", d.prefix, err)
+	}
+	// The kernel shows "." and ".." only if the filesystem lists them.
+	out := make([]fuse.DirEntry, 0, len(l.entries)+2)
+	out = append(out, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})
+	for _, e := range l.entries {
+		mode := uint32(syscall.S_IFREG)
+		if e.isDir {
+			mode = syscall.S_IFDIR
+		}
+		out = append(out, fuse.DirEntry{Name: e.name, Mode: mode})
+	}
+	return gofs.NewListDirStream(out), 0
+}
+
+func (d *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.tree.dirAttr(&out.Attr)
+	return 0
+}
+
+func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.NameLen = maxNameLen
+	return 0
+}
+
+func isStale(err error) bool { return errors.Is(err, s3backend.ErrStale) }

@@ -1,0 +1,69 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bgbfs/bgbfs/cache"
+)
+
+// fileNode is one version of one object. A new ETag gets a new fileNode,
+// so the fields never change.
+type fileNode struct {
+	gofs.Inode
+	tree   *tree
+	parent *dirNode
+	entry  dirEntry
+}
+
+var (
+	_ gofs.NodeOpener    = (*fileNode)(nil)
+	_ gofs.NodeGetattrer = (*fileNode)(nil)
+)
+
+func (f *fileNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.tree.fileAttr(f.entry, &out.Attr)
+	return 0
+}
+
+func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	r := f.tree.Blocks.Open(cache.Object{Key: f.entry.key, ETag: f.entry.etag, Size: f.entry.size})
+	// The node is one object version, so pages the kernel cached from an
+	// earlier open of this node are still right.
+	return &fileHandle{node: f, reader: r}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// fileHandle is one open of a file; all its reads see the ETag of open.
+type fileHandle struct {
+	node   *fileNode
+	reader *cache.Reader
+}
+
+var (
+	_ gofs.FileReader   = (*fileHandle)(nil)
+	_ gofs.FileReleaser = (*fileHandle)(nil)
+)
+
+func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.reader.ReadAt(ctx, dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		if isStale(err) {
+			h.node.parent.expire()
+		}
+		return nil, h.node.tree.errno(ctx, "read", h.node.entry.key, err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	h.reader.Close()
+	return 0
+}

@@ -1,0 +1,153 @@
+// Package fs is bgbfs's FUSE node tree: directories from the listing of an
+// S3 prefix, files whose reads go through the cache package. It never
+// changes anything in S3 and refuses every mutating call with EROFS.
+package fs
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// Indefinite as a MetadataTTL keeps listings until unmount.
+const Indefinite time.Duration = -1
+
+// kernelForever is what the kernel is told for "cache indefinitely".
+const kernelForever = 365 * 24 * time.Hour
+
+// Config is what the tree needs from the command line and the layers below.
+type Config struct {
+	// Lister lists the bucket; Blocks reads objects.
+	Lister s3backend.ObjectStore
+	Blocks *cache.BlockCache
+	// Prefix is the key prefix shown at the mount root: "" or ends in "/".
+	Prefix      string
+	UID, GID    uint32
+	FileMode    uint32
+	DirMode     uint32
+	MetadataTTL time.Duration // Indefinite or > 0
+	Logger      *slog.Logger
+	// RootListing, if non-nil, is the first (and only) page of the root's
+	// listing, fetched while checking that the prefix is readable.
+	RootListing *s3backend.ListPage
+}
+
+// tree is the state shared by every node of one mount.
+type tree struct {
+	Config
+	mountTime time.Time
+	// warned remembers hidden keys already logged, so each is logged once.
+	warned sync.Map
+}
+
+// NewRoot returns the root node of a mount.
+func NewRoot(cfg Config) gofs.InodeEmbedder {
+	t := &tree{Config: cfg, mountTime: time.Now()}
+	root := &dirNode{tree: t, prefix: cfg.Prefix}
+	if cfg.RootListing != nil && cfg.RootListing.NextContinuationToken == "" {
+		root.installListing(*cfg.RootListing, t.mountTime)
+	}
+	return root
+}
+
+// Options returns the go-fuse options for a mount of this tree.
+// source names the mount in the mount table, as "s3://bucket/prefix/".
+func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *gofs.Options {
+	ttl := cfg.MetadataTTL
+	if ttl == Indefinite {
+		ttl = kernelForever
+	}
+	return &gofs.Options{
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
+		// Modes come from --file-mode/--dir-mode exactly, 0 included.
+		NullPermissions: true,
+		UID:             cfg.UID,
+		GID:             cfg.GID,
+		MountOptions: fuse.MountOptions{
+			FsName:     fsName(source),
+			Name:       "bgbfs",
+			AllowOther: allowOther,
+			// ro: the kernel refuses writes before they reach us.
+			// default_permissions: the kernel enforces the modes shown.
+			Options:      []string{"ro", "default_permissions"},
+			MaxReadAhead: 128 << 10,
+			MaxWrite:     1 << 20,
+			// 1 MiB reads need a plain read path; splice caps them.
+			DisableSplice: true,
+			Logger:        slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		},
+	}
+}
+
+func (t *tree) warnHidden(h hiddenKey) {
+	if _, seen := t.warned.LoadOrStore(h.key, true); seen {
+		return
+	}
+	t.Logger.Warn("key hidden: it cannot be shown as a file name", "key", h.key, "reason", h.reason)
+}
+
+// remaining is how long the kernel may keep what a listing fetched at
+// fetched says.
+func (t *tree) remaining(fetched time.Time) time.Duration {
+	if t.MetadataTTL == Indefinite {
+		return kernelForever
+	}
+	left := time.Until(fetched.Add(t.MetadataTTL))
+	// Zero would mean "use the mount default" to go-fuse.
+	return max(left, time.Millisecond)
+}
+
+func (t *tree) fileAttr(e dirEntry, out *fuse.Attr) {
+	out.Mode = syscall.S_IFREG | t.FileMode
+	out.Size = uint64(e.size)
+	out.Nlink = 1
+	out.Uid, out.Gid = t.UID, t.GID
+	out.SetTimes(&e.mtime, &e.mtime, &e.mtime)
+	out.Blksize = 1 << 20
+	out.Blocks = (uint64(e.size) + 511) / 512
+}
+
+func (t *tree) dirAttr(out *fuse.Attr) {
+	out.Mode = syscall.S_IFDIR | t.DirMode
+	out.Nlink = 2
+	out.Uid, out.Gid = t.UID, t.GID
+	out.SetTimes(&t.mountTime, &t.mountTime, &t.mountTime)
+	out.Blksize = 4096
+}
+
+// errno turns a lower layer's error into what the kernel should see,
+// logging the cause: EIO tells a reader nothing, the log must.
+func (t *tree) errno(ctx context.Context, op, path string, err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case ctx.Err() != nil:
+		t.Logger.Debug("request interrupted", "op", op, "path", path, "err", err)
+		return syscall.EINTR
+	case isStale(err):
+		t.Logger.Warn("object changed while open", "op", op, "path", path, "err", err)
+		return syscall.ESTALE
+	}
+	t.Logger.Error("request failed", "op", op, "path", path, "err", err)
+	return syscall.EIO
+}
+
+// fsName is the mount's source as the mount table can hold it: fusermount3
+// splits options at commas, so a source with one is not shown.
+func fsName(source string) string {
+	if source == "" || strings.ContainsAny(source, ", \t\n\\") {
+		return "bgbfs"
+	}
+	return source
+}
