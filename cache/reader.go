@@ -1,44 +1,53 @@
-// Package cache sits between the filesystem and the object store: it turns
-// reads on an open file into requests to S3. The block cache and read-ahead
-// live here.
 package cache
 
 import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// Object names one version of one object: reads through a Reader never mix
-// bytes of two versions.
-type Object struct {
-	Key  string
-	ETag string
-	Size int64
-}
+// seqBackSlack is how far before the end of the last read a read may start
+// and still count as sequential: the kernel issues read-ahead requests in
+// parallel, so they arrive slightly out of order.
+const seqBackSlack = 1 << 20
 
-// BlockCache hands out Readers over an ObjectStore.
-type BlockCache struct {
-	store s3backend.ObjectStore
-}
-
-// New returns a cache reading from store.
-func New(store s3backend.ObjectStore) *BlockCache {
-	return &BlockCache{store: store}
-}
-
-// Open returns a Reader for one open file handle.
-func (c *BlockCache) Open(obj Object) *Reader {
-	return &Reader{cache: c, obj: obj}
-}
-
-// Reader reads one object version. It is safe for concurrent use: the
+// Reader reads one object version for one open file handle, and reads
+// ahead when its reads come in order. It is safe for concurrent use: the
 // kernel may issue several reads on one handle at once.
 type Reader struct {
-	cache *BlockCache
-	obj   Object
+	c   *BlockCache
+	obj Object
+
+	mu      sync.Mutex
+	reading bool  // counted in c.readers
+	next    int64 // end of the furthest read in the current stream
+	window  int64 // read-ahead window, 0 when reads look random
+	streak  int64 // bytes read in order since the window last grew
+	ahead   int64 // read-ahead has been started up to here
+	// held are read-ahead fetches not yet passed by the reader, oldest
+	// first; their bytes are taken from c.ahead.
+	held      []heldFetch
+	heldBytes int64
+}
+
+// Open returns a Reader for one open file handle. For a zip archive
+// (.npz), which readers open at the end first, it starts fetching the head
+// and the tail at once so both arrive in one round trip.
+func (c *BlockCache) Open(obj Object, zipArchive bool) *Reader {
+	r := &Reader{c: c, obj: obj}
+	if c.blocks != nil && zipArchive && obj.Size > 0 {
+		r.mu.Lock()
+		lastBlock := (obj.Size - 1) / c.opt.BlockSize
+		r.prefetchLocked(0, 0)
+		if lastBlock > 0 {
+			r.prefetchLocked(lastBlock, lastBlock)
+		}
+		r.mu.Unlock()
+	}
+	return r
 }
 
 // ReadAt reads len(p) bytes at off, fewer only at the end of the object.
@@ -49,12 +58,259 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if rest := r.obj.Size - off; int64(len(p)) > rest {
 		p = p[:rest]
 	}
-	n, err := r.cache.store.ReadAt(ctx, r.obj.Key, r.obj.ETag, p, off)
-	if errors.Is(err, io.EOF) && n == len(p) {
-		err = nil
+	if len(p) == 0 {
+		return 0, nil
 	}
-	return n, err
+	c := r.c
+	if c.blocks == nil {
+		n, err := c.store.ReadAt(ctx, r.obj.Key, r.obj.ETag, off, p)
+		if errors.Is(err, io.EOF) && n == len(p) {
+			err = nil
+		}
+		return n, err
+	}
+	end := off + int64(len(p))
+	bs := c.opt.BlockSize
+	first, last := off/bs, (end-1)/bs
+
+	r.mu.Lock()
+	r.observeLocked(off, end)
+	held := r.heldFor(first, last)
+	r.mu.Unlock()
+
+	// Find every block: held by read-ahead, cached, or to be fetched.
+	blocks := make([][]byte, last-first+1)
+	waits := make([]*fetch, last-first+1)
+	missing := false
+	for idx := first; idx <= last; idx++ {
+		i := idx - first
+		if f := held[i]; f != nil {
+			waits[i] = f
+			c.hits.Add(1)
+		} else if b, ok := c.cached(r.obj, idx); ok {
+			blocks[i] = b
+			c.hits.Add(1)
+		} else {
+			missing = true
+		}
+	}
+	if missing {
+		fetched, _ := c.startFetches(r.obj, first, last, last-first+1)
+		for i, f := range fetched {
+			if blocks[i] == nil && waits[i] == nil {
+				c.misses.Add(1)
+				waits[i] = f
+				if f == nil { // cached since we looked
+					blocks[i], _ = c.cached(r.obj, first+int64(i))
+				}
+			}
+		}
+	}
+
+	n := 0
+	for i := range blocks {
+		idx := first + int64(i)
+		b := blocks[i]
+		if b == nil {
+			var err error
+			b, err = r.block(ctx, idx, waits[i])
+			if err != nil {
+				return n, err
+			}
+		}
+		// Copy the part of block idx that [off, end) covers.
+		lo := max(off, idx*bs) - idx*bs
+		hi := min(end, idx*bs+int64(len(b))) - idx*bs
+		n += copy(p[n:], b[lo:hi])
+	}
+
+	r.mu.Lock()
+	r.releasePassedLocked()
+	r.readAheadLocked(end)
+	r.mu.Unlock()
+	return n, nil
 }
 
-// Close releases the reader's resources.
-func (r *Reader) Close() {}
+// block waits for block idx from f. A failed read-ahead or shared fetch is
+// retried once with a fetch of this block alone, unless the object changed.
+func (r *Reader) block(ctx context.Context, idx int64, f *fetch) ([]byte, error) {
+	if f != nil {
+		b, err := f.wait(ctx, idx)
+		if err == nil || errors.Is(err, s3backend.ErrStale) || ctx.Err() != nil {
+			return b, err
+		}
+	}
+	if b, ok := r.c.cached(r.obj, idx); ok {
+		return b, nil
+	}
+	// The cache may drop a block between two looks; a few tries settle it.
+	for range 3 {
+		retry, _ := r.c.startFetches(r.obj, idx, idx, 1)
+		if retry[0] != nil {
+			return retry[0].wait(ctx, idx)
+		}
+		if b, ok := r.c.cached(r.obj, idx); ok {
+			return b, nil
+		}
+	}
+	return nil, errors.New("block vanished from the cache while being read")
+}
+
+// observeLocked updates the access pattern with a read of [off, end).
+func (r *Reader) observeLocked(off, end int64) {
+	if !r.reading {
+		r.reading = true
+		r.c.readers.Add(1)
+	}
+	bs := r.c.opt.BlockSize
+	sequential := off >= r.next-seqBackSlack && off <= max(r.next+bs, r.ahead)
+	if !sequential {
+		// A jump: start over with no window. Held read-ahead stays
+		// until the reader passes it or it must make room: zip readers
+		// jump to the tail and back.
+		r.window, r.streak = 0, 0
+		r.next = end
+		r.ahead = alignUp(end, bs)
+		return
+	}
+	if end > r.next {
+		r.streak += end - max(off, r.next)
+		r.next = end
+	}
+	switch {
+	case r.window == 0:
+		r.window = bs
+	case r.streak >= bs:
+		// Grow at most once per block read in order: reach the maximum
+		// after a few MiB, and not on a few stray small reads.
+		r.window = min(2*r.window, r.c.opt.MaxReadAhead)
+		r.streak = 0
+	}
+}
+
+// readAheadLocked starts fetches so that the window after end is covered.
+func (r *Reader) readAheadLocked(end int64) {
+	if r.window == 0 || end < r.next-seqBackSlack {
+		return
+	}
+	c := r.c
+	bs := c.opt.BlockSize
+	window := min(r.window, r.windowCap())
+	from := max(r.ahead, alignUp(end, bs))
+	to := min(alignUp(end+window, bs), alignUp(r.obj.Size, bs))
+	part := min(c.opt.PartSize, max(window, bs))
+	objEnd := alignUp(r.obj.Size, bs)
+	for from < to {
+		partEnd := min(from+part, to)
+		if partEnd-from < part && partEnd < objEnd {
+			// Top up in whole parts: fewer, larger GETs.
+			break
+		}
+		if !r.prefetchLocked(from/bs, (partEnd-1)/bs) {
+			break
+		}
+		from = partEnd
+		r.ahead = partEnd
+	}
+}
+
+// windowCap shares the read-ahead budget among the readers reading now.
+func (r *Reader) windowCap() int64 {
+	readers := max(r.c.readers.Load(), 1)
+	return max(r.c.opt.BlockSize, min(r.c.opt.MaxReadAhead, r.c.ahead.total/readers))
+}
+
+// prefetchLocked starts fetching blocks [first, last] as read-ahead held
+// by this reader. It reports false when the budget has no room.
+func (r *Reader) prefetchLocked(first, last int64) bool {
+	c := r.c
+	last = min(last, (r.obj.Size-1)/c.opt.BlockSize)
+	var want int64
+	for idx := first; idx <= last; idx++ {
+		want += c.blockLen(r.obj, idx)
+	}
+	// Make room in this reader's own share first, oldest first.
+	for len(r.held) > 0 && r.heldBytes+want > r.windowCap()+c.opt.BlockSize {
+		r.releaseLocked(0)
+	}
+	if !c.ahead.tryTake(want) {
+		return false
+	}
+	fetches, started := c.startFetches(r.obj, first, last, last-first+1)
+	for _, f := range started {
+		c.fetchedAhead.Add(f.bytes())
+	}
+	// Hold each fetch once, charged for the blocks of [first, last] it
+	// brings; blocks already cached cost nothing.
+	var charged int64
+	for i, f := range fetches {
+		if f == nil {
+			continue
+		}
+		n := c.blockLen(r.obj, first+int64(i))
+		if k := len(r.held) - 1; k >= 0 && r.held[k].f == f {
+			r.held[k].charge += n
+		} else {
+			r.held = append(r.held, heldFetch{f: f, charge: n})
+		}
+		charged += n
+	}
+	r.heldBytes += charged
+	c.ahead.give(want - charged)
+	return true
+}
+
+// heldFetch is a fetch a reader keeps for read-ahead, and the bytes of
+// the budget it is charged.
+type heldFetch struct {
+	f      *fetch
+	charge int64
+}
+
+// heldFor returns, for each block in [first, last], the held read-ahead
+// fetch that covers it, or nil.
+func (r *Reader) heldFor(first, last int64) []*fetch {
+	out := make([]*fetch, last-first+1)
+	for _, h := range r.held {
+		for idx := max(first, h.f.first); idx <= last && h.f.covers(idx); idx++ {
+			out[idx-first] = h.f
+		}
+	}
+	return out
+}
+
+// releasePassedLocked lets go of held fetches that end before the reader,
+// minus the slack for reads that arrive out of order.
+func (r *Reader) releasePassedLocked() {
+	bs := r.c.opt.BlockSize
+	for i := 0; i < len(r.held); {
+		f := r.held[i].f
+		if end := (f.first + int64(len(f.blocks))) * bs; end <= r.next-seqBackSlack {
+			r.releaseLocked(i)
+			continue
+		}
+		i++
+	}
+}
+
+func (r *Reader) releaseLocked(i int) {
+	h := r.held[i]
+	r.held = append(r.held[:i], r.held[i+1:]...)
+	r.heldBytes -= h.charge
+	r.c.ahead.give(h.charge)
+}
+
+// Close releases what the reader holds.
+func (r *Reader) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(r.held) > 0 {
+		r.releaseLocked(0)
+	}
+	if r.reading {
+		r.reading = false
+		r.c.readers.Add(-1)
+	}
+}
+
+func alignUp(n, to int64) int64 { return (n + to - 1) / to * to }

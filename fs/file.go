@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -35,7 +36,8 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	r := f.tree.Blocks.Open(cache.Object{Key: f.entry.key, ETag: f.entry.etag, Size: f.entry.size})
+	obj := cache.Object{Key: f.entry.key, ETag: f.entry.etag, Size: f.entry.size}
+	r := f.tree.Blocks.Open(obj, strings.HasSuffix(f.entry.name, ".npz"))
 	// The node is one object version, so pages the kernel cached from an
 	// earlier open of this node are still right.
 	return &fileHandle{node: f, reader: r}, fuse.FOPEN_KEEP_CACHE, 0

@@ -83,6 +83,8 @@ func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *g
 			Options:      []string{"ro", "default_permissions"},
 			MaxReadAhead: 128 << 10,
 			MaxWrite:     1 << 20,
+			// Room for the kernel to keep many read-ahead requests in flight.
+			MaxBackground: 64,
 			// 1 MiB reads need a plain read path; splice caps them.
 			DisableSplice: true,
 			Logger:        slog.NewLogLogger(logger.Handler(), slog.LevelDebug),

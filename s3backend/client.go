@@ -145,14 +145,18 @@ func (c *Client) List(ctx context.Context, req ListRequest) (ListPage, error) {
 }
 
 // ReadAt implements ObjectStore with one ranged GET pinned by If-Match.
-func (c *Client) ReadAt(ctx context.Context, key, etag string, p []byte, off int64) (int, error) {
-	if len(p) == 0 {
+func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if total == 0 {
 		return 0, nil
 	}
 	in := &s3.GetObjectInput{
 		Bucket: aws.String(c.bucket),
 		Key:    aws.String(key),
-		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1)),
+		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(total)-1)),
 	}
 	if etag != "" {
 		in.IfMatch = aws.String(etag)
@@ -167,26 +171,33 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, p []byte, off int
 			// The key existed at open: it was deleted since.
 			return 0, fmt.Errorf("get %q: %w", key, ErrStale)
 		}
-		return 0, fmt.Errorf("get %q [%d,+%d): %w", key, off, len(p), err)
+		return 0, fmt.Errorf("get %q [%d,+%d): %w", key, off, total, err)
 	}
 	defer out.Body.Close()
-	// Servers that ignore If-Match still return the ETag they served.
+	// A server that ignores If-Match still says which version it served.
 	if etag != "" && out.ETag != nil && aws.ToString(out.ETag) != etag {
 		return 0, fmt.Errorf("get %q: served ETag %s, opened %s: %w", key, aws.ToString(out.ETag), etag, ErrStale)
 	}
-	n, err := io.ReadFull(out.Body, p)
-	switch {
-	case err == nil:
-		return n, nil
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		// A short body is the end of the object only if the server said so.
-		if out.ContentLength != nil && int64(n) == aws.ToInt64(out.ContentLength) {
-			return n, io.EOF
+	want := aws.ToInt64(out.ContentLength)
+	n := 0
+	for _, b := range bufs {
+		m, err := io.ReadFull(out.Body, b)
+		n += m
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+			// A short body is the end of the object only if the server
+			// said the range was that short.
+			if out.ContentLength != nil && int64(n) == want {
+				return n, io.EOF
+			}
+			return n, fmt.Errorf("get %q: body ended after %d of %d bytes: %w", key, n, want, io.ErrUnexpectedEOF)
+		default:
+			return n, fmt.Errorf("get %q: read body: %w", key, err)
 		}
-		return n, fmt.Errorf("get %q: body ended after %d of %d bytes: %w", key, n, aws.ToInt64(out.ContentLength), io.ErrUnexpectedEOF)
-	default:
-		return n, fmt.Errorf("get %q: read body: %w", key, err)
 	}
+	return n, nil
 }
 
 func isRangeNotSatisfiable(err error) bool {

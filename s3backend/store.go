@@ -40,11 +40,13 @@ type ListPage struct {
 type ObjectStore interface {
 	// List returns one page of a listing.
 	List(ctx context.Context, req ListRequest) (ListPage, error)
-	// ReadAt fills p with the object's bytes starting at off, as of the
-	// given ETag (If-Match). It returns the number of bytes read; fewer
-	// than len(p) only at the end of the object, with io.EOF.
-	// An object that changed or vanished gives ErrStale.
-	ReadAt(ctx context.Context, key, etag string, p []byte, off int64) (int, error)
+	// ReadAt fills bufs, in order, with the object's bytes starting at
+	// off, as of the given ETag (If-Match), in one ranged GET. It returns
+	// the number of bytes read: fewer than asked only at the end of the
+	// object, with io.EOF. Separate buffers let a caller fetch a run of
+	// cache blocks in one request without copying. An object that changed
+	// or vanished gives ErrStale.
+	ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error)
 }
 
 var (

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -27,6 +28,10 @@ const probeTimeout = 10 * time.Second
 // go of a lazily unmounted filesystem before exiting anyway.
 const unmountGrace = 5 * time.Second
 
+// runtimeHeadroom is the memory allowed beyond --cache-size for everything
+// else: FUSE buffers, HTTP connections, listings.
+const runtimeHeadroom = 80 << 20
+
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseMountArgs(args, os.Getenv, stdout)
 	if err != nil {
@@ -38,13 +43,19 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 
+	// The cache is the bulk of the heap: keep the Go runtime's garbage
+	// from growing the process far beyond it.
+	if o.cache.CacheSize > 0 {
+		debug.SetMemoryLimit(o.cache.CacheSize + runtimeHeadroom)
+	}
 	client, err := s3backend.New(ctx, s3backend.Config{
-		Bucket:         o.bucket,
-		Endpoint:       o.endpoint,
-		Region:         o.region,
-		ForcePathStyle: o.forcePathStyle,
-		Profile:        o.profile,
-		NoSignRequest:  o.noSignRequest,
+		Bucket:          o.bucket,
+		Endpoint:        o.endpoint,
+		Region:          o.region,
+		ForcePathStyle:  o.forcePathStyle,
+		Profile:         o.profile,
+		NoSignRequest:   o.noSignRequest,
+		MaxConnsPerHost: o.cache.MaxParallel,
 	})
 	if err != nil {
 		return err
@@ -59,9 +70,16 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		logger.Warn("no objects under the prefix: the mount is empty", "bucket", o.bucket, "prefix", o.prefix)
 	}
 
+	store := s3backend.NewCountingStore(client)
+	o.cache.Logger = logger
+	blocks, err := cache.New(store, o.cache)
+	if err != nil {
+		return err
+	}
+	defer blocks.Close()
 	cfg := bgfs.Config{
-		Lister:      client,
-		Blocks:      cache.New(client),
+		Lister:      store,
+		Blocks:      blocks,
 		Prefix:      o.prefix,
 		UID:         o.uid,
 		GID:         o.gid,
@@ -77,10 +95,25 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mp, err)
 	}
+	if o.kernelReadAhead > 0 {
+		if err := setKernelReadAhead(mp, o.kernelReadAhead); err != nil {
+			logger.Debug("kernel read-ahead left as it is", "err", err)
+		}
+	}
+	if o.metricsAddr != "" {
+		stop, err := serveStats(o.metricsAddr, store, blocks, logger)
+		if err != nil {
+			_ = server.Unmount()
+			return err
+		}
+		defer stop()
+	}
 	logger.Info("mounted", "source", source, "mountpoint", mp,
 		"region", client.Region(), "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),
 		"uid", o.uid, "gid", o.gid, "file_mode", fmt.Sprintf("%#o", o.fileMode), "dir_mode", fmt.Sprintf("%#o", o.dirMode),
-		"allow_other", o.allowOther, "anonymous", o.noSignRequest)
+		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
+		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
+		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel)
 	return serveUntilSignal(server, mp, logger)
 }
 

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
+	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
 )
 
@@ -28,6 +31,10 @@ type mountOptions struct {
 	allowOther        bool
 	metadataTTL       time.Duration
 	logLevel          slog.Level
+
+	cache           cache.Options
+	kernelReadAhead int64
+	metricsAddr     string
 }
 
 const mountSynopsis = "bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT"
@@ -48,6 +55,13 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, 0 for always ask S3, or indefinite")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks and read-ahead, all files together; 0 turns both off")
+	blockSize := fs.String("block-size", "1MiB", "unit of caching")
+	partSize := fs.String("part-size", "8MiB", "largest ranged GET of read-ahead")
+	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
+	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
+	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's)")
+	metricsAddr := fs.String("metrics-addr", "", "serve counters over HTTP on this address (e.g. 127.0.0.1:9180), at /stats; off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return mountOptions{}, err
 	}
@@ -91,6 +105,27 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if err = o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
 	}
+	sizes := []struct {
+		name string
+		in   string
+		out  *int64
+	}{
+		{"cache-size", *cacheSize, &o.cache.CacheSize},
+		{"block-size", *blockSize, &o.cache.BlockSize},
+		{"part-size", *partSize, &o.cache.PartSize},
+		{"max-read-ahead", *maxReadAhead, &o.cache.MaxReadAhead},
+		{"kernel-read-ahead", *kernelReadAhead, &o.kernelReadAhead},
+	}
+	for _, sz := range sizes {
+		if *sz.out, err = parseSize(sz.name, sz.in); err != nil {
+			return o, err
+		}
+	}
+	o.cache.MaxParallel = *maxParallel
+	if err := o.cache.Validate(); err != nil {
+		return o, usageError{"cache flags: " + err.Error()}
+	}
+	o.metricsAddr = *metricsAddr
 	return o, nil
 }
 
@@ -161,6 +196,16 @@ func parseTTL(s string) (time.Duration, error) {
 		return 0, usageError{fmt.Sprintf("--metadata-ttl %q: want a duration such as 60s or 10m, 0, or indefinite", s)}
 	}
 	return d, nil
+}
+
+// parseSize reads a byte count with an optional unit: 1GiB, 64MiB, 512KiB,
+// 1GB (decimal units are powers of 1000, as humanize reads them).
+func parseSize(name, s string) (int64, error) {
+	v, err := humanize.ParseBytes(s)
+	if err != nil || v > 1<<50 {
+		return 0, usageError{fmt.Sprintf("--%s %q: want a size such as 64MiB or 1GiB", name, s)}
+	}
+	return int64(v), nil
 }
 
 func firstNonEmpty(s ...string) string {

@@ -1,0 +1,278 @@
+// Package cache sits between the filesystem and the object store: it turns
+// reads on open files into ranged GETs, keeps the blocks it fetched in a
+// bounded in-memory cache, and reads ahead for readers that read in order.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dgraph-io/ristretto/v2"
+
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// Object names one version of one object: reads through a Reader never mix
+// bytes of two versions, and cached blocks are keyed by the ETag.
+type Object struct {
+	Key  string
+	ETag string
+	Size int64
+}
+
+// Options size the cache and the read-ahead.
+type Options struct {
+	// CacheSize bounds the bytes held: cached blocks plus read-ahead.
+	// 0 turns both off: every read is one ranged GET of what was asked.
+	CacheSize int64
+	// BlockSize is the unit of caching.
+	BlockSize int64
+	// PartSize is the largest ranged GET read-ahead makes.
+	PartSize int64
+	// MaxReadAhead is the largest read-ahead window of one reader.
+	MaxReadAhead int64
+	// MaxParallel bounds the GETs in flight, all readers together.
+	MaxParallel int
+	Logger      *slog.Logger
+}
+
+// Validate checks that the options make sense together.
+func (o Options) Validate() error {
+	switch {
+	case o.CacheSize < 0:
+		return errors.New("cache size must not be negative")
+	case o.BlockSize < 4096 || o.BlockSize > 64<<20:
+		return fmt.Errorf("block size %d must be from 4KiB to 64MiB", o.BlockSize)
+	case o.PartSize < o.BlockSize:
+		return fmt.Errorf("part size %d must be at least the block size %d", o.PartSize, o.BlockSize)
+	case o.MaxReadAhead < 0:
+		return errors.New("max read-ahead must not be negative")
+	case o.MaxParallel < 1:
+		return errors.New("max parallel requests must be at least 1")
+	case o.CacheSize > 0 && o.CacheSize < 4*o.BlockSize:
+		return fmt.Errorf("cache size %d must be 0 or at least 4 blocks (%d)", o.CacheSize, 4*o.BlockSize)
+	}
+	return nil
+}
+
+// aheadShare is the part of CacheSize that read-ahead may hold; the rest
+// holds cached blocks.
+const aheadShare = 4
+
+// BlockCache hands out Readers over an ObjectStore and holds the blocks
+// they fetched. It is safe for concurrent use.
+type BlockCache struct {
+	store s3backend.ObjectStore
+	opt   Options
+	// blocks is nil when caching is off.
+	blocks *ristretto.Cache[string, []byte]
+	// requests is a semaphore of MaxParallel GETs.
+	requests chan struct{}
+	// ahead is the byte budget of read-ahead, shared by all readers.
+	ahead *budget
+	// readers counts open Readers that have read, to share ahead fairly.
+	readers atomic.Int64
+
+	mu sync.Mutex
+	// inflight maps a block key to the fetch bringing it, so concurrent
+	// misses on one block make one GET.
+	inflight map[string]*fetch
+
+	hits, misses, evictions, fetchedAhead atomic.Int64
+}
+
+// New returns a cache reading from store.
+func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &BlockCache{
+		store:    store,
+		opt:      opt,
+		requests: make(chan struct{}, opt.MaxParallel),
+		inflight: map[string]*fetch{},
+	}
+	if opt.CacheSize == 0 {
+		return c, nil
+	}
+	c.ahead = newBudget(opt.CacheSize / aheadShare)
+	blockBytes := opt.CacheSize - c.ahead.total
+	blocks, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
+		NumCounters: max(10*blockBytes/opt.BlockSize, 1000),
+		MaxCost:     blockBytes,
+		BufferItems: 64,
+		Metrics:     true,
+		// Cost is the block's length: the bound is in bytes of data.
+		IgnoreInternalCost: true,
+		OnEvict:            func(*ristretto.Item[[]byte]) { c.evictions.Add(1) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create block cache: %w", err)
+	}
+	c.blocks = blocks
+	return c, nil
+}
+
+// Close releases the cache's memory and goroutines.
+func (c *BlockCache) Close() {
+	if c.blocks != nil {
+		c.blocks.Close()
+	}
+}
+
+// Stats is a snapshot of the cache's counters.
+type Stats struct {
+	// Hits and Misses count blocks a read needed: found (cached, held by
+	// read-ahead, or already being fetched) or fetched for it.
+	Hits, Misses int64
+	// Evictions counts blocks dropped to make room.
+	Evictions int64
+	// BytesCached is the size of the cached blocks; BytesAhead what
+	// read-ahead holds beyond them. Their sum stays within CacheSize.
+	BytesCached, BytesAhead int64
+	// FetchedAhead counts the bytes that read-ahead asked for.
+	FetchedAhead int64
+}
+
+// Stats returns the counters so far.
+func (c *BlockCache) Stats() Stats {
+	s := Stats{
+		Hits:         c.hits.Load(),
+		Misses:       c.misses.Load(),
+		Evictions:    c.evictions.Load(),
+		FetchedAhead: c.fetchedAhead.Load(),
+	}
+	if c.blocks != nil {
+		m := c.blocks.Metrics
+		s.BytesCached = int64(m.CostAdded()) - int64(m.CostEvicted())
+		s.BytesAhead = c.ahead.inUse()
+	}
+	return s
+}
+
+func blockKey(obj Object, idx int64) string {
+	return obj.Key + "\x00" + obj.ETag + "\x00" + strconv.FormatInt(idx, 10)
+}
+
+// blockLen is the length of block idx of obj: BlockSize but for the last.
+func (c *BlockCache) blockLen(obj Object, idx int64) int64 {
+	return min(c.opt.BlockSize, obj.Size-idx*c.opt.BlockSize)
+}
+
+// fetch is one ranged GET of a run of whole blocks.
+type fetch struct {
+	obj    Object
+	first  int64    // index of the first block
+	blocks [][]byte // one buffer per block
+	done   chan struct{}
+	err    error // set before done is closed
+}
+
+func (f *fetch) covers(idx int64) bool {
+	return idx >= f.first && idx < f.first+int64(len(f.blocks))
+}
+
+func (f *fetch) bytes() int64 {
+	var n int64
+	for _, b := range f.blocks {
+		n += int64(len(b))
+	}
+	return n
+}
+
+// wait returns block idx once the fetch is done.
+func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	return f.blocks[idx-f.first], nil
+}
+
+// cached returns a block from the cache without counting a hit or miss.
+func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
+	if c.blocks == nil {
+		return nil, false
+	}
+	return c.blocks.Get(blockKey(obj, idx))
+}
+
+// startFetches makes sure every block in [first, last] is cached or being
+// fetched, starting GETs (of at most maxBlocks blocks each) for runs that
+// are neither. It returns a fetch for each block not in the cache, in
+// order, or nil for the blocks found cached; and the fetches it started.
+func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64) (perBlock, started []*fetch) {
+	out := make([]*fetch, last-first+1)
+	c.mu.Lock()
+	var run *fetch
+	for idx := first; idx <= last; idx++ {
+		key := blockKey(obj, idx)
+		if f := c.inflight[key]; f != nil {
+			out[idx-first], run = f, nil
+			continue
+		}
+		if _, ok := c.cached(obj, idx); ok {
+			run = nil
+			continue
+		}
+		if run == nil || int64(len(run.blocks)) >= maxBlocks {
+			run = &fetch{obj: obj, first: idx, done: make(chan struct{})}
+			started = append(started, run)
+		}
+		run.blocks = append(run.blocks, make([]byte, c.blockLen(obj, idx)))
+		c.inflight[key] = run
+		out[idx-first] = run
+	}
+	c.mu.Unlock()
+	for _, f := range started {
+		go c.run(f)
+	}
+	return out, started
+}
+
+// run performs one fetch. It does not depend on any reader's context:
+// other readers may be waiting for the same blocks.
+func (c *BlockCache) run(f *fetch) {
+	c.requests <- struct{}{}
+	want := f.bytes()
+	n, err := c.store.ReadAt(context.Background(), f.obj.Key, f.obj.ETag, f.first*c.opt.BlockSize, f.blocks...)
+	<-c.requests
+	if errors.Is(err, io.EOF) {
+		err = nil
+		if int64(n) != want {
+			err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", f.obj.Key, f.first*c.opt.BlockSize+int64(n), f.obj.Size)
+		}
+	}
+	f.err = err
+	if err == nil && c.blocks != nil {
+		for i, b := range f.blocks {
+			c.blocks.Set(blockKey(f.obj, f.first+int64(i)), b, int64(len(b)))
+		}
+		// Sets are applied asynchronously: wait, so that a reader who
+		// misses the inflight entry below finds the blocks cached (unless
+		// the cache refused them, which only costs a GET).
+		c.blocks.Wait()
+	}
+	c.mu.Lock()
+	for i := range f.blocks {
+		key := blockKey(f.obj, f.first+int64(i))
+		if c.inflight[key] == f {
+			delete(c.inflight, key)
+		}
+	}
+	c.mu.Unlock()
+	close(f.done)
+}

@@ -1,0 +1,224 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// slowStore counts GETs and bytes, and makes each GET take a while so
+// that concurrent readers really overlap.
+type slowStore struct {
+	*s3backend.MemStore
+	delay time.Duration
+	gets  atomic.Int64
+	bytes atomic.Int64
+}
+
+func (s *slowStore) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
+	s.gets.Add(1)
+	time.Sleep(s.delay)
+	n, err := s.MemStore.ReadAt(ctx, key, etag, off, bufs...)
+	s.bytes.Add(int64(n))
+	return n, err
+}
+
+const kib, mib = 1 << 10, 1 << 20
+
+func testOptions(cacheSize int64) Options {
+	return Options{CacheSize: cacheSize, BlockSize: 64 * kib, PartSize: 256 * kib, MaxReadAhead: 1 * mib, MaxParallel: 8}
+}
+
+func setup(t *testing.T, size int, opt Options) (*BlockCache, *slowStore, Object, []byte) {
+	t.Helper()
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(1, uint64(size)))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	mem := s3backend.NewMemStore()
+	mem.Put("obj", data)
+	store := &slowStore{MemStore: mem, delay: time.Millisecond}
+	c, err := New(store, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	info, _ := mem.Info("obj")
+	return c, store, Object{Key: "obj", ETag: info.ETag, Size: info.Size}, data
+}
+
+func TestSequentialReadFetchesEachByteOnce(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		size      int
+		readSize  int
+		cacheSize int64
+	}{
+		{"small reads", 3*mib + 17, 4 * kib, 4 * mib},
+		{"large reads", 5*mib + 1, 128 * kib, 4 * mib},
+		{"cache smaller than the file", 8 * mib, 128 * kib, 512 * kib},
+		{"one short block", 100, 4 * kib, 1 * mib},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, store, obj, data := setup(t, tt.size, testOptions(tt.cacheSize))
+			r := c.Open(obj, false)
+			defer r.Close()
+			got := make([]byte, 0, len(data))
+			buf := make([]byte, tt.readSize)
+			for off := int64(0); off < obj.Size; {
+				n, err := r.ReadAt(context.Background(), buf, off)
+				if err != nil {
+					t.Fatalf("read at %d: %v", off, err)
+				}
+				got = append(got, buf[:n]...)
+				off += int64(n)
+				if used := c.Stats().BytesCached + c.Stats().BytesAhead; used > tt.cacheSize {
+					t.Fatalf("holding %d bytes, over the cache size %d", used, tt.cacheSize)
+				}
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatal("bytes differ from the source")
+			}
+			// Read-ahead may run past what was read by less than a window.
+			if fetched := store.bytes.Load(); fetched > int64(len(data))+testOptions(0).MaxReadAhead {
+				t.Errorf("fetched %d bytes to read %d", fetched, len(data))
+			}
+			// Parts are as large as the read-ahead share of the cache allows.
+			part := min(testOptions(0).PartSize, tt.cacheSize/aheadShare)
+			parts := int64(len(data))/part + 1
+			if gets := store.gets.Load(); gets > parts+10 {
+				t.Errorf("%d GETs for %d bytes; want about %d (whole parts)", gets, len(data), parts)
+			}
+		})
+	}
+}
+
+func TestRandomAndConcurrentReadsMatchSource(t *testing.T) {
+	c, _, obj, data := setup(t, 6*mib+123, testOptions(2*mib))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := c.Open(obj, w%2 == 0)
+			defer r.Close()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for range 200 {
+				off := rng.Int64N(obj.Size)
+				n := 1 + rng.IntN(300*kib)
+				buf := make([]byte, n)
+				got, err := r.ReadAt(context.Background(), buf, off)
+				if err != nil {
+					errs <- err
+					return
+				}
+				want := data[off:min(off+int64(n), obj.Size)]
+				if !bytes.Equal(buf[:got], want) {
+					errs <- errors.New("bytes differ")
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentMissesShareOneGet(t *testing.T) {
+	c, store, obj, data := setup(t, 64*kib, testOptions(1*mib))
+	store.delay = 50 * time.Millisecond
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := c.Open(obj, false)
+			defer r.Close()
+			buf := make([]byte, 1000)
+			if _, err := r.ReadAt(context.Background(), buf, 5000); err != nil || !bytes.Equal(buf, data[5000:6000]) {
+				t.Errorf("read: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if gets := store.gets.Load(); gets != 1 {
+		t.Errorf("16 concurrent misses on one block made %d GETs, want 1", gets)
+	}
+}
+
+func TestZipOpenFetchesHeadAndTail(t *testing.T) {
+	c, store, obj, data := setup(t, 2*mib, testOptions(4*mib))
+	r := c.Open(obj, true)
+	defer r.Close()
+	// The reader asks for the end-of-central-directory first, then the head.
+	for _, off := range []int64{obj.Size - 22, obj.Size - 4096, 0} {
+		buf := make([]byte, 22)
+		if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+22]) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+	}
+	if gets := store.gets.Load(); gets != 2 {
+		t.Errorf("%d GETs for head and tail, want 2 (both started at open)", gets)
+	}
+}
+
+func TestChangedObjectIsStale(t *testing.T) {
+	c, store, obj, _ := setup(t, 300*kib, testOptions(1*mib))
+	store.Put("obj", []byte("a new version"))
+	r := c.Open(obj, false)
+	defer r.Close()
+	_, err := r.ReadAt(context.Background(), make([]byte, 10), 0)
+	if !errors.Is(err, s3backend.ErrStale) {
+		t.Fatalf("err = %v, want ErrStale", err)
+	}
+}
+
+func TestCacheOffReadsExactlyWhatIsAsked(t *testing.T) {
+	c, store, obj, data := setup(t, 1*mib, testOptions(0))
+	r := c.Open(obj, true)
+	defer r.Close()
+	buf := make([]byte, 1000)
+	for i, off := range []int64{0, 1000, 500000} {
+		if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+1000]) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+		if gets, n := store.gets.Load(), store.bytes.Load(); gets != int64(i+1) || n != int64(1000*(i+1)) {
+			t.Fatalf("after %d reads: %d GETs, %d bytes", i+1, gets, n)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := testOptions(1 * mib)
+	for _, tt := range []struct {
+		name string
+		edit func(*Options)
+		ok   bool
+	}{
+		{"defaults", func(*Options) {}, true},
+		{"cache off", func(o *Options) { o.CacheSize = 0 }, true},
+		{"negative cache", func(o *Options) { o.CacheSize = -1 }, false},
+		{"tiny block", func(o *Options) { o.BlockSize = 100 }, false},
+		{"part below block", func(o *Options) { o.PartSize = o.BlockSize / 2 }, false},
+		{"no parallelism", func(o *Options) { o.MaxParallel = 0 }, false},
+		{"cache below 4 blocks", func(o *Options) { o.CacheSize = 3 * o.BlockSize }, false},
+	} {
+		o := good
+		tt.edit(&o)
+		if err := o.Validate(); (err == nil) != tt.ok {
+			t.Errorf("%s: Validate() = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+	}
+}
