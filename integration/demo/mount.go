@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// bgbfsProc is a running `bgbfs mount` subprocess.
+type bgbfsProc struct {
+	cmd    *exec.Cmd
+	dir    string        // mountpoint, symlinks resolved, as mountinfo shows it
+	exited chan struct{} // closed once cmd.Wait returns
+	err    error         // cmd.Wait's result; read only after exited is closed
+}
+
+// startBgbfs runs `bgbfs mount` against the in-process endpoint. It is not
+// tied to a context on purpose: killing bgbfs would leave a dead mount
+// behind, so it is only ever stopped by stop, which unmounts.
+func startBgbfs(bin, endpointURL, dir string) (*bgbfsProc, error) {
+	cmd := exec.Command(bin, "mount",
+		"--endpoint-url", endpointURL,
+		"--force-path-style",
+		"s3://"+bucket+"/"+prefix,
+		dir)
+	cmd.Env = demoEnv()
+	cmd.Stdout = os.Stderr // bgbfs output is diagnostics, not the demo's story
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// A terminal Ctrl-C goes to the whole foreground process group. In its
+		// own group bgbfs is not interrupted behind our back and we choose when
+		// to unmount.
+		Setpgid: true,
+		// If the demo itself is killed, bgbfs still gets a chance to unmount.
+		Pdeathsig: syscall.SIGTERM,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &bgbfsProc{cmd: cmd, dir: dir, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// demoEnv is the inherited environment minus every AWS_* variable, plus
+// demo credentials. A developer's AWS_PROFILE, AWS_CA_BUNDLE or region must
+// not leak into a mount of a loopback endpoint, nor may ~/.aws files.
+func demoEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env,
+		"AWS_ACCESS_KEY_ID=bgbfs-demo",
+		"AWS_SECRET_ACCESS_KEY=bgbfs-demo-secret",
+		"AWS_REGION=us-east-1",
+		"AWS_EC2_METADATA_DISABLED=true",
+		"AWS_CONFIG_FILE="+os.DevNull,
+		"AWS_SHARED_CREDENTIALS_FILE="+os.DevNull,
+	)
+}
+
+// waitMounted polls /proc/self/mountinfo until the mount shows up with
+// fstype fuse.bgbfs, bgbfs exits, ctx ends or the timeout passes.
+func (p *bgbfsProc) waitMounted(ctx context.Context, timeout time.Duration) error {
+	deadline := time.After(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	seen := ""
+	for {
+		fstype, err := mountFSType(p.dir)
+		if err != nil {
+			return err
+		}
+		if fstype == "fuse.bgbfs" {
+			return nil
+		}
+		if fstype != "" {
+			seen = fstype
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("bgbfs exited before the mount appeared: %w", exitErr(p.err))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			if seen != "" {
+				return fmt.Errorf("%s is mounted as %q, want fuse.bgbfs", p.dir, seen)
+			}
+			return fmt.Errorf("%s not mounted after %s", p.dir, timeout)
+		case <-tick.C:
+		}
+	}
+}
+
+// stop asks bgbfs to unmount and exit with SIGTERM. If it does not exit in
+// time, or exits leaving the mount behind, a lazy fusermount3 unmount
+// detaches the mountpoint so the demo never strands a mount. It is safe to
+// call whether or not bgbfs is still running.
+func (p *bgbfsProc) stop() error {
+	var errs []error
+	select {
+	case <-p.exited:
+		// Whoever noticed the exit has reported it; only the mount is left.
+	default:
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			errs = append(errs, fmt.Errorf("signal bgbfs: %w", err))
+		}
+		select {
+		case <-p.exited:
+			if p.err != nil {
+				errs = append(errs, fmt.Errorf("bgbfs on SIGTERM: %w", exitErr(p.err)))
+			}
+		case <-time.After(10 * time.Second):
+			errs = append(errs, errors.New("bgbfs did not exit within 10s of SIGTERM"))
+			// Detaching the mount makes a healthy FUSE server see the
+			// session end and return; a wedged one is killed below.
+			errs = append(errs, lazyUnmount(p.dir))
+			select {
+			case <-p.exited:
+			case <-time.After(5 * time.Second):
+				errs = append(errs, p.cmd.Process.Kill())
+				<-p.exited
+			}
+		}
+	}
+	if fstype, err := mountFSType(p.dir); err != nil {
+		errs = append(errs, err)
+	} else if fstype != "" {
+		errs = append(errs, fmt.Errorf("bgbfs exited but %s is still mounted", p.dir), lazyUnmount(p.dir))
+	}
+	return errors.Join(errs...)
+}
+
+func lazyUnmount(dir string) error {
+	out, err := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("fusermount3 -u -z %s: %w: %s", dir, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// exitErr turns a nil Wait result (bgbfs exited 0) into an error too: for
+// a foreground mount command, exiting at all is unexpected.
+func exitErr(err error) error {
+	if err == nil {
+		return errors.New("exit status 0")
+	}
+	return err
+}
+
+// mountFSType returns the fstype of the topmost mount at dir according to
+// /proc/self/mountinfo, or "" if dir is not a mountpoint.
+func mountFSType(dir string) (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	fstype := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// Format: id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescapeMountinfo(fields[4]) != dir {
+			continue
+		}
+		for i := 5; i+1 < len(fields); i++ {
+			if fields[i] == "-" {
+				// Later lines are mounted on top of earlier ones.
+				fstype = fields[i+1]
+				break
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read mount table: %w", err)
+	}
+	return fstype, nil
+}
+
+// unescapeMountinfo undoes the kernel's octal escaping of space, tab,
+// newline and backslash in mountinfo paths.
+func unescapeMountinfo(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}
