@@ -44,11 +44,15 @@ var (
 	_ gofs.NodeStatfser  = (*dirNode)(nil)
 )
 
+// minListingReuse is how long a listing serves lookups even with a shorter
+// TTL: "ls -l" looks up every name it lists right after listing them.
+const minListingReuse = time.Second
+
 func (d *dirNode) fresh(l *listing, now time.Time) bool {
 	if l == nil {
 		return false
 	}
-	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(d.tree.MetadataTTL))
+	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(max(d.tree.MetadataTTL, minListingReuse)))
 }
 
 // getListing returns a listing no older than the TTL, listing the prefix

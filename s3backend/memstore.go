@@ -159,4 +159,3 @@ func (m *MemStore) Keys() []string {
 	slices.Sort(keys)
 	return keys
 }
-

@@ -95,13 +95,12 @@ func newFlagSet(name, synopsis string, stdout io.Writer) *pflag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, printing usage for --help and turning any other
-// flag error into a usageError.
+// parseFlags parses args, turning any flag error but --help into a
+// usageError.
 func parseFlags(fs *pflag.FlagSet, args []string) error {
 	err := fs.Parse(args)
 	if errors.Is(err, pflag.ErrHelp) {
-		fs.Usage()
-		return err
+		return err // pflag has printed the usage
 	}
 	if err != nil {
 		return usageError{err.Error()}
