@@ -66,10 +66,12 @@ func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *g
 	if ttl == Indefinite {
 		ttl = kernelForever
 	}
+	// No NegativeTimeout: the kernel would keep a missing name for a
+	// whole TTL from the lookup, not from the listing that answered it.
+	// Missing names are answered from the listing without a request.
 	return &gofs.Options{
 		EntryTimeout:    &ttl,
 		AttrTimeout:     &ttl,
-		NegativeTimeout: &ttl,
 		// Modes come from --file-mode/--dir-mode exactly, 0 included.
 		NullPermissions: true,
 		UID:             cfg.UID,
