@@ -1,0 +1,139 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// countingLister counts LIST requests and can fail them.
+type countingLister struct {
+	*s3backend.MemStore
+	lists atomic.Int64
+	fail  atomic.Bool
+}
+
+func (c *countingLister) List(ctx context.Context, req s3backend.ListRequest) (s3backend.ListPage, error) {
+	c.lists.Add(1)
+	if c.fail.Load() {
+		return s3backend.ListPage{}, errors.New("injected failure")
+	}
+	time.Sleep(time.Millisecond) // let concurrent callers overlap
+	return c.MemStore.List(ctx, req)
+}
+
+func newTestDir(t *testing.T, ttl time.Duration, keys int) (*dirNode, *countingLister) {
+	t.Helper()
+	mem := s3backend.NewMemStore()
+	for i := range keys {
+		mem.Put(fmt.Sprintf("p/f%05d.npz", i), []byte("x"))
+	}
+	mem.Put("p/sub/inner", []byte("y"))
+	lister := &countingLister{MemStore: mem}
+	tr := &tree{Config: Config{Lister: lister, Prefix: "p/", MetadataTTL: ttl, Logger: slog.New(slog.DiscardHandler)}}
+	return &dirNode{tree: tr, prefix: "p/"}, lister
+}
+
+func TestListingIsReusedWithinTTL(t *testing.T) {
+	d, lister := newTestDir(t, time.Hour, 2500)
+	ctx := context.Background()
+	l, err := d.getListing(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.entries) != 2501 {
+		t.Fatalf("%d entries, want 2501", len(l.entries))
+	}
+	if got := lister.lists.Load(); got != 3 {
+		t.Fatalf("listing 2,501 entries took %d LISTs, want 3 pages", got)
+	}
+	for range 10 {
+		if _, err := d.getListing(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := lister.lists.Load(); got != 3 {
+		t.Errorf("lookups within the TTL made %d more LISTs", got-3)
+	}
+	d.expire()
+	if _, err := d.getListing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := lister.lists.Load(); got != 6 {
+		t.Errorf("after expiry: %d LISTs in all, want 6", got)
+	}
+}
+
+func TestConcurrentRefreshesShareOneListing(t *testing.T) {
+	d, lister := newTestDir(t, time.Hour, 10)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := d.getListing(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := lister.lists.Load(); got != 1 {
+		t.Errorf("50 concurrent lookups made %d LISTs, want 1", got)
+	}
+}
+
+func TestFailedRefreshServesThePreviousListing(t *testing.T) {
+	d, lister := newTestDir(t, time.Hour, 3)
+	ctx := context.Background()
+	if _, err := d.getListing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lister.fail.Store(true)
+	d.expire()
+	l, err := d.getListing(ctx)
+	if err != nil || len(l.entries) != 4 {
+		t.Fatalf("during an outage: %v, %d entries; want the previous 4", err, len(l.entries))
+	}
+	before := lister.lists.Load()
+	if _, err := d.getListing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lister.lists.Load() != before {
+		t.Error("a failed refresh was retried at once instead of after a pause")
+	}
+
+	fresh, lister2 := newTestDir(t, time.Hour, 3)
+	lister2.fail.Store(true)
+	if _, err := fresh.getListing(ctx); err == nil {
+		t.Error("a directory never listed answered during an outage")
+	}
+}
+
+func TestRepeatedContinuationTokenIsAnError(t *testing.T) {
+	tr := &tree{Config: Config{Lister: loopingLister{}, MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)}}
+	d := &dirNode{tree: tr}
+	done := make(chan error, 1)
+	go func() { _, err := d.getListing(context.Background()); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a listing whose token repeats succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a listing whose token repeats never ended")
+	}
+}
+
+// loopingLister hands out the same continuation token forever.
+type loopingLister struct{ s3backend.ObjectStore }
+
+func (loopingLister) List(ctx context.Context, req s3backend.ListRequest) (s3backend.ListPage, error) {
+	return s3backend.ListPage{Objects: []s3backend.ObjectInfo{{Key: "a"}}, NextContinuationToken: "same"}, nil
+}
