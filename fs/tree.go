@@ -70,8 +70,8 @@ func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *g
 	// whole TTL from the lookup, not from the listing that answered it.
 	// Missing names are answered from the listing without a request.
 	return &gofs.Options{
-		EntryTimeout:    &ttl,
-		AttrTimeout:     &ttl,
+		EntryTimeout: &ttl,
+		AttrTimeout:  &ttl,
 		// Modes come from --file-mode/--dir-mode exactly, 0 included.
 		NullPermissions: true,
 		UID:             cfg.UID,
