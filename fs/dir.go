@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +36,8 @@ type dirNode struct {
 	loading chan struct{} // closed when the running refresh ends
 	loadErr error
 	retryAt time.Time
+	// beyond caches lookups of names after a partial listing's end.
+	beyond map[string]*dirEntry
 }
 
 var (
@@ -92,13 +95,13 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 
 		// The refresh must not die with the first caller's interrupted
 		// request: others are waiting for it.
-		pages, err := d.listAll(context.WithoutCancel(ctx))
+		pages, partial, err := d.listAll(context.WithoutCancel(ctx))
 
 		d.mu.Lock()
 		d.loading = nil
 		d.loadErr = err
 		if err == nil {
-			d.installListingLocked(pages, time.Now())
+			d.installListingLocked(pages, partial, time.Now())
 		} else if d.current != nil {
 			d.retryAt = time.Now().Add(retryListAfter)
 			d.tree.Logger.Warn("listing failed; serving the previous listing", "prefix", d.prefix, "err", err)
@@ -113,8 +116,11 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 	}
 }
 
-func (d *dirNode) listAll(ctx context.Context) ([]s3backend.ListPage, error) {
-	var pages []s3backend.ListPage
+// listAll lists the directory, page by page. A limited directory stops
+// once the pages read hold all its visible matching files: for a smoke
+// view of a few files in a directory of thousands, one LIST.
+func (d *dirNode) listAll(ctx context.Context) (pages []s3backend.ListPage, partial bool, err error) {
+	limit := d.limit()
 	seen := map[string]bool{}
 	token := ""
 	for range maxListPages {
@@ -124,33 +130,62 @@ func (d *dirNode) listAll(ctx context.Context) ([]s3backend.ListPage, error) {
 			ContinuationToken: token,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("list %q: %w", d.prefix, err)
+			return nil, false, fmt.Errorf("list %q: %w", d.prefix, err)
 		}
 		pages = append(pages, page)
 		token = page.NextContinuationToken
 		if token == "" {
-			return pages, nil
+			return pages, false, nil
 		}
 		if seen[token] {
-			return nil, fmt.Errorf("list %q: server repeated continuation token %q", d.prefix, token)
+			return nil, false, fmt.Errorf("list %q: server repeated continuation token %q", d.prefix, token)
 		}
 		seen[token] = true
+		if limit >= 0 {
+			entries, _ := mergeListing(d.prefix, pages)
+			if matchesBefore(entries, lastName(d.prefix, pages), d.tree.Limit.matches) >= limit {
+				return pages, true, nil
+			}
+		}
 	}
-	return nil, fmt.Errorf("list %q: more than %d pages", d.prefix, maxListPages)
+	return nil, false, fmt.Errorf("list %q: more than %d pages", d.prefix, maxListPages)
+}
+
+// limit returns the smoke-view limit of this directory, or -1.
+func (d *dirNode) limit() int {
+	return d.tree.Limit.forDir(strings.TrimPrefix(d.prefix, d.tree.Prefix))
+}
+
+// lastName is the largest name the pages hold, relative to prefix.
+func lastName(prefix string, pages []s3backend.ListPage) string {
+	last := ""
+	for _, p := range pages {
+		for _, o := range p.Objects {
+			last = max(last, strings.TrimPrefix(o.Key, prefix))
+		}
+		for _, cp := range p.CommonPrefixes {
+			last = max(last, strings.TrimSuffix(strings.TrimPrefix(cp, prefix), "/"))
+		}
+	}
+	return last
 }
 
 func (d *dirNode) installListing(page s3backend.ListPage, at time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.installListingLocked([]s3backend.ListPage{page}, at)
+	d.installListingLocked([]s3backend.ListPage{page}, false, at)
 }
 
-func (d *dirNode) installListingLocked(pages []s3backend.ListPage, at time.Time) {
+func (d *dirNode) installListingLocked(pages []s3backend.ListPage, partial bool, at time.Time) {
 	entries, hidden := mergeListing(d.prefix, pages)
 	for _, h := range hidden {
 		d.tree.warnHidden(h)
 	}
-	d.current = &listing{entries: entries, fetched: at}
+	if n := d.limit(); n >= 0 {
+		entries = applyLimit(entries, n, d.tree.Limit.matches)
+	}
+	d.current = &listing{entries: entries, fetched: at, partial: partial, lastName: lastName(d.prefix, pages)}
+	d.beyond = nil
 	d.retryAt = time.Time{}
 }
 
@@ -171,6 +206,12 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
 	}
 	e, ok := l.lookup(name)
+	if !ok && l.partial && name > l.lastName && !d.tree.Limit.matches(name) {
+		e, ok, err = d.lookupBeyond(ctx, l, name)
+		if err != nil {
+			return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
+		}
+	}
 	if !ok {
 		return nil, syscall.ENOENT
 	}
@@ -238,3 +279,50 @@ func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 }
 
 func isStale(err error) bool { return errors.Is(err, s3backend.ErrStale) }
+
+// lookupBeyond finds a name that sorts after the end of a partial listing
+// (a sidecar such as manifest.json after thousands of .npz files) with
+// two small LISTs instead of the whole directory. Matching files there
+// are hidden by the limit, so only directories and other files are asked
+// for. The answer is kept as long as the listing.
+func (d *dirNode) lookupBeyond(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
+	d.mu.Lock()
+	cached, known := d.beyond[name]
+	d.mu.Unlock()
+	if known {
+		if cached == nil {
+			return dirEntry{}, false, nil
+		}
+		return *cached, true, nil
+	}
+	var found *dirEntry
+	// A directory wins over a file of the same name.
+	sub, err := d.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: d.prefix + name + "/", MaxKeys: 1})
+	if err != nil {
+		return dirEntry{}, false, fmt.Errorf("look up %q: %w", d.prefix+name, err)
+	}
+	if len(sub.Objects) > 0 || len(sub.CommonPrefixes) > 0 {
+		found = &dirEntry{name: name, isDir: true}
+	} else {
+		page, err := d.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: d.prefix + name, Delimiter: "/", MaxKeys: 1})
+		if err != nil {
+			return dirEntry{}, false, fmt.Errorf("look up %q: %w", d.prefix+name, err)
+		}
+		if len(page.Objects) > 0 && page.Objects[0].Key == d.prefix+name {
+			o := page.Objects[0]
+			found = &dirEntry{name: name, key: o.Key, size: o.Size, etag: o.ETag, mtime: o.LastModified}
+		}
+	}
+	d.mu.Lock()
+	if d.current == l {
+		if d.beyond == nil {
+			d.beyond = map[string]*dirEntry{}
+		}
+		d.beyond[name] = found
+	}
+	d.mu.Unlock()
+	if found == nil {
+		return dirEntry{}, false, nil
+	}
+	return *found, true, nil
+}

@@ -34,6 +34,10 @@ type hiddenKey struct {
 type listing struct {
 	entries []dirEntry // sorted by name, byte-wise
 	fetched time.Time
+	// partial is set when a limited directory was listed only until its
+	// visible files were known; names after lastName were not listed.
+	partial  bool
+	lastName string
 }
 
 func (l *listing) lookup(name string) (dirEntry, bool) {

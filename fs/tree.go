@@ -39,6 +39,8 @@ type Config struct {
 	// RootListing, if non-nil, is the first (and only) page of the root's
 	// listing, fetched while checking that the prefix is readable.
 	RootListing *s3backend.ListPage
+	// Limit makes the smoke-test view; the zero Limit shows everything.
+	Limit Limit
 }
 
 // tree is the state shared by every node of one mount.

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -88,6 +92,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MetadataTTL: o.metadataTTL,
 		Logger:      logger,
 		RootListing: &first,
+		Limit:       o.limit,
 	}
 	source := "s3://" + o.bucket + "/" + o.prefix
 	opts := bgfs.Options(cfg, source, o.allowOther, logger)
@@ -113,7 +118,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"uid", o.uid, "gid", o.gid, "file_mode", fmt.Sprintf("%#o", o.fileMode), "dir_mode", fmt.Sprintf("%#o", o.dirMode),
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
-		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel)
+		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
+		"limit_files", limitString(o.limit))
 	return serveUntilSignal(server, mp, logger)
 }
 
@@ -181,4 +187,19 @@ func ttlString(d time.Duration) string {
 		return "indefinite"
 	}
 	return d.String()
+}
+
+func limitString(l bgfs.Limit) string {
+	if !l.Active() {
+		return "none"
+	}
+	var parts []string
+	if l.HasDefault {
+		parts = append(parts, strconv.Itoa(l.Default))
+	}
+	dirs := slices.Sorted(maps.Keys(l.PerDir))
+	for _, d := range dirs {
+		parts = append(parts, d+"="+strconv.Itoa(l.PerDir[d]))
+	}
+	return strings.Join(parts, ",") + " of " + l.Pattern
 }

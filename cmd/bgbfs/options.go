@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,7 @@ type mountOptions struct {
 	metadataTTL       time.Duration
 	logLevel          slog.Level
 
+	limit           bgfs.Limit
 	cache           cache.Options
 	kernelReadAhead int64
 	metricsAddr     string
@@ -55,6 +57,8 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
+	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
 	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks and read-ahead, all files together; 0 turns both off")
 	blockSize := fs.String("block-size", "1MiB", "unit of caching")
 	partSize := fs.String("part-size", "8MiB", "largest ranged GET of read-ahead")
@@ -104,6 +108,9 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	}
 	if err = o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
+	}
+	if o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern); err != nil {
+		return o, err
 	}
 	sizes := []struct {
 		name string
@@ -196,6 +203,47 @@ func parseTTL(s string) (time.Duration, error) {
 		return 0, usageError{fmt.Sprintf("--metadata-ttl %q: want a duration such as 60s or 10m, 0, or indefinite", s)}
 	}
 	return d, nil
+}
+
+// parseLimit reads the smoke-test view from --limit-files values ("N" or
+// "DIR=N") and, when there are none, BGB_LIMIT_FILES ("N"; empty means no
+// limit).
+func parseLimit(values []string, env, pattern string) (bgfs.Limit, error) {
+	if _, err := path.Match(pattern, ""); err != nil {
+		return bgfs.Limit{}, usageError{fmt.Sprintf("--limit-pattern %q: %v", pattern, err)}
+	}
+	l := bgfs.Limit{Pattern: pattern}
+	if len(values) == 0 {
+		if env == "" {
+			return l, nil
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(env))
+		if err != nil || n < 0 {
+			return l, usageError{fmt.Sprintf("BGB_LIMIT_FILES=%q: want a whole number of files, 0 or more", env)}
+		}
+		l.Default, l.HasDefault = n, true
+		return l, nil
+	}
+	for _, v := range values {
+		dir, num, perDir := strings.Cut(v, "=")
+		if !perDir {
+			num = dir
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 {
+			return l, usageError{fmt.Sprintf("--limit-files %q: want N or DIR=N with N a whole number, 0 or more", v)}
+		}
+		if !perDir {
+			l.Default, l.HasDefault = n, true
+			continue
+		}
+		dir = strings.Trim(path.Clean("/"+dir), "/")
+		if l.PerDir == nil {
+			l.PerDir = map[string]int{}
+		}
+		l.PerDir[dir] = n
+	}
+	return l, nil
 }
 
 // parseSize reads a byte count with an optional unit: 1GiB, 64MiB, 512KiB,

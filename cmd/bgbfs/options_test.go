@@ -147,3 +147,46 @@ func TestParseMountinfoLine(t *testing.T) {
 		}
 	}
 }
+
+func TestParseLimit(t *testing.T) {
+	tests := []struct {
+		name    string
+		values  []string
+		env     string
+		want    string // limitString of the result
+		wantErr string
+	}{
+		{name: "none", want: "none"},
+		{name: "env sets the default", env: "3", want: "3 of *.npz"},
+		{name: "env zero", env: "0", want: "0 of *.npz"},
+		{name: "flag beats env", values: []string{"50"}, env: "3", want: "50 of *.npz"},
+		{name: "per directory", values: []string{"train=3", "dev/=1"}, want: "dev=1,train=3 of *.npz"},
+		{name: "default and per directory", values: []string{"train=3", "7"}, want: "7,train=3 of *.npz"},
+		{name: "nested path cleaned", values: []string{"./a//b/=2"}, want: "a/b=2 of *.npz"},
+		{name: "env not a number", env: "three", wantErr: `BGB_LIMIT_FILES="three"`},
+		{name: "env negative", env: "-1", wantErr: "BGB_LIMIT_FILES"},
+		{name: "env fraction", env: "2.5", wantErr: "BGB_LIMIT_FILES"},
+		{name: "flag negative", values: []string{"train=-2"}, wantErr: "--limit-files"},
+		{name: "flag empty number", values: []string{"train="}, wantErr: "--limit-files"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := parseLimit(tt.values, tt.env, "*.npz")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one naming %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := limitString(l); got != tt.want {
+				t.Errorf("limit = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	if _, err := parseLimit(nil, "", "[bad"); err == nil {
+		t.Error("a malformed --limit-pattern was accepted")
+	}
+}

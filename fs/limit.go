@@ -1,0 +1,71 @@
+package fs
+
+import (
+	"path"
+	"strings"
+)
+
+// Limit is the smoke-test view: in a limited directory only the first N
+// regular files whose names match Pattern, in byte-wise order of their
+// names, are visible. Other files and subdirectories stay visible.
+// The zero Limit shows everything.
+type Limit struct {
+	// Default, when HasDefault, applies to directories not in PerDir.
+	Default    int
+	HasDefault bool
+	// PerDir is keyed by the directory's path relative to the mount root,
+	// without slashes at either end ("" is the root).
+	PerDir  map[string]int
+	Pattern string
+}
+
+// forDir returns the limit of the directory at rel, or -1 for none.
+func (l Limit) forDir(rel string) int {
+	if n, ok := l.PerDir[strings.Trim(rel, "/")]; ok {
+		return n
+	}
+	if l.HasDefault {
+		return l.Default
+	}
+	return -1
+}
+
+func (l Limit) matches(name string) bool {
+	ok, _ := path.Match(l.Pattern, name)
+	return ok
+}
+
+// Active reports whether any directory is limited.
+func (l Limit) Active() bool {
+	return l.HasDefault || len(l.PerDir) > 0
+}
+
+// applyLimit keeps directories, files that do not match, and the first n
+// matching files of entries, which are sorted by name.
+func applyLimit(entries []dirEntry, n int, matches func(string) bool) []dirEntry {
+	out := entries[:0:0]
+	seen := 0
+	for _, e := range entries {
+		if !e.isDir && matches(e.name) {
+			if seen >= n {
+				continue
+			}
+			seen++
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// matchesBefore counts the visible files matching that sort before last:
+// a file at the very end of the pages read may yet turn out to be hidden
+// by a directory of the same name on the next page.
+func matchesBefore(entries []dirEntry, last string, matches func(string) bool) int {
+	n := 0
+	for _, e := range entries {
+		if !e.isDir && e.name < last && matches(e.name) {
+			n++
+		}
+	}
+	return n
+}
