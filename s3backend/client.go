@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -30,17 +32,34 @@ type Config struct {
 	Profile        string
 	// NoSignRequest sends anonymous requests.
 	NoSignRequest bool
-	// MaxAttempts bounds retries of one request; 0 keeps the SDK default.
+	// MaxAttempts bounds the attempts at one request, retries included;
+	// 0 means DefaultMaxAttempts.
 	MaxAttempts int
+	// RequestTimeout is how long a request may make no progress (no
+	// response headers, or no body bytes) before it is abandoned and
+	// retried; 0 means DefaultRequestTimeout.
+	RequestTimeout time.Duration
 	// MaxConnsPerHost sizes the connection pool to the endpoint.
 	MaxConnsPerHost int
 }
+
+const (
+	DefaultMaxAttempts    = 10
+	DefaultRequestTimeout = 30 * time.Second
+	// maxBackoff caps the wait between two attempts: with 10 attempts a
+	// read against a dead endpoint fails within about a minute.
+	maxBackoff = 5 * time.Second
+	// probeAttempts bounds the start-up check's attempts.
+	probeAttempts = 3
+)
 
 // Client is the ObjectStore backed by a real S3 endpoint.
 type Client struct {
 	s3             *s3.Client
 	bucket         string
 	discoverRegion bool
+	maxAttempts    int
+	requestTimeout time.Duration
 }
 
 // defaultRegion is used when an endpoint is given and no region is known:
@@ -49,6 +68,12 @@ const defaultRegion = "us-east-1"
 
 // New builds a client from the SDK's default configuration chain.
 func New(ctx context.Context, c Config) (*Client, error) {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
 	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 		conns := max(c.MaxConnsPerHost, 64)
 		t.MaxIdleConns = conns * 2
@@ -57,7 +82,7 @@ func New(ctx context.Context, c Config) (*Client, error) {
 		// The SDK's default dialer waits 30 s; an unreachable endpoint
 		// should be reported well before that.
 		t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-		t.ResponseHeaderTimeout = 60 * time.Second
+		t.ResponseHeaderTimeout = c.RequestTimeout
 	})
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),
@@ -75,11 +100,16 @@ func New(ctx context.Context, c Config) (*Client, error) {
 	if c.NoSignRequest {
 		opts = append(opts, config.WithCredentialsProvider(aws.AnonymousCredentials{}))
 	}
-	if c.MaxAttempts > 0 {
-		opts = append(opts, config.WithRetryer(func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = c.MaxAttempts })
-		}))
-	}
+	// The SDK retries 5xx, throttling (SlowDown) and connection errors with
+	// exponential backoff and jitter. Its client-side retry quota is off:
+	// under a long run of faults it would turn retries into failures.
+	opts = append(opts, config.WithRetryer(func() aws.Retryer {
+		return retry.NewStandard(func(o *retry.StandardOptions) {
+			o.MaxAttempts = c.MaxAttempts
+			o.MaxBackoff = maxBackoff
+			o.RateLimiter = ratelimit.None
+		})
+	}))
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
@@ -95,7 +125,7 @@ func New(ctx context.Context, c Config) (*Client, error) {
 		}
 		o.UsePathStyle = c.ForcePathStyle
 	})
-	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover}, nil
+	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover, maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout}, nil
 }
 
 // Region reports the region requests are signed for.
@@ -103,6 +133,10 @@ func (c *Client) Region() string { return c.s3.Options().Region }
 
 // List implements ObjectStore.
 func (c *Client) List(ctx context.Context, req ListRequest) (ListPage, error) {
+	return c.list(ctx, req)
+}
+
+func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.Options)) (ListPage, error) {
 	in := &s3.ListObjectsV2Input{
 		Bucket: aws.String(c.bucket),
 		Prefix: aws.String(req.Prefix),
@@ -116,7 +150,7 @@ func (c *Client) List(ctx context.Context, req ListRequest) (ListPage, error) {
 	if req.MaxKeys > 0 {
 		in.MaxKeys = aws.Int32(req.MaxKeys)
 	}
-	out, err := c.s3.ListObjectsV2(ctx, in)
+	out, err := c.s3.ListObjectsV2(ctx, in, optFns...)
 	if err != nil {
 		return ListPage{}, classify(err)
 	}
@@ -145,13 +179,44 @@ func (c *Client) List(ctx context.Context, req ListRequest) (ListPage, error) {
 }
 
 // ReadAt implements ObjectStore with one ranged GET pinned by If-Match.
+// The SDK retries failed requests; a body that breaks off or stalls is
+// resumed here with a GET of the rest, up to the same number of attempts.
 func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
 	total := 0
 	for _, b := range bufs {
 		total += len(b)
 	}
-	if total == 0 {
-		return 0, nil
+	done := 0
+	var lastErr error
+	for attempt := 0; done < total; attempt++ {
+		if attempt > 0 {
+			if attempt >= c.maxAttempts {
+				return done, fmt.Errorf("get %q: gave up after %d attempts: %w", key, attempt, lastErr)
+			}
+			wait := min(maxBackoff, 100*time.Millisecond<<min(attempt, 10))
+			select {
+			case <-time.After(rand.N(wait) + wait/2):
+			case <-ctx.Done():
+				return done, ctx.Err()
+			}
+		}
+		n, err := c.get(ctx, key, etag, off+int64(done), skipBytes(bufs, done))
+		done += n
+		var broken *bodyError
+		if err == nil || errors.Is(err, io.EOF) || !errors.As(err, &broken) || ctx.Err() != nil {
+			return done, err
+		}
+		lastErr = err
+	}
+	return done, nil
+}
+
+// get makes one GET of the range bufs cover, abandoning it when its body
+// makes no progress for the request timeout.
+func (c *Client) get(ctx context.Context, key, etag string, off int64, bufs [][]byte) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
 	}
 	in := &s3.GetObjectInput{
 		Bucket: aws.String(c.bucket),
@@ -161,7 +226,9 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs .
 	if etag != "" {
 		in.IfMatch = aws.String(etag)
 	}
-	out, err := c.s3.GetObject(ctx, in)
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	out, err := c.s3.GetObject(reqCtx, in)
 	if err != nil {
 		if isRangeNotSatisfiable(err) {
 			return 0, io.EOF
@@ -178,26 +245,69 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs .
 	if etag != "" && out.ETag != nil && aws.ToString(out.ETag) != etag {
 		return 0, fmt.Errorf("get %q: served ETag %s, opened %s: %w", key, aws.ToString(out.ETag), etag, ErrStale)
 	}
+	stall := time.AfterFunc(c.requestTimeout, func() { cancel(errStalled) })
+	defer stall.Stop()
+	body := &progressReader{r: out.Body, onProgress: func() { stall.Reset(c.requestTimeout) }}
 	want := aws.ToInt64(out.ContentLength)
 	n := 0
 	for _, b := range bufs {
-		m, err := io.ReadFull(out.Body, b)
+		m, err := io.ReadFull(body, b)
 		n += m
 		switch {
 		case err == nil:
 			continue
-		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		case context.Cause(reqCtx) == errStalled:
+			return n, &bodyError{fmt.Errorf("get %q: %w after %d of %d bytes", key, errStalled, n, total)}
+		case (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)) && out.ContentLength != nil && int64(n) == want:
 			// A short body is the end of the object only if the server
 			// said the range was that short.
-			if out.ContentLength != nil && int64(n) == want {
-				return n, io.EOF
-			}
-			return n, fmt.Errorf("get %q: body ended after %d of %d bytes: %w", key, n, want, io.ErrUnexpectedEOF)
+			return n, io.EOF
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+			return n, &bodyError{fmt.Errorf("get %q: body ended after %d of %d bytes: %w", key, n, want, io.ErrUnexpectedEOF)}
 		default:
-			return n, fmt.Errorf("get %q: read body: %w", key, err)
+			return n, &bodyError{fmt.Errorf("get %q: read body: %w", key, err)}
 		}
 	}
 	return n, nil
+}
+
+// errStalled marks a transfer abandoned for making no progress.
+var errStalled = errors.New("transfer stalled")
+
+// bodyError is a response body that broke off or stalled: the request
+// itself succeeded (the SDK retries those), so the rest can be asked for.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+// progressReader calls onProgress whenever bytes arrive.
+type progressReader struct {
+	r          io.Reader
+	onProgress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.onProgress()
+	}
+	return n, err
+}
+
+// skipBytes returns bufs without their first n bytes.
+func skipBytes(bufs [][]byte, n int) [][]byte {
+	for len(bufs) > 0 && n >= len(bufs[0]) {
+		n -= len(bufs[0])
+		bufs = bufs[1:]
+	}
+	if n == 0 || len(bufs) == 0 {
+		return bufs
+	}
+	out := make([][]byte, len(bufs))
+	copy(out, bufs)
+	out[0] = out[0][n:]
+	return out
 }
 
 func isRangeNotSatisfiable(err error) bool {
@@ -255,7 +365,12 @@ func classify(err error) error {
 // naming the bucket's region.
 func (c *Client) Probe(ctx context.Context, prefix string) (ListPage, error) {
 	req := ListRequest{Prefix: prefix, Delimiter: "/"}
-	page, err := c.List(ctx, req)
+	// A start-up check should fail fast: a few quick retries for a
+	// passing fault, not the minute that reads may spend.
+	fewRetries := func(o *s3.Options) {
+		o.Retryer = retry.AddWithMaxBackoffDelay(retry.AddWithMaxAttempts(o.Retryer, probeAttempts), time.Second)
+	}
+	page, err := c.list(ctx, req, fewRetries)
 	if err == nil || !c.discoverRegion {
 		return page, err
 	}
@@ -264,7 +379,7 @@ func (c *Client) Probe(ctx context.Context, prefix string) (ListPage, error) {
 		return page, err
 	}
 	c.s3 = s3.New(c.s3.Options(), func(o *s3.Options) { o.Region = region })
-	return c.List(ctx, req)
+	return c.list(ctx, req, fewRetries)
 }
 
 // bucketRegion reads the region S3 names in a wrong-region answer.

@@ -60,6 +60,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Profile:         o.profile,
 		NoSignRequest:   o.noSignRequest,
 		MaxConnsPerHost: o.cache.MaxParallel,
+		MaxAttempts:     o.maxAttempts,
+		RequestTimeout:  o.requestTimeout,
 	})
 	if err != nil {
 		return err
@@ -119,7 +121,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
-		"limit_files", limitString(o.limit))
+		"limit_files", limitString(o.limit), "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
 	return serveUntilSignal(server, mp, logger)
 }
 

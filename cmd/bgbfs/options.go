@@ -14,6 +14,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // mountOptions is everything "bgbfs mount" is told, validated.
@@ -33,6 +34,8 @@ type mountOptions struct {
 	metadataTTL       time.Duration
 	logLevel          slog.Level
 
+	maxAttempts     int
+	requestTimeout  time.Duration
 	limit           bgfs.Limit
 	cache           cache.Options
 	kernelReadAhead int64
@@ -57,6 +60,8 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	maxAttempts := fs.String("max-attempts", firstNonEmpty(getenv("AWS_MAX_ATTEMPTS"), strconv.Itoa(s3backend.DefaultMaxAttempts)), "attempts at one S3 request, retries of 5xx, throttling, resets, broken and stalled bodies included (env AWS_MAX_ATTEMPTS)")
+	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
 	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
 	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
 	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks and read-ahead, all files together; 0 turns both off")
@@ -108,6 +113,12 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	}
 	if err = o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
+	}
+	if o.maxAttempts, err = strconv.Atoi(*maxAttempts); err != nil || o.maxAttempts < 1 || o.maxAttempts > 100 {
+		return o, usageError{fmt.Sprintf("--max-attempts %q: want a number from 1 to 100", *maxAttempts)}
+	}
+	if o.requestTimeout = *requestTimeout; o.requestTimeout <= 0 {
+		return o, usageError{fmt.Sprintf("--request-timeout %v: want a positive duration", o.requestTimeout)}
 	}
 	if o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern); err != nil {
 		return o, err
