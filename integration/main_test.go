@@ -1,0 +1,132 @@
+// Package integration holds the end-to-end tests of bgbfs: the real binary
+// mounted against a real MinIO server (and, for keys MinIO refuses, an
+// in-process gofakes3), exercised through the kernel's FUSE mount.
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+// suite is what every test shares: the binaries, a work directory, and
+// the lazily started MinIO and datasets (building them is the slow part,
+// so it happens once per `go test` run and only if a test needs it).
+type suite struct {
+	repo  string
+	work  string // integration/.work/run-*, removed at the end
+	bgbfs string // the binary under test
+
+	minioOnce sync.Once
+	minio     *testbed.MinIO
+	minioErr  error
+
+	dataOnce sync.Once
+	data     *dataset
+	dataErr  error
+
+	policyOnce sync.Once
+	policy     *policyBucket
+	policyErr  error
+}
+
+// env is set once by TestMain before any test runs and never reassigned;
+// the lazily built parts inside are guarded by their sync.Once.
+var env *suite
+
+func TestMain(m *testing.M) {
+	s, err := newSuite()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		os.Exit(1)
+	}
+	env = s
+	code := m.Run()
+	s.close()
+	os.Exit(code)
+}
+
+func newSuite() (*suite, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("the end-to-end tests mount FUSE filesystems and drop kernel caches: run them as root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return nil, fmt.Errorf("/dev/fuse is needed: %v", err)
+	}
+	repo, err := testbed.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	base := filepath.Join(repo, "integration", ".work")
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(base, "run-")
+	if err != nil {
+		return nil, err
+	}
+	bin, err := testbed.BgbfsBinary(repo, work)
+	if err != nil {
+		os.RemoveAll(work)
+		return nil, err
+	}
+	return &suite{repo: repo, work: work, bgbfs: bin}, nil
+}
+
+func (s *suite) close() {
+	if s.minio != nil {
+		s.minio.Stop()
+	}
+	if err := os.RemoveAll(s.work); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: cleaning up:", err)
+	}
+}
+
+// server returns the shared MinIO, starting it on first use. A missing
+// MinIO binary fails the test: a silently skipped suite proves nothing.
+func (s *suite) server(t testing.TB) *testbed.MinIO {
+	t.Helper()
+	s.minioOnce.Do(func() {
+		bin, err := testbed.MinIOBinary(s.repo)
+		if err != nil {
+			s.minioErr = err
+			return
+		}
+		s.minio, s.minioErr = testbed.StartMinIO(bin, filepath.Join(s.work, "minio"))
+	})
+	if s.minioErr != nil {
+		t.Fatalf("MinIO: %v", s.minioErr)
+	}
+	return s.minio
+}
+
+// dataset returns the main bucket, uploading it on first use.
+func (s *suite) dataset(t testing.TB) *dataset {
+	t.Helper()
+	srv := s.server(t)
+	s.dataOnce.Do(func() {
+		s.data, s.dataErr = buildDataset(t, s.repo, filepath.Join(s.work, "src"), srv)
+	})
+	if s.dataErr != nil {
+		t.Fatalf("building the test bucket: %v", s.dataErr)
+	}
+	return s.data
+}
+
+// policyBucket returns the bucket with an anonymous-read policy on
+// public/ only, creating it on first use.
+func (s *suite) policyBucket(t testing.TB) *policyBucket {
+	t.Helper()
+	srv := s.server(t)
+	s.policyOnce.Do(func() {
+		s.policy, s.policyErr = buildPolicyBucket(srv)
+	})
+	if s.policyErr != nil {
+		t.Fatalf("building the policy bucket: %v", s.policyErr)
+	}
+	return s.policy
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/python3
+"""Generate a small, deterministic copy of the TUSZ window cache.
+
+Writes OUT/train/*.npz and OUT/dev/*.npz in the layout the trainer reads
+(see WORKLOAD.md): one file per recording named
+<recording>_s<session>_t<take>_windows.npz holding
+  windows  float32 (K, 19, 15360)
+  labels   float32 (K, 15360)
+alternating np.savez_compressed (even index) and np.savez (odd index), plus
+OUT/<split>/manifest.json listing {"cache_file": name, "window_idx": i}.
+
+File i of the whole run (train first, then dev) uses
+np.random.default_rng(seed + i), so the same arguments always give the same
+bytes. Run with /usr/bin/python3 (it needs numpy).
+
+usage: gen_npz.py --out DIR --train N --dev M --windows K --seed S
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+
+import numpy as np
+
+CHANNELS = 19
+SAMPLES = 15360  # 60 s at 256 Hz
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def recording_names(count, seed):
+    """Distinct, plausible names whose byte order differs from creation
+    order: some share a recording (so only session/take decide the order),
+    and recordings differ at varying positions."""
+    rnd = random.Random(seed)
+    names, seen = [], set()
+    while len(names) < count:
+        if names and rnd.random() < 0.3:
+            # Another session or take of an earlier recording.
+            rec = names[rnd.randrange(len(names))].split("_")[0]
+        else:
+            rec = "aaaa" + "".join(rnd.choice(LETTERS) for _ in range(4))
+        name = "%s_s%03d_t%03d_windows.npz" % (rec, rnd.randrange(1, 12), rnd.randrange(0, 12))
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def write_split(out, split, names, first_index, windows, seed):
+    d = os.path.join(out, split)
+    os.makedirs(d, exist_ok=True)
+    manifest = []
+    for j, name in enumerate(names):
+        i = first_index + j
+        rng = np.random.default_rng(seed + i)
+        w = rng.standard_normal((windows, CHANNELS, SAMPLES), dtype=np.float32)
+        labels = (rng.random((windows, SAMPLES)) < 0.1).astype(np.float32)
+        save = np.savez_compressed if i % 2 == 0 else np.savez
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            save(f, windows=w, labels=labels)
+        manifest.extend({"cache_file": name, "window_idx": k} for k in range(windows))
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, required=True)
+    p.add_argument("--dev", type=int, required=True)
+    p.add_argument("--windows", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    a = p.parse_args(argv)
+    if min(a.train, a.dev) < 0 or a.windows < 1:
+        p.error("--train/--dev must be >= 0 and --windows >= 1")
+    names = recording_names(a.train + a.dev, a.seed)
+    write_split(a.out, "train", names[: a.train], 0, a.windows, a.seed)
+    write_split(a.out, "dev", names[a.train :], a.train, a.windows, a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
