@@ -8,7 +8,7 @@ MINIO   := $(TOOLS)/bin/minio
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build tools test unit integration demo bench vet fmt clean
+.PHONY: all build tools test unit fuzz integration demo bench vet fmt clean
 
 all: build
 
@@ -28,10 +28,18 @@ vet:
 unit:
 	$(GO) test -count=1 ./cmd/... ./fs/... ./s3backend/... ./cache/...
 
+# Each fuzz target runs briefly on top of its committed seed corpus
+# (testdata/fuzz and f.Add); run one longer with FUZZTIME=5m.
+FUZZTIME ?= 5s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzNameProblem$$' -fuzztime $(FUZZTIME) ./fs
+	$(GO) test -run '^$$' -fuzz '^FuzzMergeListing$$' -fuzztime $(FUZZTIME) ./fs
+	$(GO) test -run '^$$' -fuzz '^FuzzReadAt$$' -fuzztime $(FUZZTIME) ./cache
+
 integration: tools build
 	BGBFS_BIN=$(CURDIR)/bin/bgbfs MINIO_BIN=$(MINIO) $(GO) test -count=1 -timeout 40m ./integration/...
 
-test: vet unit integration
+test: vet unit fuzz integration
 
 demo: build
 	$(GO) run ./integration/demo --bgbfs $(CURDIR)/bin/bgbfs

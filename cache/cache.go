@@ -79,6 +79,9 @@ type BlockCache struct {
 	// readers counts open Readers that have read, to share ahead fairly.
 	readers atomic.Int64
 
+	// fetching counts running fetches, so Close can wait for them.
+	fetching sync.WaitGroup
+
 	mu sync.Mutex
 	// inflight maps a block key to the fetch bringing it, so concurrent
 	// misses on one block make one GET.
@@ -122,8 +125,10 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	return c, nil
 }
 
-// Close releases the cache's memory and goroutines.
+// Close waits for running fetches, then releases the cache's memory and
+// goroutines.
 func (c *BlockCache) Close() {
+	c.fetching.Wait()
 	if c.blocks != nil {
 		c.blocks.Close()
 	}
@@ -237,6 +242,7 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64) (per
 		out[idx-first] = run
 	}
 	c.mu.Unlock()
+	c.fetching.Add(len(started))
 	for _, f := range started {
 		go c.run(f)
 	}
@@ -246,6 +252,7 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64) (per
 // run performs one fetch. It does not depend on any reader's context:
 // other readers may be waiting for the same blocks.
 func (c *BlockCache) run(f *fetch) {
+	defer c.fetching.Done()
 	c.requests <- struct{}{}
 	want := f.bytes()
 	n, err := c.store.ReadAt(context.Background(), f.obj.Key, f.obj.ETag, f.first*c.opt.BlockSize, f.blocks...)

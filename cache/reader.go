@@ -9,6 +9,9 @@ import (
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
+// ErrNegativeOffset is a read before the start of a file.
+var ErrNegativeOffset = errors.New("negative offset")
+
 // seqBackSlack is how far before the end of the last read a read may start
 // and still count as sequential: the kernel issues read-ahead requests in
 // parallel, so they arrive slightly out of order.
@@ -52,6 +55,9 @@ func (c *BlockCache) Open(obj Object, zipArchive bool) *Reader {
 
 // ReadAt reads len(p) bytes at off, fewer only at the end of the object.
 func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, ErrNegativeOffset
+	}
 	if off >= r.obj.Size {
 		return 0, io.EOF
 	}

@@ -55,6 +55,9 @@ var (
 )
 
 func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off < 0 { // an offset past 2^63 from the kernel
+		return nil, syscall.EINVAL
+	}
 	n, err := h.reader.ReadAt(ctx, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		if isStale(err) {
