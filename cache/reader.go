@@ -101,15 +101,23 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		}
 	}
 	if missing {
-		fetched, _ := c.startFetches(r.obj, first, last, last-first+1)
-		for i, f := range fetched {
-			if blocks[i] == nil && waits[i] == nil {
-				c.misses.Add(1)
-				waits[i] = f
-				if f == nil { // cached since we looked
-					blocks[i], _ = c.cached(r.obj, first+int64(i))
-				}
+		// Fetch each run of missing blocks; blocks at hand are not asked
+		// for again, even if the cache refused them.
+		for i := int64(0); i <= last-first; {
+			if blocks[i] != nil || waits[i] != nil {
+				i++
+				continue
 			}
+			j := i
+			for j+1 <= last-first && blocks[j+1] == nil && waits[j+1] == nil {
+				j++
+			}
+			fetched, _ := c.startFetches(r.obj, first+i, first+j, j-i+1)
+			for k, f := range fetched {
+				c.misses.Add(1)
+				waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
+			}
+			i = j + 1
 		}
 	}
 
