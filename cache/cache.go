@@ -40,6 +40,9 @@ type Options struct {
 	// MaxParallel bounds the GETs in flight, all readers together.
 	MaxParallel int
 	Logger      *slog.Logger
+	// ObserveWindow, if set, is told the read-ahead window of a reader
+	// each time it starts fetching ahead.
+	ObserveWindow func(bytes int64)
 }
 
 // Validate checks that the options make sense together.

@@ -214,6 +214,9 @@ func (r *Reader) readAheadLocked(end int64) {
 	to := min(alignUp(end+window, bs), alignUp(r.obj.Size, bs))
 	part := min(c.opt.PartSize, max(window, bs))
 	objEnd := alignUp(r.obj.Size, bs)
+	if from < to && c.opt.ObserveWindow != nil {
+		c.opt.ObserveWindow(window)
+	}
 	for from < to {
 		partEnd := min(from+part, to)
 		if partEnd-from < part && partEnd < objEnd {

@@ -201,6 +201,7 @@ func (d *dirNode) expire() {
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer d.tree.Metrics.observe("lookup", time.Now())
 	l, err := d.getListing(ctx)
 	if err != nil {
 		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
@@ -249,6 +250,7 @@ func (d *dirNode) child(ctx context.Context, e dirEntry) *gofs.Inode {
 }
 
 func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	defer d.tree.Metrics.observe("readdir", time.Now())
 	l, err := d.getListing(ctx)
 	if err != nil {
 		return nil, d.tree.errno(ctx, "readdir", d.prefix, err)

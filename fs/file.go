@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -33,6 +34,7 @@ func (f *fileNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 }
 
 func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	defer f.tree.Metrics.observe("open", time.Now())
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
@@ -40,6 +42,7 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	r := f.tree.Blocks.Open(obj, strings.HasSuffix(f.entry.name, ".npz"))
 	// The node is one object version, so pages the kernel cached from an
 	// earlier open of this node are still right.
+	f.tree.Metrics.opened(1)
 	return &fileHandle{node: f, reader: r}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -55,6 +58,7 @@ var (
 )
 
 func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer h.node.tree.Metrics.observe("read", time.Now())
 	if off < 0 { // an offset past 2^63 from the kernel
 		return nil, syscall.EINVAL
 	}
@@ -70,5 +74,6 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 
 func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
 	h.reader.Close()
+	h.node.tree.Metrics.opened(-1)
 	return 0
 }

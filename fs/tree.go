@@ -41,6 +41,8 @@ type Config struct {
 	RootListing *s3backend.ListPage
 	// Limit makes the smoke-test view; the zero Limit shows everything.
 	Limit Limit
+	// Metrics, if set, records FUSE operations.
+	Metrics *Metrics
 }
 
 // tree is the state shared by every node of one mount.

@@ -41,6 +41,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxConnsPerHost sizes the connection pool to the endpoint.
 	MaxConnsPerHost int
+	// Metrics, if set, counts retries; wrap the client with Instrument to
+	// record requests.
+	Metrics *Metrics
 }
 
 const (
@@ -60,6 +63,7 @@ type Client struct {
 	discoverRegion bool
 	maxAttempts    int
 	requestTimeout time.Duration
+	metrics        *Metrics // may be nil
 }
 
 // defaultRegion is used when an endpoint is given and no region is known:
@@ -104,11 +108,15 @@ func New(ctx context.Context, c Config) (*Client, error) {
 	// exponential backoff and jitter. Its client-side retry quota is off:
 	// under a long run of faults it would turn retries into failures.
 	opts = append(opts, config.WithRetryer(func() aws.Retryer {
-		return retry.NewStandard(func(o *retry.StandardOptions) {
+		std := retry.NewStandard(func(o *retry.StandardOptions) {
 			o.MaxAttempts = c.MaxAttempts
 			o.MaxBackoff = maxBackoff
 			o.RateLimiter = ratelimit.None
 		})
+		if c.Metrics == nil {
+			return std
+		}
+		return countingRetryer{RetryerV2: std, retries: c.Metrics.retries}
 	}))
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
@@ -125,7 +133,7 @@ func New(ctx context.Context, c Config) (*Client, error) {
 		}
 		o.UsePathStyle = c.ForcePathStyle
 	})
-	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover, maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout}, nil
+	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover, maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout, metrics: c.Metrics}, nil
 }
 
 // Region reports the region requests are signed for.
@@ -207,6 +215,9 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs .
 			return done, err
 		}
 		lastErr = err
+		if c.metrics != nil {
+			c.metrics.retries.Inc()
+		}
 	}
 	return done, nil
 }

@@ -52,6 +52,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if o.cache.CacheSize > 0 {
 		debug.SetMemoryLimit(o.cache.CacheSize + runtimeHeadroom)
 	}
+	metrics := newDaemonMetrics()
 	client, err := s3backend.New(ctx, s3backend.Config{
 		Bucket:          o.bucket,
 		Endpoint:        o.endpoint,
@@ -62,6 +63,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxConnsPerHost: o.cache.MaxParallel,
 		MaxAttempts:     o.maxAttempts,
 		RequestTimeout:  o.requestTimeout,
+		Metrics:         metrics.s3,
 	})
 	if err != nil {
 		return err
@@ -76,13 +78,15 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		logger.Warn("no objects under the prefix: the mount is empty", "bucket", o.bucket, "prefix", o.prefix)
 	}
 
-	store := s3backend.NewCountingStore(client)
+	store := s3backend.Instrument(client, metrics.s3)
 	o.cache.Logger = logger
+	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	blocks, err := cache.New(store, o.cache)
 	if err != nil {
 		return err
 	}
 	defer blocks.Close()
+	metrics.watchCache(blocks)
 	cfg := bgfs.Config{
 		Lister:      store,
 		Blocks:      blocks,
@@ -95,6 +99,14 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Logger:      logger,
 		RootListing: &first,
 		Limit:       o.limit,
+		Metrics:     metrics.fuse,
+	}
+	if o.metricsAddr != "" {
+		stop, err := metrics.serve(o.metricsAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	source := "s3://" + o.bucket + "/" + o.prefix
 	opts := bgfs.Options(cfg, source, o.allowOther, logger)
@@ -106,14 +118,6 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := setKernelReadAhead(mp, o.kernelReadAhead); err != nil {
 			logger.Debug("kernel read-ahead left as it is", "err", err)
 		}
-	}
-	if o.metricsAddr != "" {
-		stop, err := serveStats(o.metricsAddr, store, blocks, logger)
-		if err != nil {
-			_ = server.Unmount()
-			return err
-		}
-		defer stop()
 	}
 	logger.Info("mounted", "source", source, "mountpoint", mp,
 		"region", client.Region(), "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),

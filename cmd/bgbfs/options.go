@@ -70,7 +70,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
 	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
 	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's)")
-	metricsAddr := fs.String("metrics-addr", "", "serve counters over HTTP on this address (e.g. 127.0.0.1:9180), at /stats; off when empty")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return mountOptions{}, err
 	}
