@@ -12,8 +12,9 @@ import (
 // real mount; the tree must refuse them on its own all the same.
 func TestMutationsAreRefused(t *testing.T) {
 	ctx := context.Background()
-	d := &dirNode{}
-	f := &fileNode{}
+	tr := &tree{}
+	d := &dirNode{tree: tr}
+	f := &fileNode{tree: tr}
 	var eo fuse.EntryOut
 	var ao fuse.AttrOut
 	calls := []struct {
