@@ -20,8 +20,10 @@ const usage = `bgbfs mounts an S3 bucket prefix as a read-only filesystem.
 
 Usage:
   bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT
+  bgbfs exec [mount flags] s3://BUCKET[/PREFIX/] MOUNTPOINT -- COMMAND [ARGS...]
   bgbfs unmount [flags] MOUNTPOINT
   bgbfs version
+  bgbfs s3://BUCKET[/PREFIX/] MOUNTPOINT -o OPTIONS   (as mount.fuse3 calls it: mounts in the background)
 
 Run "bgbfs COMMAND --help" for the flags of a command.
 `
@@ -45,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "mount":
 		err = runMount(ctx, rest, stdout, stderr)
+	case "exec":
+		err = runExec(ctx, rest, stdout, stderr)
 	case "unmount", "umount":
 		err = runUnmount(ctx, rest, stdout)
 	case "version", "--version":
@@ -52,13 +56,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
-		err = usageError{fmt.Sprintf("unknown command %q (want mount, unmount or version)", cmd)}
+		if strings.HasPrefix(cmd, "s3://") {
+			// mount -t fuse.bgbfs runs "bgbfs SOURCE MOUNTPOINT -o ..."
+			// and waits for it to return once mounted.
+			err = runMount(ctx, append([]string{"--daemon"}, args...), stdout, stderr)
+			break
+		}
+		err = usageError{fmt.Sprintf("unknown command %q (want mount, exec, unmount or version)", cmd)}
 	}
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, pflag.ErrHelp):
 		return 0
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
 	}
 	var ue usageError
 	if errors.As(err, &ue) {

@@ -37,15 +37,48 @@ const unmountGrace = 5 * time.Second
 const runtimeHeadroom = 80 << 20
 
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, err := parseMountArgs(args, os.Getenv, stdout)
+	o, err := parseMountArgs(args, os.Getenv, stdout, false)
 	if err != nil {
 		return err
 	}
+	if o.daemon && os.Getenv(daemonReadyEnv) == "" {
+		return startDaemon(args, stderr)
+	}
+	m, err := startMount(ctx, o, stderr)
+	notifyDaemonParent(err)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+	return m.serveUntilSignal()
+}
+
+// liveMount is a mounted bgbfs filesystem and what serves it.
+type liveMount struct {
+	server  *fuse.Server
+	mp      string
+	source  string
+	logger  *slog.Logger
+	closers []func()
+}
+
+// startMount checks everything that can be checked before mounting, then
+// mounts. On error nothing is mounted.
+func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveMount, err error) {
 	mp, err := checkMountpoint(o.mountpoint)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	logger, closeLog, err := newLogger(o, stderr)
+	if err != nil {
+		return nil, err
+	}
+	m := &liveMount{mp: mp, logger: logger, source: "s3://" + o.bucket + "/" + o.prefix, closers: []func(){closeLog}}
+	defer func() {
+		if err != nil {
+			m.close() // a failed start leaves nothing behind
+		}
+	}()
 
 	// The cache is the bulk of the heap: keep the Go runtime's garbage
 	// from growing the process far beyond it.
@@ -66,13 +99,13 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Metrics:         metrics.s3,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
 	first, err := client.Probe(probeCtx, o.prefix)
 	cancel()
 	if err != nil {
-		return explainProbe(o, err)
+		return nil, explainProbe(o, err)
 	}
 	if len(first.Objects) == 0 && len(first.CommonPrefixes) == 0 {
 		logger.Warn("no objects under the prefix: the mount is empty", "bucket", o.bucket, "prefix", o.prefix)
@@ -83,10 +116,17 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	blocks, err := cache.New(store, o.cache)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer blocks.Close()
+	m.closers = append(m.closers, blocks.Close)
 	metrics.watchCache(blocks)
+	if o.metricsAddr != "" {
+		stop, err := metrics.serve(o.metricsAddr, logger)
+		if err != nil {
+			return nil, err
+		}
+		m.closers = append(m.closers, stop)
+	}
 	cfg := bgfs.Config{
 		Lister:      store,
 		Blocks:      blocks,
@@ -101,66 +141,77 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Limit:       o.limit,
 		Metrics:     metrics.fuse,
 	}
-	if o.metricsAddr != "" {
-		stop, err := metrics.serve(o.metricsAddr, logger)
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
-	source := "s3://" + o.bucket + "/" + o.prefix
-	opts := bgfs.Options(cfg, source, o.allowOther, logger)
-	server, err := gofs.Mount(mp, bgfs.NewRoot(cfg), opts)
+	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
 	if err != nil {
-		return fmt.Errorf("mount %s: %w", mp, err)
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
 	if o.kernelReadAhead > 0 {
 		if err := setKernelReadAhead(mp, o.kernelReadAhead); err != nil {
 			logger.Debug("kernel read-ahead left as it is", "err", err)
 		}
 	}
-	logger.Info("mounted", "source", source, "mountpoint", mp,
+	logger.Info("mounted", "source", m.source, "mountpoint", mp,
 		"region", client.Region(), "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),
 		"uid", o.uid, "gid", o.gid, "file_mode", fmt.Sprintf("%#o", o.fileMode), "dir_mode", fmt.Sprintf("%#o", o.dirMode),
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
 		"limit_files", limitString(o.limit), "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
-	return serveUntilSignal(server, mp, logger)
+	return m, nil
+}
+
+// close releases what serves the mount, newest first.
+func (m *liveMount) close() {
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		m.closers[i]()
+	}
+	m.closers = nil
 }
 
 // serveUntilSignal keeps the mount up until it is unmounted from outside
 // or the process gets SIGINT or SIGTERM, which unmount it.
-func serveUntilSignal(server *fuse.Server, mp string, logger *slog.Logger) error {
+func (m *liveMount) serveUntilSignal() error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	done := make(chan struct{})
-	go func() {
-		server.Wait()
-		close(done)
-	}()
 	select {
-	case <-done:
-		logger.Info("unmounted from outside", "mountpoint", mp)
+	case <-m.done():
+		m.logger.Info("unmounted from outside", "source", m.source, "mountpoint", m.mp)
 		return nil
 	case sig := <-sigs:
-		logger.Info("signal received: unmounting", "signal", sig.String(), "mountpoint", mp)
+		m.logger.Info("signal received: unmounting", "signal", sig.String(), "mountpoint", m.mp)
 	}
-	if err := server.Unmount(); err != nil {
+	return m.unmount()
+}
+
+// done is closed when the kernel has ended the mount.
+func (m *liveMount) done() <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		m.server.Wait()
+		close(done)
+	}()
+	return done
+}
+
+// unmount ends the mount, lazily if files are open, and waits a little
+// for the kernel to let go.
+func (m *liveMount) unmount() error {
+	done := m.done()
+	if err := m.server.Unmount(); err != nil {
 		// Busy: files are open. Detach the mount so new lookups fail,
 		// and let the kernel drop it when the last file closes.
-		logger.Warn("unmount failed; detaching lazily", "mountpoint", mp, "err", err)
-		if err := detach(mp); err != nil {
-			return fmt.Errorf("unmount %s: %w", mp, err)
+		m.logger.Warn("unmount failed; detaching lazily", "mountpoint", m.mp, "err", err)
+		if err := detach(m.mp); err != nil {
+			return fmt.Errorf("unmount %s: %w", m.mp, err)
 		}
 	}
 	select {
 	case <-done:
 	case <-time.After(unmountGrace):
-		logger.Warn("files still open after unmount; exiting anyway", "mountpoint", mp)
+		m.logger.Warn("files still open after unmount; exiting anyway", "mountpoint", m.mp)
 	}
-	logger.Info("unmounted", "mountpoint", mp)
+	m.logger.Info("unmounted", "source", m.source, "mountpoint", m.mp)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/spf13/pflag"
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
@@ -40,14 +41,26 @@ type mountOptions struct {
 	cache           cache.Options
 	kernelReadAhead int64
 	metricsAddr     string
+
+	logFormat string
+	logFile   string
+	daemon    bool
+	// command is what "bgbfs exec" runs with the mount live.
+	command []string
 }
 
 const mountSynopsis = "bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT"
 
-// parseMountArgs reads the command line and environment of "bgbfs mount".
-// getenv is os.Getenv outside tests.
-func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer) (mountOptions, error) {
-	fs := newFlagSet("mount", mountSynopsis, stdout)
+const execSynopsis = "bgbfs exec [mount flags] s3://BUCKET[/PREFIX/] MOUNTPOINT -- COMMAND [ARGS...]"
+
+// parseMountArgs reads the command line and environment of "bgbfs mount"
+// (or, with exec set, of "bgbfs exec"). getenv is os.Getenv outside tests.
+func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer, exec bool) (mountOptions, error) {
+	synopsis := mountSynopsis
+	if exec {
+		synopsis = execSynopsis
+	}
+	fs := newFlagSet("mount", synopsis, stdout)
 	endpoint := fs.String("endpoint-url", getenv("AWS_ENDPOINT_URL"), "S3 endpoint URL, for S3-compatible servers (env AWS_ENDPOINT_URL)")
 	region := fs.String("region", firstNonEmpty(getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION")), "AWS region (env AWS_REGION; us-east-1 when --endpoint-url is set and no region is)")
 	pathStyle := fs.Bool("force-path-style", false, "address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT")
@@ -60,6 +73,10 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logFile := fs.String("log-file", "", "append logs to this file instead of stderr")
+	daemon := fs.Bool("daemon", false, "run in the background; return once the mount is ready (non-zero, with the reason, if it failed)")
+	fuseOpts := fs.StringArrayP("options", "o", nil, "mount options, FUSE style: -o allow_other,uid=1000,endpoint_url=http://...,limit_files=3 (any flag, with _ for -); for mount(8) and /etc/fstab")
 	maxAttempts := fs.String("max-attempts", firstNonEmpty(getenv("AWS_MAX_ATTEMPTS"), strconv.Itoa(s3backend.DefaultMaxAttempts)), "attempts at one S3 request, retries of 5xx, throttling, resets, broken and stalled bodies included (env AWS_MAX_ATTEMPTS)")
 	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
 	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
@@ -74,11 +91,26 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if err := parseFlags(fs, args); err != nil {
 		return mountOptions{}, err
 	}
-	if fs.NArg() != 2 {
-		return mountOptions{}, usageError{fmt.Sprintf("mount takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", fs.NArg())}
+	if err := applyFuseOptions(fs, *fuseOpts); err != nil {
+		return mountOptions{}, err
+	}
+	positional := fs.Args()
+	var command []string
+	if exec {
+		dash := fs.ArgsLenAtDash()
+		if dash < 0 || dash == len(positional) {
+			return mountOptions{}, usageError{"exec needs a command after --"}
+		}
+		positional, command = positional[:dash], positional[dash:]
+	}
+	if len(positional) != 2 {
+		return mountOptions{}, usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
 	}
 	o := mountOptions{
-		mountpoint:     fs.Arg(1),
+		command:        command,
+		logFile:        *logFile,
+		daemon:         *daemon,
+		mountpoint:     positional[1],
 		endpoint:       *endpoint,
 		region:         *region,
 		forcePathStyle: *pathStyle,
@@ -87,7 +119,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 		allowOther:     *allowOther,
 	}
 	var err error
-	if o.bucket, o.prefix, err = parseS3URL(fs.Arg(0)); err != nil {
+	if o.bucket, o.prefix, err = parseS3URL(positional[0]); err != nil {
 		return o, err
 	}
 	if o.endpoint != "" && !strings.HasPrefix(o.endpoint, "http://") && !strings.HasPrefix(o.endpoint, "https://") {
@@ -113,6 +145,12 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer)
 	}
 	if err = o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
+	}
+	if o.logFormat = *logFormat; o.logFormat != "text" && o.logFormat != "json" {
+		return o, usageError{fmt.Sprintf("--log-format %q: want text or json", o.logFormat)}
+	}
+	if exec && o.daemon {
+		return o, usageError{"--daemon does not go with exec: exec stays until its command ends"}
 	}
 	if o.maxAttempts, err = strconv.Atoi(*maxAttempts); err != nil || o.maxAttempts < 1 || o.maxAttempts > 100 {
 		return o, usageError{fmt.Sprintf("--max-attempts %q: want a number from 1 to 100", *maxAttempts)}
@@ -214,6 +252,45 @@ func parseTTL(s string) (time.Duration, error) {
 		return 0, usageError{fmt.Sprintf("--metadata-ttl %q: want a duration such as 60s or 10m, 0, or indefinite", s)}
 	}
 	return d, nil
+}
+
+// ignoredFuseOptions are options mount(8) and mount.fuse3 pass along that
+// mean nothing here: the mount is always read-only, nosuid and nodev.
+var ignoredFuseOptions = map[string]bool{
+	"ro": true, "rw": true, "defaults": true, "auto": true, "noauto": true, "user": true, "nouser": true,
+	"users": true, "_netdev": true, "nofail": true, "dev": true, "nodev": true, "suid": true, "nosuid": true,
+	"exec": true, "noexec": true, "async": true, "sync": true, "atime": true, "noatime": true,
+	"relatime": true, "norelatime": true, "strictatime": true, "lazytime": true, "nolazytime": true,
+	"default_permissions": true,
+}
+
+// applyFuseOptions sets flags from FUSE-style "-o a,b=c" options: every
+// flag is also an option, with "_" for "-" (allow_other, endpoint_url=...).
+// A repeatable flag such as limit_files may appear more than once.
+func applyFuseOptions(fs *pflag.FlagSet, values []string) error {
+	for _, v := range values {
+		for _, opt := range strings.Split(v, ",") {
+			name, value, hasValue := strings.Cut(strings.TrimSpace(opt), "=")
+			if name == "" || ignoredFuseOptions[name] || strings.HasPrefix(name, "x-") || name == "comment" {
+				continue
+			}
+			flagName := strings.ReplaceAll(name, "_", "-")
+			f := fs.Lookup(flagName)
+			if f == nil || flagName == "options" || flagName == "daemon" {
+				return usageError{fmt.Sprintf("-o %s: unknown mount option", name)}
+			}
+			if !hasValue {
+				if f.Value.Type() != "bool" {
+					return usageError{fmt.Sprintf("-o %s: needs a value (%s=...)", name, name)}
+				}
+				value = "true"
+			}
+			if err := fs.Set(flagName, value); err != nil {
+				return usageError{fmt.Sprintf("-o %s=%s: %v", name, value, err)}
+			}
+		}
+	}
+	return nil
 }
 
 // parseLimit reads the smoke-test view from --limit-files values ("N" or

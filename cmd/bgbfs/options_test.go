@@ -105,7 +105,7 @@ func TestParseMountArgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, err := parseMountArgs(tt.args, env(tt.env), io.Discard)
+			o, err := parseMountArgs(tt.args, env(tt.env), io.Discard, false)
 			if tt.wantErr != "" {
 				var ue usageError
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.As(err, &ue) {
@@ -188,5 +188,63 @@ func TestParseLimit(t *testing.T) {
 	}
 	if _, err := parseLimit(nil, "", "[bad"); err == nil {
 		t.Error("a malformed --limit-pattern was accepted")
+	}
+}
+
+func TestFuseOptionsAndExec(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		exec    bool
+		wantErr string
+		check   func(t *testing.T, o mountOptions)
+	}{
+		{
+			name: "fstab style options set flags",
+			args: []string{"s3://bucket/p/", "/m", "-o", "rw,nosuid,nodev,_netdev,x-systemd.automount,allow_other,uid=1000,endpoint_url=http://127.0.0.1:9000,force_path_style,limit_files=train=3,limit_files=1,cache_size=64MiB,metadata_ttl=indefinite"},
+			check: func(t *testing.T, o mountOptions) {
+				if !o.allowOther || o.uid != 1000 || o.endpoint != "http://127.0.0.1:9000" || !o.forcePathStyle ||
+					o.cache.CacheSize != 64<<20 || o.metadataTTL != bgfs.Indefinite || limitString(o.limit) != "1,train=3 of *.npz" {
+					t.Errorf("got %+v", o)
+				}
+			},
+		},
+		{name: "unknown option", args: []string{"-o", "frobnicate", "s3://bucket/", "/m"}, wantErr: "unknown mount option"},
+		{name: "option missing its value", args: []string{"-o", "uid", "s3://bucket/", "/m"}, wantErr: "needs a value"},
+		{name: "bad option value", args: []string{"-o", "cache_size=lots", "s3://bucket/", "/m"}, wantErr: "cache-size"},
+		{name: "json logs", args: []string{"--log-format", "json", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
+			if o.logFormat != "json" {
+				t.Errorf("log format %q", o.logFormat)
+			}
+		}},
+		{name: "bad log format", args: []string{"--log-format", "xml", "s3://bucket/", "/m"}, wantErr: "--log-format"},
+		{
+			name: "exec command after --",
+			args: []string{"--limit-files", "3", "s3://bucket/p/", "/m", "--", "python", "-m", "src", "--flag"},
+			exec: true,
+			check: func(t *testing.T, o mountOptions) {
+				if strings.Join(o.command, " ") != "python -m src --flag" || o.mountpoint != "/m" {
+					t.Errorf("command %q mountpoint %q", o.command, o.mountpoint)
+				}
+			},
+		},
+		{name: "exec without command", args: []string{"s3://bucket/", "/m"}, exec: true, wantErr: "command after --"},
+		{name: "exec with empty command", args: []string{"s3://bucket/", "/m", "--"}, exec: true, wantErr: "command after --"},
+		{name: "exec and daemon", args: []string{"--daemon", "s3://bucket/", "/m", "--", "true"}, exec: true, wantErr: "--daemon"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseMountArgs(tt.args, func(string) string { return "" }, io.Discard, tt.exec)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, o)
+		})
 	}
 }
