@@ -87,7 +87,6 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	// Find every block: held by read-ahead, cached, or to be fetched.
 	blocks := make([][]byte, last-first+1)
 	waits := make([]*fetch, last-first+1)
-	missing := false
 	for idx := first; idx <= last; idx++ {
 		i := idx - first
 		if f := held[i]; f != nil {
@@ -96,29 +95,25 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		} else if b, ok := c.cached(r.obj, idx); ok {
 			blocks[i] = b
 			c.hits.Add(1)
-		} else {
-			missing = true
 		}
 	}
-	if missing {
-		// Fetch each run of missing blocks; blocks at hand are not asked
-		// for again, even if the cache refused them.
-		for i := int64(0); i <= last-first; {
-			if blocks[i] != nil || waits[i] != nil {
-				i++
-				continue
-			}
-			j := i
-			for j+1 <= last-first && blocks[j+1] == nil && waits[j+1] == nil {
-				j++
-			}
-			fetched, _ := c.startFetches(r.obj, first+i, first+j, j-i+1)
-			for k, f := range fetched {
-				c.misses.Add(1)
-				waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
-			}
-			i = j + 1
+	// Fetch each run of missing blocks; blocks at hand are not asked for
+	// again, even if the cache refused them.
+	for i := int64(0); i <= last-first; {
+		if blocks[i] != nil || waits[i] != nil {
+			i++
+			continue
 		}
+		j := i
+		for j+1 <= last-first && blocks[j+1] == nil && waits[j+1] == nil {
+			j++
+		}
+		fetched, _ := c.startFetches(r.obj, first+i, first+j, j-i+1)
+		for k, f := range fetched {
+			c.misses.Add(1)
+			waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
+		}
+		i = j + 1
 	}
 
 	n := 0
