@@ -39,7 +39,13 @@ type Options struct {
 	MaxReadAhead int64
 	// MaxParallel bounds the GETs in flight, all readers together.
 	MaxParallel int
-	Logger      *slog.Logger
+	// ReorderWindow is how far apart reads of one sequential stream may
+	// arrive out of order: the kernel sends its read-ahead as parallel
+	// requests, so this should be at least the kernel's read-ahead. Reads
+	// this close to the stream also count as in order (a short skip is
+	// not random access). 0 means 1 MiB.
+	ReorderWindow int64
+	Logger        *slog.Logger
 	// ObserveWindow, if set, is told the read-ahead window of a reader
 	// each time it starts fetching ahead.
 	ObserveWindow func(bytes int64)
@@ -100,6 +106,9 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.ReorderWindow <= 0 {
+		opt.ReorderWindow = 1 << 20
 	}
 	c := &BlockCache{
 		store:    store,

@@ -222,3 +222,30 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// The kernel sends its read-ahead as parallel requests, which arrive out of
+// order; within the reorder window that must not look like random access.
+func TestOutOfOrderReadsStaySequential(t *testing.T) {
+	opt := testOptions(16 * mib)
+	opt.ReorderWindow = 4 * 64 * kib
+	c, store, obj, data := setup(t, 8*mib, opt)
+	r := c.Open(obj, false)
+	defer r.Close()
+	buf := make([]byte, 64*kib)
+	chunks := int(obj.Size) / len(buf)
+	for group := 0; group < chunks; group += 4 {
+		for _, k := range []int{3, 0, 2, 1} { // each group of four arrives shuffled
+			off := int64(group+k) * int64(len(buf))
+			if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+int64(len(buf))]) {
+				t.Fatalf("read at %d: %v", off, err)
+			}
+		}
+	}
+	parts := obj.Size / opt.PartSize
+	if gets := store.gets.Load(); gets > parts+12 {
+		t.Errorf("%d GETs for %d bytes read in shuffled groups; want about %d whole parts", gets, obj.Size, parts)
+	}
+	if fetched := store.bytes.Load(); fetched > obj.Size+opt.MaxReadAhead {
+		t.Errorf("fetched %d bytes for %d", fetched, obj.Size)
+	}
+}

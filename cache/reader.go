@@ -12,11 +12,6 @@ import (
 // ErrNegativeOffset is a read before the start of a file.
 var ErrNegativeOffset = errors.New("negative offset")
 
-// seqBackSlack is how far before the end of the last read a read may start
-// and still count as sequential: the kernel issues read-ahead requests in
-// parallel, so they arrive slightly out of order.
-const seqBackSlack = 1 << 20
-
 // Reader reads one object version for one open file handle, and reads
 // ahead when its reads come in order. It is safe for concurrent use: the
 // kernel may issue several reads on one handle at once.
@@ -171,8 +166,8 @@ func (r *Reader) observeLocked(off, end int64) {
 		r.reading = true
 		r.c.readers.Add(1)
 	}
-	bs := r.c.opt.BlockSize
-	sequential := off >= r.next-seqBackSlack && off <= max(r.next+bs, r.ahead)
+	bs, slack := r.c.opt.BlockSize, r.c.opt.ReorderWindow
+	sequential := off >= r.next-slack && off <= max(r.next, r.ahead)+slack
 	if !sequential {
 		// A jump: start over with no window. Held read-ahead stays
 		// until the reader passes it or it must make room: zip readers
@@ -199,7 +194,7 @@ func (r *Reader) observeLocked(off, end int64) {
 
 // readAheadLocked starts fetches so that the window after end is covered.
 func (r *Reader) readAheadLocked(end int64) {
-	if r.window == 0 || end < r.next-seqBackSlack {
+	if r.window == 0 || end < r.next-r.c.opt.ReorderWindow {
 		return
 	}
 	c := r.c
@@ -292,12 +287,12 @@ func (r *Reader) heldFor(first, last int64) []*fetch {
 }
 
 // releasePassedLocked lets go of held fetches that end before the reader,
-// minus the slack for reads that arrive out of order.
+// minus the window in which reads arrive out of order.
 func (r *Reader) releasePassedLocked() {
 	bs := r.c.opt.BlockSize
 	for i := 0; i < len(r.held); {
 		f := r.held[i].f
-		if end := (f.first + int64(len(f.blocks))) * bs; end <= r.next-seqBackSlack {
+		if end := (f.first + int64(len(f.blocks))) * bs; end <= r.next-r.c.opt.ReorderWindow {
 			r.releaseLocked(i)
 			continue
 		}

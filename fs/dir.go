@@ -25,12 +25,17 @@ const maxListPages = 100_000
 const retryListAfter = 2 * time.Second
 
 // dirNode is a directory: a key prefix. Its children come from one
-// delimited listing, kept for the metadata TTL.
+// delimited listing, kept for the metadata TTL in the tree's dirState for
+// the prefix, so that it outlives the node when the kernel forgets it.
 type dirNode struct {
 	gofs.Inode
 	tree   *tree
 	prefix string // full key prefix, "" or ending in "/"
+	*dirState
+}
 
+// dirState is what is known of one directory's listing.
+type dirState struct {
 	mu      sync.Mutex
 	current *listing
 	loading chan struct{} // closed when the running refresh ends
@@ -38,6 +43,13 @@ type dirNode struct {
 	retryAt time.Time
 	// beyond caches lookups of names after a partial listing's end.
 	beyond map[string]*dirEntry
+}
+
+// newDirNode returns a node for the directory at prefix, sharing the
+// listing state of every other node for it.
+func (t *tree) newDirNode(prefix string) *dirNode {
+	st, _ := t.dirs.LoadOrStore(prefix, &dirState{})
+	return &dirNode{tree: t, prefix: prefix, dirState: st.(*dirState)}
 }
 
 var (
@@ -244,7 +256,7 @@ func (d *dirNode) child(ctx context.Context, e dirEntry) *gofs.Inode {
 		}
 	}
 	if e.isDir {
-		return d.NewInode(ctx, &dirNode{tree: d.tree, prefix: d.prefix + e.name + "/"}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+		return d.NewInode(ctx, d.tree.newDirNode(d.prefix+e.name+"/"), gofs.StableAttr{Mode: syscall.S_IFDIR})
 	}
 	return d.NewInode(ctx, &fileNode{tree: d.tree, parent: d, entry: e}, gofs.StableAttr{Mode: syscall.S_IFREG})
 }

@@ -38,7 +38,7 @@ func newTestDir(t *testing.T, ttl time.Duration, keys int) (*dirNode, *countingL
 	mem.Put("p/sub/inner", []byte("y"))
 	lister := &countingLister{MemStore: mem}
 	tr := &tree{Config: Config{Lister: lister, Prefix: "p/", MetadataTTL: ttl, Logger: slog.New(slog.DiscardHandler)}}
-	return &dirNode{tree: tr, prefix: "p/"}, lister
+	return tr.newDirNode("p/"), lister
 }
 
 func TestListingIsReusedWithinTTL(t *testing.T) {
@@ -118,7 +118,7 @@ func TestFailedRefreshServesThePreviousListing(t *testing.T) {
 
 func TestRepeatedContinuationTokenIsAnError(t *testing.T) {
 	tr := &tree{Config: Config{Lister: loopingLister{}, MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler)}}
-	d := &dirNode{tree: tr}
+	d := tr.newDirNode("")
 	done := make(chan error, 1)
 	go func() { _, err := d.getListing(context.Background()); done <- err }()
 	select {
@@ -136,4 +136,20 @@ type loopingLister struct{ s3backend.ObjectStore }
 
 func (loopingLister) List(ctx context.Context, req s3backend.ListRequest) (s3backend.ListPage, error) {
 	return s3backend.ListPage{Objects: []s3backend.ObjectInfo{{Key: "a"}}, NextContinuationToken: "same"}, nil
+}
+
+// The kernel may forget a directory's inode at any time; the listing must
+// survive that, or a lookup after drop_caches would list again.
+func TestListingOutlivesTheNode(t *testing.T) {
+	d, lister := newTestDir(t, time.Hour, 5)
+	if _, err := d.getListing(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	again := d.tree.newDirNode("p/")
+	if _, err := again.getListing(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := lister.lists.Load(); got != 1 {
+		t.Errorf("a new node for a listed directory made %d LISTs in all, want 1", got)
+	}
 }

@@ -24,7 +24,7 @@ func TestLimitedListingStopsEarly(t *testing.T) {
 		Lister: lister, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
 		Limit: Limit{Default: 3, HasDefault: true, Pattern: "*.npz"},
 	}}
-	d := &dirNode{tree: tr, prefix: "p/train/"}
+	d := tr.newDirNode("p/train/")
 	ctx := context.Background()
 	l, err := d.getListing(ctx)
 	if err != nil {

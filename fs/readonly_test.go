@@ -13,7 +13,7 @@ import (
 func TestMutationsAreRefused(t *testing.T) {
 	ctx := context.Background()
 	tr := &tree{}
-	d := &dirNode{tree: tr}
+	d := tr.newDirNode("")
 	f := &fileNode{tree: tr}
 	var eo fuse.EntryOut
 	var ao fuse.AttrOut

@@ -51,12 +51,14 @@ type tree struct {
 	mountTime time.Time
 	// warned remembers hidden keys already logged, so each is logged once.
 	warned sync.Map
+	// dirs maps a directory's key prefix to its *dirState.
+	dirs sync.Map
 }
 
 // NewRoot returns the root node of a mount.
 func NewRoot(cfg Config) gofs.InodeEmbedder {
 	t := &tree{Config: cfg, mountTime: time.Now()}
-	root := &dirNode{tree: t, prefix: cfg.Prefix}
+	root := t.newDirNode(cfg.Prefix)
 	if cfg.RootListing != nil && cfg.RootListing.NextContinuationToken == "" {
 		root.installListing(*cfg.RootListing, t.mountTime)
 	}

@@ -61,3 +61,32 @@ func TestRequestCountListing(t *testing.T) {
 		t.Errorf("stat after drop_caches within the TTL cost %v, want no request; requests:\n%s", c, testbed.FormatRequests(reqs, 30))
 	}
 }
+
+// TestRequestCountSubdirectory is the same check one level down: the
+// kernel forgets a subdirectory's inode on drop_caches, and its listing
+// must outlive that (the mount root is never forgotten, so the test above
+// cannot see it).
+func TestRequestCountSubdirectory(t *testing.T) {
+	d := env.dataset(t)
+	srv := env.server(t)
+	proxy := newProxy(t, srv.Endpoint)
+	m := mount(t, mountSpec{
+		Source:   "s3://" + d.Bucket + "/",
+		Endpoint: proxy.URL,
+		Creds:    rootCreds(srv),
+		Args:     []string{"--metadata-ttl", "10m"},
+	})
+	dir := filepath.Join(m.Mountpoint, manyDir)
+	if _, err := os.ReadDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	dropDentries(t)
+	proxy.Reset()
+	name := "file-04321.dat"
+	if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+	if c, reqs := proxy.Take(); c.Total() != 0 {
+		t.Errorf("stat in a listed subdirectory after drop_caches cost %v, want no request; requests:\n%s", c, testbed.FormatRequests(reqs, 30))
+	}
+}

@@ -113,6 +113,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 
 	store := s3backend.Instrument(client, metrics.s3)
 	o.cache.Logger = logger
+	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	blocks, err := cache.New(store, o.cache)
 	if err != nil {

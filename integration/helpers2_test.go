@@ -1,0 +1,173 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+// mountWithEnv is mount with extra VAR=value entries in the daemon's
+// environment (testbed.Mount runs bgbfs in testbed.CleanEnv, which strips
+// BGB_*). The extra variables are set by a small wrapper script that execs
+// bgbfs, so the daemon keeps the wrapper's pid and Mounted.Pid is bgbfs.
+// With no extra entries it is exactly mount.
+func mountWithEnv(t testing.TB, s mountSpec, extraEnv ...string) *testbed.Mounted {
+	t.Helper()
+	if len(extraEnv) == 0 {
+		return mount(t, s)
+	}
+	if s.Mountpoint == "" {
+		s.Mountpoint = newMountpoint(t)
+	}
+	dir := t.TempDir()
+	var script strings.Builder
+	script.WriteString("#!/bin/sh\n")
+	for _, kv := range extraEnv {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			t.Fatalf("mountWithEnv: %q is not VAR=value", kv)
+		}
+		fmt.Fprintf(&script, "export %s=%s\n", k, shellQuote(v))
+	}
+	fmt.Fprintf(&script, "exec %s \"$@\"\n", shellQuote(env.bgbfs))
+	wrapper := filepath.Join(dir, "bgbfs-env")
+	if err := os.WriteFile(wrapper, []byte(script.String()), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := testbed.Mount(testbed.MountOptions{
+		Bin:        wrapper,
+		Source:     s.Source,
+		Mountpoint: s.Mountpoint,
+		Endpoint:   s.Endpoint,
+		Creds:      s.Creds,
+		Args:       s.Args,
+		LogPath:    filepath.Join(dir, "bgbfs.stderr"),
+	})
+	if err != nil {
+		t.Fatalf("mount with %q: %v", extraEnv, err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("bgbfs %s (env %q)\nstderr:\n%s", strings.Join(m.Args, " "), extraEnv, lastBytes(m.Stderr(), 6000))
+		}
+	})
+	return m
+}
+
+// shellQuote quotes s for /bin/sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// dropPageCache writes 3 to drop_caches: the kernel forgets cached file
+// pages as well as dentries and inodes, so the next read reaches bgbfs.
+func dropPageCache(t testing.TB) {
+	t.Helper()
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		t.Fatalf("drop caches: %v", err)
+	}
+}
+
+// procMemory returns VmRSS and VmHWM (peak RSS) of pid, in bytes.
+func procMemory(pid int) (rss, hwm int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 3 || f[2] != "kB" {
+			continue
+		}
+		v, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "VmRSS:":
+			rss = v << 10
+		case "VmHWM:":
+			hwm = v << 10
+		}
+	}
+	if rss == 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/status has no VmRSS", pid)
+	}
+	return rss, hwm, nil
+}
+
+// kernelReadAheadKB reads the read_ahead_kb of the backing device of the
+// filesystem mounted at mp.
+func kernelReadAheadKB(mp string) (int64, string, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(mp, &st); err != nil {
+		return 0, "", err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, p, err
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return v, p, err
+}
+
+// readSequential reads path from start to end with read(2) calls of
+// bufSize bytes and returns the hex SHA-256 and the length.
+func readSequential(path string, bufSize int) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, bufSize)
+	var n int64
+	for {
+		k, err := f.Read(buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", n, err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// dirNames lists dir (without . and ..), sorted byte-wise.
+func dirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	sort.Strings(names)
+	return names, err
+}
+
+// isENOENT reports whether err is ENOENT.
+func isENOENT(err error) bool { return errors.Is(err, syscall.ENOENT) }
