@@ -44,5 +44,11 @@ test: vet unit fuzz integration
 demo: build
 	$(GO) run ./integration/demo --bgbfs $(CURDIR)/bin/bgbfs
 
+# Side by side with raw S3, s3fs and rclone (when installed); writes
+# BENCHMARKS.md. Needs root (mounts, drop_caches); about 10 minutes.
+BENCHFLAGS ?=
+bench: tools build
+	BGBFS_BIN=$(CURDIR)/bin/bgbfs $(GO) run ./integration/bench --out BENCHMARKS.md $(BENCHFLAGS)
+
 clean:
 	rm -rf bin integration/.work

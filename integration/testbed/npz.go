@@ -20,6 +20,9 @@ type NPZSpec struct {
 	Train, Dev int // files per split
 	Windows    int // windows per file
 	Seed       int64
+	// CompressedOnly writes every file with np.savez_compressed (by
+	// default files alternate with np.savez).
+	CompressedOnly bool
 }
 
 // GenNPZ writes out/train and out/dev (npz files and manifest.json) with
@@ -31,6 +34,9 @@ func GenNPZ(repoRoot, out string, s NPZSpec) error {
 		"--dev", strconv.Itoa(s.Dev),
 		"--windows", strconv.Itoa(s.Windows),
 		"--seed", strconv.FormatInt(s.Seed, 10))
+	if s.CompressedOnly {
+		cmd.Args = append(cmd.Args, "--compressed-only")
+	}
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: %v\n%s", cmd, err, b)
 	}

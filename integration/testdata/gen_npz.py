@@ -48,7 +48,7 @@ def recording_names(count, seed):
     return names
 
 
-def write_split(out, split, names, first_index, windows, seed):
+def write_split(out, split, names, first_index, windows, seed, compressed_only=False):
     d = os.path.join(out, split)
     os.makedirs(d, exist_ok=True)
     manifest = []
@@ -57,7 +57,7 @@ def write_split(out, split, names, first_index, windows, seed):
         rng = np.random.default_rng(seed + i)
         w = rng.standard_normal((windows, CHANNELS, SAMPLES), dtype=np.float32)
         labels = (rng.random((windows, SAMPLES)) < 0.1).astype(np.float32)
-        save = np.savez_compressed if i % 2 == 0 else np.savez
+        save = np.savez_compressed if (i % 2 == 0 or compressed_only) else np.savez
         path = os.path.join(d, name)
         with open(path, "wb") as f:
             save(f, windows=w, labels=labels)
@@ -73,12 +73,14 @@ def main(argv):
     p.add_argument("--dev", type=int, required=True)
     p.add_argument("--windows", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--compressed-only", action="store_true",
+                   help="write every file with np.savez_compressed (the benchmark's data)")
     a = p.parse_args(argv)
     if min(a.train, a.dev) < 0 or a.windows < 1:
         p.error("--train/--dev must be >= 0 and --windows >= 1")
     names = recording_names(a.train + a.dev, a.seed)
-    write_split(a.out, "train", names[: a.train], 0, a.windows, a.seed)
-    write_split(a.out, "dev", names[a.train :], a.train, a.windows, a.seed)
+    write_split(a.out, "train", names[: a.train], 0, a.windows, a.seed, a.compressed_only)
+    write_split(a.out, "dev", names[a.train :], a.train, a.windows, a.seed, a.compressed_only)
     return 0
 
 

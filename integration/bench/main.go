@@ -1,0 +1,105 @@
+// Command bench measures bgbfs side by side with raw S3 (the ceiling), the
+// local disk, and — when installed — s3fs and rclone mount, on one MinIO
+// with one numpy-written dataset, under two network profiles: plain
+// loopback, and "S3-like" (a shaping proxy adding latency per request and
+// capping each response's throughput). Requests and bytes are counted at a
+// proxy in front of MinIO, never taken from the systems measured.
+//
+//	go run ./integration/bench --out BENCHMARKS.md
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+type config struct {
+	files, windows, samples, randomReads int
+	profiles, systems, workloads         []string
+	out                                  string
+	keep                                 bool
+	cacheSize                            string
+}
+
+func main() {
+	var c config
+	var profiles, systems, workloads string
+	flag.IntVar(&c.files, "files", 8, "npz files in the dataset (the 8-file workload needs 8)")
+	flag.IntVar(&c.windows, "windows", 28, "windows per file: 1.17 MB each before compression")
+	flag.IntVar(&c.samples, "samples", 120, "samples the trainer workload reads")
+	flag.IntVar(&c.randomReads, "random-reads", 200, "1 MiB random preads in workload d")
+	flag.StringVar(&profiles, "profiles", "loopback,s3like", "network profiles")
+	flag.StringVar(&systems, "systems", "raw,bgbfs,s3fs,rclone", "systems to measure (local is always the reference)")
+	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g", "workloads to run")
+	flag.StringVar(&c.out, "out", "", "write the results into this markdown file")
+	flag.BoolVar(&c.keep, "keep", false, "keep the generated data")
+	flag.StringVar(&c.cacheSize, "small-cache", "256MiB", "bgbfs --cache-size for the memory-bound rows of b and e")
+	flag.Parse()
+	c.profiles = strings.Split(profiles, ",")
+	c.systems = strings.Split(systems, ",")
+	c.workloads = strings.Split(workloads, ",")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c config) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("run as root: the benchmark mounts filesystems and drops the page cache")
+	}
+	repo, err := testbed.RepoRoot()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp(filepath.Join(repo, "integration"), ".bench-")
+	if err != nil {
+		return err
+	}
+	if !c.keep {
+		defer os.RemoveAll(work)
+	}
+	bin, err := testbed.BgbfsBinary(repo, work)
+	if err != nil {
+		return err
+	}
+	minioBin, err := testbed.MinIOBinary(repo)
+	if err != nil {
+		return err
+	}
+	srv, err := testbed.StartMinIO(minioBin, filepath.Join(work, "minio"))
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+
+	fmt.Fprintln(os.Stderr, "bench: generating and uploading the dataset")
+	ds, err := makeDataset(ctx, repo, work, srv, c)
+	if err != nil {
+		return err
+	}
+	b := &bench{cfg: c, repoRoot: repo, bin: bin, work: work, srv: srv, ds: ds}
+	defer b.cleanup()
+	started := time.Now()
+	if err := b.runAll(ctx); err != nil {
+		return err
+	}
+	report := b.report(started)
+	fmt.Print(report)
+	if c.out != "" {
+		return os.WriteFile(c.out, []byte(report), 0o644)
+	}
+	return nil
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+// mounted is a FUSE filesystem under test: its mountpoint, the daemon's
+// pid (for RSS) and how to stop it.
+type mounted struct {
+	mp   string
+	pid  int
+	stop func()
+}
+
+// mountSystem mounts the dataset's prefix with system ("bgbfs", "s3fs",
+// "rclone") against endpoint, fresh: a new daemon with nothing cached.
+func (b *bench) mountSystem(ctx context.Context, system, endpoint string, extra ...string) (*mounted, error) {
+	mp, err := os.MkdirTemp(b.work, "mnt-"+system+"-")
+	if err != nil {
+		return nil, err
+	}
+	creds := &testbed.Creds{AccessKey: b.srv.AccessKey, SecretKey: b.srv.SecretKey}
+	switch system {
+	case "bgbfs":
+		m, err := testbed.Mount(testbed.MountOptions{
+			Bin: b.bin, Source: "s3://" + b.ds.bucket + "/" + b.ds.prefix, Mountpoint: mp,
+			Endpoint: endpoint, Creds: creds, Args: extra,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &mounted{mp: m.Mountpoint, pid: m.Pid(), stop: func() { _ = m.Unmount(); os.Remove(mp) }}, nil
+	case "s3fs":
+		pw := filepath.Join(b.work, "s3fs-passwd")
+		if err := os.WriteFile(pw, []byte(creds.AccessKey+":"+creds.SecretKey+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		cmd := exec.Command("s3fs", b.ds.bucket+":/"+strings.TrimSuffix(b.ds.prefix, "/"), mp, "-f",
+			"-o", "url="+endpoint+",use_path_request_style,passwd_file="+pw+",ro,endpoint=us-east-1")
+		return startDaemon(cmd, mp, testbed.CleanEnv(nil))
+	case "rclone":
+		cmd := exec.Command("rclone", "mount", ":s3:"+b.ds.bucket+"/"+strings.TrimSuffix(b.ds.prefix, "/"), mp,
+			"--read-only", "--s3-provider", "Minio", "--s3-endpoint", endpoint, "--s3-region", "us-east-1",
+			"--s3-access-key-id", creds.AccessKey, "--s3-secret-access-key", creds.SecretKey, "--s3-force-path-style")
+		return startDaemon(cmd, mp, testbed.CleanEnv(nil))
+	}
+	return nil, fmt.Errorf("unknown system %q", system)
+}
+
+// startDaemon runs a peer's FUSE daemon in the foreground of its own
+// process and waits for its mount.
+func startDaemon(cmd *exec.Cmd, mp string, env []string) (*mounted, error) {
+	cmd.Env = env // CleanEnv drops AWS_CA_BUNDLE, which Debian's rclone cannot use
+	log, err := os.CreateTemp("", "peer-*.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("%s: %w", cmd.Path, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = exec.Command("fusermount3", "-u", "-z", mp).Run()
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		log.Close()
+		os.Remove(log.Name())
+		os.Remove(mp)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, ok := testbed.MountedAt(mp); ok {
+			return &mounted{mp: mp, pid: cmd.Process.Pid, stop: stop}, nil
+		}
+		select {
+		case <-exited:
+			out, _ := os.ReadFile(log.Name())
+			stop()
+			return nil, fmt.Errorf("%s exited before mounting: %s", filepath.Base(cmd.Path), strings.TrimSpace(string(out)))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	stop()
+	return nil, fmt.Errorf("%s did not mount within 30s", filepath.Base(cmd.Path))
+}
+
+// rssSampler follows a process's resident memory and keeps the peak.
+type rssSampler struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	peak int64
+}
+
+func sampleRSS(pid int) *rssSampler {
+	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if kb := vmRSS(pid); kb > 0 {
+				s.mu.Lock()
+				s.peak = max(s.peak, kb<<10)
+				s.mu.Unlock()
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// Peak stops sampling and returns the highest RSS seen, in bytes.
+func (s *rssSampler) Peak() int64 {
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
+}
+
+func vmRSS(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// dropCaches makes the next read of every file cold.
+func dropCaches() error {
+	syscall.Sync()
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+}
