@@ -162,7 +162,8 @@ func (r *Reader) block(ctx context.Context, idx int64, f *fetch) ([]byte, error)
 
 // observeLocked updates the access pattern with a read of [off, end).
 func (r *Reader) observeLocked(off, end int64) {
-	if !r.reading {
+	firstRead := !r.reading
+	if firstRead {
 		r.reading = true
 		r.c.readers.Add(1)
 	}
@@ -182,6 +183,11 @@ func (r *Reader) observeLocked(off, end int64) {
 		r.next = end
 	}
 	switch {
+	case r.window == 0 && firstRead && off == 0:
+		// A file read from its start is most likely read through
+		// (numpy, cat, a copy): fetch whole parts from the first read
+		// instead of ramping up from one block.
+		r.window = min(max(r.c.opt.PartSize, bs), r.c.opt.MaxReadAhead)
 	case r.window == 0:
 		r.window = bs
 	case r.streak >= bs:
@@ -194,7 +200,7 @@ func (r *Reader) observeLocked(off, end int64) {
 
 // readAheadLocked starts fetches so that the window after end is covered.
 func (r *Reader) readAheadLocked(end int64) {
-	if r.window == 0 || end < r.next-r.c.opt.ReorderWindow {
+	if r.window == 0 || r.c.opt.MaxReadAhead == 0 || end < r.next-r.c.opt.ReorderWindow {
 		return
 	}
 	c := r.c
