@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-
-	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // ErrNegativeOffset is a read before the start of a file.
@@ -135,14 +133,11 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// block waits for block idx from f. A failed read-ahead or shared fetch is
-// retried once with a fetch of this block alone, unless the object changed.
+// block waits for block idx from f, or, without f, finds or fetches it.
+// A failed fetch is not tried again here: the store has retried it.
 func (r *Reader) block(ctx context.Context, idx int64, f *fetch) ([]byte, error) {
 	if f != nil {
-		b, err := f.wait(ctx, idx)
-		if err == nil || errors.Is(err, s3backend.ErrStale) || ctx.Err() != nil {
-			return b, err
-		}
+		return f.wait(ctx, idx)
 	}
 	if b, ok := r.c.cached(r.obj, idx); ok {
 		return b, nil
@@ -185,9 +180,10 @@ func (r *Reader) observeLocked(off, end int64) {
 	switch {
 	case r.window == 0 && firstRead && off == 0:
 		// A file read from its start is most likely read through
-		// (numpy, cat, a copy): fetch whole parts from the first read
-		// instead of ramping up from one block.
-		r.window = min(max(r.c.opt.PartSize, bs), r.c.opt.MaxReadAhead)
+		// (numpy, cat, a copy): fetch several parts in parallel from
+		// the first read instead of ramping up from one block, as a
+		// direct S3 client would.
+		r.window = max(r.c.opt.MaxReadAhead/2, min(r.c.opt.PartSize, r.c.opt.MaxReadAhead))
 	case r.window == 0:
 		r.window = bs
 	case r.streak >= bs:

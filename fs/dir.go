@@ -83,6 +83,18 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 			d.mu.Unlock()
 			return l, nil
 		}
+		if d.current != nil && d.loadErr != nil {
+			// The last refresh failed (S3 is down or throttling): answer
+			// from the previous listing at once and try again in the
+			// background, instead of making every lookup wait out a
+			// full round of retries.
+			l := d.current
+			if d.loading == nil {
+				d.startRefreshLocked(ctx)
+			}
+			d.mu.Unlock()
+			return l, nil
+		}
 		if wait := d.loading; wait != nil {
 			d.mu.Unlock()
 			select {
@@ -101,14 +113,31 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 			}
 			continue
 		}
-		done := make(chan struct{})
-		d.loading = done
+		done := d.startRefreshLocked(ctx)
 		d.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		d.mu.Lock()
+		l, err := d.current, d.loadErr
+		d.mu.Unlock()
+		if l != nil {
+			return l, nil
+		}
+		return nil, err
+	}
+}
 
-		// The refresh must not die with the first caller's interrupted
-		// request: others are waiting for it.
+// startRefreshLocked lists the directory again in the background and
+// returns a channel closed when it is done. The refresh does not die with
+// the caller's interrupted request: others may be waiting for it.
+func (d *dirNode) startRefreshLocked(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	d.loading = done
+	go func() {
 		pages, partial, err := d.listAll(context.WithoutCancel(ctx))
-
 		d.mu.Lock()
 		d.loading = nil
 		d.loadErr = err
@@ -117,15 +146,13 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 		} else if d.current != nil {
 			d.retryAt = time.Now().Add(retryListAfter)
 			d.tree.Logger.Warn("listing failed; serving the previous listing", "prefix", d.prefix, "err", err)
+		} else {
+			d.tree.Logger.Error("listing failed", "prefix", d.prefix, "err", err)
 		}
-		l := d.current
 		d.mu.Unlock()
 		close(done)
-		if l != nil {
-			return l, nil
-		}
-		return nil, err
-	}
+	}()
+	return done
 }
 
 // listAll lists the directory, page by page. A limited directory stops

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 )
 
 // Config says how to reach a bucket. Credentials are not here on purpose:
@@ -44,6 +46,8 @@ type Config struct {
 	// Metrics, if set, counts retries; wrap the client with Instrument to
 	// record requests.
 	Metrics *Metrics
+	// Logger receives the SDK's own messages, at debug level.
+	Logger *slog.Logger
 }
 
 const (
@@ -64,6 +68,7 @@ type Client struct {
 	maxAttempts    int
 	requestTimeout time.Duration
 	metrics        *Metrics // may be nil
+	listHTTP       aws.HTTPClient
 }
 
 // defaultRegion is used when an endpoint is given and no region is known:
@@ -90,6 +95,7 @@ func New(ctx context.Context, c Config) (*Client, error) {
 	})
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),
+		config.WithLogger(sdkLogger{c.Logger}),
 		// MinIO and other servers do not send the checksums the SDK looks
 		// for by default; validating only when required avoids a warning per GET.
 		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
@@ -112,6 +118,15 @@ func New(ctx context.Context, c Config) (*Client, error) {
 			o.MaxAttempts = c.MaxAttempts
 			o.MaxBackoff = maxBackoff
 			o.RateLimiter = ratelimit.None
+			// A listing whose body breaks off or times out fails while
+			// it is decoded, which the SDK does not retry by itself.
+			o.Retryables = append(o.Retryables, retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
+				var ne net.Error
+				if errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout()) {
+					return aws.TrueTernary
+				}
+				return aws.UnknownTernary
+			}))
 		})
 		if c.Metrics == nil {
 			return std
@@ -127,13 +142,19 @@ func New(ctx context.Context, c Config) (*Client, error) {
 		cfg.Region = defaultRegion
 		discover = c.Endpoint == ""
 	}
+	// A listing page is small: one that takes longer than the request
+	// timeout has stalled. (GETs have their own no-progress timer.)
+	listHTTP := awshttp.NewBuildableClient().WithTimeout(c.RequestTimeout).WithTransportOptions(func(t *http.Transport) {
+		t.MaxIdleConnsPerHost = 8
+		t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	})
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
 		}
 		o.UsePathStyle = c.ForcePathStyle
 	})
-	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover, maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout, metrics: c.Metrics}, nil
+	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover, maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout, metrics: c.Metrics, listHTTP: listHTTP}, nil
 }
 
 // Region reports the region requests are signed for.
@@ -145,6 +166,7 @@ func (c *Client) List(ctx context.Context, req ListRequest) (ListPage, error) {
 }
 
 func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.Options)) (ListPage, error) {
+	optFns = append([]func(*s3.Options){func(o *s3.Options) { o.HTTPClient = c.listHTTP }}, optFns...)
 	in := &s3.ListObjectsV2Input{
 		Bucket: aws.String(c.bucket),
 		Prefix: aws.String(req.Prefix),
@@ -336,7 +358,7 @@ func classify(err error) error {
 			return fmt.Errorf("%w: %w", ErrNotFound, err)
 		case "AccessDenied", "AllAccessDisabled", "AccountProblem":
 			return fmt.Errorf("%w: %w", ErrAccessDenied, err)
-		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired":
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "InvalidTokenId", "TokenRefreshRequired":
 			return fmt.Errorf("%w: %w", ErrBadCredentials, err)
 		case "PreconditionFailed":
 			return fmt.Errorf("%w: %w", ErrStale, err)
@@ -418,4 +440,15 @@ func Describe(err error) string {
 		return opErr.Error()
 	}
 	return err.Error()
+}
+
+// sdkLogger sends the SDK's own messages (such as "failed to discard
+// remaining HTTP response body") to the daemon's log at debug level
+// instead of raw lines on stderr.
+type sdkLogger struct{ l *slog.Logger }
+
+func (s sdkLogger) Logf(classification logging.Classification, format string, v ...interface{}) {
+	if s.l != nil {
+		s.l.Debug("aws sdk: "+fmt.Sprintf(format, v...), "class", string(classification))
+	}
 }

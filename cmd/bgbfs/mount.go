@@ -60,6 +60,9 @@ type liveMount struct {
 	source  string
 	logger  *slog.Logger
 	closers []func()
+	// abandoned is set when the process exits with files still open:
+	// only the log is closed then.
+	abandoned bool
 }
 
 // startMount checks everything that can be checked before mounting, then
@@ -97,6 +100,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		MaxAttempts:     o.maxAttempts,
 		RequestTimeout:  o.requestTimeout,
 		Metrics:         metrics.s3,
+		Logger:          logger,
 	})
 	if err != nil {
 		return nil, err
@@ -163,6 +167,9 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 
 // close releases what serves the mount, newest first.
 func (m *liveMount) close() {
+	if m.abandoned {
+		m.closers = m.closers[:1] // the log, opened first
+	}
 	for i := len(m.closers) - 1; i >= 0; i-- {
 		m.closers[i]()
 	}
@@ -210,7 +217,11 @@ func (m *liveMount) unmount() error {
 	select {
 	case <-done:
 	case <-time.After(unmountGrace):
+		// Readers of the detached mount keep it busy. Exiting closes the
+		// FUSE connection (their reads fail with ENOTCONN); waiting for
+		// the cache's fetches would wait for them.
 		m.logger.Warn("files still open after unmount; exiting anyway", "mountpoint", m.mp)
+		m.abandoned = true
 	}
 	m.logger.Info("unmounted", "source", m.source, "mountpoint", m.mp)
 	return nil

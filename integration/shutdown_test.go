@@ -1,0 +1,281 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+// shutdownLimit is how long SIGTERM may take to unmount and exit under load.
+const shutdownLimit = 10 * time.Second
+
+// procReadBytes returns the bytes a process has read (rchar of
+// /proc/PID/io), or -1.
+func procReadBytes(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+// TestShutdownDuringReads sends SIGTERM while four processes stream big
+// files through the mount: the daemon must unmount (lazily, files being
+// open) and exit 0 within 10 s, the mount must be gone from the mount
+// table, the readers must not hang, and the mountpoint must be an empty
+// directory again once they have gone.
+func TestShutdownDuringReads(t *testing.T) {
+	m := mountData(t, "")
+	big := filepath.Join(m.Mountpoint, filepath.FromSlash(bigKey))
+	var readers []*exec.Cmd
+	exited := make(chan error, 8)
+	for i, skip := range []int{0, 1024, 2048, 3072} { // MiB into the >4 GiB object
+		cmd := exec.Command("dd", "if="+big, "of=/dev/null", "bs=1M", "skip="+strconv.Itoa(skip), "status=none")
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		readers = append(readers, cmd)
+		go func() {
+			err := cmd.Wait()
+			if err != nil {
+				err = fmt.Errorf("reader %d: %w: %s", i, err, strings.TrimSpace(errb.String()))
+			}
+			exited <- err
+		}()
+	}
+	t.Cleanup(func() {
+		for _, c := range readers {
+			if c.ProcessState == nil {
+				_ = c.Process.Kill()
+			}
+		}
+	})
+	// Wait until every reader is streaming.
+	deadline := time.Now().Add(20 * time.Second)
+	for _, c := range readers {
+		for procReadBytes(c.Process.Pid) < 16<<20 {
+			if time.Now().After(deadline) {
+				t.Fatalf("reader %d read only %d bytes in 20 s", c.Process.Pid, procReadBytes(c.Process.Pid))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	var before int64
+	for _, c := range readers {
+		before += procReadBytes(c.Process.Pid)
+	}
+	time.Sleep(500 * time.Millisecond)
+	var during int64
+	for _, c := range readers {
+		during += procReadBytes(c.Process.Pid)
+	}
+	t.Logf("readers streaming at %.0f MB/s when SIGTERM is sent", float64(during-before)/0.5/1e6)
+	if during == before {
+		t.Fatalf("the readers are not reading")
+	}
+
+	start := time.Now()
+	if err := m.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	code, ok := m.WaitExit(shutdownLimit)
+	took := time.Since(start)
+	if !ok {
+		// Ask the Go runtime where it is stuck before the cleanup kills it.
+		_ = m.Signal(syscall.SIGQUIT)
+		m.WaitExit(5 * time.Second)
+		var logLines []string
+		for _, l := range strings.Split(m.Stderr(), "\n") {
+			if strings.HasPrefix(l, "time=") && !strings.Contains(l, "msg=mounted") {
+				logLines = append(logLines, l)
+			}
+		}
+		t.Fatalf("bgbfs still running %v after SIGTERM under load; its log:\n%s\nits goroutines:\n%s",
+			shutdownLimit, strings.Join(logLines, "\n"), goroutineDump(m.Stderr()))
+	}
+	t.Logf("SIGTERM to exit under load: %v, exit status %d", took.Round(time.Millisecond), code)
+	if code != 0 {
+		t.Errorf("bgbfs exited with status %d after SIGTERM, want 0", code)
+	}
+	if took > shutdownLimit {
+		t.Errorf("bgbfs took %v to exit after SIGTERM under load, want at most %v", took.Round(time.Millisecond), shutdownLimit)
+	}
+	requireNotMounted(t, m.Mountpoint)
+
+	// The readers end (an error, or the end of their file), none hangs.
+	var errs []string
+	for range readers {
+		select {
+		case err := <-exited:
+			if err != nil {
+				errs = append(errs, err.Error())
+			}
+		case <-time.After(shutdownLimit):
+			t.Fatalf("a reader still runs %v after bgbfs exited", shutdownLimit)
+		}
+	}
+	t.Logf("readers after the unmount: %d ended with an error: %q", len(errs), errs)
+	if names, err := os.ReadDir(m.Mountpoint); err != nil || len(names) != 0 {
+		t.Errorf("the mountpoint should be an empty directory again: %d entries, %v", len(names), errnoOf(err))
+	}
+	stderr := m.Stderr()
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") || strings.Contains(line, "unmount") {
+			t.Logf("daemon: %s", line)
+		}
+	}
+}
+
+// TestSecondMountRefused runs a second `bgbfs mount` on a mountpoint that
+// a first daemon is serving while a file on it is being read: the second
+// must refuse in one line naming the cause, exit non-zero, mount nothing,
+// and leave the first mount and its open file working. On a dead mount
+// (daemon killed) it must refuse with a line that names `bgbfs unmount`.
+func TestSecondMountRefused(t *testing.T) {
+	d := env.dataset(t)
+	srv := env.server(t)
+	source := "s3://" + d.Bucket + "/" + npzPrefix
+	args := func(mp string) []string {
+		return slices.Concat([]string{"mount"}, endpointArgs(srv.Endpoint), []string{source, mp})
+	}
+	refuse := func(t *testing.T, mp string, keywords ...string) {
+		t.Helper()
+		before, _ := testbed.MountsAt(mp)
+		res := testbed.Run(env.bgbfs, args(mp), testbed.CleanEnv(rootCreds(srv)), 2*failFastLimit)
+		t.Cleanup(func() {
+			if after, _ := testbed.MountsAt(mp); len(after) > len(before) {
+				_ = testbed.ForceUnmount(mp) // wrongly mounted on top
+			}
+		})
+		t.Logf("second bgbfs mount: exit %d after %v; stderr %q", res.ExitCode, res.Elapsed.Round(time.Millisecond), res.Stderr)
+		if res.ExitCode == 0 || res.TimedOut || res.LeftBehind {
+			t.Errorf("second mount: exit %d, timed out %v, left processes behind %v; want a non-zero exit", res.ExitCode, res.TimedOut, res.LeftBehind)
+		}
+		if res.Elapsed > failFastLimit {
+			t.Errorf("second mount took %v to refuse, want under %v", res.Elapsed, failFastLimit)
+		}
+		lines := res.StderrLines()
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], "bgbfs: ") {
+			t.Errorf("second mount: stderr %q, want exactly one line starting %q", res.Stderr, "bgbfs: ")
+		} else if l := strings.ToLower(lines[0]); !slices.ContainsFunc(keywords, func(k string) bool { return strings.Contains(l, k) }) {
+			t.Errorf("second mount: %q names none of %q", lines[0], keywords)
+		}
+		if after, _ := testbed.MountsAt(mp); len(after) != len(before) {
+			t.Errorf("mounts on %s went from %d to %d", mp, len(before), len(after))
+		}
+	}
+
+	t.Run("busy", func(t *testing.T) {
+		m := mountData(t, npzPrefix)
+		key := "train/" + firstNPZ(d, "train")
+		want := d.Objects[npzPrefix+key].Data
+		f, err := os.Open(filepath.Join(m.Mountpoint, filepath.FromSlash(key)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		half := int64(len(want) / 2)
+		if msg := checkPread(f, bytes.NewReader(want), int64(len(want)), 0, int(half)); msg != "" {
+			t.Fatalf("reading %s: %s", key, msg)
+		}
+		refuse(t, m.Mountpoint, "already mounted")
+		if !m.Alive() {
+			t.Fatalf("the first daemon died")
+		}
+		if msg := checkPread(f, bytes.NewReader(want), int64(len(want)), half, len(want)-int(half)); msg != "" {
+			t.Errorf("the open file after the refused mount: %s", msg)
+		}
+		checkServes(t, d, m.Mountpoint)
+	})
+
+	t.Run("dead", func(t *testing.T) {
+		m := mountData(t, npzPrefix)
+		mp := m.Mountpoint
+		checkServes(t, d, mp)
+		m.Kill()
+		refuse(t, mp, "bgbfs unmount")
+		res := testbed.Run(env.bgbfs, []string{"unmount", mp}, testbed.CleanEnv(nil), 15*time.Second)
+		if res.ExitCode != 0 {
+			t.Fatalf("bgbfs unmount %s: exit %d, %q", mp, res.ExitCode, res.Stderr)
+		}
+		m2 := mount(t, mountSpec{Source: source, Endpoint: srv.Endpoint, Creds: rootCreds(srv), Mountpoint: mp})
+		checkServes(t, d, m2.Mountpoint)
+	})
+}
+
+// firstNPZ is the first .npz file name in a split of the dataset.
+func firstNPZ(d *dataset, split string) string {
+	for _, k := range d.Keys() {
+		if rest, ok := strings.CutPrefix(k, npzPrefix+split+"/"); ok && strings.HasSuffix(rest, ".npz") {
+			return rest
+		}
+	}
+	return ""
+}
+
+// goroutineDump condenses the goroutine stacks a SIGQUIT made the daemon
+// print: for each distinct stack, its state and its bgbfs frames (main,
+// fs, cache, s3backend and go-fuse), with a count of goroutines.
+func goroutineDump(stderr string) string {
+	i := strings.Index(stderr, "\ngoroutine ")
+	if i < 0 {
+		return "(no goroutine dump in stderr)"
+	}
+	counts := map[string]int{}
+	var order []string
+	for _, g := range strings.Split(stderr[i+1:], "\n\n") {
+		lines := strings.Split(g, "\n")
+		if !strings.HasPrefix(lines[0], "goroutine ") {
+			continue
+		}
+		state := lines[0]
+		if a, b := strings.Index(state, "["), strings.Index(state, "]"); a >= 0 && b > a {
+			state = state[a : b+1]
+		}
+		var frames []string
+		for _, l := range lines[1:] {
+			if strings.HasPrefix(l, "\t") || strings.HasPrefix(l, "created by") {
+				continue
+			}
+			fn := l
+			if i := strings.LastIndex(l, "("); i > 0 {
+				fn = l[:i] // without the arguments
+			}
+			if strings.HasPrefix(fn, "main.") || strings.Contains(fn, "bgbfs/bgbfs/") || strings.Contains(fn, "go-fuse") ||
+				strings.HasPrefix(fn, "sync.") {
+				frames = append(frames, "  "+fn)
+			}
+		}
+		if len(frames) == 0 {
+			continue
+		}
+		key := state + "\n" + strings.Join(frames, "\n")
+		if counts[key] == 0 {
+			order = append(order, key)
+		}
+		counts[key]++
+	}
+	var b strings.Builder
+	for _, k := range order {
+		fmt.Fprintf(&b, "%d goroutine(s) %s\n", counts[k], k)
+	}
+	return lastBytes(b.String(), 12000)
+}
