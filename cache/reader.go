@@ -75,6 +75,9 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	r.mu.Lock()
 	r.observeLocked(off, end)
 	held := r.heldFor(first, last)
+	// Start reading ahead before waiting for this read's own blocks, so
+	// that both are in flight in the same round trip.
+	r.readAheadLocked(end)
 	r.mu.Unlock()
 
 	// Find every block: held by read-ahead, cached, or to be fetched.
@@ -128,7 +131,6 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 
 	r.mu.Lock()
 	r.releasePassedLocked()
-	r.readAheadLocked(end)
 	r.mu.Unlock()
 	return n, nil
 }
