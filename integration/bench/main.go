@@ -99,7 +99,17 @@ func run(ctx context.Context, c config) error {
 	report := b.report(started)
 	fmt.Print(report)
 	if c.out != "" {
+		// The analysis of the misses is written by people: keep it.
+		if old, err := os.ReadFile(c.out); err == nil {
+			if i := strings.Index(string(old), analysisHeading); i >= 0 {
+				report += "\n" + string(old[i:])
+			}
+		}
 		return os.WriteFile(c.out, []byte(report), 0o644)
 	}
 	return nil
 }
+
+// analysisHeading starts the hand-written part of BENCHMARKS.md, which a
+// new run keeps.
+const analysisHeading = "## Why targets are missed"
