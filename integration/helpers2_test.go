@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,60 +16,7 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/bgbfs/bgbfs/integration/testbed"
 )
-
-// mountWithEnv is mount with extra VAR=value entries in the daemon's
-// environment (testbed.Mount runs bgbfs in testbed.CleanEnv, which strips
-// BGB_*). The extra variables are set by a small wrapper script that execs
-// bgbfs, so the daemon keeps the wrapper's pid and Mounted.Pid is bgbfs.
-// With no extra entries it is exactly mount.
-func mountWithEnv(t testing.TB, s mountSpec, extraEnv ...string) *testbed.Mounted {
-	t.Helper()
-	if len(extraEnv) == 0 {
-		return mount(t, s)
-	}
-	if s.Mountpoint == "" {
-		s.Mountpoint = newMountpoint(t)
-	}
-	dir := t.TempDir()
-	var script strings.Builder
-	script.WriteString("#!/bin/sh\n")
-	for _, kv := range extraEnv {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			t.Fatalf("mountWithEnv: %q is not VAR=value", kv)
-		}
-		fmt.Fprintf(&script, "export %s=%s\n", k, shellQuote(v))
-	}
-	fmt.Fprintf(&script, "exec %s \"$@\"\n", shellQuote(env.bgbfs))
-	wrapper := filepath.Join(dir, "bgbfs-env")
-	if err := os.WriteFile(wrapper, []byte(script.String()), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	m, err := testbed.Mount(testbed.MountOptions{
-		Bin:        wrapper,
-		Source:     s.Source,
-		Mountpoint: s.Mountpoint,
-		Endpoint:   s.Endpoint,
-		Creds:      s.Creds,
-		Args:       s.Args,
-		LogPath:    filepath.Join(dir, "bgbfs.stderr"),
-	})
-	if err != nil {
-		t.Fatalf("mount with %q: %v", extraEnv, err)
-	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("bgbfs %s (env %q)\nstderr:\n%s", strings.Join(m.Args, " "), extraEnv, lastBytes(m.Stderr(), 6000))
-		}
-	})
-	return m
-}
 
 // shellQuote quotes s for /bin/sh.
 func shellQuote(s string) string {

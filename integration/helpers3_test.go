@@ -24,36 +24,6 @@ import (
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
-// mountBin is mount with another bgbfs binary (a race build, a wrapper
-// that drops privileges).
-func mountBin(t testing.TB, bin string, s mountSpec) *testbed.Mounted {
-	t.Helper()
-	if s.Mountpoint == "" {
-		s.Mountpoint = newMountpoint(t)
-	}
-	m, err := testbed.Mount(testbed.MountOptions{
-		Bin:        bin,
-		Source:     s.Source,
-		Mountpoint: s.Mountpoint,
-		Endpoint:   s.Endpoint,
-		Creds:      s.Creds,
-		Args:       s.Args,
-		LogPath:    filepath.Join(t.TempDir(), "bgbfs.stderr"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("%s %s\nstderr:\n%s", bin, strings.Join(m.Args, " "), lastBytes(m.Stderr(), 6000))
-		}
-	})
-	return m
-}
-
 // newBucket creates a bucket with a unique name starting with base.
 func newBucket(t testing.TB, srv *testbed.MinIO, base string) string {
 	t.Helper()

@@ -28,7 +28,9 @@ type mountSpec struct {
 	Endpoint   string // S3 endpoint (MinIO, a proxy, gofakes3)
 	Creds      *testbed.Creds
 	Args       []string
-	Mountpoint string // "" means a fresh directory
+	Mountpoint string   // "" means a fresh directory
+	Env        []string // added to the clean environment, e.g. BGB_LIMIT_FILES=3
+	Bin        string   // "" means the binary under test
 }
 
 // newMountpoint makes an empty directory DIR/mnt in a fresh DIR, so the
@@ -50,18 +52,22 @@ func mount(t testing.TB, s mountSpec) *testbed.Mounted {
 	if s.Mountpoint == "" {
 		s.Mountpoint = newMountpoint(t)
 	}
+	if s.Bin == "" {
+		s.Bin = env.bgbfs
+	}
 	logPath := filepath.Join(t.TempDir(), "bgbfs.stderr")
 	m, err := testbed.Mount(testbed.MountOptions{
-		Bin:        env.bgbfs,
+		Bin:        s.Bin,
 		Source:     s.Source,
 		Mountpoint: s.Mountpoint,
 		Endpoint:   s.Endpoint,
 		Creds:      s.Creds,
 		Args:       s.Args,
+		Env:        s.Env,
 		LogPath:    logPath,
 	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("mount (env %q): %v", s.Env, err)
 	}
 	t.Cleanup(func() {
 		err := m.Unmount()
@@ -69,7 +75,7 @@ func mount(t testing.TB, s mountSpec) *testbed.Mounted {
 			t.Error(err)
 		}
 		if t.Failed() {
-			t.Logf("bgbfs %s\nstderr:\n%s", strings.Join(m.Args, " "), lastBytes(m.Stderr(), 6000))
+			t.Logf("%s %s (env %q)\nstderr:\n%s", s.Bin, strings.Join(m.Args, " "), s.Env, lastBytes(m.Stderr(), 6000))
 		}
 	})
 	return m

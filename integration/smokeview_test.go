@@ -196,12 +196,13 @@ func smokeView(all []smokeEntry, n int, pattern string) (names []string, pages i
 // environment entries (VAR=value).
 func mountSmoke(t testing.TB, s *smokeData, endpoint string, args []string, extraEnv ...string) *testbed.Mounted {
 	t.Helper()
-	return mountWithEnv(t, mountSpec{
+	return mount(t, mountSpec{
 		Source:   "s3://" + s.Bucket + "/",
 		Endpoint: endpoint,
 		Creds:    rootCreds(env.server(t)),
 		Args:     args,
-	}, extraEnv...)
+		Env:      extraEnv,
+	})
 }
 
 // diffNames describes how got differs from want.
@@ -544,12 +545,13 @@ func TestSmokeViewRefresh(t *testing.T) {
 	}
 	proxy := newProxy(t, srv.Endpoint)
 	const ttl = time.Second
-	m := mountWithEnv(t, mountSpec{
+	m := mount(t, mountSpec{
 		Source:   "s3://" + bucket + "/",
 		Endpoint: proxy.URL,
 		Creds:    rootCreds(srv),
 		Args:     []string{"--metadata-ttl", ttl.String()},
-	}, "BGB_LIMIT_FILES=3")
+		Env:      []string{"BGB_LIMIT_FILES=3"},
+	})
 	train := filepath.Join(m.Mountpoint, "train")
 	readdir := func(what string) []string {
 		t.Helper()

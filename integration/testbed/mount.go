@@ -65,6 +65,8 @@ type MountOptions struct {
 	Endpoint string
 	Creds    *Creds   // nil runs without credentials in the environment
 	Args     []string // further flags, placed before the positional arguments
+	// Env is added to CleanEnv(Creds), e.g. BGB_LIMIT_FILES=3.
+	Env []string
 	// LogPath receives the daemon's stderr (stdout goes to LogPath.stdout).
 	// Empty means a temporary file, removed by Unmount.
 	LogPath string
@@ -137,7 +139,7 @@ func Mount(o MountOptions) (*Mounted, error) {
 		return nil, err
 	}
 	cmd := exec.Command(o.Bin, m.Args...)
-	cmd.Env = CleanEnv(o.Creds)
+	cmd.Env = append(CleanEnv(o.Creds), o.Env...)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	// If the test binary dies, SIGTERM lets bgbfs unmount itself.
 	m.proc, err = startProcess(cmd, syscall.SIGTERM)
