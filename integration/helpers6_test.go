@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,25 +65,13 @@ func (d *opsData) NPZ(split string) []string {
 	return out
 }
 
-var (
-	opsOnce sync.Once
-	opsFix  *opsData
-	opsErr  error
-)
-
 // opsFixture returns the operations bucket, uploading it on first use.
 func opsFixture(t testing.TB) *opsData {
 	t.Helper()
 	srv := env.server(t)
-	opsOnce.Do(func() {
-		start := time.Now()
-		opsFix, opsErr = buildOps(srv, filepath.Join(env.work, "ops-src"))
-		t.Logf("operations bucket built in %v", time.Since(start).Round(time.Millisecond))
+	return env.ops.get(t, "operations bucket", func() (*opsData, error) {
+		return buildOps(srv, filepath.Join(env.work, "ops-src"))
 	})
-	if opsErr != nil {
-		t.Fatalf("building the operations bucket: %v", opsErr)
-	}
-	return opsFix
 }
 
 func buildOps(srv *testbed.MinIO, dir string) (*opsData, error) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
@@ -32,6 +33,32 @@ type suite struct {
 	policyOnce sync.Once
 	policy     *policyBucket
 	policyErr  error
+
+	// Buckets of single features, built on first use.
+	readPath lazy[*readPathData]
+	smoke    lazy[*smokeData]
+	ops      lazy[*opsData]
+}
+
+// lazy is a fixture built once, on first use; every test that needs it
+// fails if building it failed.
+type lazy[T any] struct {
+	once sync.Once
+	v    T
+	err  error
+}
+
+func (l *lazy[T]) get(t testing.TB, what string, build func() (T, error)) T {
+	t.Helper()
+	l.once.Do(func() {
+		start := time.Now()
+		l.v, l.err = build()
+		t.Logf("%s built in %v", what, time.Since(start).Round(time.Millisecond))
+	})
+	if l.err != nil {
+		t.Fatalf("building %s: %v", what, l.err)
+	}
+	return l.v
 }
 
 // env is set once by TestMain before any test runs and never reassigned;

@@ -58,25 +58,11 @@ func (d *readPathData) All() []*sourceObject {
 	return append(append([]*sourceObject(nil), d.Seq...), d.Cold)
 }
 
-var (
-	readPathOnce sync.Once
-	readPathFix  *readPathData
-	readPathErr  error
-)
-
 // readPathFixture returns the read-path bucket, uploading it on first use.
 func readPathFixture(t testing.TB) *readPathData {
 	t.Helper()
 	srv := env.server(t)
-	readPathOnce.Do(func() {
-		start := time.Now()
-		readPathFix, readPathErr = buildReadPath(srv)
-		t.Logf("read-path bucket built in %v", time.Since(start).Round(time.Millisecond))
-	})
-	if readPathErr != nil {
-		t.Fatalf("building the read-path bucket: %v", readPathErr)
-	}
-	return readPathFix
+	return env.readPath.get(t, "read-path bucket", func() (*readPathData, error) { return buildReadPath(srv) })
 }
 
 func buildReadPath(srv *testbed.MinIO) (*readPathData, error) {

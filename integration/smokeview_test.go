@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,25 +85,13 @@ func (s *smokeData) Matching(dir, pattern string) []string {
 	return out
 }
 
-var (
-	smokeOnce sync.Once
-	smokeFix  *smokeData
-	smokeErr  error
-)
-
 // smokeFixture returns the smoke-view bucket, uploading it on first use.
 func smokeFixture(t testing.TB) *smokeData {
 	t.Helper()
 	srv := env.server(t)
-	smokeOnce.Do(func() {
-		start := time.Now()
-		smokeFix, smokeErr = buildSmoke(srv, filepath.Join(env.work, "smoke-src"))
-		t.Logf("smoke-view bucket built in %v", time.Since(start).Round(time.Millisecond))
+	return env.smoke.get(t, "smoke-view bucket", func() (*smokeData, error) {
+		return buildSmoke(srv, filepath.Join(env.work, "smoke-src"))
 	})
-	if smokeErr != nil {
-		t.Fatalf("building the smoke-view bucket: %v", smokeErr)
-	}
-	return smokeFix
 }
 
 func buildSmoke(srv *testbed.MinIO, dir string) (*smokeData, error) {
