@@ -75,59 +75,42 @@ func (d *dirNode) fresh(l *listing, now time.Time) bool {
 // and an older listing exists, the older one is served: a directory that
 // was listed keeps answering during an S3 outage.
 func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
-	for {
-		d.mu.Lock()
-		now := time.Now()
-		if d.fresh(d.current, now) || (d.current != nil && now.Before(d.retryAt)) {
-			l := d.current
-			d.mu.Unlock()
-			return l, nil
-		}
-		if d.current != nil && d.loadErr != nil {
-			// The last refresh failed (S3 is down or throttling): answer
-			// from the previous listing at once and try again in the
-			// background, instead of making every lookup wait out a
-			// full round of retries.
-			l := d.current
-			if d.loading == nil {
-				d.startRefreshLocked(ctx)
-			}
-			d.mu.Unlock()
-			return l, nil
-		}
-		if wait := d.loading; wait != nil {
-			d.mu.Unlock()
-			select {
-			case <-wait:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			d.mu.Lock()
-			l, err := d.current, d.loadErr
-			d.mu.Unlock()
-			if l != nil {
-				return l, nil
-			}
-			if err != nil {
-				return nil, err
-			}
-			continue
-		}
-		done := d.startRefreshLocked(ctx)
+	d.mu.Lock()
+	now := time.Now()
+	if d.fresh(d.current, now) || (d.current != nil && now.Before(d.retryAt)) {
+		l := d.current
 		d.mu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		d.mu.Lock()
-		l, err := d.current, d.loadErr
-		d.mu.Unlock()
-		if l != nil {
-			return l, nil
-		}
-		return nil, err
+		return l, nil
 	}
+	if d.current != nil && d.loadErr != nil {
+		// The last refresh failed (S3 is down or throttling): answer
+		// from the previous listing at once and try again in the
+		// background, instead of making every lookup wait out a
+		// full round of retries.
+		l := d.current
+		if d.loading == nil {
+			d.startRefreshLocked(ctx)
+		}
+		d.mu.Unlock()
+		return l, nil
+	}
+	var wait <-chan struct{} = d.loading
+	if wait == nil {
+		wait = d.startRefreshLocked(ctx)
+	}
+	d.mu.Unlock()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	d.mu.Lock()
+	l, err := d.current, d.loadErr
+	d.mu.Unlock()
+	if l != nil {
+		return l, nil
+	}
+	return nil, err // a refresh leaves a listing or an error
 }
 
 // startRefreshLocked lists the directory again in the background and
