@@ -3,7 +3,6 @@ package integration
 // Helpers of the reliability, load, shutdown and security tests.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -15,8 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -104,76 +101,6 @@ func checkPread(f *os.File, src io.ReaderAt, size, off int64, n int) string {
 		return fmt.Sprintf("content differs from the source at byte %d of the range", firstDiff(got[:k], want))
 	}
 	return ""
-}
-
-// vmRSS returns a process's resident set size in bytes, from
-// /proc/PID/status.
-func vmRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) != 2 || fields[1] != "kB" {
-				return 0, fmt.Errorf("VmRSS line %q", sc.Text())
-			}
-			kb, err := strconv.ParseInt(fields[0], 10, 64)
-			return kb << 10, err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, errors.New("no VmRSS line (a zombie?)")
-}
-
-// rssSampler records the peak VmRSS of a process, sampled every interval.
-type rssSampler struct {
-	stop chan struct{}
-	done chan struct{}
-	mu   sync.Mutex
-	peak int64
-	n    int
-}
-
-func sampleRSS(pid int, interval time.Duration) *rssSampler {
-	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			if rss, err := vmRSS(pid); err == nil {
-				s.mu.Lock()
-				s.peak = max(s.peak, rss)
-				s.n++
-				s.mu.Unlock()
-			}
-			select {
-			case <-s.stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return s
-}
-
-// Stop ends the sampling and returns the peak and the number of samples.
-func (s *rssSampler) Stop() (peak int64, samples int) {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.done
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.peak, s.n
 }
 
 // nobody is the unprivileged uid and gid the permission tests run as.

@@ -195,7 +195,7 @@ func runLoad(t *testing.T, name, bin, bucket string, files [][]byte, plans [][]l
 			_ = m.Unmount()
 		}
 	})
-	rss := sampleRSS(m.Pid(), 50*time.Millisecond)
+	rss := testbed.SampleRSS(m.Pid(), 50*time.Millisecond)
 	script := filepath.Join(t.TempDir(), "reader.py")
 	if err := os.WriteFile(script, []byte(loadReader), 0o644); err != nil {
 		t.Fatal(err)

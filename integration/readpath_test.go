@@ -672,7 +672,7 @@ func TestReadPathRSSBound(t *testing.T) {
 	})
 	p := filepath.Join(m.Mountpoint, filepath.Base(bigKey))
 	pid := m.Pid()
-	rss0, _, err := procMemory(pid)
+	rss0, _, err := testbed.ProcMemory(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -685,7 +685,7 @@ func TestReadPathRSSBound(t *testing.T) {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if rss, _, err := procMemory(pid); err == nil {
+			if rss, _, err := testbed.ProcMemory(pid); err == nil {
 				peak = max(peak, rss)
 				samples++
 			}
@@ -761,7 +761,7 @@ func TestReadPathRSSBound(t *testing.T) {
 	elapsed := time.Since(start)
 	close(stop)
 	<-sampled
-	rss1, hwm, err := procMemory(pid)
+	rss1, hwm, err := testbed.ProcMemory(pid)
 	if err != nil {
 		t.Fatal(err)
 	}

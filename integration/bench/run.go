@@ -95,15 +95,15 @@ func (b *bench) runAll(ctx context.Context) error {
 func (b *bench) measure(workload, profile, system string, pid int, f func() (measurement, error)) {
 	fmt.Fprintf(os.Stderr, "bench: %s %s %s\n", profile, system, workload)
 	b.counting.Reset()
-	var s *rssSampler
+	var s *testbed.RSSSampler
 	if pid > 0 {
-		s = sampleRSS(pid)
+		s = testbed.SampleRSS(pid, 20*time.Millisecond)
 	}
 	m, err := f()
 	c := b.counting.Counts()
 	r := row{workload: workload, profile: profile, system: system, m: m, gets: c.GetObject, fetched: c.GetObjectBytes}
 	if s != nil {
-		r.rss = s.Peak()
+		r.rss, _ = s.Stop()
 	}
 	if err != nil {
 		r.err = err.Error()

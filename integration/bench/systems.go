@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -102,61 +99,6 @@ func startDaemon(cmd *exec.Cmd, mp string, env []string) (*mounted, error) {
 	}
 	stop()
 	return nil, fmt.Errorf("%s did not mount within 30s", filepath.Base(cmd.Path))
-}
-
-// rssSampler follows a process's resident memory and keeps the peak.
-type rssSampler struct {
-	stop chan struct{}
-	done chan struct{}
-	mu   sync.Mutex
-	peak int64
-}
-
-func sampleRSS(pid int) *rssSampler {
-	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if kb := vmRSS(pid); kb > 0 {
-				s.mu.Lock()
-				s.peak = max(s.peak, kb<<10)
-				s.mu.Unlock()
-			}
-			select {
-			case <-s.stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return s
-}
-
-// Peak stops sampling and returns the highest RSS seen, in bytes.
-func (s *rssSampler) Peak() int64 {
-	close(s.stop)
-	<-s.done
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.peak
-}
-
-func vmRSS(pid int) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb
-		}
-	}
-	return 0
 }
 
 // dropCaches makes the next read of every file cold.
