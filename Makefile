@@ -35,6 +35,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNameProblem$$' -fuzztime $(FUZZTIME) ./fs
 	$(GO) test -run '^$$' -fuzz '^FuzzMergeListing$$' -fuzztime $(FUZZTIME) ./fs
 	$(GO) test -run '^$$' -fuzz '^FuzzReadAt$$' -fuzztime $(FUZZTIME) ./cache
+	$(GO) test -run '^$$' -fuzz '^FuzzInflate$$' -fuzztime $(FUZZTIME) ./fs/npz
 
 integration: tools build
 	BGBFS_BIN=$(CURDIR)/bin/bgbfs MINIO_BIN=$(MINIO) $(GO) test -count=1 -timeout 40m ./integration/...

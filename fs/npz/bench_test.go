@@ -1,0 +1,181 @@
+package npz
+
+import (
+	"bytes"
+	"compress/flate"
+	"hash/crc32"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// A real windows member: 73 windows of 19 channels x 15360 float32.
+const (
+	benchWindow = 19 * 15360 * 4
+	benchSize   = 73 * benchWindow
+)
+
+type benchStream struct {
+	name         string
+	data, stream []byte
+}
+
+// benchStreams are compressed once per test binary: compress/flate at
+// level 6, and when Debian's python is there, zlib at level 6 as
+// numpy's savez_compressed writes (different block sizes and codes).
+var benchStreams = sync.OnceValues(func() ([]benchStream, error) {
+	data := floatData(benchSize, 42)
+	var b bytes.Buffer
+	w, _ := flate.NewWriter(&b, 6)
+	w.Write(data)
+	w.Close()
+	out := []benchStream{{"flate6", data, b.Bytes()}}
+	if exec.Command(systemPython, "-c", "import numpy").Run() != nil {
+		return out, nil
+	}
+	dir, err := os.MkdirTemp("", "npzbench")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	script := `
+import sys, zlib, numpy as np
+a = np.random.default_rng(1).standard_normal(int(sys.argv[2]) // 4, dtype=np.float32).tobytes()
+open(sys.argv[1] + '/data', 'wb').write(a)
+c = zlib.compressobj(6, zlib.DEFLATED, -15)
+open(sys.argv[1] + '/stream', 'wb').write(c.compress(a) + c.flush())
+`
+	if err := exec.Command(systemPython, "-c", script, dir, "85217280").Run(); err != nil {
+		return nil, err
+	}
+	zdata, err := os.ReadFile(filepath.Join(dir, "data"))
+	if err != nil {
+		return nil, err
+	}
+	zstream, err := os.ReadFile(filepath.Join(dir, "stream"))
+	if err != nil {
+		return nil, err
+	}
+	return append(out, benchStream{"zlib6", zdata, zstream}), nil
+})
+
+func forBenchStreams(b *testing.B, fn func(b *testing.B, s benchStream)) {
+	streams, err := benchStreams()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, s := range streams {
+		b.Run(s.name, func(b *testing.B) { fn(b, s) })
+	}
+}
+
+// inflateDiscard decodes a stream without keeping the output, as
+// BuildIndex does.
+func inflateDiscard(stream []byte) (int64, error) {
+	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), outSpace, buildReadSize, buildReadSize)
+	var n int64
+	for f.state != streamDone {
+		if f.w >= f.stopMax() {
+			n += int64(f.slide())
+		}
+		if err := f.step(f.stopMax()); err != nil {
+			return n, err
+		}
+	}
+	return n + int64(f.w), nil
+}
+
+// BenchmarkInflate compares the inflater with compress/flate on an
+// 85 MB float32 member.
+func BenchmarkInflate(b *testing.B) {
+	forBenchStreams(b, func(b *testing.B, s benchStream) {
+		b.Run("npz", func(b *testing.B) {
+			b.SetBytes(int64(len(s.data)))
+			for b.Loop() {
+				if n, err := inflateDiscard(s.stream); err != nil || n != int64(len(s.data)) {
+					b.Fatal(n, err)
+				}
+			}
+		})
+		b.Run("compress-flate", func(b *testing.B) {
+			b.SetBytes(int64(len(s.data)))
+			for b.Loop() {
+				if n, err := io.Copy(io.Discard, flate.NewReader(bytes.NewReader(s.stream))); err != nil || n != int64(len(s.data)) {
+					b.Fatal(n, err)
+				}
+			}
+		})
+	})
+}
+
+func benchMember(s benchStream) Member {
+	return Member{Name: "windows.npy", Method: Deflated, CompressedSize: int64(len(s.stream)), UncompressedSize: int64(len(s.data)), CRC32: crc32.ChecksumIEEE(s.data)}
+}
+
+func BenchmarkBuildIndex(b *testing.B) {
+	forBenchStreams(b, func(b *testing.B, s benchStream) {
+		b.SetBytes(int64(len(s.data)))
+		var x *Index
+		for b.Loop() {
+			var err error
+			if x, err = buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(s.data))/float64(len(s.stream)), "ratio")
+		b.ReportMetric(float64(x.Points()), "points")
+		b.ReportMetric(float64(x.MemoryBytes()), "index-bytes")
+	})
+}
+
+// BenchmarkIndexReadAt reads one training window (1,167,360 bytes) at
+// a random offset through an index with the default 1 MiB span.
+func BenchmarkIndexReadAt(b *testing.B) {
+	forBenchStreams(b, func(b *testing.B, s benchStream) {
+		x, err := buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := &countingReader{r: bytes.NewReader(s.stream)}
+		rng := rand.New(rand.NewPCG(1, 1))
+		p := make([]byte, benchWindow)
+		b.SetBytes(benchWindow)
+		for b.Loop() {
+			off := rng.Int64N(int64(len(s.data)) - benchWindow)
+			if _, err := x.ReadAt(c, p, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(c.bytes.Load())/float64(b.N), "read-bytes/op")
+		b.ReportMetric(float64(c.reads.Load())/float64(b.N), "reads/op")
+	})
+}
+
+// BenchmarkIndexReadAtChunked reads one training window in 128 KiB
+// requests, as the kernel splits a FUSE read: each request restarts
+// from the access point before it, so the window costs several times
+// one 1.17 MB ReadAt.
+func BenchmarkIndexReadAtChunked(b *testing.B) {
+	forBenchStreams(b, func(b *testing.B, s benchStream) {
+		x, err := buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(1, 1))
+		r := bytes.NewReader(s.stream)
+		p := make([]byte, 128<<10)
+		b.SetBytes(benchWindow)
+		for b.Loop() {
+			off := rng.Int64N(int64(len(s.data)) - benchWindow)
+			for o := off; o < off+benchWindow; o += int64(len(p)) {
+				if _, err := x.ReadAt(r, p[:min(int64(len(p)), off+benchWindow-o)], o); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,196 @@
+package npz
+
+import (
+	"fmt"
+	"hash/crc32"
+	"io"
+	"slices"
+	"sort"
+	"unsafe"
+)
+
+// DefaultSpan is the output distance between access points BuildIndex
+// uses for a span of 0: a read then inflates little more than 1 MiB it
+// does not return, and an 85 MB member costs about 2.7 MB of windows.
+const DefaultSpan = 1 << 20
+
+const (
+	// BuildIndex reads the compressed data in large chunks: through the
+	// block cache and read-ahead, few large reads are cheapest.
+	buildReadSize = 4 << 20
+	// Output is produced in chunks this large between slides of the
+	// 32 KiB history.
+	outSpace = 256 << 10
+	// ReadAt's first read is its estimate of what it needs plus this
+	// margin; if that falls short it reads on in readChunk steps,
+	// never past the next access point.
+	readMargin = 16 << 10
+	readChunk  = 256 << 10
+)
+
+// Index gives random access to a deflated member's content. It holds the
+// access points found by BuildIndex and nothing tied to a reader, so it
+// can outlive the reader it was built from and serve any reader of the
+// same archive. It is read-only: ReadAt may be called concurrently.
+type Index struct {
+	member  Member
+	dataOff int64
+	points  []point // sorted by out; points[0] is the stream start
+	memory  int64
+}
+
+// point is a block boundary: the decoder state there is just the
+// position and the window.
+type point struct {
+	out    int64  // uncompressed offset
+	bit    int64  // offset in the compressed stream, in bits
+	window []byte // the min(out, 32 KiB) bytes of output before out
+}
+
+// BuildIndex inflates the deflated member m of r once, reading its
+// compressed data sequentially in 4 MiB reads, and records an access
+// point at the first block boundary at least span bytes of output after
+// the previous one (DefaultSpan if span <= 0). Block boundaries are the
+// only places where the decoder's state is just the window; zlib's
+// blocks hold 16-100 KiB of output, so points land a little past every
+// span. It checks the content's size and CRC-32 against the directory
+// (errors wrap ErrChecksum) and returns errors wrapping ErrCorrupt for
+// an undecodable stream.
+func BuildIndex(r io.ReaderAt, m Member, span int64) (*Index, error) {
+	if m.Method != Deflated {
+		return nil, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
+	}
+	off, err := m.DataOffset(r)
+	if err != nil {
+		return nil, err
+	}
+	x, err := buildIndex(r, m, off, span)
+	if err != nil {
+		return nil, fmt.Errorf("indexing %q: %w", m.Name, err)
+	}
+	return x, nil
+}
+
+// buildIndex indexes the stream of m that starts at archive offset off.
+func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
+	if span <= 0 {
+		span = DefaultSpan
+	}
+	f := newInflater(r, off, m.CompressedSize, int(min(outSpace, m.UncompressedSize+1)), buildReadSize, buildReadSize)
+	x := &Index{member: m, dataOff: off, points: []point{{}}}
+	var base int64 // uncompressed offset of f.out[0]
+	done := 0      // f.out[:done] has been checksummed
+	var crc uint32
+	stop := f.stopMax()
+	for f.state != streamDone {
+		if pos := base + int64(f.w); f.state == atHeader && !f.final && pos-x.points[len(x.points)-1].out >= span {
+			x.points = append(x.points, point{
+				out:    pos,
+				bit:    f.bitPos(),
+				window: slices.Clone(f.out[max(0, f.w-windowSize):f.w]),
+			})
+		}
+		if f.w >= stop {
+			crc = crc32.Update(crc, crc32.IEEETable, f.out[done:f.w])
+			base += int64(f.slide())
+			done = f.w
+		}
+		if err := f.step(stop); err != nil {
+			return nil, err
+		}
+		if base+int64(f.w) > m.UncompressedSize {
+			return nil, fmt.Errorf("%w: content is longer than the %d bytes in the directory", ErrChecksum, m.UncompressedSize)
+		}
+	}
+	crc = crc32.Update(crc, crc32.IEEETable, f.out[done:f.w])
+	if n := base + int64(f.w); n != m.UncompressedSize {
+		return nil, fmt.Errorf("%w: content is %d bytes, the directory says %d", ErrChecksum, n, m.UncompressedSize)
+	}
+	if crc != m.CRC32 {
+		return nil, fmt.Errorf("%w: content has CRC-32 %08x, the directory says %08x", ErrChecksum, crc, m.CRC32)
+	}
+	x.points = slices.Clip(x.points)
+	x.memory = int64(unsafe.Sizeof(*x)) + int64(len(m.Name)) + int64(cap(x.points))*int64(unsafe.Sizeof(point{}))
+	for _, p := range x.points {
+		x.memory += int64(cap(p.window))
+	}
+	return x, nil
+}
+
+// Size returns the member's uncompressed size.
+func (x *Index) Size() int64 { return x.member.UncompressedSize }
+
+// Points returns the number of access points, including the one at the
+// start of the stream.
+func (x *Index) Points() int { return len(x.points) }
+
+// MemoryBytes returns the memory the index holds, almost all of it one
+// 32 KiB window per access point.
+func (x *Index) MemoryBytes() int64 { return x.memory }
+
+// ReadAt reads len(p) bytes of the member's content at off from r, which
+// must read the same archive the index was built from, and returns
+// io.EOF if the content ends first. It inflates from the last access
+// point at or before off and stops as soon as p is full; it reads the
+// compressed bytes from that point on, in a first read sized by the
+// local compression ratio and more only if that falls short, and never
+// beyond the next access point after the end of p.
+//
+// Every call starts afresh from an access point: reading a range in
+// small pieces (as the kernel splits FUSE reads into 128 KiB requests)
+// inflates the stretch before each piece again, so callers should read
+// larger ranges and keep them.
+func (x *Index) ReadAt(r io.ReaderAt, p []byte, off int64) (int, error) {
+	q, eof := clip(p, off, x.member.UncompressedSize)
+	if len(q) == 0 {
+		return 0, eof
+	}
+	n, err := x.read(r, q, off)
+	if err != nil {
+		return n, fmt.Errorf("reading %q at %d: %w", x.member.Name, off, err)
+	}
+	return n, eof
+}
+
+func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
+	end := off + int64(len(q))
+	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > off }) - 1
+	j := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end })
+	pt := x.points[i]
+	limit := x.member.CompressedSize // stream bytes this read may need
+	cin, cout := limit-pt.bit/8, x.member.UncompressedSize-pt.out
+	if j < len(x.points) {
+		limit = (x.points[j].bit + 7) / 8
+		cin, cout = limit-pt.bit/8, x.points[j].out-pt.out
+	}
+	need := end - pt.out
+	first := int64(float64(cin)*float64(need)/float64(cout)) + readMargin
+	first = min(first, limit-pt.bit/8, buildReadSize) // a huge p is read in chunks, not one buffer
+
+	f := newInflater(r, x.dataOff, limit, int(min(need, outSpace)), int(first), readChunk)
+	if err := f.seek(pt.bit, pt.window); err != nil {
+		return 0, err
+	}
+	base := pt.out - int64(f.w) // uncompressed offset of f.out[0]
+	done := f.w                 // f.out[:done] is history or already copied
+	n := 0
+	for {
+		if err := f.step(int(min(int64(f.stopMax()), end-base))); err != nil {
+			return n, err
+		}
+		if lo, hi := max(off, base+int64(done)), min(end, base+int64(f.w)); hi > lo {
+			n += copy(q[lo-off:hi-off], f.out[lo-base:hi-base])
+		}
+		done = f.w
+		if base+int64(f.w) >= end {
+			return n, nil
+		}
+		if f.state == streamDone {
+			return n, fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, base+int64(f.w))
+		}
+		if f.w >= f.stopMax() {
+			base += int64(f.slide())
+			done = f.w
+		}
+	}
+}

@@ -1,0 +1,226 @@
+package npz
+
+import (
+	"bytes"
+	"compress/flate"
+	"errors"
+	"hash/crc32"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r     io.ReaderAt
+	bytes atomic.Int64
+	reads atomic.Int64
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	c.bytes.Add(int64(len(p)))
+	c.reads.Add(1)
+	return c.r.ReadAt(p, off)
+}
+
+// streamIndex indexes a raw deflate stream of data, as if it were a
+// member starting at offset 0.
+func streamIndex(t testing.TB, stream, data []byte, span int64) *Index {
+	t.Helper()
+	m := Member{Name: "m", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
+	x, err := buildIndex(bytes.NewReader(stream), m, 0, span)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// checkReadAt compares reads through x with data: the whole content,
+// reads across every access point, reads at the end, and random ones.
+func checkReadAt(t *testing.T, x *Index, r io.ReaderAt, data []byte, rng *rand.Rand, random int) {
+	t.Helper()
+	size := int64(len(data))
+	check := func(off int64, n int) {
+		t.Helper()
+		p := make([]byte, n)
+		got, err := x.ReadAt(r, p, off)
+		want := max(0, min(int64(n), size-off))
+		switch {
+		case int64(got) != want:
+			t.Fatalf("ReadAt(%d bytes at %d) = %d, %v; want %d bytes", n, off, got, err, want)
+		case want > 0 && !bytes.Equal(p[:got], data[off:off+want]):
+			t.Fatalf("ReadAt(%d bytes at %d): wrong content", n, off)
+		case want < int64(n) && err != io.EOF:
+			t.Fatalf("ReadAt(%d bytes at %d) short read with error %v, want io.EOF", n, off, err)
+		case want == int64(n) && err != nil:
+			t.Fatalf("ReadAt(%d bytes at %d): %v", n, off, err)
+		}
+	}
+	check(0, len(data))
+	check(0, len(data)+10)
+	check(size, 1)
+	check(size+100, 1)
+	check(max(0, size-1), 5)
+	for _, p := range x.points {
+		check(max(0, p.out-3), 6)
+		check(p.out, 1)
+	}
+	for range random {
+		off := rng.Int64N(size + 1)
+		check(off, rng.IntN(int(min(size-off, 300<<10))+1))
+	}
+}
+
+func TestIndexReadAt(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for name, data := range testInputs() {
+		if len(data) == 0 {
+			continue
+		}
+		for _, level := range []int{flate.NoCompression, flate.BestSpeed, flate.DefaultCompression, flate.HuffmanOnly} {
+			stream := deflate(t, data, level)
+			for _, span := range []int64{1, 1000, 64 << 10, DefaultSpan} {
+				x := streamIndex(t, stream, data, span)
+				if x.Size() != int64(len(data)) {
+					t.Fatalf("Size %d", x.Size())
+				}
+				checkReadAt(t, x, bytes.NewReader(stream), data, rng, 50)
+				// Points are at least span apart, windows exactly
+				// the history available, at most 32 KiB.
+				for i, p := range x.points[1:] {
+					if p.out-x.points[i].out < span || len(p.window) != int(min(p.out, windowSize)) || !bytes.Equal(p.window, data[p.out-int64(len(p.window)):p.out]) {
+						t.Fatalf("%s level %d span %d: bad point %d: out %d (previous %d), window %d", name, level, span, i+1, p.out, x.points[i].out, len(p.window))
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestIndexMemory(t *testing.T) {
+	data := floatData(4<<20, 9)
+	x := streamIndex(t, deflate(t, data, 6), data, 1<<20)
+	if x.Points() < 4 || x.Points() > 5 {
+		t.Errorf("%d points for 4 MiB with span 1 MiB", x.Points())
+	}
+	windows := int64(x.Points()-1) * windowSize
+	if m := x.MemoryBytes(); m < windows || m > windows+4096 {
+		t.Errorf("MemoryBytes %d, windows %d", m, windows)
+	}
+}
+
+// TestIndexReadAtReadsLittle checks a window-sized read decodes from
+// one access point and reads only what it needs of the compressed data.
+func TestIndexReadAtReadsLittle(t *testing.T) {
+	data := floatData(12<<20, 11)
+	stream := deflate(t, data, 6)
+	x := streamIndex(t, stream, data, DefaultSpan)
+	rng := rand.New(rand.NewPCG(5, 6))
+	const window = 19 * 15360 * 4
+	for range 20 {
+		off := rng.Int64N(int64(len(data)) - window)
+		c := &countingReader{r: bytes.NewReader(stream)}
+		p := make([]byte, window)
+		if _, err := x.ReadAt(c, p, off); err != nil || !bytes.Equal(p, data[off:off+window]) {
+			t.Fatalf("ReadAt at %d: %v", off, err)
+		}
+		// What a decoder must read: from the access point to about
+		// the end of the range, at this stream's ratio.
+		i := 0
+		for i+1 < len(x.points) && x.points[i+1].out <= off {
+			i++
+		}
+		ratio := float64(len(stream)) / float64(len(data))
+		need := int64(float64(off+window-x.points[i].out) * ratio)
+		if got := c.bytes.Load(); got > need+readChunk+readMargin || got < need*9/10 {
+			t.Errorf("ReadAt of %d bytes at %d read %d compressed bytes in %d reads; needs about %d", window, off, got, c.reads.Load(), need)
+		}
+	}
+}
+
+func TestIndexConcurrentReadAt(t *testing.T) {
+	data := floatData(3<<20, 12)
+	stream := deflate(t, data, 6)
+	x := streamIndex(t, stream, data, 128<<10)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 0))
+			for range 30 {
+				off := rng.Int64N(int64(len(data)))
+				p := make([]byte, rng.IntN(200<<10)+1)
+				n, err := x.ReadAt(bytes.NewReader(stream), p, off)
+				if (err != nil && err != io.EOF) || !bytes.Equal(p[:n], data[off:off+int64(n)]) {
+					t.Errorf("ReadAt(%d at %d) = %d, %v", len(p), off, n, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestBuildIndexChecks(t *testing.T) {
+	data := floatData(1<<20, 13)
+	stream := deflate(t, data, 6)
+	good := Member{Name: "m", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
+	flipped := bytes.Clone(stream)
+	flipped[len(flipped)/2] ^= 0x10
+	tests := []struct {
+		name   string
+		stream []byte
+		edit   func(*Member)
+		want   error
+	}{
+		{"wrong CRC", stream, func(m *Member) { m.CRC32 ^= 1 }, ErrChecksum},
+		{"size too small", stream, func(m *Member) { m.UncompressedSize-- }, ErrChecksum},
+		{"size too large", stream, func(m *Member) { m.UncompressedSize++ }, ErrChecksum},
+		{"compressed size short", stream, func(m *Member) { m.CompressedSize -= 100 }, ErrCorrupt},
+		{"data cut", stream[:len(stream)-100], func(m *Member) {}, io.ErrUnexpectedEOF},
+		{"flipped bit", flipped, func(m *Member) {}, nil}, // ErrCorrupt or ErrChecksum
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := good
+			tt.edit(&m)
+			_, err := buildIndex(bytes.NewReader(tt.stream), m, 0, 0)
+			if err == nil || (tt.want != nil && !errors.Is(err, tt.want)) ||
+				(tt.want == nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrChecksum)) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestIndexHugeBlock checks a stream that is one 1 MiB fixed-code block:
+// no boundary to place points at, so reads decode from the start.
+func TestIndexHugeBlock(t *testing.T) {
+	data := floatData(1<<20, 14)
+	w := (&bitWriter{}).bits(1, 1).bits(1, 2)
+	for _, c := range data {
+		w.fixedLit(int(c))
+	}
+	stream := w.fixedLit(256).bytes()
+	x := streamIndex(t, stream, data, 64<<10)
+	if x.Points() != 1 {
+		t.Errorf("%d points in a one-block stream", x.Points())
+	}
+	checkReadAt(t, x, bytes.NewReader(stream), data, rand.New(rand.NewPCG(1, 3)), 5)
+}
+
+func TestMethodChecks(t *testing.T) {
+	arch := buildZip(t, []zipEntry{{name: "s", method: Stored, data: []byte("x")}, {name: "d", method: Deflated, data: []byte("y")}}, zipOpts{})
+	r := bytes.NewReader(arch)
+	dir, err := ReadDirectory(r, int64(len(arch)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := BuildIndex(r, dir.Members[0], 0); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("BuildIndex of a stored member: %v", err)
+	}
+	if _, err := OpenStored(r, dir.Members[1]); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("OpenStored of a deflated member: %v", err)
+	}
+}
