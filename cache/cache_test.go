@@ -249,3 +249,22 @@ func TestOutOfOrderReadsStaySequential(t *testing.T) {
 		t.Errorf("fetched %d bytes for %d", fetched, obj.Size)
 	}
 }
+
+// A random-access reader fetches only the blocks its reads cover, even
+// when its reads come in order.
+func TestOpenRandomNeverReadsAhead(t *testing.T) {
+	opt := testOptions(16 * mib)
+	c, store, obj, data := setup(t, 8*mib, opt)
+	r := c.OpenRandom(obj)
+	defer r.Close()
+	buf := make([]byte, 256*kib)
+	for off := int64(0); off < 2*mib; off += int64(len(buf)) {
+		if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+int64(len(buf))]) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+	}
+	c.Close() // waits for any fetch a read-ahead would have started
+	if fetched := store.bytes.Load(); fetched != 2*mib {
+		t.Errorf("fetched %d bytes for 2 MiB read in order; want exactly the 2 blocks", fetched)
+	}
+}

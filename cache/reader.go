@@ -19,6 +19,7 @@ type Reader struct {
 
 	mu      sync.Mutex
 	reading bool  // counted in c.readers
+	random  bool  // never reads ahead (OpenRandom)
 	next    int64 // end of the furthest read in the current stream
 	window  int64 // read-ahead window, 0 when reads look random
 	streak  int64 // bytes read in order since the window last grew
@@ -44,6 +45,14 @@ func (c *BlockCache) Open(obj Object, zipArchive bool) *Reader {
 		r.mu.Unlock()
 	}
 	return r
+}
+
+// OpenRandom returns a Reader that never reads ahead: each read fetches
+// just the blocks it covers. It is for readers that know their reads are
+// scattered, such as reads of one window inside a compressed .npz member,
+// where reads that look in order are still not followed by more.
+func (c *BlockCache) OpenRandom(obj Object) *Reader {
+	return &Reader{c: c, obj: obj, random: true}
 }
 
 // ReadAt reads len(p) bytes at off, fewer only at the end of the object.
@@ -198,7 +207,7 @@ func (r *Reader) observeLocked(off, end int64) {
 
 // readAheadLocked starts fetches so that the window after end is covered.
 func (r *Reader) readAheadLocked(end int64) {
-	if r.window == 0 || r.c.opt.MaxReadAhead == 0 || end < r.next-r.c.opt.ReorderWindow {
+	if r.random || r.window == 0 || r.c.opt.MaxReadAhead == 0 || end < r.next-r.c.opt.ReorderWindow {
 		return
 	}
 	c := r.c
