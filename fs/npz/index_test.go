@@ -224,3 +224,57 @@ func TestMethodChecks(t *testing.T) {
 		t.Errorf("OpenStored of a deflated member: %v", err)
 	}
 }
+
+func TestIndexSpans(t *testing.T) {
+	data := floatData(5<<20, 21)
+	stream := deflate(t, data, 6)
+	x := streamIndex(t, stream, data, 256<<10)
+	if x.Points() < 10 {
+		t.Fatalf("%d access points in 5 MiB at a 256 KiB span", x.Points())
+	}
+	// Spans tile the content: each starts where the previous ended, and
+	// reading one exactly reads from its own access point onwards only.
+	var prevEnd int64
+	for prevEnd < int64(len(data)) {
+		start, end := x.Span(prevEnd)
+		if start != prevEnd || end <= start {
+			t.Fatalf("Span(%d) = [%d, %d)", prevEnd, start, end)
+		}
+		if s2, e2 := x.Span(end - 1); s2 != start || e2 != end {
+			t.Fatalf("Span(%d) = [%d, %d), Span(%d) = [%d, %d)", start, start, end, end-1, s2, e2)
+		}
+		p := make([]byte, end-start)
+		if n, err := x.ReadAt(bytes.NewReader(stream), p, start); n != len(p) || (err != nil && err != io.EOF) || !bytes.Equal(p, data[start:end]) {
+			t.Fatalf("ReadAt of span [%d, %d): %d, %v", start, end, n, err)
+		}
+		prevEnd = end
+	}
+}
+
+func TestStartIndex(t *testing.T) {
+	data := floatData(3<<20, 22)
+	arch := buildZip(t, []zipEntry{{name: "windows.npy", data: data, method: Deflated, level: 6}}, zipOpts{})
+	dir, err := ReadDirectory(bytes.NewReader(arch), int64(len(arch)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := StartIndex(bytes.NewReader(arch), dir.Members[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct{ off, n int64 }{{0, 128}, {0, 1 << 20}, {100 << 10, 300 << 10}, {int64(len(data)) - 10, 10}} {
+		c := &countingReader{r: bytes.NewReader(arch)}
+		p := make([]byte, r.n)
+		if n, err := x.ReadAt(c, p, r.off); int64(n) != r.n || (err != nil && err != io.EOF) || !bytes.Equal(p, data[r.off:r.off+r.n]) {
+			t.Fatalf("ReadAt(%d at %d) = %d, %v", r.n, r.off, n, err)
+		}
+		// Inflating from the start reads the stream up to about the
+		// end of the range, not the whole member.
+		if end := r.off + r.n; end < int64(len(data))/2 && c.bytes.Load() > end+readChunk+readMargin {
+			t.Errorf("ReadAt(%d at %d) read %d compressed bytes", r.n, r.off, c.bytes.Load())
+		}
+	}
+	if _, err := StartIndex(bytes.NewReader(arch), Member{Name: "x", Method: Stored}); err == nil {
+		t.Error("StartIndex of a stored member succeeded")
+	}
+}
