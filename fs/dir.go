@@ -228,11 +228,19 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if err != nil {
 		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
 	}
-	e, ok := l.lookup(name)
-	if !ok && l.partial && name > l.lastName && !d.tree.Limit.matches(name) {
-		e, ok, err = d.lookupBeyond(ctx, l, name)
-		if err != nil {
-			return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
+	e, ok, err := d.find(ctx, l, name)
+	if err != nil {
+		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
+	}
+	var archive dirEntry
+	if !ok && d.tree.NPZ != nil {
+		// NAME.npz.d of a visible archive, unless a real key has the name.
+		if a, isMemberDir := archiveOf(name); isMemberDir {
+			archive, ok, err = d.find(ctx, l, a)
+			if err != nil {
+				return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
+			}
+			ok = ok && !archive.isDir
 		}
 	}
 	if !ok {
@@ -241,12 +249,37 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	ttl := d.tree.remaining(l.fetched)
 	out.SetEntryTimeout(ttl)
 	out.SetAttrTimeout(ttl)
-	if e.isDir {
+	switch {
+	case archive.key != "":
+		d.tree.memberDirAttr(archive, &out.Attr)
+		return d.memberDirChild(ctx, name, archive), 0
+	case e.isDir:
 		d.tree.dirAttr(&out.Attr)
-	} else {
+	default:
 		d.tree.fileAttr(e, &out.Attr)
 	}
 	return d.child(ctx, e), 0
+}
+
+// find looks name up in the listing l, or after the end of a partial one.
+func (d *dirNode) find(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
+	e, ok := l.lookup(name)
+	if !ok && l.partial && name > l.lastName && !d.tree.Limit.matches(name) {
+		return d.lookupBeyond(ctx, l, name)
+	}
+	return e, ok, nil
+}
+
+// memberDirChild returns the inode of the member directory name of
+// archive: the existing one while it shows the same archive version.
+func (d *dirNode) memberDirChild(ctx context.Context, name string, archive dirEntry) *gofs.Inode {
+	if old := d.GetChild(name); old != nil {
+		if n, ok := old.Operations().(*memberDirNode); ok && n.archive.key == archive.key && n.archive.etag == archive.etag && n.archive.size == archive.size {
+			return old
+		}
+	}
+	n := &memberDirNode{tree: d.tree, parent: d, archive: archive}
+	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR})
 }
 
 // child returns the inode for an entry: the existing one while it shows
@@ -286,6 +319,11 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			mode = syscall.S_IFDIR
 		}
 		out = append(out, fuse.DirEntry{Name: e.name, Mode: mode})
+		if d.tree.NPZ != nil && !e.isDir && strings.HasSuffix(e.name, ".npz") {
+			if _, taken := l.lookup(e.name + memberDirSuffix); !taken {
+				out = append(out, fuse.DirEntry{Name: e.name + memberDirSuffix, Mode: syscall.S_IFDIR})
+			}
+		}
 	}
 	return gofs.NewListDirStream(out), 0
 }

@@ -43,6 +43,9 @@ type Config struct {
 	Limit Limit
 	// Metrics, if set, records FUSE operations.
 	Metrics *Metrics
+	// NPZ, if set, shows the members of every .npz archive as files in
+	// a NAME.npz.d directory beside it.
+	NPZ *NPZView
 }
 
 // tree is the state shared by every node of one mount.

@@ -1,0 +1,419 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
+)
+
+// memberDirSuffix is appended to an archive's name to name the directory
+// of its members.
+const memberDirSuffix = ".d"
+
+// archiveOf returns the archive name whose member directory name is, if
+// name is one.
+func archiveOf(name string) (string, bool) {
+	archive, ok := strings.CutSuffix(name, memberDirSuffix)
+	return archive, ok && strings.HasSuffix(archive, ".npz")
+}
+
+// memberDirNode is NAME.npz.d: the members of one version of one archive.
+// A new ETag gets a new node, so its content never changes.
+type memberDirNode struct {
+	gofs.Inode
+	tree    *tree
+	parent  *dirNode
+	archive dirEntry
+
+	mu  sync.Mutex
+	dir *npz.Directory
+	// dirErr is a malformed directory: the archive version cannot change.
+	dirErr error
+}
+
+var (
+	_ gofs.NodeLookuper  = (*memberDirNode)(nil)
+	_ gofs.NodeReaddirer = (*memberDirNode)(nil)
+	_ gofs.NodeGetattrer = (*memberDirNode)(nil)
+)
+
+func (a *memberDirNode) object() cache.Object {
+	return cache.Object{Key: a.archive.key, ETag: a.archive.etag, Size: a.archive.size}
+}
+
+// path names the directory in logs.
+func (a *memberDirNode) path() string { return a.archive.key + memberDirSuffix }
+
+// directory reads the archive's zip directory once (its tail, one block or
+// two through the cache) and logs the members it cannot show.
+func (a *memberDirNode) directory(ctx context.Context) (*npz.Directory, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.dir != nil || a.dirErr != nil {
+		return a.dir, a.dirErr
+	}
+	r := a.tree.Blocks.OpenRandom(a.object())
+	defer r.Close()
+	dir, err := npz.ReadDirectory(readerAt{ctx, r}, a.archive.size)
+	if err != nil {
+		err = fmt.Errorf("reading the zip directory of %q: %w", a.archive.key, err)
+		if isDataError(err) {
+			a.dirErr = err
+		}
+		return nil, err
+	}
+	for _, u := range dir.Unusable {
+		a.tree.warnHidden(hiddenKey{key: a.path() + "/" + u.Name, reason: u.Err.Error()})
+	}
+	a.dir = dir
+	return dir, nil
+}
+
+func (a *memberDirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	a.tree.memberDirAttr(a.archive, &out.Attr)
+	return 0
+}
+
+func (a *memberDirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	defer a.tree.Metrics.observe("lookup", time.Now())
+	dir, err := a.directory(ctx)
+	if err != nil {
+		return nil, a.tree.errno(ctx, "lookup", a.path()+"/"+name, err)
+	}
+	for _, m := range dir.Members {
+		if m.Name != name {
+			continue
+		}
+		// The node is one archive version: its members never change.
+		out.SetEntryTimeout(kernelForever)
+		out.SetAttrTimeout(kernelForever)
+		n := &memberNode{tree: a.tree, dir: a, member: m}
+		n.attr(&out.Attr)
+		if old := a.GetChild(name); old != nil {
+			return old, 0
+		}
+		return a.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG}), 0
+	}
+	return nil, syscall.ENOENT
+}
+
+func (a *memberDirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	defer a.tree.Metrics.observe("readdir", time.Now())
+	dir, err := a.directory(ctx)
+	if err != nil {
+		return nil, a.tree.errno(ctx, "readdir", a.path(), err)
+	}
+	out := make([]fuse.DirEntry, 0, len(dir.Members)+2)
+	out = append(out, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})
+	for _, m := range dir.Members {
+		out = append(out, fuse.DirEntry{Name: m.Name, Mode: syscall.S_IFREG})
+	}
+	return gofs.NewListDirStream(out), 0
+}
+
+// memberNode is one member of one archive version.
+type memberNode struct {
+	gofs.Inode
+	tree   *tree
+	dir    *memberDirNode
+	member npz.Member
+}
+
+var (
+	_ gofs.NodeOpener    = (*memberNode)(nil)
+	_ gofs.NodeGetattrer = (*memberNode)(nil)
+)
+
+func (n *memberNode) path() string { return n.dir.path() + "/" + n.member.Name }
+
+func (n *memberNode) attr(out *fuse.Attr) {
+	e := n.dir.archive
+	e.size = n.member.UncompressedSize
+	n.tree.fileAttr(e, out)
+	// st_blksize is the buffer Python's open() and others read with: a
+	// member is read a window at a time, and each byte read past the
+	// window is inflated for nothing.
+	out.Blksize = memberBlksize
+}
+
+func (n *memberNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.attr(&out.Attr)
+	return 0
+}
+
+func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	defer n.tree.Metrics.observe("open", time.Now())
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// Reads of one member are scattered over the archive (a window here,
+	// a window there): read-ahead would fetch what nobody asked for.
+	h := &memberHandle{node: n, reader: n.tree.Blocks.OpenRandom(n.dir.object()), dataOff: -1}
+	if n.member.Method == npz.Stored {
+		off, err := n.member.DataOffset(readerAt{ctx, h.reader})
+		if err != nil {
+			h.reader.Close()
+			return nil, 0, n.tree.errno(ctx, "open", n.path(), err)
+		}
+		h.dataOff = off
+	}
+	n.tree.Metrics.opened(1)
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// memberHandle is one open of a member file.
+type memberHandle struct {
+	node   *memberNode
+	reader *cache.Reader
+	// dataOff is where a stored member's bytes start in the archive.
+	dataOff int64
+
+	mu sync.Mutex
+	// index, once found, serves this open's reads even if the view's
+	// cache lets it go; head serves reads near the start before it is.
+	index, head *npz.Index
+	// spans are the latest spans this open decoded, oldest first: the
+	// kernel splits a read of one window into several requests, and its
+	// read-around asks for the output around the window too, so each
+	// span would otherwise be inflated again for every request touching it.
+	spans     []*decodedSpan
+	spanBytes int64
+}
+
+// decodedSpan is the content between two access points.
+type decodedSpan struct {
+	start, stop int64
+	data        []byte
+	done        chan struct{} // closed when data or err is set
+	err         error
+}
+
+const (
+	memberBlksize = 64 << 10
+	// headReadEnd: a read that ends before this, of a member whose index
+	// is not built, inflates from the start of the member instead of
+	// building the index. Reading an array's header (numpy.load, a
+	// dataset indexer asking for shapes) then costs a few MiB, not the
+	// whole member.
+	headReadEnd = 4 << 20
+	// heldSpanFactor bounds the decoded spans one open keeps, and the
+	// length of a span worth keeping, in checkpoint spans.
+	heldSpanFactor = 4
+)
+
+var (
+	_ gofs.FileReader   = (*memberHandle)(nil)
+	_ gofs.FileReleaser = (*memberHandle)(nil)
+)
+
+func (h *memberHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	t := h.node.tree
+	defer t.Metrics.observe("read", time.Now())
+	if off < 0 {
+		return nil, syscall.EINVAL
+	}
+	size := h.node.member.UncompressedSize
+	if off >= size {
+		return fuse.ReadResultData(nil), 0
+	}
+	p := dest[:min(int64(len(dest)), size-off)]
+	var err error
+	if h.dataOff >= 0 {
+		var n int
+		n, err = h.reader.ReadAt(ctx, p, h.dataOff+off)
+		if err == nil && n < len(p) {
+			err = fmt.Errorf("archive ended %d bytes into stored member %q", off+int64(n), h.node.member.Name)
+		}
+	} else {
+		err = h.readDeflated(ctx, p, off)
+	}
+	if err != nil {
+		if isStale(err) {
+			h.node.dir.parent.expire()
+		}
+		return nil, t.errno(ctx, "read", h.node.path(), err)
+	}
+	return fuse.ReadResultData(p), 0
+}
+
+// readDeflated fills p with the content at off, span by span.
+func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) error {
+	end := off + int64(len(p))
+	x, atStart, err := h.indexFor(ctx, end)
+	if err != nil {
+		return err
+	}
+	if atStart {
+		_, err := x.ReadAt(readerAt{ctx, h.reader}, p, off)
+		return err
+	}
+	maxSpan := heldSpanFactor * h.node.tree.NPZ.span
+	// The spans a read covers are independent: inflate them in parallel.
+	var wg sync.WaitGroup
+	errs := make(chan error, len(p)/int(min(h.node.tree.NPZ.span, int64(len(p))))+2)
+	for pos := off; pos < end; {
+		start, stop := x.Span(pos)
+		upto := min(end, stop)
+		dst := p[pos-off : upto-off]
+		if data, ok := h.heldSpan(start); ok {
+			copy(dst, data[pos-start:upto-start])
+		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4) {
+			// An outsize span (one huge deflate block) is not worth
+			// keeping; a short read near the start of a span (an
+			// array's header) costs less inflated alone than the
+			// whole span. Inflate just what is asked.
+			if _, err := x.ReadAt(readerAt{ctx, h.reader}, dst, pos); err != nil {
+				return err
+			}
+		} else {
+			wg.Add(1)
+			go func(pos int64) {
+				defer wg.Done()
+				data, err := h.span(ctx, x, start, stop)
+				if err != nil {
+					errs <- err
+					return
+				}
+				copy(dst, data[pos-start:upto-start])
+			}(pos)
+		}
+		pos = upto
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// indexFor returns the index to read [.., end) with: the one this open
+// holds, the view's, a newly built one, or, for a read near the start of
+// a member not indexed yet, one of the start only (atStart).
+func (h *memberHandle) indexFor(ctx context.Context, end int64) (x *npz.Index, atStart bool, err error) {
+	v, obj, m := h.node.tree.NPZ, h.node.dir.object(), h.node.member
+	h.mu.Lock()
+	x, head := h.index, h.head
+	h.mu.Unlock()
+	if x != nil {
+		return x, false, nil
+	}
+	if x, ok := v.held(obj, m); ok {
+		h.keepIndex(x)
+		return x, false, nil
+	}
+	if end <= headReadEnd {
+		if head == nil {
+			if head, err = npz.StartIndex(readerAt{ctx, h.reader}, m); err != nil {
+				return nil, false, err
+			}
+			h.mu.Lock()
+			h.head = head
+			h.mu.Unlock()
+		}
+		return head, true, nil
+	}
+	if x, err = v.index(ctx, h.node.tree.Blocks, obj, m); err != nil {
+		return nil, false, err
+	}
+	h.keepIndex(x)
+	return x, false, nil
+}
+
+func (h *memberHandle) keepIndex(x *npz.Index) {
+	h.mu.Lock()
+	h.index = x
+	h.mu.Unlock()
+}
+
+// span returns the content [start, stop) between two access points,
+// inflating it unless this open holds it. Concurrent requests for one
+// span inflate it once.
+func (h *memberHandle) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
+	h.mu.Lock()
+	var s *decodedSpan
+	for i, held := range h.spans {
+		if held.start == start {
+			s = held
+			// Most recently used last.
+			h.spans = append(append(h.spans[:i:i], h.spans[i+1:]...), s)
+			break
+		}
+	}
+	if s == nil {
+		s = &decodedSpan{start: start, stop: stop, done: make(chan struct{})}
+		h.spans = append(h.spans, s)
+		h.spanBytes += stop - start
+		for h.spanBytes > heldSpanFactor*h.node.tree.NPZ.span && len(h.spans) > 1 {
+			h.spanBytes -= h.spans[0].stop - h.spans[0].start
+			h.spans = h.spans[1:]
+		}
+		h.mu.Unlock()
+		// Not cancelled with the request: others may wait for it.
+		data := make([]byte, stop-start)
+		_, err := x.ReadAt(readerAt{context.WithoutCancel(ctx), h.reader}, data, start)
+		if err != nil {
+			s.err = err
+			h.dropSpan(s)
+		} else {
+			h.mu.Lock() // heldSpan looks at data without waiting
+			s.data = data
+			h.mu.Unlock()
+		}
+		close(s.done)
+	} else {
+		h.mu.Unlock()
+	}
+	select {
+	case <-s.done:
+		return s.data, s.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// heldSpan returns the span starting at start if this open has it inflated.
+func (h *memberHandle) heldSpan(start int64) ([]byte, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.spans {
+		if s.start == start && s.data != nil {
+			return s.data, true
+		}
+	}
+	return nil, false
+}
+
+// dropSpan forgets s, which failed, so the next read tries again.
+func (h *memberHandle) dropSpan(s *decodedSpan) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, held := range h.spans {
+		if held == s {
+			h.spans = append(h.spans[:i:i], h.spans[i+1:]...)
+			h.spanBytes -= s.stop - s.start
+			return
+		}
+	}
+}
+
+func (h *memberHandle) Release(ctx context.Context) syscall.Errno {
+	h.reader.Close()
+	h.node.tree.Metrics.opened(-1)
+	return 0
+}
+
+func (t *tree) memberDirAttr(archive dirEntry, out *fuse.Attr) {
+	t.dirAttr(out)
+	out.SetTimes(&archive.mtime, &archive.mtime, &archive.mtime)
+}

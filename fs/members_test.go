@@ -1,0 +1,242 @@
+package fs
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// eegLike returns n bytes of float32 noise, which deflate barely
+// compresses, like the EEG windows the view is for.
+func eegLike(n int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, 0, n+4)
+	for len(b) < n {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(float32(rng.NormFloat64())))
+	}
+	return b[:n]
+}
+
+func zipOf(t *testing.T, method uint16, members map[string][]byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := zip.NewWriter(&buf)
+	for _, name := range []string{"windows.npy", "labels.npy"} {
+		f, err := w.CreateHeader(&zip.FileHeader{Name: name, Method: method})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write(members[name])
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// memberFixture is a tree over one archive in a MemStore, with the view on.
+type memberFixture struct {
+	tree    *tree
+	dir     *memberDirNode
+	members map[string][]byte
+}
+
+func newMemberFixture(t *testing.T, method uint16, arch func([]byte) []byte) *memberFixture {
+	t.Helper()
+	members := map[string][]byte{"windows.npy": eegLike(5<<20+12345, 1), "labels.npy": eegLike(100_000, 2)}
+	data := zipOf(t, method, members)
+	if arch != nil {
+		data = arch(data)
+	}
+	mem := s3backend.NewMemStore()
+	mem.Put("p/a.npz", data)
+	info, _ := mem.Info("p/a.npz")
+	blocks, err := cache.New(mem, cache.Options{CacheSize: 64 << 20, BlockSize: 256 << 10, PartSize: 1 << 20, MaxReadAhead: 4 << 20, MaxParallel: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(blocks.Close)
+	view, err := NewNPZView(64<<10, 32<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(view.Close)
+	tr := &tree{Config: Config{Lister: mem, Blocks: blocks, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler), NPZ: view}}
+	archive := dirEntry{name: "a.npz", key: "p/a.npz", size: info.Size, etag: info.ETag}
+	return &memberFixture{tree: tr, dir: &memberDirNode{tree: tr, parent: tr.newDirNode("p/"), archive: archive}, members: members}
+}
+
+func (f *memberFixture) open(t *testing.T, name string) (*memberHandle, syscall.Errno) {
+	t.Helper()
+	dir, err := f.dir.directory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range dir.Members {
+		if m.Name == name {
+			fh, _, errno := (&memberNode{tree: f.tree, dir: f.dir, member: m}).Open(context.Background(), syscall.O_RDONLY)
+			if errno != 0 {
+				return nil, errno
+			}
+			return fh.(*memberHandle), 0
+		}
+	}
+	t.Fatalf("no member %q", name)
+	return nil, 0
+}
+
+func readMember(h *memberHandle, n int, off int64) ([]byte, syscall.Errno) {
+	res, errno := h.Read(context.Background(), make([]byte, n), off)
+	if errno != 0 {
+		return nil, errno
+	}
+	b, _ := res.Bytes(nil)
+	return b, 0
+}
+
+func TestMemberReads(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		method uint16
+	}{{"stored", zip.Store}, {"deflated", zip.Deflate}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newMemberFixture(t, tt.method, nil)
+			for name, want := range f.members {
+				h, errno := f.open(t, name)
+				if errno != 0 {
+					t.Fatalf("open %s: %v", name, errno)
+				}
+				var attr fuse.Attr
+				(&memberNode{tree: f.tree, dir: f.dir, member: h.node.member}).attr(&attr)
+				if attr.Size != uint64(len(want)) {
+					t.Errorf("%s: size %d, want %d", name, attr.Size, len(want))
+				}
+				rng := rand.New(rand.NewPCG(3, uint64(len(want))))
+				reads := []struct{ off, n int64 }{{0, 128}, {0, 1 << 20}, {int64(len(want)) - 5, 4096}, {int64(len(want)), 10}}
+				for range 60 {
+					reads = append(reads, struct{ off, n int64 }{rng.Int64N(int64(len(want))), 1 + rng.Int64N(1<<20)})
+				}
+				// Many reads at once, as the kernel sends them: spans
+				// decoded once must serve all of them right.
+				var wg sync.WaitGroup
+				for _, r := range reads {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						got, errno := readMember(h, int(r.n), r.off)
+						end := min(r.off+r.n, int64(len(want)))
+						if errno != 0 || !bytes.Equal(got, want[min(r.off, end):end]) {
+							t.Errorf("%s: read %d at %d: %v, %d bytes, wrong content", name, r.n, r.off, errno, len(got))
+						}
+					}()
+				}
+				wg.Wait()
+				h.Release(context.Background())
+			}
+		})
+	}
+}
+
+// A read near the start of a member not indexed yet (numpy reading the
+// array header) does not inflate the whole member; a read further on does,
+// once, and later opens find the index.
+func TestMemberHeaderReadNeedsNoIndex(t *testing.T) {
+	f := newMemberFixture(t, zip.Deflate, nil)
+	want := f.members["windows.npy"]
+	h, _ := f.open(t, "windows.npy")
+	if got, errno := readMember(h, 128<<10, 0); errno != 0 || !bytes.Equal(got, want[:128<<10]) {
+		t.Fatalf("header read: %v", errno)
+	}
+	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 0 {
+		t.Fatalf("a header read built %d indexes", s.IndexBuilds)
+	}
+	off := int64(len(want) - 300_000)
+	if got, errno := readMember(h, 200_000, off); errno != 0 || !bytes.Equal(got, want[off:off+200_000]) {
+		t.Fatalf("read at %d: %v", off, errno)
+	}
+	h.Release(context.Background())
+	h2, _ := f.open(t, "windows.npy")
+	defer h2.Release(context.Background())
+	if got, errno := readMember(h2, 1000, 3<<20); errno != 0 || !bytes.Equal(got, want[3<<20:3<<20+1000]) {
+		t.Fatalf("second open: %v", errno)
+	}
+	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 1 || s.IndexHits < 1 || s.IndexBytes == 0 {
+		t.Errorf("stats %+v: want one build, then a hit", s)
+	}
+}
+
+func TestCorruptMembers(t *testing.T) {
+	flipInWindows := func(b []byte) []byte {
+		b = bytes.Clone(b)
+		b[len(b)/3] ^= 0x40 // inside the deflated windows.npy
+		return b
+	}
+	for _, tt := range []struct {
+		name     string
+		arch     func([]byte) []byte
+		dirError bool
+	}{
+		{"flipped byte in compressed data", flipInWindows, false},
+		{"truncated", func(b []byte) []byte { return b[:len(b)-5000] }, true},
+		{"no end record", func(b []byte) []byte {
+			b = bytes.Clone(b)
+			copy(b[bytes.LastIndex(b, []byte("PK\x05\x06")):], "XXXX")
+			return b
+		}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newMemberFixture(t, zip.Deflate, tt.arch)
+			_, err := f.dir.directory(context.Background())
+			if tt.dirError {
+				if err == nil {
+					t.Fatal("directory read of a broken archive succeeded")
+				}
+				if !isDataError(err) {
+					t.Errorf("error %v is not a data error", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _ := f.open(t, "windows.npy")
+			defer h.Release(context.Background())
+			for range 2 { // the second answer comes from the broken-member memo
+				if _, errno := readMember(h, 64<<10, 4<<20+1); errno != syscall.EIO {
+					t.Errorf("read of a corrupt member: errno %v, want EIO", errno)
+				}
+			}
+			if s := f.tree.NPZ.Stats(); s.IndexBuilds != 1 || s.IndexBuildErrors != 1 {
+				t.Errorf("stats %+v: want one failed build", s)
+			}
+		})
+	}
+}
+
+func TestNPZViewOptions(t *testing.T) {
+	for _, tt := range []struct {
+		span, bytes int64
+		ok          bool
+	}{{1 << 20, 1 << 20, true}, {32 << 10, 1 << 20, false}, {128 << 20, 1 << 20, false}, {1 << 20, 0, false}} {
+		v, err := NewNPZView(tt.span, tt.bytes)
+		if (err == nil) != tt.ok {
+			t.Errorf("NewNPZView(%d, %d): %v", tt.span, tt.bytes, err)
+		}
+		if v != nil {
+			v.Close()
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dgraph-io/ristretto/v2"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
+)
+
+// NPZView shows the members of every .npz archive as files in a
+// NAME.npz.d directory beside it, and holds the indexes that give random
+// access into compressed members. It is safe for concurrent use.
+type NPZView struct {
+	span int64
+	// indexes holds built indexes within a byte bound; ristretto may
+	// refuse one, which then serves the reads that asked for it and is
+	// built again next time.
+	indexes *ristretto.Cache[string, *npz.Index]
+
+	mu sync.Mutex
+	// building maps an index key to the build in progress, so concurrent
+	// first reads of one member inflate it once.
+	building map[string]*indexBuild
+	// broken remembers members whose data is corrupt (bad CRC, undecodable
+	// stream): the archive version cannot change, so building again would
+	// only inflate the whole member again to fail the same way.
+	broken map[string]error
+
+	builds, hits, buildErrors atomic.Int64
+}
+
+type indexBuild struct {
+	done chan struct{}
+	x    *npz.Index
+	err  error
+}
+
+// maxBroken bounds the memory of the broken-member memo; it is cleared
+// when full, which only costs a rebuild that fails again.
+const maxBroken = 1024
+
+// NewNPZView returns a member view whose compressed members get an
+// access point every span bytes of output, holding indexes of at most
+// indexBytes bytes together.
+func NewNPZView(span, indexBytes int64) (*NPZView, error) {
+	if span < 64<<10 || span > 64<<20 {
+		return nil, fmt.Errorf("npz checkpoint span %d must be from 64KiB to 64MiB", span)
+	}
+	if indexBytes <= 0 {
+		return nil, errors.New("npz members need a cache: indexes are held in it")
+	}
+	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
+		// An index of a 85 MB member at a 1 MiB span is about 2.7 MB.
+		NumCounters:        max(10*indexBytes/(256<<10), 1000),
+		MaxCost:            indexBytes,
+		BufferItems:        64,
+		Metrics:            true,
+		IgnoreInternalCost: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create npz index cache: %w", err)
+	}
+	return &NPZView{span: span, indexes: c, building: map[string]*indexBuild{}, broken: map[string]error{}}, nil
+}
+
+// Close releases the index cache.
+func (v *NPZView) Close() { v.indexes.Close() }
+
+// NPZStats is a snapshot of the member view's counters.
+type NPZStats struct {
+	// IndexBuilds counts members inflated whole to index them;
+	// IndexBuildErrors those that failed. IndexHits counts reads that
+	// found their index built.
+	IndexBuilds, IndexBuildErrors, IndexHits int64
+	// IndexBytes is the memory of the indexes held.
+	IndexBytes int64
+}
+
+// Stats returns the counters so far.
+func (v *NPZView) Stats() NPZStats {
+	m := v.indexes.Metrics
+	return NPZStats{
+		IndexBuilds:      v.builds.Load(),
+		IndexBuildErrors: v.buildErrors.Load(),
+		IndexHits:        v.hits.Load(),
+		IndexBytes:       int64(m.CostAdded()) - int64(m.CostEvicted()),
+	}
+}
+
+func indexKey(obj cache.Object, m npz.Member) string {
+	return obj.Key + "\x00" + obj.ETag + "\x00" + m.Name
+}
+
+// held returns the index of member m of obj if it is built and held.
+func (v *NPZView) held(obj cache.Object, m npz.Member) (*npz.Index, bool) {
+	x, ok := v.indexes.Get(indexKey(obj, m))
+	if ok {
+		v.hits.Add(1)
+	}
+	return x, ok
+}
+
+// index returns the index of the deflated member m of archive obj,
+// building it if it is not held. The build reads the member through its
+// own sequential reader and does not stop when ctx is cancelled: other
+// reads may be waiting for it.
+func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member) (*npz.Index, error) {
+	key := indexKey(obj, m)
+	if x, ok := v.held(obj, m); ok {
+		return x, nil
+	}
+	v.mu.Lock()
+	if err := v.broken[key]; err != nil {
+		v.mu.Unlock()
+		return nil, err
+	}
+	b := v.building[key]
+	if b == nil {
+		// It may have been cached between the Get and the lock.
+		if x, ok := v.indexes.Get(key); ok {
+			v.mu.Unlock()
+			v.hits.Add(1)
+			return x, nil
+		}
+		b = &indexBuild{done: make(chan struct{})}
+		v.building[key] = b
+		go v.build(context.WithoutCancel(ctx), blocks, obj, m, key, b)
+	}
+	v.mu.Unlock()
+	select {
+	case <-b.done:
+		return b.x, b.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (v *NPZView) build(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member, key string, b *indexBuild) {
+	v.builds.Add(1)
+	r := blocks.Open(obj, false)
+	b.x, b.err = npz.BuildIndex(readerAt{ctx, r}, m, v.span)
+	r.Close()
+	if b.err == nil {
+		v.indexes.Set(key, b.x, b.x.MemoryBytes())
+		// Sets are applied asynchronously: wait, so that a read that
+		// misses the building entry below finds the index.
+		v.indexes.Wait()
+	} else {
+		v.buildErrors.Add(1)
+	}
+	v.mu.Lock()
+	if isDataError(b.err) {
+		if len(v.broken) >= maxBroken {
+			clear(v.broken)
+		}
+		v.broken[key] = b.err
+	}
+	delete(v.building, key)
+	v.mu.Unlock()
+	close(b.done)
+}
+
+// isDataError reports whether err says the archive's bytes are wrong, as
+// opposed to a failure to fetch them.
+func isDataError(err error) bool {
+	return errors.Is(err, npz.ErrFormat) || errors.Is(err, npz.ErrCorrupt) ||
+		errors.Is(err, npz.ErrChecksum) || errors.Is(err, npz.ErrUnsupported)
+}
+
+// readerAt reads an object through a cache.Reader for the npz package,
+// which takes an io.ReaderAt, on behalf of one request.
+type readerAt struct {
+	ctx context.Context
+	r   *cache.Reader
+}
+
+func (a readerAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := a.r.ReadAt(a.ctx, p, off)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
