@@ -47,23 +47,42 @@ func newDaemonMetrics() *daemonMetrics {
 
 // watchCache exposes the block cache's own counters.
 func (m *daemonMetrics) watchCache(blocks *cache.BlockCache) {
-	stat := func(f func(cache.Stats) int64) func() float64 {
-		return func() float64 { return float64(f(blocks.Stats())) }
-	}
-	m.reg.MustRegister(
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "bgbfs_cache_hits_total", Help: "Blocks a read found cached, held by read-ahead, or already being fetched."},
-			stat(func(s cache.Stats) int64 { return s.Hits })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "bgbfs_cache_misses_total", Help: "Blocks a read had to fetch."},
-			stat(func(s cache.Stats) int64 { return s.Misses })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "bgbfs_cache_evictions_total", Help: "Blocks dropped from the cache to make room."},
-			stat(func(s cache.Stats) int64 { return s.Evictions })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bgbfs_cache_bytes", Help: "Bytes of cached blocks."},
-			stat(func(s cache.Stats) int64 { return s.BytesCached })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bgbfs_readahead_bytes", Help: "Bytes read-ahead holds beyond the cached blocks."},
-			stat(func(s cache.Stats) int64 { return s.BytesAhead })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "bgbfs_readahead_fetched_bytes_total", Help: "Bytes read-ahead asked S3 for."},
-			stat(func(s cache.Stats) int64 { return s.FetchedAhead })),
+	registerStats(m.reg, blocks.Stats,
+		stat[cache.Stats]{"bgbfs_cache_hits_total", "Blocks a read found cached, held by read-ahead, or already being fetched.", false, func(s cache.Stats) int64 { return s.Hits }},
+		stat[cache.Stats]{"bgbfs_cache_misses_total", "Blocks a read had to fetch.", false, func(s cache.Stats) int64 { return s.Misses }},
+		stat[cache.Stats]{"bgbfs_cache_evictions_total", "Blocks dropped from the cache to make room.", false, func(s cache.Stats) int64 { return s.Evictions }},
+		stat[cache.Stats]{"bgbfs_cache_bytes", "Bytes of cached blocks.", true, func(s cache.Stats) int64 { return s.BytesCached }},
+		stat[cache.Stats]{"bgbfs_readahead_bytes", "Bytes read-ahead holds beyond the cached blocks.", true, func(s cache.Stats) int64 { return s.BytesAhead }},
+		stat[cache.Stats]{"bgbfs_readahead_fetched_bytes_total", "Bytes read-ahead asked S3 for.", false, func(s cache.Stats) int64 { return s.FetchedAhead }},
 	)
+}
+
+// watchNPZ exposes the member view's index counters.
+func (m *daemonMetrics) watchNPZ(v *bgfs.NPZView) {
+	registerStats(m.reg, v.Stats,
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_builds_total", "Compressed .npz members inflated whole to index them.", false, func(s bgfs.NPZStats) int64 { return s.IndexBuilds }},
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", false, func(s bgfs.NPZStats) int64 { return s.IndexBuildErrors }},
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", false, func(s bgfs.NPZStats) int64 { return s.IndexHits }},
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_bytes", "Memory of the member indexes held.", true, func(s bgfs.NPZStats) int64 { return s.IndexBytes }},
+	)
+}
+
+// stat is one counter or gauge read from a component's Stats snapshot.
+type stat[S any] struct {
+	name, help string
+	gauge      bool
+	get        func(S) int64
+}
+
+func registerStats[S any](reg *prometheus.Registry, snapshot func() S, stats ...stat[S]) {
+	for _, st := range stats {
+		read := func() float64 { return float64(st.get(snapshot())) }
+		if st.gauge {
+			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: st.name, Help: st.help}, read))
+		} else {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: st.name, Help: st.help}, read))
+		}
+	}
 }
 
 // statsLines are the plain counters of /stats: name, metric, and the
@@ -84,6 +103,9 @@ var statsLines = []struct {
 	{"readahead_bytes_held", "bgbfs_readahead_bytes", nil},
 	{"readahead_bytes_fetched", "bgbfs_readahead_fetched_bytes_total", nil},
 	{"open_files", "bgbfs_open_files", nil},
+	{"npz_index_builds", "bgbfs_npz_index_builds_total", nil},
+	{"npz_index_hits", "bgbfs_npz_index_hits_total", nil},
+	{"npz_index_bytes", "bgbfs_npz_index_bytes", nil},
 }
 
 func eq(want string) func(string) bool { return func(v string) bool { return v == want } }

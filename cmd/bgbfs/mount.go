@@ -119,6 +119,18 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	o.cache.Logger = logger
 	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
+	var npzView *bgfs.NPZView
+	if o.npzMembers {
+		// Indexes and blocks share --cache-size: an index saves inflating
+		// a whole member, a block only one GET.
+		indexBytes := o.cache.CacheSize / 2
+		o.cache.CacheSize -= indexBytes
+		if npzView, err = bgfs.NewNPZView(o.npzSpan, indexBytes); err != nil {
+			return nil, err
+		}
+		m.closers = append(m.closers, npzView.Close)
+		metrics.watchNPZ(npzView)
+	}
 	blocks, err := cache.New(store, o.cache)
 	if err != nil {
 		return nil, err
@@ -145,6 +157,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		RootListing: &first,
 		Limit:       o.limit,
 		Metrics:     metrics.fuse,
+		NPZ:         npzView,
 	}
 	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
 	if err != nil {
@@ -161,7 +174,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
-		"limit_files", limitString(o.limit), "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
+		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
 	return m, nil
 }
 

@@ -41,6 +41,10 @@ type mountOptions struct {
 	cache           cache.Options
 	kernelReadAhead int64
 	metricsAddr     string
+	// npzMembers turns on the NAME.npz.d member view; npzSpan is the
+	// output distance between access points of a compressed member.
+	npzMembers bool
+	npzSpan    int64
 
 	logFormat string
 	logFile   string
@@ -87,6 +91,8 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
 	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
 	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's)")
+	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; indexes take half of --cache-size; --block-size and --kernel-read-ahead default to 256KiB and 512KiB")
+	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member: a read inflates at most this much more than it returns; an index holds 32KiB per span")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return mountOptions{}, err
@@ -161,6 +167,19 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	if o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern); err != nil {
 		return o, err
 	}
+	if *npzMembers {
+		// The member view reads a window here and a window there: each
+		// byte the kernel reads around a window, and each byte of a block
+		// beyond what is needed, is fetched and inflated for nothing.
+		// Sequential reads keep their speed: the cache's own read-ahead
+		// fetches in whole parts regardless.
+		if !fs.Changed("block-size") {
+			*blockSize = "256KiB"
+		}
+		if !fs.Changed("kernel-read-ahead") {
+			*kernelReadAhead = "512KiB"
+		}
+	}
 	sizes := []struct {
 		name string
 		in   string
@@ -171,6 +190,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 		{"part-size", *partSize, &o.cache.PartSize},
 		{"max-read-ahead", *maxReadAhead, &o.cache.MaxReadAhead},
 		{"kernel-read-ahead", *kernelReadAhead, &o.kernelReadAhead},
+		{"npz-checkpoint-span", *npzSpan, &o.npzSpan},
 	}
 	for _, sz := range sizes {
 		if *sz.out, err = parseSize(sz.name, sz.in); err != nil {
@@ -180,6 +200,13 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	o.cache.MaxParallel = *maxParallel
 	if err := o.cache.Validate(); err != nil {
 		return o, usageError{"cache flags: " + err.Error()}
+	}
+	o.npzMembers = *npzMembers
+	if o.npzSpan < 64<<10 || o.npzSpan > 64<<20 {
+		return o, usageError{fmt.Sprintf("--npz-checkpoint-span %q: want a size from 64KiB to 64MiB", *npzSpan)}
+	}
+	if o.npzMembers && o.cache.CacheSize == 0 {
+		return o, usageError{"--npz-members needs a --cache-size above 0: member indexes are held in the cache"}
 	}
 	o.metricsAddr = *metricsAddr
 	return o, nil

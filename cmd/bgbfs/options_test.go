@@ -102,6 +102,24 @@ func TestParseMountArgs(t *testing.T) {
 		{name: "bad endpoint", args: []string{"--endpoint-url", "localhost:9000", "s3://bucket/", "/m"}, wantErr: "--endpoint-url"},
 		{name: "missing mountpoint", args: []string{"s3://bucket/"}, wantErr: "2 arguments"},
 		{name: "extra argument", args: []string{"s3://bucket/", "/m", "x"}, wantErr: "2 arguments"},
+		{name: "npz members off by default", args: []string{"s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
+			if o.npzMembers || o.npzSpan != 1<<20 || o.cache.BlockSize != 1<<20 || o.kernelReadAhead != 4<<20 {
+				t.Errorf("npz %v span %d block %d kernel read-ahead %d", o.npzMembers, o.npzSpan, o.cache.BlockSize, o.kernelReadAhead)
+			}
+		}},
+		{name: "npz members change block and kernel read-ahead defaults", args: []string{"--npz-members", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
+			if !o.npzMembers || o.cache.BlockSize != 256<<10 || o.kernelReadAhead != 512<<10 {
+				t.Errorf("npz %v block %d kernel read-ahead %d", o.npzMembers, o.cache.BlockSize, o.kernelReadAhead)
+			}
+		}},
+		{name: "npz members keep explicit sizes", args: []string{"-o", "npz_members,block_size=2MiB", "--kernel-read-ahead", "8MiB", "--npz-checkpoint-span", "4MiB", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
+			if !o.npzMembers || o.cache.BlockSize != 2<<20 || o.kernelReadAhead != 8<<20 || o.npzSpan != 4<<20 {
+				t.Errorf("npz %v block %d kernel read-ahead %d span %d", o.npzMembers, o.cache.BlockSize, o.kernelReadAhead, o.npzSpan)
+			}
+		}},
+		{name: "npz span too small", args: []string{"--npz-checkpoint-span", "4KiB", "s3://bucket/", "/m"}, wantErr: "--npz-checkpoint-span"},
+		{name: "npz span not a size", args: []string{"--npz-checkpoint-span", "lots", "s3://bucket/", "/m"}, wantErr: "npz-checkpoint-span"},
+		{name: "npz members without a cache", args: []string{"--npz-members", "--cache-size", "0", "s3://bucket/", "/m"}, wantErr: "--cache-size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
