@@ -319,7 +319,7 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			mode = syscall.S_IFDIR
 		}
 		out = append(out, fuse.DirEntry{Name: e.name, Mode: mode})
-		if d.tree.NPZ != nil && !e.isDir && strings.HasSuffix(e.name, ".npz") {
+		if d.tree.NPZ != nil && !e.isDir && strings.HasSuffix(e.name, ".npz") && len(e.name)+len(memberDirSuffix) <= maxNameLen {
 			if _, taken := l.lookup(e.name + memberDirSuffix); !taken {
 				out = append(out, fuse.DirEntry{Name: e.name + memberDirSuffix, Mode: syscall.S_IFDIR})
 			}
