@@ -268,3 +268,32 @@ func TestOpenRandomNeverReadsAhead(t *testing.T) {
 		t.Errorf("fetched %d bytes for 2 MiB read in order; want exactly the 2 blocks", fetched)
 	}
 }
+
+// Prefetch fetches what is missing of a range in parallel GETs, without
+// waiting, and a read of the range then costs no GET.
+func TestPrefetch(t *testing.T) {
+	opt := testOptions(16 * mib)
+	c, store, obj, data := setup(t, 4*mib, opt)
+	r := c.OpenRandom(obj)
+	defer r.Close()
+	buf := make([]byte, 64*kib)
+	if _, err := r.ReadAt(context.Background(), buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.Prefetch(0, 512*kib) // block 0 is cached: 7 blocks to fetch
+	r.Prefetch(0, 512*kib) // all cached or held: nothing more
+	c.fetching.Wait()
+	if held := c.Stats().BytesAhead; held != 448*kib {
+		t.Errorf("the reader holds %d bytes of prefetched blocks, want the 7 fetched", held)
+	}
+	if gets, fetched := store.gets.Load(), store.bytes.Load(); gets != 1+7 || fetched != 512*kib {
+		t.Errorf("%d GETs, %d bytes; want 8 GETs of one block each, 512 KiB", gets, fetched)
+	}
+	got := make([]byte, 448*kib)
+	if _, err := r.ReadAt(context.Background(), got, 64*kib); err != nil || !bytes.Equal(got, data[64*kib:512*kib]) {
+		t.Fatalf("read after prefetch: %v", err)
+	}
+	if gets := store.gets.Load(); gets != 8 {
+		t.Errorf("read of prefetched blocks made %d more GETs", gets-8)
+	}
+}

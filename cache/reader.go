@@ -38,9 +38,9 @@ func (c *BlockCache) Open(obj Object, zipArchive bool) *Reader {
 	if c.blocks != nil && zipArchive && obj.Size > 0 {
 		r.mu.Lock()
 		lastBlock := (obj.Size - 1) / c.opt.BlockSize
-		r.prefetchLocked(0, 0)
+		r.prefetchLocked(0, 0, 1)
 		if lastBlock > 0 {
-			r.prefetchLocked(lastBlock, lastBlock)
+			r.prefetchLocked(lastBlock, lastBlock, 1)
 		}
 		r.mu.Unlock()
 	}
@@ -53,6 +53,40 @@ func (c *BlockCache) Open(obj Object, zipArchive bool) *Reader {
 // where reads that look in order are still not followed by more.
 func (c *BlockCache) OpenRandom(obj Object) *Reader {
 	return &Reader{c: c, obj: obj, random: true}
+}
+
+// Prefetch starts fetching the blocks of [off, off+n) that are neither
+// cached nor being fetched, one GET per block so that they arrive in one
+// round trip, and returns at once. The reader holds them, as it holds
+// read-ahead, until it reads past them, needs the room or is closed: the
+// cache could refuse or evict them before they are read. It is for a
+// reader that knows what it will read next (the compressed bytes behind
+// the next stretch of an .npz member) and would otherwise pay a round trip
+// for each request the kernel sends, one after the other.
+func (r *Reader) Prefetch(off, n int64) {
+	off, end := max(off, 0), min(off+n, r.obj.Size)
+	if r.c.blocks == nil || off >= end {
+		return
+	}
+	bs := r.c.opt.BlockSize
+	first, last := off/bs, (end-1)/bs
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	held := r.heldFor(first, last)
+	for i := int64(0); i <= last-first; {
+		if held[i] != nil {
+			i++
+			continue
+		}
+		j := i
+		for j+1 <= last-first && held[j+1] == nil {
+			j++
+		}
+		if !r.prefetchLocked(first+i, first+j, 1) {
+			return
+		}
+		i = j + 1
+	}
 }
 
 // ReadAt reads len(p) bytes at off, fewer only at the end of the object.
@@ -226,7 +260,7 @@ func (r *Reader) readAheadLocked(end int64) {
 			// Top up in whole parts: fewer, larger GETs.
 			break
 		}
-		if !r.prefetchLocked(from/bs, (partEnd-1)/bs) {
+		if first, last := from/bs, (partEnd-1)/bs; !r.prefetchLocked(first, last, last-first+1) {
 			break
 		}
 		from = partEnd
@@ -240,9 +274,10 @@ func (r *Reader) windowCap() int64 {
 	return max(r.c.opt.BlockSize, min(r.c.opt.MaxReadAhead, r.c.ahead.total/readers))
 }
 
-// prefetchLocked starts fetching blocks [first, last] as read-ahead held
-// by this reader. It reports false when the budget has no room.
-func (r *Reader) prefetchLocked(first, last int64) bool {
+// prefetchLocked starts fetching blocks [first, last], in GETs of at most
+// blocksPerGET blocks, as read-ahead held by this reader. It reports false
+// when the budget has no room.
+func (r *Reader) prefetchLocked(first, last, blocksPerGET int64) bool {
 	c := r.c
 	last = min(last, (r.obj.Size-1)/c.opt.BlockSize)
 	var want int64
@@ -256,7 +291,7 @@ func (r *Reader) prefetchLocked(first, last int64) bool {
 	if !c.ahead.tryTake(want) {
 		return false
 	}
-	fetches, started := c.startFetches(r.obj, first, last, last-first+1)
+	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET)
 	for _, f := range started {
 		c.fetchedAhead.Add(f.bytes())
 	}

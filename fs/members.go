@@ -61,6 +61,10 @@ func (a *memberDirNode) directory(ctx context.Context) (*npz.Directory, error) {
 	if a.dir != nil || a.dirErr != nil {
 		return a.dir, a.dirErr
 	}
+	if dir := a.tree.NPZ.knownDirectory(a.object()); dir != nil {
+		a.dir = dir
+		return dir, nil
+	}
 	r := a.tree.Blocks.OpenRandom(a.object())
 	defer r.Close()
 	dir, err := npz.ReadDirectory(readerAt{ctx, r}, a.archive.size)
@@ -75,6 +79,7 @@ func (a *memberDirNode) directory(ctx context.Context) (*npz.Directory, error) {
 		a.tree.warnHidden(hiddenKey{key: a.path() + "/" + u.Name, reason: u.Err.Error()})
 	}
 	a.dir = dir
+	a.tree.NPZ.rememberDirectory(a.object(), dir)
 	return dir, nil
 }
 
@@ -229,6 +234,8 @@ func (h *memberHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 	var err error
 	if h.dataOff >= 0 {
 		var n int
+		// As for a compressed member, one checkpoint span ahead.
+		h.reader.Prefetch(h.dataOff+off, int64(len(p))+h.node.tree.NPZ.span)
 		n, err = h.reader.ReadAt(ctx, p, h.dataOff+off)
 		if err == nil && n < len(p) {
 			err = fmt.Errorf("archive ended %d bytes into stored member %q", off+int64(n), h.node.member.Name)
@@ -255,6 +262,11 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 	if atStart {
 		_, err := x.ReadAt(readerAt{ctx, h.reader}, p, off)
 		return err
+	}
+	if int64(len(p)) > h.node.tree.NPZ.span/4 {
+		// Short reads (an array header) are served inflating just
+		// what they ask, or from spans already held.
+		h.prefetch(x, off, end)
 	}
 	maxSpan := heldSpanFactor * h.node.tree.NPZ.span
 	// The spans a read covers are independent: inflate them in parallel.
@@ -295,6 +307,19 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 	default:
 		return nil
 	}
+}
+
+// prefetch starts fetching the compressed bytes of the spans [off, end)
+// covers and of the span after them. The kernel reads one window as a
+// chain of requests, each sent when the one before is answered: fetching
+// one span ahead makes that one round trip instead of one per request.
+func (h *memberHandle) prefetch(x *npz.Index, off, end int64) {
+	from, _ := x.Span(off)
+	_, to := x.Span(end - 1)
+	if to < x.Size() {
+		_, to = x.Span(to)
+	}
+	h.reader.Prefetch(x.SourceRange(from, to))
 }
 
 // indexFor returns the index to read [.., end) with: the one this open

@@ -32,6 +32,10 @@ type NPZView struct {
 	// stream): the archive version cannot change, so building again would
 	// only inflate the whole member again to fail the same way.
 	broken map[string]error
+	// dirs remembers the zip directories read (a few hundred bytes each
+	// for an .npz), so that a member directory the kernel forgot and
+	// looks up again costs no GET of the archive's tail.
+	dirs map[string]*npz.Directory
 
 	builds, hits, buildErrors atomic.Int64
 }
@@ -42,9 +46,13 @@ type indexBuild struct {
 	err  error
 }
 
-// maxBroken bounds the memory of the broken-member memo; it is cleared
-// when full, which only costs a rebuild that fails again.
-const maxBroken = 1024
+// maxBroken and maxDirs bound the memory of the broken-member memo and of
+// the remembered directories (about 5 MB for .npz archives); each is
+// cleared when full, which only costs reading again.
+const (
+	maxBroken = 1024
+	maxDirs   = 16384
+)
 
 // NewNPZView returns a member view whose compressed members get an
 // access point every span bytes of output, holding indexes of at most
@@ -67,7 +75,7 @@ func NewNPZView(span, indexBytes int64) (*NPZView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create npz index cache: %w", err)
 	}
-	return &NPZView{span: span, indexes: c, building: map[string]*indexBuild{}, broken: map[string]error{}}, nil
+	return &NPZView{span: span, indexes: c, building: map[string]*indexBuild{}, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}, nil
 }
 
 // Close releases the index cache.
@@ -92,6 +100,21 @@ func (v *NPZView) Stats() NPZStats {
 		IndexHits:        v.hits.Load(),
 		IndexBytes:       int64(m.CostAdded()) - int64(m.CostEvicted()),
 	}
+}
+
+func (v *NPZView) knownDirectory(obj cache.Object) *npz.Directory {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.dirs[obj.Key+"\x00"+obj.ETag]
+}
+
+func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.dirs) >= maxDirs {
+		clear(v.dirs)
+	}
+	v.dirs[obj.Key+"\x00"+obj.ETag] = dir
 }
 
 func indexKey(obj cache.Object, m npz.Member) string {

@@ -143,6 +143,19 @@ func (x *Index) Span(off int64) (start, end int64) {
 	return start, end
 }
 
+// SourceRange returns the archive bytes [off, off+n) that a ReadAt of the
+// content [start, end) may read: from the access point at or before start
+// to the first one at or after end.
+func (x *Index) SourceRange(start, end int64) (off, n int64) {
+	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > start }) - 1
+	j := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end })
+	from, to := x.points[max(i, 0)].bit/8, x.member.CompressedSize
+	if j < len(x.points) {
+		to = (x.points[j].bit + 7) / 8
+	}
+	return x.dataOff + from, to - from
+}
+
 // Size returns the member's uncompressed size.
 func (x *Index) Size() int64 { return x.member.UncompressedSize }
 

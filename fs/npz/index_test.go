@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
@@ -243,9 +244,16 @@ func TestIndexSpans(t *testing.T) {
 		if s2, e2 := x.Span(end - 1); s2 != start || e2 != end {
 			t.Fatalf("Span(%d) = [%d, %d), Span(%d) = [%d, %d)", start, start, end, end-1, s2, e2)
 		}
+		// SourceRange bounds what the read reads: a reader that
+		// fails outside it must not fail the read.
+		src, srcLen := x.SourceRange(start, end)
+		if srcLen > int64(len(stream))/8 {
+			t.Fatalf("SourceRange of span [%d, %d) is %d bytes of a %d-byte stream", start, end, srcLen, len(stream))
+		}
+		bounded := io.NewSectionReader(bytes.NewReader(stream), 0, src+srcLen)
 		p := make([]byte, end-start)
-		if n, err := x.ReadAt(bytes.NewReader(stream), p, start); n != len(p) || (err != nil && err != io.EOF) || !bytes.Equal(p, data[start:end]) {
-			t.Fatalf("ReadAt of span [%d, %d): %d, %v", start, end, n, err)
+		if n, err := x.ReadAt(offsetFloor{bounded, src}, p, start); n != len(p) || (err != nil && err != io.EOF) || !bytes.Equal(p, data[start:end]) {
+			t.Fatalf("ReadAt of span [%d, %d) within source [%d, +%d): %d, %v", start, end, src, srcLen, n, err)
 		}
 		prevEnd = end
 	}
@@ -277,4 +285,17 @@ func TestStartIndex(t *testing.T) {
 	if _, err := StartIndex(bytes.NewReader(arch), Member{Name: "x", Method: Stored}); err == nil {
 		t.Error("StartIndex of a stored member succeeded")
 	}
+}
+
+// offsetFloor fails reads before from.
+type offsetFloor struct {
+	r    io.ReaderAt
+	from int64
+}
+
+func (o offsetFloor) ReadAt(p []byte, off int64) (int, error) {
+	if off < o.from {
+		return 0, fmt.Errorf("read at %d, before %d", off, o.from)
+	}
+	return o.r.ReadAt(p, off)
 }
