@@ -203,7 +203,7 @@ type decodedSpan struct {
 }
 
 const (
-	memberBlksize = 64 << 10
+	memberBlksize = 16 << 10
 	// headReadEnd: a read that ends before this, of a member whose index
 	// is not built, inflates from the start of the member instead of
 	// building the index. Reading an array's header (numpy.load, a

@@ -26,6 +26,11 @@ const (
 	// never past the next access point.
 	readMargin = 16 << 10
 	readChunk  = 256 << 10
+	// headKeep is how much of the start of the content an index keeps:
+	// numpy reads an array's header on every open (the kernel asks for
+	// 64 KiB when st_blksize is 16 KiB), and keeping it saves a fetch
+	// and an inflate per open.
+	headKeep = 64 << 10
 )
 
 // Index gives random access to a deflated member's content. It holds the
@@ -36,6 +41,7 @@ type Index struct {
 	member  Member
 	dataOff int64
 	points  []point // sorted by out; points[0] is the stream start
+	head    []byte  // the first headKeep bytes of the content (fewer if shorter)
 	memory  int64
 }
 
@@ -91,6 +97,7 @@ func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
 			})
 		}
 		if f.w >= stop {
+			x.keepHead(base, f.out[done:f.w], done)
 			crc = crc32.Update(crc, crc32.IEEETable, f.out[done:f.w])
 			base += int64(f.slide())
 			done = f.w
@@ -102,6 +109,7 @@ func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
 			return nil, fmt.Errorf("%w: content is longer than the %d bytes in the directory", ErrChecksum, m.UncompressedSize)
 		}
 	}
+	x.keepHead(base, f.out[done:f.w], done)
 	crc = crc32.Update(crc, crc32.IEEETable, f.out[done:f.w])
 	if n := base + int64(f.w); n != m.UncompressedSize {
 		return nil, fmt.Errorf("%w: content is %d bytes, the directory says %d", ErrChecksum, n, m.UncompressedSize)
@@ -110,7 +118,8 @@ func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
 		return nil, fmt.Errorf("%w: content has CRC-32 %08x, the directory says %08x", ErrChecksum, crc, m.CRC32)
 	}
 	x.points = slices.Clip(x.points)
-	x.memory = int64(unsafe.Sizeof(*x)) + int64(len(m.Name)) + int64(cap(x.points))*int64(unsafe.Sizeof(point{}))
+	x.head = slices.Clip(x.head)
+	x.memory = int64(unsafe.Sizeof(*x)) + int64(len(m.Name)) + int64(cap(x.points))*int64(unsafe.Sizeof(point{})) + int64(cap(x.head))
 	for _, p := range x.points {
 		x.memory += int64(cap(p.window))
 	}
@@ -156,6 +165,14 @@ func (x *Index) SourceRange(start, end int64) (off, n int64) {
 	return x.dataOff + from, to - from
 }
 
+// keepHead appends to x.head what it lacks of out, new output whose first
+// byte is at content offset base+at.
+func (x *Index) keepHead(base int64, out []byte, at int) {
+	if pos := base + int64(at); pos == int64(len(x.head)) && pos < headKeep {
+		x.head = append(x.head, out[:min(int64(len(out)), headKeep-pos)]...)
+	}
+}
+
 // Size returns the member's uncompressed size.
 func (x *Index) Size() int64 { return x.member.UncompressedSize }
 
@@ -183,6 +200,9 @@ func (x *Index) ReadAt(r io.ReaderAt, p []byte, off int64) (int, error) {
 	q, eof := clip(p, off, x.member.UncompressedSize)
 	if len(q) == 0 {
 		return 0, eof
+	}
+	if end := off + int64(len(q)); end <= int64(len(x.head)) {
+		return copy(q, x.head[off:end]), eof
 	}
 	n, err := x.read(r, q, off)
 	if err != nil {

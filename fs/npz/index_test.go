@@ -106,9 +106,29 @@ func TestIndexMemory(t *testing.T) {
 	if x.Points() < 4 || x.Points() > 5 {
 		t.Errorf("%d points for 4 MiB with span 1 MiB", x.Points())
 	}
-	windows := int64(x.Points()-1) * windowSize
+	windows := int64(x.Points()-1)*windowSize + headKeep
 	if m := x.MemoryBytes(); m < windows || m > windows+4096 {
-		t.Errorf("MemoryBytes %d, windows %d", m, windows)
+		t.Errorf("MemoryBytes %d, windows and head %d", m, windows)
+	}
+}
+
+// The start of the content (an array header) is read from the index,
+// without reading the archive.
+func TestIndexKeepsTheHead(t *testing.T) {
+	for _, size := range []int{100, headKeep - 1, headKeep, 3 << 20} {
+		data := floatData(size, uint64(size))
+		stream := deflate(t, data, 6)
+		x := streamIndex(t, stream, data, 64<<10)
+		for _, r := range []struct{ off, n int }{{0, min(size, 128)}, {0, min(size, headKeep)}, {10, min(size, headKeep) - 10}} {
+			c := &countingReader{r: bytes.NewReader(stream)}
+			p := make([]byte, r.n)
+			if n, err := x.ReadAt(c, p, int64(r.off)); n != r.n || (err != nil && err != io.EOF) || !bytes.Equal(p, data[r.off:r.off+r.n]) {
+				t.Fatalf("size %d: ReadAt(%d at %d) = %d, %v", size, r.n, r.off, n, err)
+			}
+			if c.reads.Load() != 0 {
+				t.Errorf("size %d: ReadAt(%d at %d) read the archive %d times", size, r.n, r.off, c.reads.Load())
+			}
+		}
 	}
 }
 
