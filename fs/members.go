@@ -44,7 +44,12 @@ var (
 	_ gofs.NodeLookuper  = (*memberDirNode)(nil)
 	_ gofs.NodeReaddirer = (*memberDirNode)(nil)
 	_ gofs.NodeGetattrer = (*memberDirNode)(nil)
+	_ gofs.NodeStatfser  = (*memberDirNode)(nil)
 )
+
+func (a *memberDirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	return a.parent.Statfs(ctx, out)
+}
 
 func (a *memberDirNode) object() cache.Object {
 	return cache.Object{Key: a.archive.key, ETag: a.archive.etag, Size: a.archive.size}

@@ -120,10 +120,11 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	var npzView *bgfs.NPZView
+	cacheSize, indexBytes := o.cache.CacheSize, int64(0)
 	if o.npzMembers {
 		// Indexes and blocks share --cache-size: an index saves inflating
 		// a whole member, a block only one GET.
-		indexBytes := o.cache.CacheSize / 2
+		indexBytes = o.cache.CacheSize / 2
 		o.cache.CacheSize -= indexBytes
 		if npzView, err = bgfs.NewNPZView(o.npzSpan, indexBytes); err != nil {
 			return nil, err
@@ -172,9 +173,9 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		"region", client.Region(), "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),
 		"uid", o.uid, "gid", o.gid, "file_mode", fmt.Sprintf("%#o", o.fileMode), "dir_mode", fmt.Sprintf("%#o", o.dirMode),
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
-		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
+		"cache_size", cacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
-		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
+		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", indexBytes, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
 	return m, nil
 }
 
