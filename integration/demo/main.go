@@ -121,7 +121,7 @@ func run(ctx context.Context, o options) (err error) {
 	defer func() { err = errors.Join(err, removeMnt()) }()
 
 	step("Mounting with bgbfs")
-	fmt.Printf("$ %s mount --endpoint-url %s --force-path-style s3://%s/%s %s\n",
+	fmt.Printf("$ %s mount --endpoint-url %s --force-path-style --npz-members s3://%s/%s %s\n",
 		bin, ep.URL, bucket, prefix, shellQuote(mnt))
 	mountStart := time.Now()
 	p, err := startBgbfs(bin, ep.URL, mnt)
@@ -274,6 +274,27 @@ print("  identical to the file numpy wrote:", "yes" if same else "NO")
 sys.exit(0 if same else 1)
 `
 
+// windowScript reads one window the way a loader using the member view
+// does (--npz-members: NAME.npz.d/windows.npy, memory-mapped) and checks it
+// against the file numpy wrote locally.
+const windowScript = `
+import sys, time
+import numpy as np
+
+path, local = sys.argv[1], sys.argv[2]
+with np.load(local) as f:
+    want = f["windows"]
+i = want.shape[0] - 1
+t = time.perf_counter()
+got = np.array(np.load(path + ".d/windows.npy", mmap_mode="r")[i])
+secs = time.perf_counter() - t
+print(f"  window {i} of {want.shape[0]}: shape={got.shape} dtype={got.dtype} in {secs * 1000:.1f} ms"
+      " (the first access indexes the member: later windows cost less)")
+same = np.array_equal(got, want[i])
+print("  identical to the window numpy wrote:", "yes" if same else "NO")
+sys.exit(0 if same else 1)
+`
+
 // oneLiner is the same check, short enough to paste into a terminal.
 const oneLiner = `import sys,zlib,numpy as np; f=np.load(sys.argv[1]); ` +
 	`[print(k, a.shape, a.dtype, "crc32=%08x" % zlib.crc32(a.tobytes())) for k in f.files for a in [f[k]]]`
@@ -315,10 +336,20 @@ func show(ctx context.Context, mnt, dataDir string) error {
 	fmt.Printf("  python3 wall time, interpreter start and the local comparison included: %s\n",
 		time.Since(t).Round(time.Millisecond))
 
+	step("Reading one window of " + npz[0] + " through its member view (" + npz[0] + ".d/)")
+	if err := shown(ctx, "", "ls", "-l", file+".d"); err != nil {
+		return err
+	}
+	display = fmt.Sprintf("%s -c <window script> %s %s", python, shellQuote(file), shellQuote(local))
+	if err := shown(ctx, display, python, "-c", windowScript, file, local); err != nil {
+		return err
+	}
+
 	step("Try it yourself in another terminal while mounted")
 	fmt.Printf("  ls -l %s\n", shellQuote(filepath.Join(mnt, "train")))
 	fmt.Printf("  head -c 200 %s; echo\n", shellQuote(filepath.Join(mnt, "train", "manifest.json")))
 	fmt.Printf("  %s -c '%s' %s\n", python, oneLiner, shellQuote(file))
+	fmt.Printf("  %s -c 'import numpy as np; print(np.load(\"%s.d/windows.npy\", mmap_mode=\"r\")[0][:2, :5])'\n", python, file)
 	return nil
 }
 

@@ -27,6 +27,7 @@ func startBgbfs(bin, endpointURL, dir string) (*bgbfsProc, error) {
 	cmd := exec.Command(bin, "mount",
 		"--endpoint-url", endpointURL,
 		"--force-path-style",
+		"--npz-members",
 		"s3://"+bucket+"/"+prefix,
 		dir)
 	cmd.Env = demoEnv()
