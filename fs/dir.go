@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -235,7 +236,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	var archive dirEntry
 	if !ok && d.tree.NPZ != nil {
 		// NAME.npz.d of a visible archive, unless a real key has the name.
-		if a, isMemberDir := archiveOf(name); isMemberDir {
+		if a, isMemberDir := archiveOf(name); isMemberDir && len(name) <= maxNameLen {
 			archive, ok, err = d.find(ctx, l, a)
 			if err != nil {
 				return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
@@ -313,6 +314,7 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	// The kernel shows "." and ".." only if the filesystem lists them.
 	out := make([]fuse.DirEntry, 0, len(l.entries)+2)
 	out = append(out, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})
+	memberDirs := false
 	for _, e := range l.entries {
 		mode := uint32(syscall.S_IFREG)
 		if e.isDir {
@@ -322,8 +324,14 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		if d.tree.NPZ != nil && !e.isDir && strings.HasSuffix(e.name, ".npz") && len(e.name)+len(memberDirSuffix) <= maxNameLen {
 			if _, taken := l.lookup(e.name + memberDirSuffix); !taken {
 				out = append(out, fuse.DirEntry{Name: e.name + memberDirSuffix, Mode: syscall.S_IFDIR})
+				memberDirs = true
 			}
 		}
+	}
+	if memberDirs {
+		// NAME.npz.d sorts after names like NAME.npz-1 and NAME.npz.bak
+		// that may come between it and NAME.npz: keep byte-wise order.
+		slices.SortFunc(out[2:], func(a, b fuse.DirEntry) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return gofs.NewListDirStream(out), 0
 }

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,10 +124,12 @@ func (a *memberDirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Er
 		return nil, a.tree.errno(ctx, "readdir", a.path(), err)
 	}
 	out := make([]fuse.DirEntry, 0, len(dir.Members)+2)
-	out = append(out, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})
 	for _, m := range dir.Members {
 		out = append(out, fuse.DirEntry{Name: m.Name, Mode: syscall.S_IFREG})
 	}
+	// Byte-wise order, like every other directory.
+	slices.SortFunc(out, func(a, b fuse.DirEntry) int { return strings.Compare(a.Name, b.Name) })
+	out = slices.Insert(out, 0, fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR}, fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR})
 	return gofs.NewListDirStream(out), 0
 }
 
@@ -189,8 +192,8 @@ type memberHandle struct {
 
 	mu sync.Mutex
 	// index, once found, serves this open's reads even if the view's
-	// cache lets it go; head serves reads near the start before it is.
-	index, head *npz.Index
+	// cache lets it go.
+	index *npz.Index
 	// spans are the latest spans this open decoded, oldest first: the
 	// kernel splits a read of one window into several requests, and its
 	// read-around asks for the output around the window too, so each
@@ -209,12 +212,6 @@ type decodedSpan struct {
 
 const (
 	memberBlksize = 16 << 10
-	// headReadEnd: a read that ends before this, of a member whose index
-	// is not built, inflates from the start of the member instead of
-	// building the index. Reading an array's header (numpy.load, a
-	// dataset indexer asking for shapes) then costs a few MiB, not the
-	// whole member.
-	headReadEnd = 4 << 20
 	// heldSpanFactor bounds the decoded spans one open keeps, and the
 	// length of a span worth keeping, in checkpoint spans.
 	heldSpanFactor = 4
@@ -260,12 +257,10 @@ func (h *memberHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 // readDeflated fills p with the content at off, span by span.
 func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) error {
 	end := off + int64(len(p))
-	x, atStart, err := h.indexFor(ctx, end)
+	// No byte is returned before the whole member has been inflated
+	// once and found to match its CRC-32: building the index does that.
+	x, err := h.indexFor(ctx)
 	if err != nil {
-		return err
-	}
-	if atStart {
-		_, err := x.ReadAt(readerAt{ctx, h.reader}, p, off)
 		return err
 	}
 	if int64(len(p)) > h.node.tree.NPZ.span/4 {
@@ -327,37 +322,21 @@ func (h *memberHandle) prefetch(x *npz.Index, off, end int64) {
 	h.reader.Prefetch(x.SourceRange(from, to))
 }
 
-// indexFor returns the index to read [.., end) with: the one this open
-// holds, the view's, a newly built one, or, for a read near the start of
-// a member not indexed yet, one of the start only (atStart).
-func (h *memberHandle) indexFor(ctx context.Context, end int64) (x *npz.Index, atStart bool, err error) {
-	v, obj, m := h.node.tree.NPZ, h.node.dir.object(), h.node.member
+// indexFor returns the member's index: the one this open holds, the
+// view's, or a newly built one.
+func (h *memberHandle) indexFor(ctx context.Context) (*npz.Index, error) {
 	h.mu.Lock()
-	x, head := h.index, h.head
+	x := h.index
 	h.mu.Unlock()
 	if x != nil {
-		return x, false, nil
+		return x, nil
 	}
-	if x, ok := v.held(obj, m); ok {
-		h.keepIndex(x)
-		return x, false, nil
-	}
-	if end <= headReadEnd {
-		if head == nil {
-			if head, err = npz.StartIndex(readerAt{ctx, h.reader}, m); err != nil {
-				return nil, false, err
-			}
-			h.mu.Lock()
-			h.head = head
-			h.mu.Unlock()
-		}
-		return head, true, nil
-	}
-	if x, err = v.index(ctx, h.node.tree.Blocks, obj, m); err != nil {
-		return nil, false, err
+	x, err := h.node.tree.NPZ.index(ctx, h.node.tree.Blocks, h.node.dir.object(), h.node.member)
+	if err != nil {
+		return nil, err
 	}
 	h.keepIndex(x)
-	return x, false, nil
+	return x, nil
 }
 
 func (h *memberHandle) keepIndex(x *npz.Index) {

@@ -121,22 +121,14 @@ func indexKey(obj cache.Object, m npz.Member) string {
 	return obj.Key + "\x00" + obj.ETag + "\x00" + m.Name
 }
 
-// held returns the index of member m of obj if it is built and held.
-func (v *NPZView) held(obj cache.Object, m npz.Member) (*npz.Index, bool) {
-	x, ok := v.indexes.Get(indexKey(obj, m))
-	if ok {
-		v.hits.Add(1)
-	}
-	return x, ok
-}
-
 // index returns the index of the deflated member m of archive obj,
 // building it if it is not held. The build reads the member through its
 // own sequential reader and does not stop when ctx is cancelled: other
 // reads may be waiting for it.
 func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member) (*npz.Index, error) {
 	key := indexKey(obj, m)
-	if x, ok := v.held(obj, m); ok {
+	if x, ok := v.indexes.Get(key); ok {
+		v.hits.Add(1)
 		return x, nil
 	}
 	v.mu.Lock()

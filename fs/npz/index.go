@@ -126,20 +126,6 @@ func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
 	return x, nil
 }
 
-// StartIndex returns an index of the deflated member m of r that holds
-// only the start of the stream, without inflating anything: reads near
-// the start (numpy reading an array's header) need no more.
-func StartIndex(r io.ReaderAt, m Member) (*Index, error) {
-	if m.Method != Deflated {
-		return nil, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
-	}
-	off, err := m.DataOffset(r)
-	if err != nil {
-		return nil, err
-	}
-	return &Index{member: m, dataOff: off, points: []point{{}}}, nil
-}
-
 // Span returns the stretch of content [start, end) between the access
 // points around off: a ReadAt of exactly that stretch inflates nothing it
 // does not return, so callers that keep what they read keep spans.

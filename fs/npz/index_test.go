@@ -279,34 +279,6 @@ func TestIndexSpans(t *testing.T) {
 	}
 }
 
-func TestStartIndex(t *testing.T) {
-	data := floatData(3<<20, 22)
-	arch := buildZip(t, []zipEntry{{name: "windows.npy", data: data, method: Deflated, level: 6}}, zipOpts{})
-	dir, err := ReadDirectory(bytes.NewReader(arch), int64(len(arch)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := StartIndex(bytes.NewReader(arch), dir.Members[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []struct{ off, n int64 }{{0, 128}, {0, 1 << 20}, {100 << 10, 300 << 10}, {int64(len(data)) - 10, 10}} {
-		c := &countingReader{r: bytes.NewReader(arch)}
-		p := make([]byte, r.n)
-		if n, err := x.ReadAt(c, p, r.off); int64(n) != r.n || (err != nil && err != io.EOF) || !bytes.Equal(p, data[r.off:r.off+r.n]) {
-			t.Fatalf("ReadAt(%d at %d) = %d, %v", r.n, r.off, n, err)
-		}
-		// Inflating from the start reads the stream up to about the
-		// end of the range, not the whole member.
-		if end := r.off + r.n; end < int64(len(data))/2 && c.bytes.Load() > end+readChunk+readMargin {
-			t.Errorf("ReadAt(%d at %d) read %d compressed bytes", r.n, r.off, c.bytes.Load())
-		}
-	}
-	if _, err := StartIndex(bytes.NewReader(arch), Member{Name: "x", Method: Stored}); err == nil {
-		t.Error("StartIndex of a stored member succeeded")
-	}
-}
-
 // offsetFloor fails reads before from.
 type offsetFloor struct {
 	r    io.ReaderAt
