@@ -33,6 +33,29 @@ func newBucket(t testing.TB, srv *testbed.MinIO, base string) string {
 	return name
 }
 
+// putBucket creates bucket on srv holding objs, uploaded by workers
+// parallel uploads: the fixtures' common last step.
+func putBucket(srv *testbed.MinIO, bucket string, objs []testbed.Object, workers int) error {
+	ctx := context.Background()
+	admin := srv.Admin()
+	if err := admin.CreateBucket(ctx, bucket); err != nil {
+		return err
+	}
+	return admin.PutMany(ctx, bucket, objs, workers)
+}
+
+// openOp returns an operation that opens path with flag (closing it if
+// that succeeds), for tables of refused changes.
+func openOp(path string, flag int) func() error {
+	return func() error {
+		f, err := os.OpenFile(path, flag, 0o644)
+		if err == nil {
+			f.Close()
+		}
+		return err
+	}
+}
+
 // ownMinIO starts a MinIO server of the test's own, for tests that stop
 // it: the shared one must stay up for the others.
 func ownMinIO(t testing.TB) *testbed.MinIO {

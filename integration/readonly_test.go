@@ -23,26 +23,17 @@ func TestReadOnly(t *testing.T) {
 	emptyDir := filepath.Join(mp, "misc", "emptydir")
 	newPath := filepath.Join(dir, "new-entry")
 
-	openFile := func(path string, flag int) func() error {
-		return func() error {
-			f, err := os.OpenFile(path, flag, 0o644)
-			if err == nil {
-				f.Close()
-			}
-			return err
-		}
-	}
 	past := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 	cases := []struct {
 		name string
 		op   func() error
 	}{
-		{"create", openFile(newPath, os.O_CREATE|os.O_WRONLY|os.O_EXCL)},
-		{"create in root", openFile(filepath.Join(mp, "new-entry"), os.O_CREATE|os.O_WRONLY)},
-		{"open O_WRONLY", openFile(file, os.O_WRONLY)},
-		{"open O_RDWR", openFile(file, os.O_RDWR)},
-		{"open O_WRONLY|O_APPEND", openFile(file, os.O_WRONLY|os.O_APPEND)},
-		{"open O_WRONLY|O_TRUNC", openFile(file, os.O_WRONLY|os.O_TRUNC)},
+		{"create", openOp(newPath, os.O_CREATE|os.O_WRONLY|os.O_EXCL)},
+		{"create in root", openOp(filepath.Join(mp, "new-entry"), os.O_CREATE|os.O_WRONLY)},
+		{"open O_WRONLY", openOp(file, os.O_WRONLY)},
+		{"open O_RDWR", openOp(file, os.O_RDWR)},
+		{"open O_WRONLY|O_APPEND", openOp(file, os.O_WRONLY|os.O_APPEND)},
+		{"open O_WRONLY|O_TRUNC", openOp(file, os.O_WRONLY|os.O_TRUNC)},
 		{"truncate", func() error { return syscall.Truncate(file, 0) }},
 		{"unlink", func() error { return syscall.Unlink(file) }},
 		{"mkdir", func() error { return syscall.Mkdir(newPath, 0o755) }},

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -84,12 +83,7 @@ func buildReadPath(srv *testbed.MinIO) (*readPathData, error) {
 	for _, o := range d.All() {
 		objs = append(objs, testbed.Object{Key: o.Key, Data: o.Data})
 	}
-	ctx := context.Background()
-	admin := srv.Admin()
-	if err := admin.CreateBucket(ctx, d.Bucket); err != nil {
-		return nil, err
-	}
-	if err := admin.PutMany(ctx, d.Bucket, objs, 4); err != nil {
+	if err := putBucket(srv, d.Bucket, objs, 4); err != nil {
 		return nil, err
 	}
 	return d, nil

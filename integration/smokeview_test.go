@@ -126,12 +126,7 @@ func buildSmoke(srv *testbed.MinIO, dir string) (*smokeData, error) {
 	for k, v := range s.Objects {
 		objs = append(objs, testbed.Object{Key: k, Data: v})
 	}
-	ctx := context.Background()
-	admin := srv.Admin()
-	if err := admin.CreateBucket(ctx, s.Bucket); err != nil {
-		return nil, err
-	}
-	if err := admin.PutMany(ctx, s.Bucket, objs, 16); err != nil {
+	if err := putBucket(srv, s.Bucket, objs, 16); err != nil {
 		return nil, err
 	}
 	return s, nil
