@@ -373,6 +373,21 @@ func (f *inflater) huffman(stopAt int) error {
 		case kindLit:
 			out[w] = byte(e >> valueShift)
 			w++
+			// Literals come in runs (float data is mostly literals):
+			// while the bits for a root-table code are at hand, decode
+			// the next one here. out has room for a match past stopAt,
+			// so a literal past it is safe; callers take what they need.
+			for nbits >= litRoot {
+				e = lit[bits&(1<<litRoot-1)]
+				if e&kindMask != kindLit {
+					break
+				}
+				n = uint(e & entryLenMask)
+				bits >>= n
+				nbits -= n
+				out[w] = byte(e >> valueShift)
+				w++
+			}
 			continue
 		case kindBase:
 		case kindEOB:
