@@ -91,7 +91,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
 	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
 	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's)")
-	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; indexes take half of --cache-size; --block-size and --kernel-read-ahead default to 256KiB and 512KiB")
+	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; indexes take half of --cache-size; --block-size and --kernel-read-ahead default to 256KiB and 256KiB")
 	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member: a read inflates at most this much more than it returns; an index holds 32KiB per span")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
@@ -177,7 +177,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 			*blockSize = "256KiB"
 		}
 		if !fs.Changed("kernel-read-ahead") {
-			*kernelReadAhead = "512KiB"
+			*kernelReadAhead = "256KiB"
 		}
 	}
 	sizes := []struct {
