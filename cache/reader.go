@@ -56,13 +56,15 @@ func (c *BlockCache) OpenRandom(obj Object) *Reader {
 }
 
 // Prefetch starts fetching the blocks of [off, off+n) that are neither
-// cached nor being fetched, one GET per block so that they arrive in one
-// round trip, and returns at once. The reader holds them, as it holds
-// read-ahead, until it reads past them, needs the room or is closed: the
-// cache could refuse or evict them before they are read. It is for a
-// reader that knows what it will read next (the compressed bytes behind
-// the next stretch of an .npz member) and would otherwise pay a round trip
-// for each request the kernel sends, one after the other.
+// cached nor being fetched, in parallel GETs of at most 1 MiB (on S3 a
+// GET's first byte costs far more than its next megabyte, but several
+// small GETs arrive sooner than one large one), and returns at once. The
+// reader holds them, as it holds read-ahead, until it needs the room or is
+// closed (a random reader) or reads past them: the cache could refuse or
+// evict them before they are read. It is for a reader that knows what it
+// will read next (the compressed bytes behind the next stretch of an .npz
+// member) and would otherwise pay a round trip for each request the
+// kernel sends, one after the other.
 func (r *Reader) Prefetch(off, n int64) {
 	off, end := max(off, 0), min(off+n, r.obj.Size)
 	if r.c.blocks == nil || off >= end {
@@ -82,12 +84,19 @@ func (r *Reader) Prefetch(off, n int64) {
 		for j+1 <= last-first && held[j+1] == nil {
 			j++
 		}
-		if !r.prefetchLocked(first+i, first+j, 1) {
+		if !r.prefetchLocked(first+i, first+j, max(1, prefetchGET/bs)) {
 			return
 		}
 		i = j + 1
 	}
 }
+
+// prefetchGET is the largest GET Prefetch makes. Measured with four
+// loaders reading random windows through the .npz member view: GETs of
+// one 256 KiB block gave 61 samples/s on loopback (MinIO's per-request
+// cost on the same two cores) and 53/s through the S3-like proxy; GETs of
+// 1 MiB, 79/s and 61/s.
+const prefetchGET = 1 << 20
 
 // ReadAt reads len(p) bytes at off, fewer only at the end of the object.
 func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
@@ -172,9 +181,13 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		n += copy(p[n:], b[lo:hi])
 	}
 
-	r.mu.Lock()
-	r.releasePassedLocked()
-	r.mu.Unlock()
+	if !r.random {
+		// A random reader's prefetches are for reads that may come in
+		// any order: they are held until it needs the room or closes.
+		r.mu.Lock()
+		r.releasePassedLocked()
+		r.mu.Unlock()
+	}
 	return n, nil
 }
 
