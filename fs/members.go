@@ -200,6 +200,10 @@ type memberHandle struct {
 	// span would otherwise be inflated again for every request touching it.
 	spans     []*decodedSpan
 	spanBytes int64
+	// dataRead is set once a read needed more than the index's head;
+	// windowEnd is where the row that read fell in ends (0: unknown).
+	dataRead  bool
+	windowEnd int64
 }
 
 // decodedSpan is the content between two access points.
@@ -212,6 +216,10 @@ type decodedSpan struct {
 
 const (
 	memberBlksize = 16 << 10
+	// kernelOvershoot is how far past the end of what a loader touches
+	// the kernel's read-ahead goes on reading (its default 256 KiB here).
+	kernelOvershoot = 256 << 10
+	pageSize        = 4096
 	// heldSpanFactor bounds the decoded spans one open keeps, and the
 	// length of a span worth keeping, in checkpoint spans.
 	heldSpanFactor = 4
@@ -263,9 +271,9 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 	if err != nil {
 		return err
 	}
-	if int64(len(p)) > h.node.tree.NPZ.span/4 {
-		// Short reads (an array header) are served inflating just
-		// what they ask, or from spans already held.
+	if end > x.HeadLen() {
+		// Reads of the header numpy reads on open are answered by the
+		// index itself; the rest need compressed bytes.
 		h.prefetch(x, off, end)
 	}
 	maxSpan := heldSpanFactor * h.node.tree.NPZ.span
@@ -310,13 +318,39 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 }
 
 // prefetch starts fetching the compressed bytes of the spans [off, end)
-// covers and of the span after them. The kernel reads one window as a
-// chain of requests, each sent when the one before is answered: fetching
-// one span ahead makes that one round trip instead of one per request.
+// covers and of the stretch the next requests will want. The kernel reads
+// one window as a chain of requests, each sent when the one before is
+// answered: fetching ahead makes that one round trip instead of one per
+// request. The first read of an open (numpy opens the file for every
+// sample) is the kernel reading around the page the loader touched first;
+// if the member is an array whose rows are known from its .npy header,
+// the fetch reaches to the end of that row, the window the loader is about
+// to read, and later reads within it fetch nothing more. Otherwise, and
+// for reads past that row, it reaches one span further.
 func (h *memberHandle) prefetch(x *npz.Index, off, end int64) {
 	from, _ := x.Span(off)
 	_, to := x.Span(end - 1)
-	if to < x.Size() {
+	h.mu.Lock()
+	first, window := !h.dataRead, h.windowEnd
+	h.dataRead = true
+	h.mu.Unlock()
+	if first {
+		if l, err := npz.ParseNPYHeader(x.Head()); err == nil {
+			// The page the loader touched is the middle one; the row
+			// it starts may begin up to a page after the page's start.
+			touched := off + (end-off)/2 + pageSize - 1
+			if row := (touched - l.DataOffset) / l.RowBytes; touched >= l.DataOffset && row < l.Rows {
+				// The kernel reads on a little past the row's end.
+				rowEnd := min(l.DataOffset+(row+1)*l.RowBytes+kernelOvershoot, x.Size())
+				_, window = x.Span(rowEnd - 1)
+				to = max(to, window)
+				h.mu.Lock()
+				h.windowEnd = window
+				h.mu.Unlock()
+			}
+		}
+	}
+	if end > window && to < x.Size() {
 		_, to = x.Span(to)
 	}
 	h.reader.Prefetch(x.SourceRange(from, to))
