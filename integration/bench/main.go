@@ -24,10 +24,12 @@ import (
 
 type config struct {
 	files, windows, samples, randomReads int
-	profiles, systems, workloads         []string
-	out                                  string
-	keep                                 bool
-	cacheSize                            string
+	// Workload h: archives the size of the real ones.
+	npzFiles, npzWindows, npzSamples, npzWholeSamples int
+	profiles, systems, workloads                      []string
+	out                                               string
+	keep                                              bool
+	cacheSize                                         string
 }
 
 func main() {
@@ -39,7 +41,11 @@ func main() {
 	flag.IntVar(&c.randomReads, "random-reads", 200, "1 MiB random preads in workload d")
 	flag.StringVar(&profiles, "profiles", "loopback,s3like", "network profiles")
 	flag.StringVar(&systems, "systems", "raw,bgbfs,s3fs,rclone", "systems to measure (local is always the reference)")
-	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g", "workloads to run")
+	flag.IntVar(&c.npzFiles, "npz-files", 4, "archives of workload h")
+	flag.IntVar(&c.npzWindows, "npz-windows", 73, "windows per archive of workload h (73: the real mean, 85 MB)")
+	flag.IntVar(&c.npzSamples, "npz-samples", 200, "samples of workload h through the member view, warm")
+	flag.IntVar(&c.npzWholeSamples, "npz-whole-samples", 40, "samples of workload h through the plain .npz")
+	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h", "workloads to run")
 	flag.StringVar(&c.out, "out", "", "write the results into this markdown file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the generated data")
 	flag.StringVar(&c.cacheSize, "small-cache", "256MiB", "bgbfs --cache-size for the memory-bound rows of b and e")

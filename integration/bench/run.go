@@ -29,6 +29,7 @@ type bench struct {
 	counting *testbed.CountingProxy
 	rows     []row
 	cleanups []func()
+	npz      *npzSet // workload h's archives, once made
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -85,6 +86,9 @@ func (b *bench) runAll(ctx context.Context) error {
 				}
 				b.runMounted(ctx, profile, system, system, endpoint, nil, "a", "b", "c", "d", "e", "f", "g")
 			}
+		}
+		if slices.Contains(b.cfg.systems, "bgbfs") {
+			b.runNPZView(ctx, profile, endpoint)
 		}
 	}
 	return nil

@@ -1,5 +1,11 @@
 """The trainer's read pattern: workers doing np.load(path)["windows"][i]
-for shuffled (file, i) pairs, the file reopened for every sample.
+for shuffled (file, i) pairs, the file reopened for every sample. With
+--view, the loader reads through bgbfs's member view instead (one line
+changed): np.array(np.load(path + ".d/windows.npy", mmap_mode="r")[i]).
+With --each-file-once, the samples are one random window of every file.
+With --forget, each sample drops the file it read from the page cache
+(POSIX_FADV_DONTNEED), as a dataset far larger than memory would: no
+sample is served from pages an earlier one left behind.
 
 Prints one JSON line: {"samples": N, "seconds": S, "samples_per_s": R, "checksum": C}.
 """
@@ -13,10 +19,30 @@ import time
 import numpy as np
 
 
+FORGET = False
+
+
+def forget(path):
+    if FORGET:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def sample(args):
     path, i = args
     with np.load(path) as f:
         w = f["windows"][i]
+    forget(path)
+    return float(w[0, 0])
+
+
+def sample_view(args):
+    path, i = args
+    w = np.array(np.load(path + ".d/windows.npy", mmap_mode="r")[i])
+    forget(path + ".d/windows.npy")
     return float(w[0, 0])
 
 
@@ -26,17 +52,29 @@ def main():
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--view", action="store_true")
+    p.add_argument("--each-file-once", action="store_true")
+    p.add_argument("--forget", action="store_true")
     a = p.parse_args()
+    global FORGET
+    FORGET = a.forget
     with open(os.path.join(a.dir, "manifest.json")) as f:
         manifest = json.load(f)
     pairs = [(os.path.join(a.dir, e["cache_file"]), e["window_idx"]) for e in manifest]
     rnd = random.Random(a.seed)
-    todo = [rnd.choice(pairs) for _ in range(a.samples)]
-    start = time.monotonic()
+    if a.each_file_once:
+        by_file = {}
+        for path, i in pairs:
+            by_file.setdefault(path, []).append(i)
+        todo = [(path, rnd.choice(by_file[path])) for path in sorted(by_file)]
+        rnd.shuffle(todo)
+    else:
+        todo = [rnd.choice(pairs) for _ in range(a.samples)]
     with mp.Pool(a.workers) as pool:
-        values = pool.map(sample, todo, chunksize=1)
-    secs = time.monotonic() - start
-    print(json.dumps({"samples": a.samples, "seconds": secs, "samples_per_s": a.samples / secs,
+        start = time.monotonic()
+        values = pool.map(sample_view if a.view else sample, todo, chunksize=1)
+        secs = time.monotonic() - start
+    print(json.dumps({"samples": len(todo), "seconds": secs, "samples_per_s": len(todo) / secs,
                       "checksum": sum(values)}))
 
 

@@ -96,18 +96,27 @@ func (b *bench) randomReads(dir string, n int) (measurement, error) {
 
 // trainer runs trainer.py with 4 workers over dir.
 func (b *bench) trainer(ctx context.Context, dir string) (measurement, error) {
+	m, _, err := b.runTrainer(ctx, dir, "--samples", fmt.Sprint(b.cfg.samples))
+	return m, err
+}
+
+// runTrainer runs trainer.py with 4 workers over dir and further args, and
+// returns the rate and the number of samples it read.
+func (b *bench) runTrainer(ctx context.Context, dir string, args ...string) (measurement, int, error) {
 	script := filepath.Join(b.repo(), "integration", "bench", "trainer.py")
-	out, err := exec.CommandContext(ctx, testbed.Python, script, "--dir", dir, "--samples", fmt.Sprint(b.cfg.samples), "--workers", "4").Output()
+	args = append([]string{script, "--dir", dir, "--workers", "4"}, args...)
+	out, err := exec.CommandContext(ctx, testbed.Python, args...).Output()
 	if err != nil {
-		return measurement{}, fmt.Errorf("trainer.py: %w", err)
+		return measurement{}, 0, fmt.Errorf("trainer.py: %w", err)
 	}
 	var r struct {
+		Samples     int     `json:"samples"`
 		SamplesPerS float64 `json:"samples_per_s"`
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
-		return measurement{}, fmt.Errorf("trainer.py said %q: %w", out, err)
+		return measurement{}, 0, fmt.Errorf("trainer.py said %q: %w", out, err)
 	}
-	return measurement{value: r.SamplesPerS, unit: "samples/s"}, nil
+	return measurement{value: r.SamplesPerS, unit: "samples/s"}, r.Samples, nil
 }
 
 // firstByte opens a file and reads one byte.

@@ -1,0 +1,178 @@
+package main
+
+// Workload h: the trainer's random access to one window, through the plain
+// .npz (numpy inflates the whole windows member for every sample) and
+// through bgbfs's member view (--npz-members: NAME.npz.d/windows.npy read
+// with mmap_mode="r"), with a cold and with a warm index. Every sample
+// drops what it read from the page cache (trainer.py --forget): the real
+// bucket is 449 GB, far more than a machine's memory, and the four
+// archives here would otherwise be served from it after the first pass.
+
+import (
+	"archive/zip"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+const (
+	// windowBytes is one float32 window of 19 channels x 15360 samples.
+	windowBytes = 19 * 15360 * 4
+	npzPrefix   = "npz/"
+	// npzCache is the --cache-size of the h rows, the same for both paths:
+	// half holds the indexes (about 2.7 MB per 85 MB member), the rest is
+	// far smaller than the data, as on the real 449 GB bucket.
+	npzCache = "128MiB"
+
+	npzWhole = "bgbfs, np.load(path)[\"windows\"][i]"
+	npzCold  = "bgbfs view, cold index"
+	npzWarm  = "bgbfs view, warm index"
+)
+
+// npzSet is the dataset of workload h: archives the size of the real ones.
+type npzSet struct {
+	files int
+	// compressedWindow is the mean compressed size of one window: the
+	// windows member's compressed size over its windows.
+	compressedWindow float64
+	meanSize         float64
+}
+
+func (b *bench) npzDataset(ctx context.Context) (*npzSet, error) {
+	if b.npz != nil {
+		return b.npz, nil
+	}
+	fmt.Fprintln(os.Stderr, "bench: generating and uploading the archives of workload h")
+	src := filepath.Join(b.work, "npzsrc")
+	if err := testbed.GenNPZ(b.repo(), src, testbed.NPZSpec{Train: b.cfg.npzFiles, Windows: b.cfg.npzWindows, Seed: 9, CompressedOnly: true}); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(src, "train")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	set := &npzSet{}
+	var compressed, windows, total float64
+	admin := b.srv.Admin()
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		if err := admin.PutFile(ctx, b.ds.bucket, npzPrefix+"train/"+e.Name(), path); err != nil {
+			return nil, err
+		}
+		if !strings.HasSuffix(e.Name(), ".npz") {
+			continue
+		}
+		z, err := zip.OpenReader(path)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range z.File {
+			if f.Name == "windows.npy" {
+				compressed += float64(f.CompressedSize64)
+				windows += float64(f.UncompressedSize64) / windowBytes
+			}
+		}
+		z.Close()
+		fi, err := e.Info()
+		if err != nil {
+			return nil, err
+		}
+		total += float64(fi.Size())
+		set.files++
+	}
+	if set.files == 0 || windows == 0 {
+		return nil, fmt.Errorf("no archives with windows.npy in %s", dir)
+	}
+	set.compressedWindow = compressed / windows
+	set.meanSize = total / float64(set.files)
+	b.npz = set
+	return set, nil
+}
+
+// runNPZView measures workload h under one profile.
+func (b *bench) runNPZView(ctx context.Context, profile, endpoint string) {
+	if !b.wants("h") {
+		return
+	}
+	fail := func(system string, err error) {
+		b.rows = append(b.rows, row{workload: "h", profile: profile, system: system, err: err.Error()})
+	}
+	if _, err := b.npzDataset(ctx); err != nil {
+		fail(npzWhole, err)
+		return
+	}
+	mount := func() (*mounted, error) {
+		mp, err := os.MkdirTemp(b.work, "mnt-npz-")
+		if err != nil {
+			return nil, err
+		}
+		m, err := testbed.Mount(testbed.MountOptions{
+			Bin: b.bin, Source: "s3://" + b.ds.bucket + "/" + npzPrefix, Mountpoint: mp, Endpoint: endpoint,
+			Creds: &testbed.Creds{AccessKey: b.srv.AccessKey, SecretKey: b.srv.SecretKey},
+			Args:  []string{"--npz-members", "--cache-size", npzCache},
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := dropCaches(); err != nil {
+			_ = m.Unmount()
+			return nil, err
+		}
+		return &mounted{mp: m.Mountpoint, pid: m.Pid(), stop: func() { _ = m.Unmount(); os.Remove(mp) }}, nil
+	}
+	trainer := func(m *mounted, args ...string) func() (measurement, error) {
+		return func() (measurement, error) {
+			r, samples, err := b.runTrainer(ctx, filepath.Join(m.mp, "train"), args...)
+			// Read: the windows the loader returned.
+			r.bytesRead = int64(samples) * windowBytes
+			return r, err
+		}
+	}
+
+	// The whole-member path, as the trainer reads today.
+	m, err := mount()
+	if err != nil {
+		fail(npzWhole, err)
+		return
+	}
+	b.measure("h", profile, npzWhole, m.pid, trainer(m, "--forget", "--samples", fmt.Sprint(b.cfg.npzWholeSamples)))
+	m.stop()
+
+	// The member view on a new daemon: the first window of each file
+	// builds its index; then, every index built and the page cache
+	// dropped, random windows.
+	if m, err = mount(); err != nil {
+		fail(npzCold, err)
+		return
+	}
+	defer m.stop()
+	b.measure("h", profile, npzCold, m.pid, trainer(m, "--forget", "--view", "--each-file-once"))
+	if err := dropCaches(); err != nil {
+		fail(npzWarm, err)
+		return
+	}
+	b.measure("h", profile, npzWarm, m.pid, trainer(m, "--forget", "--view", "--samples", fmt.Sprint(b.cfg.npzSamples)))
+}
+
+// npzTargets are the targets for workload h under profile p.
+func (b *bench) npzTargets(p string) []target {
+	var out []target
+	whole, ok1 := b.find("h", p, npzWhole)
+	warm, ok2 := b.find("h", p, npzWarm)
+	if ok1 && ok2 {
+		r := warm.m.value / whole.m.value
+		out = append(out, target{"(h) warm-index window reads ≥ 20× the samples/s of the whole-member path", p, fmt.Sprintf("%.1f×", r), verdict(r >= 20)})
+	}
+	if ok2 && warm.m.bytesRead > 0 && b.npz != nil {
+		perWindow := float64(warm.fetched) / (float64(warm.m.bytesRead) / windowBytes)
+		r := perWindow / b.npz.compressedWindow
+		out = append(out, target{fmt.Sprintf("(h) bytes fetched per window ≤ 4× its compressed size (%.2f MB)", b.npz.compressedWindow/1e6), p,
+			fmt.Sprintf("%.2f MB = %.2f×", perWindow/1e6, r), verdict(r <= 4)})
+	}
+	return out
+}
