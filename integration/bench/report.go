@@ -61,6 +61,7 @@ func (b *bench) report(started time.Time) string {
 		}
 		fmt.Fprintf(&s, "| %s | %s | %s | %.1f %s | %d | %s | %s |\n", name, r.profile, r.system, r.m.value, r.m.unit, r.gets, ratio, rss)
 	}
+	s.WriteString(b.npzPerWindow())
 	s.WriteString("\n## Targets\n\nRatios from this run; higher is better unless it says otherwise.\n\n| target | profile | measured | verdict |\n|---|---|---|---|\n")
 	for _, t := range b.targets() {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", t.name, t.profile, t.measured, t.verdict)

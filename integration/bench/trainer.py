@@ -6,20 +6,27 @@ With --each-file-once, the samples are one random window of every file.
 With --forget, each sample drops the file it read from the page cache
 (POSIX_FADV_DONTNEED), as a dataset far larger than memory would: no
 sample is served from pages an earlier one left behind.
+With --verify LOCALDIR, each worker also takes the CRC-32 of the window it
+read, and after the timed run every one is compared with the same window
+of the copy in LOCALDIR: a wrong byte makes it fail (exit 1).
 
-Prints one JSON line: {"samples": N, "seconds": S, "samples_per_s": R, "checksum": C}.
+Prints one JSON line: {"samples": N, "seconds": S, "samples_per_s": R, "checksum": C},
+with "verified": N under --verify.
 """
 import argparse
 import json
 import multiprocessing as mp
 import os
 import random
+import sys
 import time
+import zlib
 
 import numpy as np
 
 
 FORGET = False
+VERIFY = False
 
 
 def forget(path):
@@ -31,19 +38,44 @@ def forget(path):
             os.close(fd)
 
 
+def result(w):
+    crc = zlib.crc32(np.ascontiguousarray(w)) if VERIFY else 0
+    return float(w[0, 0]), crc
+
+
 def sample(args):
     path, i = args
     with np.load(path) as f:
         w = f["windows"][i]
     forget(path)
-    return float(w[0, 0])
+    return result(w)
 
 
 def sample_view(args):
     path, i = args
     w = np.array(np.load(path + ".d/windows.npy", mmap_mode="r")[i])
     forget(path + ".d/windows.npy")
-    return float(w[0, 0])
+    return result(w)
+
+
+def verify(local, todo, crcs):
+    """Compares each window read with the same window of the local copy;
+    returns the number compared, or exits 1 at the first difference."""
+    by_file = {}
+    for (path, i), crc in zip(todo, crcs):
+        by_file.setdefault(os.path.basename(path), []).append((i, crc))
+    bad = []
+    for name, reads in sorted(by_file.items()):
+        with np.load(os.path.join(local, name)) as f:
+            windows = f["windows"]
+        for i, crc in reads:
+            want = zlib.crc32(np.ascontiguousarray(windows[i]))
+            if crc != want:
+                bad.append("%s window %d: crc32 %08x, want %08x" % (name, i, crc, want))
+    if bad:
+        print("%d of %d windows differ from the local copy; first: %s" % (len(bad), len(todo), bad[0]), file=sys.stderr)
+        sys.exit(1)
+    return len(todo)
 
 
 def main():
@@ -55,9 +87,11 @@ def main():
     p.add_argument("--view", action="store_true")
     p.add_argument("--each-file-once", action="store_true")
     p.add_argument("--forget", action="store_true")
+    p.add_argument("--verify", metavar="LOCALDIR")
     a = p.parse_args()
-    global FORGET
+    global FORGET, VERIFY
     FORGET = a.forget
+    VERIFY = a.verify is not None
     with open(os.path.join(a.dir, "manifest.json")) as f:
         manifest = json.load(f)
     pairs = [(os.path.join(a.dir, e["cache_file"]), e["window_idx"]) for e in manifest]
@@ -74,8 +108,11 @@ def main():
         start = time.monotonic()
         values = pool.map(sample_view if a.view else sample, todo, chunksize=1)
         secs = time.monotonic() - start
-    print(json.dumps({"samples": len(todo), "seconds": secs, "samples_per_s": len(todo) / secs,
-                      "checksum": sum(values)}))
+    out = {"samples": len(todo), "seconds": secs, "samples_per_s": len(todo) / secs,
+           "checksum": sum(v for v, _ in values)}
+    if VERIFY:
+        out["verified"] = verify(a.verify, todo, [crc for _, crc in values])
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,6 +109,12 @@ func (b *bench) runTrainer(ctx context.Context, dir string, args ...string) (mea
 	args = append([]string{script, "--dir", dir, "--workers", "4"}, args...)
 	out, err := exec.CommandContext(ctx, testbed.Python, args...).Output()
 	if err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) && len(exit.Stderr) > 0 {
+			// Its last line says why (a traceback ends with the error).
+			lines := strings.Split(strings.TrimSpace(string(exit.Stderr)), "\n")
+			return measurement{}, 0, fmt.Errorf("trainer.py: %w: %s", err, lines[len(lines)-1])
+		}
 		return measurement{}, 0, fmt.Errorf("trainer.py: %w", err)
 	}
 	var r struct {
