@@ -262,7 +262,11 @@ func (r *Reader) readAheadLocked(end int64) {
 	window := min(r.window, r.windowCap())
 	from := max(r.ahead, alignUp(end, bs))
 	to := min(alignUp(end+window, bs), alignUp(r.obj.Size, bs))
-	part := min(c.opt.PartSize, max(window, bs))
+	// Parts of a quarter of the window keep three or four GETs in flight
+	// as the reader moves: with one part as large as the window, the next
+	// GET could start only once the reader had reached the end of the last
+	// one, and it would wait a whole round trip there.
+	part := min(c.opt.PartSize, max(alignUp(window/4, bs), bs))
 	objEnd := alignUp(r.obj.Size, bs)
 	if from < to && c.opt.ObserveWindow != nil {
 		c.opt.ObserveWindow(window)
@@ -297,9 +301,17 @@ func (r *Reader) prefetchLocked(first, last, blocksPerGET int64) bool {
 	for idx := first; idx <= last; idx++ {
 		want += c.blockLen(r.obj, idx)
 	}
-	// Make room in this reader's own share first, oldest first.
+	// Make room in this reader's own share first. A fetch between the
+	// reader and its read-ahead is never let go for it: the cache may
+	// refuse a block it is offered (ristretto admits by frequency), and a
+	// block let go before it is read would be fetched again, the reader
+	// waiting. Such a reader waits for room instead.
 	for len(r.held) > 0 && r.heldBytes+want > r.windowCap()+c.opt.BlockSize {
-		r.releaseLocked(0)
+		i := r.spareHeldLocked()
+		if i < 0 {
+			return false
+		}
+		r.releaseLocked(i)
 	}
 	if !c.ahead.tryTake(want) {
 		return false
@@ -359,6 +371,29 @@ func (r *Reader) releasePassedLocked() {
 		}
 		i++
 	}
+}
+
+// spareHeldLocked returns the oldest held fetch the reader can do
+// without, or -1. A random reader's prefetches are all guesses, so any
+// will do; a reader in order needs those from the window it may still
+// read out of order up to its read-ahead mark, and no others: after a jump
+// the rest lie behind it or far ahead.
+func (r *Reader) spareHeldLocked() int {
+	if len(r.held) == 0 {
+		return -1
+	}
+	if r.random {
+		return 0
+	}
+	bs := r.c.opt.BlockSize
+	from, to := r.next-r.c.opt.ReorderWindow, max(r.ahead, alignUp(r.next, bs))
+	for i, h := range r.held {
+		start, end := h.f.first*bs, (h.f.first+int64(len(h.f.blocks)))*bs
+		if end <= from || start >= to {
+			return i
+		}
+	}
+	return -1
 }
 
 func (r *Reader) releaseLocked(i int) {

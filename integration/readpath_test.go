@@ -34,10 +34,11 @@ const (
 	designBlock       = 1 * oneMiB // --block-size
 	designPart        = 8 * oneMiB // --part-size: the largest read-ahead GET
 	designKernelRAKiB = 4096       // --kernel-read-ahead 4MiB, in read_ahead_kb
-	// rampLevels are the read-ahead windows below the part size that a
-	// sequential reader passes through (1, 2 and 4 MiB: the window doubles
-	// from one block up to the part size), each fetched in parts of its
-	// own size.
+	// rampLevels are the read-ahead windows a sequential reader passes
+	// through if its window starts over (1, 2 and 4 MiB: the window
+	// doubles from one block), each fetched in parts of a quarter of it
+	// and at least a block. A read from offset 0 skips them: its window
+	// starts at half of --max-read-ahead, in whole 8 MiB parts.
 	rampLevels = 3
 )
 
@@ -362,9 +363,9 @@ func readWrapped(p string, o *sourceObject, start int64) error {
 //
 //   - ceil(size/part): the read-ahead fetches parts of --part-size once
 //     the window has grown to it, topping up only in whole parts;
-//   - 2 per ramp level: while the window is 1, 2 and 4 MiB it fetches
-//     parts of that size, and grows after each block read in order, so
-//     at most two parts go out at each level;
+//   - 2 per ramp level: slack for a window that starts over (while it
+//     is 1, 2 and 4 MiB it fetches parts of 1 MiB, and grows after each
+//     block read in order);
 //   - 2 demand GETs: the first read, before any read-ahead, and one
 //     kernel read racing ahead of the first read-ahead part;
 //   - 1 for the short part at the end of the object and 1 for parts
