@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -56,7 +58,12 @@ type memberFixture struct {
 
 func newMemberFixture(t *testing.T, method uint16, arch func([]byte) []byte) *memberFixture {
 	t.Helper()
-	members := map[string][]byte{"windows.npy": eegLike(5<<20+12345, 1), "labels.npy": eegLike(100_000, 2)}
+	return newMemberFixtureOf(t, method, map[string][]byte{"windows.npy": eegLike(5<<20+12345, 1), "labels.npy": eegLike(100_000, 2)}, arch)
+}
+
+// newMemberFixtureOf is newMemberFixture with the members given.
+func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, arch func([]byte) []byte) *memberFixture {
+	t.Helper()
 	data := zipOf(t, method, members)
 	if arch != nil {
 		data = arch(data)
@@ -145,6 +152,85 @@ func TestMemberReads(t *testing.T) {
 				}
 				wg.Wait()
 				h.Release(context.Background())
+			}
+		})
+	}
+}
+
+// npyOf returns a .npy file of rows rows of rowBytes float32 noise each.
+func npyOf(rows, rowBytes int) []byte {
+	header := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", rows, rowBytes/4)
+	for (10+len(header)+1)%64 != 0 {
+		header += " "
+	}
+	header += "\n"
+	b := append([]byte("\x93NUMPY\x01\x00"), byte(len(header)), byte(len(header)>>8))
+	b = append(b, header...)
+	return append(b, eegLike(rows*rowBytes, 7)...)
+}
+
+// A loader's first read falls in one row of an array; the span holding
+// the end of that row (plus the kernel's overshoot) is inflated only that
+// far. Reads past that point in the same span must still get the right
+// bytes, from the whole span inflated again.
+func TestMemberRowEndSpan(t *testing.T) {
+	const rowBytes = 300 << 10
+	want := npyOf(12, rowBytes)
+	layout, err := npz.ParseNPYHeader(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rowStart, rowEnd int64 // of the row chosen below
+	// Reads are given against the span holding rowEnd, [a, b).
+	type read struct{ off, n func(a, b int64) int64 }
+	at := func(f func(a, b int64) int64, g func(a, b int64) int64) read { return read{f, g} }
+	toRowEnd := at(func(a, b int64) int64 { return a }, func(a, b int64) int64 { return rowEnd - a })
+	first := func(t *testing.T, h *memberHandle) {
+		// The header alone indexes the member; then pick a row whose
+		// end, with the overshoot, falls well inside a span.
+		if _, errno := readMember(h, 128, 0); errno != 0 {
+			t.Fatalf("read the header: %v", errno)
+		}
+		for row := int64(1); row < 10; row++ { // row 0 is in the head the index keeps
+			rowStart = layout.DataOffset + row*rowBytes
+			rowEnd = rowStart + rowBytes + kernelOvershoot
+			if a, b := h.index.Span(rowEnd - 1); rowEnd-a > (b-a)/4 && rowEnd < b {
+				return
+			}
+		}
+		t.Fatal("no row ends inside a span")
+	}
+	for _, tt := range []struct {
+		name  string
+		reads []read // after a first read at the row's start
+	}{
+		{"up to the row's end, twice", []read{toRowEnd, at(func(a, b int64) int64 { return rowEnd - 4096 }, func(a, b int64) int64 { return 4096 })}},
+		{"past the row's end", []read{toRowEnd, at(func(a, b int64) int64 { return rowEnd }, func(a, b int64) int64 { return b - rowEnd })}},
+		{"across the row's end", []read{toRowEnd, at(func(a, b int64) int64 { return rowEnd - 100 }, func(a, b int64) int64 { return 200 })}},
+		{"the whole span", []read{toRowEnd, at(func(a, b int64) int64 { return a }, func(a, b int64) int64 { return b - a })}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+			h, errno := f.open(t, "windows.npy")
+			if errno != 0 {
+				t.Fatalf("open: %v", errno)
+			}
+			defer h.Release(context.Background())
+			check := func(off, n int64) {
+				t.Helper()
+				got, errno := readMember(h, int(n), off)
+				if errno != 0 || !bytes.Equal(got, want[off:off+n]) {
+					t.Fatalf("read %d at %d: %v, %d bytes, wrong content", n, off, errno, len(got))
+				}
+			}
+			first(t, h)
+			check(rowStart, 4096)
+			if h.rowEnd != rowEnd {
+				t.Fatalf("row end %d, want %d: the first read did not find its row", h.rowEnd, rowEnd)
+			}
+			a, b := h.index.Span(rowEnd - 1)
+			for _, r := range tt.reads {
+				check(r.off(a, b), r.n(a, b))
 			}
 		})
 	}
