@@ -36,7 +36,7 @@ func (b *bench) report(started time.Time) string {
 	fmt.Fprintf(&s, "Machine: %s. Dataset: %d `.npz` files written by `np.savez_compressed` (%d windows each, %.1f MB on average), and a directory of %d small objects, in MinIO on loopback.\n\n",
 		machine(), len(b.ds.files), b.cfg.windows, float64(b.ds.total(b.ds.files))/float64(len(b.ds.files))/1e6, manyObjects)
 	if b.npz != nil {
-		fmt.Fprintf(&s, "Workload h: %d more `.npz` files the size of the real ones (%d windows, %.1f MB each; one window is %.2f MB compressed), 4 workers, `--npz-members --cache-size %s` for both paths, each sample dropping what it read from the page cache (as with data far larger than memory); its fetched ÷ read is bytes fetched over the windows' uncompressed bytes.\n\n",
+		fmt.Fprintf(&s, "Workload h: %d more `.npz` files the size of the real ones (%d windows, %.1f MB each; one window is %.2f MB compressed), 4 workers, `--cache-size %s`, the view with `--npz-members` and the whole-member path on a mount without it (the target's baseline) and with it, each sample dropping what it read from the page cache (as with data far larger than memory); its fetched ÷ read is bytes fetched over the windows' uncompressed bytes.\n\n",
 			b.npz.files, b.cfg.npzWindows, b.npz.meanSize/1e6, b.npz.compressedWindow/1e6, npzCache)
 	}
 	fmt.Fprintf(&s, "Profiles: **loopback** (MinIO behind a counting proxy) and **s3like** (a shaping proxy in front adds %v before each request and caps each response at %.0f MB/s, so concurrency decides throughput as on S3). Cold: page cache dropped and the daemon restarted. GETs and bytes fetched are counted at the proxy. Peak RSS is the daemon's (VmRSS sampled every 20 ms).\n\n",
