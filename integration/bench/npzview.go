@@ -35,8 +35,8 @@ const (
 	// on: its smaller blocks and kernel read-ahead, and the half of the
 	// cache its indexes take, cost the plain path some speed.
 	npzWholeView = npzWhole + ", --npz-members mount"
-	npzCold  = "bgbfs view, cold index"
-	npzWarm  = "bgbfs view, warm index"
+	npzCold      = "bgbfs view, cold index"
+	npzWarm      = "bgbfs view, warm index"
 )
 
 // npzSet is the dataset of workload h: archives the size of the real ones.
