@@ -94,12 +94,18 @@ func buildReadPath(srv *testbed.MinIO) (*readPathData, error) {
 func mountReadPath(t testing.TB, d *readPathData, proxy *testbed.CountingProxy, args ...string) *testbed.Mounted {
 	t.Helper()
 	srv := env.server(t)
-	return mount(t, mountSpec{
+	m := mount(t, mountSpec{
 		Source:   "s3://" + d.Bucket + "/",
 		Endpoint: proxy.URL,
 		Creds:    rootCreds(srv),
 		Args:     append([]string{"--metadata-ttl", "10m"}, args...),
 	})
+	// These tests count on the kernel's read-ahead, which the daemon
+	// raises just after the mount appears.
+	if err := m.WaitMounted(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // httpRange parses a "bytes=A-B" Range header.

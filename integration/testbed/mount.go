@@ -212,6 +212,21 @@ func (m *Mounted) Stderr() string {
 	return string(b)
 }
 
+// WaitMounted waits until the daemon logs that it has mounted: the mount
+// shows up in mountinfo before the daemon has finished setting it up (the
+// kernel's read-ahead, for one, is raised after). It needs the daemon to
+// log at info level.
+func (m *Mounted) WaitMounted(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(m.Stderr(), "msg=mounted ") {
+		if m.proc.exited() || time.Now().After(deadline) {
+			return fmt.Errorf("bgbfs did not log msg=mounted within %v; stderr:\n%s", timeout, tail(m.LogPath, 4000))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
 // Signal sends sig to the daemon.
 func (m *Mounted) Signal(sig os.Signal) error {
 	m.mu.Lock()
