@@ -201,12 +201,10 @@ type memberHandle struct {
 	spans     []*decodedSpan
 	spanBytes int64
 	// dataRead is set once a read needed more than the index's head;
-	// windowEnd is the end of the span holding the end of the row that
-	// read fell in, and rowEnd where the kernel stops reading past that
-	// row (0: unknown).
-	dataRead  bool
-	windowEnd int64
-	rowEnd    int64
+	// rowEnd is where the kernel stops reading past the row that read
+	// fell in (0: unknown).
+	dataRead bool
+	rowEnd   int64
 }
 
 // decodedSpan is the content between two access points.
@@ -346,7 +344,7 @@ func (h *memberHandle) prefetch(x *npz.Index, off, end int64) {
 	from, _ := x.Span(off)
 	_, to := x.Span(end - 1)
 	h.mu.Lock()
-	first, window := !h.dataRead, h.windowEnd
+	first, rowEnd := !h.dataRead, h.rowEnd
 	h.dataRead = true
 	h.mu.Unlock()
 	if first {
@@ -356,14 +354,21 @@ func (h *memberHandle) prefetch(x *npz.Index, off, end int64) {
 			touched := off + (end-off)/2 + pageSize - 1
 			if row := (touched - l.DataOffset) / l.RowBytes; touched >= l.DataOffset && row < l.Rows {
 				// The kernel reads on a little past the row's end.
-				rowEnd := min(l.DataOffset+(row+1)*l.RowBytes+kernelOvershoot, x.Size())
-				_, window = x.Span(rowEnd - 1)
-				to = max(to, window)
+				rowEnd = min(l.DataOffset+(row+1)*l.RowBytes+kernelOvershoot, x.Size())
 				h.mu.Lock()
-				h.windowEnd, h.rowEnd = window, rowEnd
+				h.rowEnd = rowEnd
 				h.mu.Unlock()
 			}
 		}
+	}
+	// The window: up to the end of the span holding rowEnd, fetched
+	// with the first read.
+	var window int64
+	if rowEnd > 0 {
+		_, window = x.Span(rowEnd - 1)
+	}
+	if first {
+		to = max(to, window)
 	}
 	if end > window && to < x.Size() {
 		_, to = x.Span(to)
