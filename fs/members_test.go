@@ -181,10 +181,6 @@ func TestMemberRowEndSpan(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rowStart, rowEnd int64 // of the row chosen below
-	// Reads are given against the span holding rowEnd, [a, b).
-	type read struct{ off, n func(a, b int64) int64 }
-	at := func(f func(a, b int64) int64, g func(a, b int64) int64) read { return read{f, g} }
-	toRowEnd := at(func(a, b int64) int64 { return a }, func(a, b int64) int64 { return rowEnd - a })
 	first := func(t *testing.T, h *memberHandle) {
 		// The header alone indexes the member; then pick a row whose
 		// end, with the overshoot, falls well inside a span.
@@ -201,13 +197,16 @@ func TestMemberRowEndSpan(t *testing.T) {
 		t.Fatal("no row ends inside a span")
 	}
 	for _, tt := range []struct {
-		name  string
-		reads []read // after a first read at the row's start
+		name string
+		// reads, {offset, length}, after a first read at the row's start
+		// and one from a, the start of the span [a, b) holding rowEnd,
+		// to rowEnd.
+		reads func(a, b int64) [][2]int64
 	}{
-		{"up to the row's end, twice", []read{toRowEnd, at(func(a, b int64) int64 { return rowEnd - 4096 }, func(a, b int64) int64 { return 4096 })}},
-		{"past the row's end", []read{toRowEnd, at(func(a, b int64) int64 { return rowEnd }, func(a, b int64) int64 { return b - rowEnd })}},
-		{"across the row's end", []read{toRowEnd, at(func(a, b int64) int64 { return rowEnd - 100 }, func(a, b int64) int64 { return 200 })}},
-		{"the whole span", []read{toRowEnd, at(func(a, b int64) int64 { return a }, func(a, b int64) int64 { return b - a })}},
+		{"up to the row's end, twice", func(a, b int64) [][2]int64 { return [][2]int64{{rowEnd - 4096, 4096}} }},
+		{"past the row's end", func(a, b int64) [][2]int64 { return [][2]int64{{rowEnd, b - rowEnd}} }},
+		{"across the row's end", func(a, b int64) [][2]int64 { return [][2]int64{{rowEnd - 100, 200}} }},
+		{"the whole span", func(a, b int64) [][2]int64 { return [][2]int64{{a, b - a}} }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
@@ -229,8 +228,9 @@ func TestMemberRowEndSpan(t *testing.T) {
 				t.Fatalf("row end %d, want %d: the first read did not find its row", h.rowEnd, rowEnd)
 			}
 			a, b := h.index.Span(rowEnd - 1)
-			for _, r := range tt.reads {
-				check(r.off(a, b), r.n(a, b))
+			check(a, rowEnd-a)
+			for _, r := range tt.reads(a, b) {
+				check(r[0], r[1])
 			}
 		})
 	}
