@@ -276,9 +276,6 @@ func (c *BlockCache) run(f *fetch) {
 		}
 	}
 	f.err = err
-	// Readers holding the fetch take its blocks from it: let them go
-	// before the cache takes its time over them.
-	close(f.done)
 	if err == nil && c.blocks != nil {
 		for i, b := range f.blocks {
 			c.blocks.Set(blockKey(f.obj, f.first+int64(i)), b, int64(len(b)))
@@ -296,4 +293,5 @@ func (c *BlockCache) run(f *fetch) {
 		}
 	}
 	c.mu.Unlock()
+	close(f.done)
 }
