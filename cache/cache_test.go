@@ -252,45 +252,6 @@ func TestOutOfOrderReadsStaySequential(t *testing.T) {
 	}
 }
 
-// Read-ahead a reader has not read yet stays held even when its reads
-// arrive out of order around the point where the next part is started:
-// the kernel sends reads of one file from several threads. Let go, the
-// blocks would be found only if the cache had admitted them (ristretto
-// may refuse any), and otherwise fetched again while the reader waits.
-func TestReadAheadHeldUntilRead(t *testing.T) {
-	for _, tt := range []struct {
-		name     string
-		readSize int64
-	}{
-		{"reads of half a block", 32 * kib},
-		{"reads of a quarter block", 16 * kib},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			opt := testOptions(64 * mib)
-			opt.MaxReadAhead = 256 * kib // the window is one part of the defaults
-			opt.ReorderWindow = 128 * kib
-			c, _, obj, data := setup(t, 4*mib, opt)
-			r := c.Open(obj, false)
-			defer r.Close()
-			buf := make([]byte, tt.readSize)
-			for pair := int64(0); pair+2*tt.readSize <= obj.Size; pair += 2 * tt.readSize {
-				for _, off := range []int64{pair + tt.readSize, pair} { // each pair arrives swapped
-					r.mu.Lock()
-					ahead := off < r.ahead
-					held := r.heldFor(off/opt.BlockSize, off/opt.BlockSize)[0] != nil
-					r.mu.Unlock()
-					if off >= 2*opt.MaxReadAhead && ahead && !held {
-						t.Fatalf("the block at %d was read ahead and let go before it was read", off)
-					}
-					if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+tt.readSize]) {
-						t.Fatalf("read at %d: %v", off, err)
-					}
-				}
-			}
-		})
-	}
-}
-
 // A random-access reader fetches only the blocks its reads cover, even
 // when its reads come in order.
 func TestOpenRandomNeverReadsAhead(t *testing.T) {
