@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/bgbfs/bgbfs/s3backend"
 )
@@ -28,8 +29,9 @@ type Object struct {
 
 // Options size the cache and the read-ahead.
 type Options struct {
-	// CacheSize bounds the bytes held: cached blocks plus read-ahead.
-	// 0 turns both off: every read is one ranged GET of what was asked.
+	// CacheSize bounds the bytes of blocks held: cached, read ahead, and
+	// being fetched for reads. 0 turns caching and read-ahead off: every
+	// read is one ranged GET of what was asked.
 	CacheSize int64
 	// BlockSize is the unit of caching.
 	BlockSize int64
@@ -70,9 +72,14 @@ func (o Options) Validate() error {
 	return nil
 }
 
-// aheadShare is the part of CacheSize that read-ahead may hold; the rest
-// holds cached blocks.
-const aheadShare = 4
+// CacheSize is split three ways: 1/aheadShare for read-ahead,
+// 1/demandShare (at least a block) for blocks being fetched because a read
+// needs them now, the rest for cached blocks. Without a bound on the
+// second, 64 readers missing at once held 40 MiB beyond a 64 MiB cache.
+const (
+	aheadShare  = 4
+	demandShare = 8
+)
 
 // BlockCache hands out Readers over an ObjectStore and holds the blocks
 // they fetched. It is safe for concurrent use.
@@ -85,6 +92,10 @@ type BlockCache struct {
 	requests chan struct{}
 	// ahead is the byte budget of read-ahead, shared by all readers.
 	ahead *budget
+	// demand bounds the bytes of fetches that reads wait for (read-ahead
+	// is bounded by ahead); demandBytes is its size.
+	demand      *semaphore.Weighted
+	demandBytes int64
 	// readers counts open Readers that have read, to share ahead fairly.
 	readers atomic.Int64
 
@@ -120,7 +131,9 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 		return c, nil
 	}
 	c.ahead = newBudget(opt.CacheSize / aheadShare)
-	blockBytes := opt.CacheSize - c.ahead.total
+	c.demandBytes = max(opt.CacheSize/demandShare, opt.BlockSize)
+	c.demand = semaphore.NewWeighted(c.demandBytes)
+	blockBytes := opt.CacheSize - c.ahead.total - c.demandBytes
 	blocks, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
 		NumCounters: max(10*blockBytes/opt.BlockSize, 1000),
 		MaxCost:     blockBytes,
@@ -187,24 +200,29 @@ func (c *BlockCache) blockLen(obj Object, idx int64) int64 {
 
 // fetch is one ranged GET of a run of whole blocks.
 type fetch struct {
-	obj    Object
-	first  int64    // index of the first block
-	blocks [][]byte // one buffer per block
+	obj   Object
+	first int64 // index of the first block
+	count int64 // number of blocks
+	size  int64 // their bytes
+	// demand is set for a fetch a read waits for, unset for read-ahead,
+	// which its reader has paid for already.
+	demand bool
+	// blocks has one buffer per block. They are made when the GET starts,
+	// not when it is queued: fetches waiting for a free request then hold
+	// no memory, and the bytes in flight stay within MaxParallel GETs.
+	blocks [][]byte
 	done   chan struct{}
 	err    error // set before done is closed
 }
 
 func (f *fetch) covers(idx int64) bool {
-	return idx >= f.first && idx < f.first+int64(len(f.blocks))
+	return idx >= f.first && idx < f.first+f.count
 }
 
-func (f *fetch) bytes() int64 {
-	var n int64
-	for _, b := range f.blocks {
-		n += int64(len(b))
-	}
-	return n
-}
+// end is the index after the last block.
+func (f *fetch) end() int64 { return f.first + f.count }
+
+func (f *fetch) bytes() int64 { return f.size }
 
 // wait returns block idx once the fetch is done.
 func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
@@ -229,9 +247,10 @@ func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
 
 // startFetches makes sure every block in [first, last] is cached or being
 // fetched, starting GETs (of at most maxBlocks blocks each) for runs that
-// are neither. It returns a fetch for each block not in the cache, in
-// order, or nil for the blocks found cached; and the fetches it started.
-func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64) (perBlock, started []*fetch) {
+// are neither; demand says a read waits for them (not read-ahead). It
+// returns a fetch for each block not in the cache, in order, or nil for the
+// blocks found cached; and the fetches it started.
+func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
 	var run *fetch
@@ -245,11 +264,12 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64) (per
 			run = nil
 			continue
 		}
-		if run == nil || int64(len(run.blocks)) >= maxBlocks {
-			run = &fetch{obj: obj, first: idx, done: make(chan struct{})}
+		if run == nil || run.count >= maxBlocks {
+			run = &fetch{obj: obj, first: idx, demand: demand, done: make(chan struct{})}
 			started = append(started, run)
 		}
-		run.blocks = append(run.blocks, make([]byte, c.blockLen(obj, idx)))
+		run.count++
+		run.size += c.blockLen(obj, idx)
 		c.inflight[key] = run
 		out[idx-first] = run
 	}
@@ -265,8 +285,21 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64) (per
 // other readers may be waiting for the same blocks.
 func (c *BlockCache) run(f *fetch) {
 	defer c.fetching.Done()
+	if f.demand && c.demand != nil {
+		// The budget before the request slot: a fetch that holds a slot
+		// never waits for budget, so the slots always come free. One
+		// fetch larger than the whole budget goes alone.
+		n := min(f.size, c.demandBytes)
+		_ = c.demand.Acquire(context.Background(), n) // cannot fail
+		// Released once the blocks are in the cache (or refused by it).
+		defer c.demand.Release(n)
+	}
 	c.requests <- struct{}{}
 	want := f.bytes()
+	f.blocks = make([][]byte, f.count)
+	for i := range f.blocks {
+		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
+	}
 	n, err := c.store.ReadAt(context.Background(), f.obj.Key, f.obj.ETag, f.first*c.opt.BlockSize, f.blocks...)
 	<-c.requests
 	if errors.Is(err, io.EOF) {
@@ -286,8 +319,8 @@ func (c *BlockCache) run(f *fetch) {
 		c.blocks.Wait()
 	}
 	c.mu.Lock()
-	for i := range f.blocks {
-		key := blockKey(f.obj, f.first+int64(i))
+	for idx := f.first; idx < f.end(); idx++ {
+		key := blockKey(f.obj, idx)
 		if c.inflight[key] == f {
 			delete(c.inflight, key)
 		}

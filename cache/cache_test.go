@@ -20,10 +20,20 @@ type slowStore struct {
 	delay time.Duration
 	gets  atomic.Int64
 	bytes atomic.Int64
+	// inFlight is the bytes of GETs under way; peak its highest.
+	inFlight, peak atomic.Int64
 }
 
 func (s *slowStore) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
 	s.gets.Add(1)
+	var asked int64
+	for _, b := range bufs {
+		asked += int64(len(b))
+	}
+	now := s.inFlight.Add(asked)
+	for p := s.peak.Load(); now > p && !s.peak.CompareAndSwap(p, now); p = s.peak.Load() {
+	}
+	defer s.inFlight.Add(-asked)
 	time.Sleep(s.delay)
 	n, err := s.MemStore.ReadAt(ctx, key, etag, off, bufs...)
 	s.bytes.Add(int64(n))
@@ -135,6 +145,54 @@ func TestRandomAndConcurrentReadsMatchSource(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// TestDemandFetchesStayWithinTheirShare has many readers miss at once
+// and checks, at the store, that the bytes being fetched for them never
+// exceed their share of the cache (CacheSize/demandShare): without it each
+// of MaxParallel GETs would hold a read's worth. A read larger than the
+// whole share still completes, fetched alone.
+func TestDemandFetchesStayWithinTheirShare(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		readSize int
+		readers  int
+	}{
+		{"reads smaller than the share", 200 * kib, 16},
+		{"reads larger than the share", 1 * mib, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			opt := testOptions(4 * mib) // share: 512 KiB; 8 GETs at once
+			c, store, obj, data := setup(t, 16*mib, opt)
+			store.delay = 5 * time.Millisecond
+			share := opt.CacheSize / demandShare
+			var wg sync.WaitGroup
+			for w := range tt.readers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r := c.OpenRandom(obj)
+					defer r.Close()
+					rng := rand.New(rand.NewPCG(uint64(w), 11))
+					buf := make([]byte, tt.readSize)
+					for range 10 {
+						off := rng.Int64N(obj.Size - int64(len(buf)))
+						if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+int64(len(buf))]) {
+							t.Errorf("read at %d: %v", off, err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			// A read spans at most one block more than its length.
+			limit := max(share, int64(tt.readSize)+opt.BlockSize)
+			if peak := store.peak.Load(); peak > limit {
+				t.Errorf("%d readers of %d KiB had %d KiB being fetched at once; want at most %d KiB",
+					tt.readers, tt.readSize/kib, peak/kib, limit/kib)
+			}
+		})
 	}
 }
 

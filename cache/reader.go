@@ -156,7 +156,7 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 		for j+1 <= last-first && blocks[j+1] == nil && waits[j+1] == nil {
 			j++
 		}
-		fetched, _ := c.startFetches(r.obj, first+i, first+j, j-i+1)
+		fetched, _ := c.startFetches(r.obj, first+i, first+j, j-i+1, true)
 		for k, f := range fetched {
 			c.misses.Add(1)
 			waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
@@ -202,7 +202,7 @@ func (r *Reader) block(ctx context.Context, idx int64, f *fetch) ([]byte, error)
 	}
 	// The cache may drop a block between two looks; a few tries settle it.
 	for range 3 {
-		retry, _ := r.c.startFetches(r.obj, idx, idx, 1)
+		retry, _ := r.c.startFetches(r.obj, idx, idx, 1, true)
 		if retry[0] != nil {
 			return retry[0].wait(ctx, idx)
 		}
@@ -313,7 +313,7 @@ func (r *Reader) prefetchLocked(first, last, blocksPerGET int64) bool {
 	if !c.ahead.tryTake(want) {
 		return false
 	}
-	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET)
+	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false)
 	for _, f := range started {
 		c.fetchedAhead.Add(f.bytes())
 	}
@@ -362,7 +362,7 @@ func (r *Reader) releasePassedLocked() {
 	bs := r.c.opt.BlockSize
 	for i := 0; i < len(r.held); {
 		f := r.held[i].f
-		if end := (f.first + int64(len(f.blocks))) * bs; end <= r.next-r.c.opt.ReorderWindow {
+		if end := f.end() * bs; end <= r.next-r.c.opt.ReorderWindow {
 			r.releaseLocked(i)
 			continue
 		}
