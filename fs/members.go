@@ -222,7 +222,14 @@ const (
 	// default here) plus the pages its windows are out of step by
 	// (measured 264-268 KiB past a row's end with mmap_mode="r").
 	kernelOvershoot = 320 << 10
-	pageSize        = 4096
+	// kernelLookBehind is how far before the page the loader touches the
+	// kernel's first read of a window starts: it reads around a page
+	// fault, half its read-ahead before the page. Indexes put their access
+	// points that far (and two pages more) before each row, so that
+	// reading a window inflates from just before it.
+	kernelLookBehind = 128 << 10
+	pageSize         = 4096
+	rowLead          = kernelLookBehind + 2*pageSize
 	// heldSpanFactor bounds the decoded spans one open keeps, and the
 	// length of a span worth keeping, in checkpoint spans.
 	heldSpanFactor = 4
@@ -299,11 +306,13 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 		}
 		if data, ok := h.heldSpan(start, upto); ok {
 			copy(dst, data[pos-start:upto-start])
-		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4) {
+		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4 && rowEnd <= upto) {
 			// An outsize span (one huge deflate block) is not worth
 			// keeping; a short read near the start of a span (an
 			// array's header) costs less inflated alone than the
-			// whole span. Inflate just what is asked.
+			// whole span, unless the kernel is known to read on (the
+			// first read of a window starts near a span's start).
+			// Inflate just what is asked.
 			if _, err := x.ReadAt(readerAt{ctx, h.reader}, dst, pos); err != nil {
 				return err
 			}

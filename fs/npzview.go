@@ -160,7 +160,7 @@ func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache
 func (v *NPZView) build(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member, key string, b *indexBuild) {
 	v.builds.Add(1)
 	r := blocks.Open(obj, false)
-	b.x, b.err = npz.BuildIndex(readerAt{ctx, r}, m, v.span)
+	b.x, b.err = npz.BuildIndex(readerAt{ctx, r}, m, v.span, rowLead)
 	r.Close()
 	if b.err == nil {
 		v.indexes.Set(key, b.x, b.x.MemoryBytes())

@@ -122,7 +122,7 @@ func BenchmarkBuildIndex(b *testing.B) {
 		var x *Index
 		for b.Loop() {
 			var err error
-			if x, err = buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan); err != nil {
+			if x, err = buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan, 0); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -136,7 +136,7 @@ func BenchmarkBuildIndex(b *testing.B) {
 // a random offset through an index with the default 1 MiB span.
 func BenchmarkIndexReadAt(b *testing.B) {
 	forBenchStreams(b, func(b *testing.B, s benchStream) {
-		x, err := buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan)
+		x, err := buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan, 0)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -161,7 +161,7 @@ func BenchmarkIndexReadAt(b *testing.B) {
 // one 1.17 MB ReadAt.
 func BenchmarkIndexReadAtChunked(b *testing.B) {
 	forBenchStreams(b, func(b *testing.B, s benchStream) {
-		x, err := buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan)
+		x, err := buildIndex(bytes.NewReader(s.stream), benchMember(s), 0, DefaultSpan, 0)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -73,7 +73,7 @@ func checkFuzzIndex(t *testing.T, stream, data []byte, span uint16, seed uint64)
 	// At most about 64 access points: a stream of small blocks
 	// inflating to megabytes would otherwise hold a 32 KiB window per
 	// block and make each run slow.
-	x, err := buildIndex(bytes.NewReader(stream), m, 0, max(int64(span)+1, int64(len(data))/64))
+	x, err := buildIndex(bytes.NewReader(stream), m, 0, max(int64(span)+1, int64(len(data))/64), 0)
 	if err != nil {
 		t.Fatalf("BuildIndex: %v", err)
 	}

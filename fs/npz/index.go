@@ -62,7 +62,13 @@ type point struct {
 // span. It checks the content's size and CRC-32 against the directory
 // (errors wrap ErrChecksum) and returns errors wrapping ErrCorrupt for
 // an undecodable stream.
-func BuildIndex(r io.ReaderAt, m Member, span int64) (*Index, error) {
+//
+// If rowLead > 0 and the member is an .npy array whose rows are from half
+// a span to four spans long, the points go instead at the last block
+// boundary at least rowLead before each row's start: a reader of one row
+// (one training window) then inflates from just before it, instead of
+// from wherever the last point fell, on average half a span earlier.
+func BuildIndex(r io.ReaderAt, m Member, span, rowLead int64) (*Index, error) {
 	if m.Method != Deflated {
 		return nil, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
 	}
@@ -70,7 +76,7 @@ func BuildIndex(r io.ReaderAt, m Member, span int64) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	x, err := buildIndex(r, m, off, span)
+	x, err := buildIndex(r, m, off, span, rowLead)
 	if err != nil {
 		return nil, fmt.Errorf("indexing %q: %w", m.Name, err)
 	}
@@ -78,23 +84,27 @@ func BuildIndex(r io.ReaderAt, m Member, span int64) (*Index, error) {
 }
 
 // buildIndex indexes the stream of m that starts at archive offset off.
-func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
+func buildIndex(r io.ReaderAt, m Member, off, span, rowLead int64) (*Index, error) {
 	if span <= 0 {
 		span = DefaultSpan
 	}
 	f := newInflater(r, off, m.CompressedSize, int(min(outSpace, m.UncompressedSize+1)), buildReadSize, buildReadSize)
 	x := &Index{member: m, dataOff: off, points: []point{{}}}
+	rows := rowPoints{lead: rowLead, span: span, checked: rowLead <= 0}
 	var base int64 // uncompressed offset of f.out[0]
 	done := 0      // f.out[:done] has been checksummed
 	var crc uint32
 	stop := f.stopMax()
 	for f.state != streamDone {
-		if pos := base + int64(f.w); f.state == atHeader && !f.final && pos-x.points[len(x.points)-1].out >= span {
-			x.points = append(x.points, point{
-				out:    pos,
-				bit:    f.bitPos(),
-				window: slices.Clone(f.out[max(0, f.w-windowSize):f.w]),
-			})
+		if f.state == atHeader && !f.final {
+			if !rows.checked {
+				if base == 0 {
+					rows.start(f.out[:f.w], false) // all the output so far
+				} else {
+					rows.start(x.head, true)
+				}
+			}
+			rows.boundary(x, f, base+int64(f.w))
 		}
 		if f.w >= stop {
 			x.keepHead(base, f.out[done:f.w], done)
@@ -124,6 +134,88 @@ func buildIndex(r io.ReaderAt, m Member, off, span int64) (*Index, error) {
 		x.memory += int64(cap(p.window))
 	}
 	return x, nil
+}
+
+// rowPoints places access points during BuildIndex: every span bytes of
+// output, or, once the .npy header is known and its rows suit, just
+// before each row.
+type rowPoints struct {
+	lead, span int64
+	checked    bool // the header has been looked at
+	on         bool // points go before rows
+	layout     NPYLayout
+	next       int64 // the row whose point comes next
+	// cand is the latest block boundary at most lead before row next's
+	// start and not far before it; candWindow holds its window.
+	cand       point
+	candWindow []byte
+}
+
+// candidateZone is how far before a row's target a block boundary is
+// still kept as a candidate: zlib's blocks hold 16-100 KiB of output.
+const candidateZone = 256 << 10
+
+// start looks for the .npy header at the start of the content, head; a
+// failure is final only once head is as long as it will be (last).
+func (p *rowPoints) start(head []byte, last bool) {
+	l, err := ParseNPYHeader(head)
+	if err != nil && !last && len(head) < headKeep {
+		return // maybe just not all there yet
+	}
+	p.checked = true
+	if err != nil || l.RowBytes < p.span/2 || l.RowBytes > 4*p.span || l.Rows < 2 {
+		return
+	}
+	p.on, p.layout, p.next = true, l, 1
+}
+
+// target is where the point before row i should be at most.
+func (p *rowPoints) target(i int64) int64 {
+	return p.layout.DataOffset + i*p.layout.RowBytes - p.lead
+}
+
+// boundary considers the block boundary at content offset pos.
+func (p *rowPoints) boundary(x *Index, f *inflater, pos int64) {
+	last := x.points[len(x.points)-1].out
+	add := func(pt point) {
+		if pt.out > last {
+			x.points = append(x.points, pt)
+			last = pt.out
+		}
+	}
+	here := func() point {
+		return point{out: pos, bit: f.bitPos(), window: slices.Clone(f.out[max(0, f.w-windowSize):f.w])}
+	}
+	if !p.checked {
+		// The header is in the first few KiB of output, before any span
+		// ends.
+		return
+	}
+	if !p.on || p.next >= p.layout.Rows {
+		// Every span; and past the last row no span longer than that.
+		if pos-last >= p.span {
+			add(here())
+		}
+		return
+	}
+	for p.next < p.layout.Rows && pos > p.target(p.next) {
+		// Passed row next's target: its point is the last candidate,
+		// or, if no boundary fell near enough before it, this one.
+		if p.cand.out > last {
+			add(point{out: p.cand.out, bit: p.cand.bit, window: slices.Clone(p.candWindow)})
+		} else {
+			add(here())
+		}
+		p.cand = point{}
+		p.next++
+	}
+	if p.next >= p.layout.Rows {
+		return
+	}
+	if pos >= p.target(p.next)-candidateZone {
+		p.cand = point{out: pos, bit: f.bitPos()}
+		p.candWindow = append(p.candWindow[:0], f.out[max(0, f.w-windowSize):f.w]...)
+	}
 }
 
 // Span returns the stretch of content [start, end) between the access

@@ -31,7 +31,7 @@ func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
 func streamIndex(t testing.TB, stream, data []byte, span int64) *Index {
 	t.Helper()
 	m := Member{Name: "m", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
-	x, err := buildIndex(bytes.NewReader(stream), m, 0, span)
+	x, err := buildIndex(bytes.NewReader(stream), m, 0, span, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestBuildIndexChecks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := good
 			tt.edit(&m)
-			_, err := buildIndex(bytes.NewReader(tt.stream), m, 0, 0)
+			_, err := buildIndex(bytes.NewReader(tt.stream), m, 0, 0, 0)
 			if err == nil || (tt.want != nil && !errors.Is(err, tt.want)) ||
 				(tt.want == nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrChecksum)) {
 				t.Fatalf("got %v, want %v", err, tt.want)
@@ -241,7 +241,7 @@ func TestMethodChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := BuildIndex(r, dir.Members[0], 0); !errors.Is(err, ErrUnsupported) {
+	if _, err := BuildIndex(r, dir.Members[0], 0, 0); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("BuildIndex of a stored member: %v", err)
 	}
 	if _, err := OpenStored(r, dir.Members[1]); !errors.Is(err, ErrUnsupported) {
@@ -293,4 +293,79 @@ func (o offsetFloor) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("read at %d, before %d", off, o.from)
 	}
 	return o.r.ReadAt(p, off)
+}
+
+// npyContent returns an .npy file of rows float32 rows of rowBytes each,
+// header written as numpy writes it (version 1.0, padded to 64 bytes).
+func npyContent(rows, rowBytes int, seed uint64) []byte {
+	dict := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", rows, rowBytes/4)
+	pad := 64 - (10+len(dict)+1)%64
+	hdr := dict + string(bytes.Repeat([]byte(" "), pad%64)) + "\n"
+	out := append([]byte("\x93NUMPY\x01\x00"), byte(len(hdr)), byte(len(hdr)>>8))
+	out = append(out, hdr...)
+	return append(out, floatData(rows*rowBytes, seed)...)
+}
+
+// TestRowPoints checks where BuildIndex puts access points with a row
+// lead: just before each row when rows are from half a span to four spans
+// long, every span otherwise; and that reads through either index are
+// right.
+func TestRowPoints(t *testing.T) {
+	const span, lead = 256 << 10, 40 << 10
+	for _, tt := range []struct {
+		name     string
+		rows     int
+		rowBytes int
+		lead     int64
+		aligned  bool
+	}{
+		{"rows a little longer than the span", 12, 300 << 10, lead, true},
+		{"rows of half a span", 20, span / 2, lead, true},
+		{"rows of four spans", 3, 4 * span, lead, true},
+		{"short rows", 200, 4 << 10, lead, false},
+		{"long rows", 2, 5 * span, lead, false},
+		{"no lead", 12, 300 << 10, 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data := npyContent(tt.rows, tt.rowBytes, 7)
+			stream := deflate(t, data, 6)
+			m := Member{Name: "windows.npy", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
+			x, err := buildIndex(bytes.NewReader(stream), m, 0, span, tt.lead)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := ParseNPYHeader(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.aligned {
+				// Up to the last row, one point per row after the first,
+				// at most lead before the row's start and within a block
+				// or two of it; within the last row, every span.
+				lastTarget := l.DataOffset + int64(tt.rows-1)*l.RowBytes - tt.lead
+				n := 0
+				for _, p := range x.points {
+					if p.out <= lastTarget {
+						n++
+					}
+				}
+				if n != tt.rows {
+					t.Errorf("%d points up to the last row, want %d (the stream start and one before each later row)", n, tt.rows)
+				}
+				for i := 1; i < n && i < tt.rows; i++ {
+					target := l.DataOffset + int64(i)*l.RowBytes - tt.lead
+					if p := x.points[i].out; p > target || p < target-candidateZone {
+						t.Errorf("point %d at %d; want in [%d, %d] (row %d starts at %d)", i, p, target-candidateZone, target, i, l.DataOffset+int64(i)*l.RowBytes)
+					}
+				}
+			} else {
+				for i := 1; i < len(x.points); i++ {
+					if gap := x.points[i].out - x.points[i-1].out; gap < span || gap > span+candidateZone {
+						t.Errorf("points %d and %d are %d apart; want a span (%d) and at most a block more", i-1, i, gap, span)
+					}
+				}
+			}
+			checkReadAt(t, x, bytes.NewReader(stream), data, rand.New(rand.NewPCG(3, 4)), 200)
+		})
+	}
 }

@@ -66,7 +66,7 @@ func checkArchive(t *testing.T, arch []byte, span int64, wantMembers int) {
 				}
 			}
 		case Deflated:
-			x, err := BuildIndex(r, m, span)
+			x, err := BuildIndex(r, m, span, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -286,7 +286,7 @@ func TestCorruptArchives(t *testing.T) {
 			var merr error
 			for _, m := range dir.Members {
 				if m.Method == Deflated {
-					_, err = BuildIndex(r, m, 0)
+					_, err = BuildIndex(r, m, 0, 0)
 				} else {
 					_, err = OpenStored(r, m)
 				}
@@ -341,7 +341,7 @@ func TestCorruptAllocation(t *testing.T) {
 			dir, err := ReadDirectory(r, int64(len(b)))
 			if err == nil {
 				for _, m := range dir.Members {
-					_, err = BuildIndex(r, m, 0)
+					_, err = BuildIndex(r, m, 0, 0)
 				}
 			}
 			runtime.ReadMemStats(&after)
