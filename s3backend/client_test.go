@@ -77,7 +77,9 @@ func newTestClient(t *testing.T, url string) *Client {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	c, err := New(context.Background(), Config{
 		Bucket: "bucket", Endpoint: url, ForcePathStyle: true,
-		MaxAttempts: 4, RequestTimeout: 300 * time.Millisecond,
+		// Long enough that a loaded machine never trips it by accident;
+		// the stall case waits it out once.
+		MaxAttempts: 4, RequestTimeout: 2 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
