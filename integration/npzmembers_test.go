@@ -1004,7 +1004,16 @@ for line in sys.stdin:
 func TestNPZMemberWindowBytes(t *testing.T) {
 	d := memberFixture(t)
 	srv := env.server(t)
-	const readAround = 300 * time.Millisecond // for reads the kernel makes after a fault returns
+	// The kernel reads on after a fault returns and bgbfs prefetches after
+	// a read: each window's count waits until the proxy has been idle this
+	// long (at most settleLimit).
+	const readAround, settleLimit = 300 * time.Millisecond, 10 * time.Second
+	settle := func(t *testing.T, proxy *testbed.CountingProxy) {
+		t.Helper()
+		if !proxy.WaitQuiet(readAround, settleLimit) {
+			t.Logf("the proxy was still busy after %v", settleLimit)
+		}
+	}
 
 	// probe reads the windows indices of the member w (data at hdr) at p
 	// through numpy's mmap, one at a time, and checks what each cost at the
@@ -1038,13 +1047,13 @@ func TestNPZMemberWindowBytes(t *testing.T) {
 		if f := next(); len(f) != 2 || f[0] != "READY" || f[1] != strconv.Itoa(n) {
 			t.Fatalf("numpy probe: %q, want READY %d", f, n)
 		}
-		time.Sleep(readAround)
+		settle(t, proxy)
 		proxy.Reset()
 		var sum, least int64
 		for _, i := range indices {
 			fmt.Fprintln(stdin, i)
 			f := next()
-			time.Sleep(readAround)
+			settle(t, proxy)
 			c, reqs := proxy.Take()
 			off := hdr + int64(i)*memberWindowBytes
 			want := sha256Hex(w.Data[off : off+memberWindowBytes])

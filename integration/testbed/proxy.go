@@ -125,9 +125,10 @@ type CountingProxy struct {
 	srv    *http.Server
 	hook   atomic.Pointer[Hook]
 
-	mu     sync.Mutex
-	counts Counts
-	log    []Request
+	mu       sync.Mutex
+	counts   Counts
+	log      []Request
+	inFlight int // requests whose responses are not yet fully sent
 }
 
 type opKey struct{}
@@ -168,6 +169,7 @@ func NewCountingProxy(target string) (*CountingProxy, error) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			op := Classify(r)
 			p.record(op, r)
+			defer p.finished()
 			if h := p.hook.Load(); h != nil && (*h)(op, w, r) {
 				return
 			}
@@ -194,8 +196,42 @@ func (p *CountingProxy) record(op Op, r *http.Request) {
 	default:
 		p.counts.Other++
 	}
+	p.inFlight++
 	if len(p.log) < maxLoggedRequests {
 		p.log = append(p.log, Request{Time: time.Now(), Op: op, Method: r.Method, URI: r.URL.RequestURI(), Range: r.Header.Get("Range")})
+	}
+}
+
+func (p *CountingProxy) finished() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inFlight--
+}
+
+// WaitQuiet waits until no request is in flight and nothing has been
+// counted for quiet, or timeout has passed; it reports whether it got
+// there. Tests that count what one action cost call it before and after
+// the action: reads the kernel or bgbfs make on their own after a
+// syscall returns (read-ahead, prefetch) then land in the right count
+// however slow the machine, instead of after a fixed sleep.
+func (p *CountingProxy) WaitQuiet(quiet, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	var last Counts
+	lastChange := time.Now()
+	for {
+		p.mu.Lock()
+		c, busy := p.counts, p.inFlight > 0
+		p.mu.Unlock()
+		now := time.Now()
+		if busy || c != last {
+			last, lastChange = c, now
+		} else if now.Sub(lastChange) >= quiet {
+			return true
+		}
+		if now.After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -165,3 +165,42 @@ func TestMinIOAndProxy(t *testing.T) {
 		t.Errorf("after restart: %q, %v", got, err)
 	}
 }
+
+// TestProxyWaitQuiet checks that WaitQuiet returns only once a slow
+// response has been sent whole and the proxy has then been idle.
+func TestProxyWaitQuiet(t *testing.T) {
+	release := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("first half "))
+		w.(http.Flusher).Flush()
+		<-release
+		w.Write([]byte("second half"))
+	}))
+	defer backend.Close()
+	p, err := NewCountingProxy(backend.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(p.URL + "/bucket/key")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	if p.WaitQuiet(50*time.Millisecond, 300*time.Millisecond) {
+		t.Error("WaitQuiet reported quiet while a response was still being sent")
+	}
+	close(release)
+	<-done
+	start := time.Now()
+	if !p.WaitQuiet(50*time.Millisecond, 5*time.Second) {
+		t.Fatal("WaitQuiet timed out with nothing in flight")
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Errorf("WaitQuiet returned after %v, before the quiet period", waited)
+	}
+}
