@@ -222,8 +222,6 @@ func (f *fetch) covers(idx int64) bool {
 // end is the index after the last block.
 func (f *fetch) end() int64 { return f.first + f.count }
 
-func (f *fetch) bytes() int64 { return f.size }
-
 // wait returns block idx once the fetch is done.
 func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
 	select {
@@ -285,7 +283,7 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 // other readers may be waiting for the same blocks.
 func (c *BlockCache) run(f *fetch) {
 	defer c.fetching.Done()
-	if f.demand && c.demand != nil {
+	if f.demand {
 		// The budget before the request slot: a fetch that holds a slot
 		// never waits for budget, so the slots always come free. One
 		// fetch larger than the whole budget goes alone.
@@ -295,7 +293,6 @@ func (c *BlockCache) run(f *fetch) {
 		defer c.demand.Release(n)
 	}
 	c.requests <- struct{}{}
-	want := f.bytes()
 	f.blocks = make([][]byte, f.count)
 	for i := range f.blocks {
 		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
@@ -304,7 +301,7 @@ func (c *BlockCache) run(f *fetch) {
 	<-c.requests
 	if errors.Is(err, io.EOF) {
 		err = nil
-		if int64(n) != want {
+		if int64(n) != f.size {
 			err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", f.obj.Key, f.first*c.opt.BlockSize+int64(n), f.obj.Size)
 		}
 	}

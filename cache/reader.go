@@ -315,7 +315,7 @@ func (r *Reader) prefetchLocked(first, last, blocksPerGET int64) bool {
 	}
 	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false)
 	for _, f := range started {
-		c.fetchedAhead.Add(f.bytes())
+		c.fetchedAhead.Add(f.size)
 	}
 	// Hold each fetch once, charged for the blocks of [first, last] it
 	// brings; blocks already cached cost nothing.
