@@ -97,13 +97,6 @@ func buildIndex(r io.ReaderAt, m Member, off, span, rowLead int64) (*Index, erro
 	stop := f.stopMax()
 	for f.state != streamDone {
 		if f.state == atHeader && !f.final {
-			if !rows.checked {
-				if base == 0 {
-					rows.start(f.out[:f.w], false) // all the output so far
-				} else {
-					rows.start(x.head, true)
-				}
-			}
 			rows.boundary(x, f, base+int64(f.w))
 		}
 		if f.w >= stop {
@@ -174,8 +167,21 @@ func (p *rowPoints) target(i int64) int64 {
 	return p.layout.DataOffset + i*p.layout.RowBytes - p.lead
 }
 
-// boundary considers the block boundary at content offset pos.
+// boundary considers the block boundary at content offset pos, where f
+// stands.
 func (p *rowPoints) boundary(x *Index, f *inflater, pos int64) {
+	if !p.checked {
+		// The header is in the first few KiB of output, before any span
+		// ends: until the first slide, f.out holds all the output.
+		if pos == int64(f.w) {
+			p.start(f.out[:f.w], false)
+		} else {
+			p.start(x.head, true)
+		}
+		if !p.checked {
+			return
+		}
+	}
 	last := x.points[len(x.points)-1].out
 	add := func(pt point) {
 		if pt.out > last {
@@ -183,13 +189,9 @@ func (p *rowPoints) boundary(x *Index, f *inflater, pos int64) {
 			last = pt.out
 		}
 	}
+	history := f.out[max(0, f.w-windowSize):f.w]
 	here := func() point {
-		return point{out: pos, bit: f.bitPos(), window: slices.Clone(f.out[max(0, f.w-windowSize):f.w])}
-	}
-	if !p.checked {
-		// The header is in the first few KiB of output, before any span
-		// ends.
-		return
+		return point{out: pos, bit: f.bitPos(), window: slices.Clone(history)}
 	}
 	if !p.on || p.next >= p.layout.Rows {
 		// Every span; and past the last row no span longer than that.
@@ -214,7 +216,7 @@ func (p *rowPoints) boundary(x *Index, f *inflater, pos int64) {
 	}
 	if pos >= p.target(p.next)-candidateZone {
 		p.cand = point{out: pos, bit: f.bitPos()}
-		p.candWindow = append(p.candWindow[:0], f.out[max(0, f.w-windowSize):f.w]...)
+		p.candWindow = append(p.candWindow[:0], history...)
 	}
 }
 
