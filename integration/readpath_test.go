@@ -493,7 +493,7 @@ func TestReadPathColdGETs(t *testing.T) {
 			}
 		}
 		// Reads in flight when the loop ended still count.
-		time.Sleep(200 * time.Millisecond)
+		proxy.WaitQuiet(200*time.Millisecond, 10*time.Second)
 		c, reqs := proxy.Take()
 		gets := getRequests(reqs)
 		_, overlap, largest, problems := rangeStats(gets)
@@ -591,7 +591,7 @@ func TestReadPathNumpyHeadTail(t *testing.T) {
 		for proxy.Counts().GetObject < 2 && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(300 * time.Millisecond)
+		proxy.WaitQuiet(300*time.Millisecond, 10*time.Second)
 		c, reqs := proxy.Take()
 		gets := getRequests(reqs)
 		t.Logf("open of %s (%d bytes), no read: %v\n%s", rel, size, c, testbed.FormatRequests(gets, 10))
@@ -620,19 +620,19 @@ func TestReadPathNumpyHeadTail(t *testing.T) {
 		t.Logf("np.load of %s (%d bytes): %v; GETs in order:\n%s", rel, size, c, testbed.FormatRequests(gets, 40))
 		head, tail := slices.IndexFunc(gets, isHead), slices.IndexFunc(gets, isTail)
 		// Open starts both fetches before np.load can read anything, but
-		// on goroutines: the kernel's read-ahead of np.load's first read
-		// (at offset 0) may send one GET for the block after the head to
-		// S3 before the tail's GET is on the wire. One such GET between
-		// them is tolerated; the open_alone case checks the order strictly.
+		// on goroutines: the read-ahead of np.load's first read (at offset
+		// 0) may send one GET for the stretch after the head to S3 before
+		// the head's or the tail's GET is on the wire (seen in about one
+		// run in six on 2 loaded cores, before and after 2026-11-29's
+		// changes). One such GET before either is tolerated; the
+		// open_alone case checks that the open itself makes just these two.
 		switch {
 		case head < 0 || tail < 0:
 			t.Errorf("np.load's GETs lack the head (bytes=0-...) or the tail (ending at %d)", size-1)
-		case head != 0 && tail != 0:
-			t.Errorf("the first GET is %q, want the head or the tail", gets[0].Range)
 		case max(head, tail) > 2:
-			t.Errorf("the head and tail GETs came %d and %d-th, want the first two (one kernel read-ahead GET between them at most)", head+1, tail+1)
+			t.Errorf("the head and tail GETs came %d and %d-th, want the first two (one read-ahead GET before either at most)", head+1, tail+1)
 		case max(head, tail) == 2:
-			t.Logf("note: a GET (%q) reached S3 between the head and the tail", gets[1].Range)
+			t.Logf("note: a GET (%q) reached S3 before the head or the tail", gets[3-head-tail].Range)
 		}
 		for _, g := range gets {
 			if !strings.HasPrefix(g.URI, "/"+d.Bucket+"/"+o.Key) {
