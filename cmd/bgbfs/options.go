@@ -85,7 +85,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
 	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
 	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
-	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks, read-ahead and blocks being fetched, all files together; 0 turns both off")
+	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks, read-ahead and blocks being fetched, all files together; 0 turns caching and read-ahead off")
 	blockSize := fs.String("block-size", "1MiB", "unit of caching")
 	partSize := fs.String("part-size", "8MiB", "largest ranged GET of read-ahead")
 	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
