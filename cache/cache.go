@@ -20,12 +20,9 @@ import (
 )
 
 // Object names one version of one object: reads through a Reader never mix
-// bytes of two versions, and cached blocks are keyed by the ETag.
-type Object struct {
-	Key  string
-	ETag string
-	Size int64
-}
+// bytes of two versions, and cached blocks are keyed by the version's tag
+// (its ETag, or its size and modification time).
+type Object = s3backend.Version
 
 // Options size the cache and the read-ahead.
 type Options struct {
@@ -190,7 +187,7 @@ func (c *BlockCache) Stats() Stats {
 }
 
 func blockKey(obj Object, idx int64) string {
-	return obj.Key + "\x00" + obj.ETag + "\x00" + strconv.FormatInt(idx, 10)
+	return obj.Key + "\x00" + obj.Tag() + "\x00" + strconv.FormatInt(idx, 10)
 }
 
 // blockLen is the length of block idx of obj: BlockSize but for the last.
@@ -297,7 +294,7 @@ func (c *BlockCache) run(f *fetch) {
 	for i := range f.blocks {
 		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
 	}
-	n, err := c.store.ReadAt(context.Background(), f.obj.Key, f.obj.ETag, f.first*c.opt.BlockSize, f.blocks...)
+	n, err := c.store.ReadAt(context.Background(), f.obj, f.first*c.opt.BlockSize, f.blocks...)
 	<-c.requests
 	if errors.Is(err, io.EOF) {
 		err = nil

@@ -24,7 +24,7 @@ type slowStore struct {
 	inFlight, peak atomic.Int64
 }
 
-func (s *slowStore) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
+func (s *slowStore) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
 	s.gets.Add(1)
 	var asked int64
 	for _, b := range bufs {
@@ -35,7 +35,7 @@ func (s *slowStore) ReadAt(ctx context.Context, key, etag string, off int64, buf
 	}
 	defer s.inFlight.Add(-asked)
 	time.Sleep(s.delay)
-	n, err := s.MemStore.ReadAt(ctx, key, etag, off, bufs...)
+	n, err := s.MemStore.ReadAt(ctx, v, off, bufs...)
 	s.bytes.Add(int64(n))
 	return n, err
 }

@@ -114,7 +114,7 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	}
 	c := r.c
 	if c.blocks == nil {
-		n, err := c.store.ReadAt(ctx, r.obj.Key, r.obj.ETag, off, p)
+		n, err := c.store.ReadAt(ctx, r.obj, off, p)
 		if errors.Is(err, io.EOF) && n == len(p) {
 			err = nil
 		}

@@ -275,7 +275,7 @@ func (d *dirNode) find(ctx context.Context, l *listing, name string) (dirEntry, 
 // archive: the existing one while it shows the same archive version.
 func (d *dirNode) memberDirChild(ctx context.Context, name string, archive dirEntry) *gofs.Inode {
 	if old := d.GetChild(name); old != nil {
-		if n, ok := old.Operations().(*memberDirNode); ok && n.archive.key == archive.key && n.archive.etag == archive.etag && n.archive.size == archive.size {
+		if n, ok := old.Operations().(*memberDirNode); ok && n.archive.version().Same(archive.version()) {
 			return old
 		}
 	}
@@ -284,7 +284,7 @@ func (d *dirNode) memberDirChild(ctx context.Context, name string, archive dirEn
 }
 
 // child returns the inode for an entry: the existing one while it shows
-// the same object version, else a new one. A new ETag gets a new inode, so
+// the same object version, else a new one. A new version gets a new inode, so
 // the kernel never serves a page cached from the old version.
 func (d *dirNode) child(ctx context.Context, e dirEntry) *gofs.Inode {
 	if old := d.GetChild(e.name); old != nil {
@@ -294,7 +294,7 @@ func (d *dirNode) child(ctx context.Context, e dirEntry) *gofs.Inode {
 				return old
 			}
 		case *fileNode:
-			if !e.isDir && n.entry.etag == e.etag && n.entry.size == e.size && n.entry.key == e.key {
+			if !e.isDir && n.entry.version().Same(e.version()) {
 				return old
 			}
 		}

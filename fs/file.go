@@ -14,7 +14,7 @@ import (
 	"github.com/bgbfs/bgbfs/cache"
 )
 
-// fileNode is one version of one object. A new ETag gets a new fileNode,
+// fileNode is one version of one object. A new version gets a new fileNode,
 // so the fields never change.
 type fileNode struct {
 	gofs.Inode
@@ -38,15 +38,14 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	obj := cache.Object{Key: f.entry.key, ETag: f.entry.etag, Size: f.entry.size}
-	r := f.tree.Blocks.Open(obj, strings.HasSuffix(f.entry.name, ".npz"))
+	r := f.tree.Blocks.Open(f.entry.version(), strings.HasSuffix(f.entry.name, ".npz"))
 	// The node is one object version, so pages the kernel cached from an
 	// earlier open of this node are still right.
 	f.tree.Metrics.opened(1)
 	return &fileHandle{node: f, reader: r}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// fileHandle is one open of a file; all its reads see the ETag of open.
+// fileHandle is one open of a file; all its reads see the version of open.
 type fileHandle struct {
 	node   *fileNode
 	reader *cache.Reader

@@ -40,6 +40,11 @@ type listing struct {
 	lastName string
 }
 
+// version is the object version a file entry shows.
+func (e dirEntry) version() s3backend.Version {
+	return s3backend.Version{Key: e.key, ETag: e.etag, Size: e.size, LastModified: e.mtime}
+}
+
 func (l *listing) lookup(name string) (dirEntry, bool) {
 	i, ok := slices.BinarySearchFunc(l.entries, name, func(e dirEntry, n string) int {
 		return strings.Compare(e.name, n)

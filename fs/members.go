@@ -28,7 +28,7 @@ func archiveOf(name string) (string, bool) {
 }
 
 // memberDirNode is NAME.npz.d: the members of one version of one archive.
-// A new ETag gets a new node, so its content never changes.
+// A new version gets a new node, so its content never changes.
 type memberDirNode struct {
 	gofs.Inode
 	tree    *tree
@@ -53,7 +53,7 @@ func (a *memberDirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall
 }
 
 func (a *memberDirNode) object() cache.Object {
-	return cache.Object{Key: a.archive.key, ETag: a.archive.etag, Size: a.archive.size}
+	return a.archive.version()
 }
 
 // path names the directory in logs.

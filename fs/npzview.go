@@ -105,7 +105,7 @@ func (v *NPZView) Stats() NPZStats {
 func (v *NPZView) knownDirectory(obj cache.Object) *npz.Directory {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.dirs[obj.Key+"\x00"+obj.ETag]
+	return v.dirs[obj.Key+"\x00"+obj.Tag()]
 }
 
 func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
@@ -114,11 +114,11 @@ func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
 	if len(v.dirs) >= maxDirs {
 		clear(v.dirs)
 	}
-	v.dirs[obj.Key+"\x00"+obj.ETag] = dir
+	v.dirs[obj.Key+"\x00"+obj.Tag()] = dir
 }
 
 func indexKey(obj cache.Object, m npz.Member) string {
-	return obj.Key + "\x00" + obj.ETag + "\x00" + m.Name
+	return obj.Key + "\x00" + obj.Tag() + "\x00" + m.Name
 }
 
 // index returns the index of the deflated member m of archive obj,

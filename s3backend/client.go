@@ -9,18 +9,23 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
 // Config says how to reach a bucket. Credentials are not here on purpose:
@@ -170,6 +175,10 @@ func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.O
 	in := &s3.ListObjectsV2Input{
 		Bucket: aws.String(c.bucket),
 		Prefix: aws.String(req.Prefix),
+		// XML 1.0 cannot carry most control characters: one key holding
+		// U+0001 would make the whole page undecodable. URL-encoded keys
+		// always decode, and each key is then shown or hidden on its own.
+		EncodingType: types.EncodingTypeUrl,
 	}
 	if req.Delimiter != "" {
 		in.Delimiter = aws.String(req.Delimiter)
@@ -184,20 +193,33 @@ func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.O
 	if err != nil {
 		return ListPage{}, classify(err)
 	}
+	// A server that ignores the encoding type says so by not echoing it.
+	decode := func(s string) (string, error) { return s, nil }
+	if out.EncodingType == types.EncodingTypeUrl {
+		decode = url.QueryUnescape
+	}
 	page := ListPage{
 		Objects:        make([]ObjectInfo, 0, len(out.Contents)),
 		CommonPrefixes: make([]string, 0, len(out.CommonPrefixes)),
 	}
 	for _, o := range out.Contents {
+		key, err := decode(aws.ToString(o.Key))
+		if err != nil {
+			return ListPage{}, fmt.Errorf("list %q: undecodable key %q: %w", req.Prefix, aws.ToString(o.Key), err)
+		}
 		page.Objects = append(page.Objects, ObjectInfo{
-			Key:          aws.ToString(o.Key),
+			Key:          key,
 			Size:         aws.ToInt64(o.Size),
 			ETag:         aws.ToString(o.ETag),
 			LastModified: aws.ToTime(o.LastModified),
 		})
 	}
 	for _, p := range out.CommonPrefixes {
-		page.CommonPrefixes = append(page.CommonPrefixes, aws.ToString(p.Prefix))
+		prefix, err := decode(aws.ToString(p.Prefix))
+		if err != nil {
+			return ListPage{}, fmt.Errorf("list %q: undecodable common prefix %q: %w", req.Prefix, aws.ToString(p.Prefix), err)
+		}
+		page.CommonPrefixes = append(page.CommonPrefixes, prefix)
 	}
 	if aws.ToBool(out.IsTruncated) {
 		page.NextContinuationToken = aws.ToString(out.NextContinuationToken)
@@ -208,10 +230,11 @@ func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.O
 	return page, nil
 }
 
-// ReadAt implements ObjectStore with one ranged GET pinned by If-Match.
+// ReadAt implements ObjectStore with one ranged GET pinned to the version
+// (If-Match, or If-Unmodified-Since for an object listed without an ETag).
 // The SDK retries failed requests; a body that breaks off or stalls is
 // resumed here with a GET of the rest, up to the same number of attempts.
-func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
+func (c *Client) ReadAt(ctx context.Context, v Version, off int64, bufs ...[]byte) (int, error) {
 	total := 0
 	for _, b := range bufs {
 		total += len(b)
@@ -221,7 +244,7 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs .
 	for attempt := 0; done < total; attempt++ {
 		if attempt > 0 {
 			if attempt >= c.maxAttempts {
-				return done, fmt.Errorf("get %q: gave up after %d attempts: %w", key, attempt, lastErr)
+				return done, fmt.Errorf("get %q: gave up after %d attempts: %w", v.Key, attempt, lastErr)
 			}
 			wait := min(maxBackoff, 100*time.Millisecond<<min(attempt, 10))
 			select {
@@ -230,7 +253,7 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs .
 				return done, ctx.Err()
 			}
 		}
-		n, err := c.get(ctx, key, etag, off+int64(done), skipBytes(bufs, done))
+		n, err := c.get(ctx, v, off+int64(done), skipBytes(bufs, done))
 		done += n
 		var broken *bodyError
 		if err == nil || errors.Is(err, io.EOF) || !errors.As(err, &broken) || ctx.Err() != nil {
@@ -246,37 +269,45 @@ func (c *Client) ReadAt(ctx context.Context, key, etag string, off int64, bufs .
 
 // get makes one GET of the range bufs cover, abandoning it when its body
 // makes no progress for the request timeout.
-func (c *Client) get(ctx context.Context, key, etag string, off int64, bufs [][]byte) (int, error) {
+func (c *Client) get(ctx context.Context, v Version, off int64, bufs [][]byte) (int, error) {
 	total := 0
 	for _, b := range bufs {
 		total += len(b)
 	}
 	in := &s3.GetObjectInput{
 		Bucket: aws.String(c.bucket),
-		Key:    aws.String(key),
+		Key:    aws.String(v.Key),
 		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(total)-1)),
 	}
-	if etag != "" {
-		in.IfMatch = aws.String(etag)
+	if v.ETag != "" {
+		in.IfMatch = aws.String(v.ETag)
+	} else if !v.LastModified.IsZero() {
+		// HTTP dates carry whole seconds: an object rewritten within
+		// the second it was listed in passes (SEMANTICS.md says so).
+		in.IfUnmodifiedSince = aws.Time(v.LastModified)
 	}
 	reqCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	out, err := c.s3.GetObject(reqCtx, in)
 	if err != nil {
 		if isRangeNotSatisfiable(err) {
+			if off < v.Size {
+				// A server that checks the range before If-Match
+				// says 416 for an object that shrank.
+				return 0, fmt.Errorf("get %q: range from %d not satisfiable, listed size %d: %w", v.Key, off, v.Size, ErrStale)
+			}
 			return 0, io.EOF
 		}
 		err = classify(err)
 		if errors.Is(err, ErrNotFound) {
 			// The key existed at open: it was deleted since.
-			return 0, fmt.Errorf("get %q: %w", key, ErrStale)
+			return 0, fmt.Errorf("get %q: %w", v.Key, ErrStale)
 		}
-		return 0, fmt.Errorf("get %q [%d,+%d): %w", key, off, total, err)
+		return 0, fmt.Errorf("get %q [%d,+%d): %w", v.Key, off, total, err)
 	}
 	defer out.Body.Close()
-	// A server that ignores If-Match still says which version it served.
-	if etag != "" && out.ETag != nil && aws.ToString(out.ETag) != etag {
-		return 0, fmt.Errorf("get %q: served ETag %s, opened %s: %w", key, aws.ToString(out.ETag), etag, ErrStale)
+	if err := checkRange(v, off, int64(total), out); err != nil {
+		return 0, fmt.Errorf("get %q [%d,+%d): %w", v.Key, off, total, err)
 	}
 	stall := time.AfterFunc(c.requestTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
@@ -290,18 +321,78 @@ func (c *Client) get(ctx context.Context, key, etag string, off int64, bufs [][]
 		case err == nil:
 			continue
 		case context.Cause(reqCtx) == errStalled:
-			return n, &bodyError{fmt.Errorf("get %q: %w after %d of %d bytes", key, errStalled, n, total)}
+			return n, &bodyError{fmt.Errorf("get %q: %w after %d of %d bytes", v.Key, errStalled, n, total)}
 		case (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)) && out.ContentLength != nil && int64(n) == want:
 			// A short body is the end of the object only if the server
 			// said the range was that short.
 			return n, io.EOF
 		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-			return n, &bodyError{fmt.Errorf("get %q: body ended after %d of %d bytes: %w", key, n, want, io.ErrUnexpectedEOF)}
+			return n, &bodyError{fmt.Errorf("get %q: body ended after %d of %d bytes: %w", v.Key, n, want, io.ErrUnexpectedEOF)}
 		default:
-			return n, &bodyError{fmt.Errorf("get %q: read body: %w", key, err)}
+			return n, &bodyError{fmt.Errorf("get %q: read body: %w", v.Key, err)}
 		}
 	}
 	return n, nil
+}
+
+// ErrBadResponse is an answer to a GET that does not hold the bytes asked
+// for: a range other than the one requested, or the whole object from a
+// server or proxy that ignored the Range header. It is not retried: the
+// same server would answer the same way.
+var ErrBadResponse = errors.New("server answered with other bytes than asked for")
+
+// checkRange makes sure a GET's answer is the version and the range asked
+// for before its body is read: its ETag (or, without one, its modification
+// time), its status, and its Content-Range, whose total must be the
+// version's size.
+func checkRange(v Version, off, n int64, out *s3.GetObjectOutput) error {
+	if v.ETag != "" && out.ETag != nil && aws.ToString(out.ETag) != v.ETag {
+		// A server that ignores If-Match still says which version it served.
+		return fmt.Errorf("served ETag %s, opened %s: %w", aws.ToString(out.ETag), v.ETag, ErrStale)
+	}
+	if v.ETag == "" && out.LastModified != nil && !v.LastModified.IsZero() &&
+		!out.LastModified.Truncate(time.Second).Equal(v.LastModified.Truncate(time.Second)) {
+		return fmt.Errorf("served a version modified %s, opened one modified %s: %w",
+			out.LastModified.UTC().Format(time.RFC3339), v.LastModified.UTC().Format(time.RFC3339), ErrStale)
+	}
+	if raw, ok := awsmiddleware.GetRawResponse(out.ResultMetadata).(*smithyhttp.Response); ok && raw.StatusCode != http.StatusPartialContent {
+		return fmt.Errorf("status %d to a ranged GET, not 206 (a proxy that ignores Range?): %w", raw.StatusCode, ErrBadResponse)
+	}
+	cr := aws.ToString(out.ContentRange)
+	first, last, size, err := parseContentRange(cr)
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, ErrBadResponse)
+	}
+	if size >= 0 && size != v.Size {
+		return fmt.Errorf("object is %d bytes, listed as %d: %w", size, v.Size, ErrStale)
+	}
+	wantLast := min(off+n, v.Size) - 1
+	if first != off || last != wantLast || (out.ContentLength != nil && *out.ContentLength != last-first+1) {
+		return fmt.Errorf("Content-Range %q (length %d) for bytes %d-%d: %w", cr, aws.ToInt64(out.ContentLength), off, wantLast, ErrBadResponse)
+	}
+	return nil
+}
+
+// parseContentRange reads "bytes FIRST-LAST/SIZE" (SIZE may be "*",
+// returned as -1).
+func parseContentRange(s string) (first, last, size int64, err error) {
+	rest, ok := strings.CutPrefix(s, "bytes ")
+	span, total, ok2 := strings.Cut(rest, "/")
+	from, to, ok3 := strings.Cut(span, "-")
+	if !ok || !ok2 || !ok3 {
+		return 0, 0, 0, fmt.Errorf("Content-Range %q is not bytes FIRST-LAST/SIZE", s)
+	}
+	first, err1 := strconv.ParseInt(from, 10, 64)
+	last, err2 := strconv.ParseInt(to, 10, 64)
+	size = -1
+	var err3 error
+	if total != "*" {
+		size, err3 = strconv.ParseInt(total, 10, 64)
+	}
+	if err := errors.Join(err1, err2, err3); err != nil || first < 0 || last < first || (size >= 0 && last >= size) {
+		return 0, 0, 0, fmt.Errorf("Content-Range %q is not bytes FIRST-LAST/SIZE", s)
+	}
+	return first, last, size, nil
 }
 
 // errStalled marks a transfer abandoned for making no progress.

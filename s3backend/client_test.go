@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,27 +18,41 @@ import (
 // faultyServer answers ranged GETs of one object, misbehaving on the
 // first `faults` requests in the way its mode says.
 type faultyServer struct {
-	data   []byte
-	etag   string
-	mode   string
-	faults int64
-	gets   atomic.Int64
+	data []byte
+	// etag "" is a server that has none; the object was then last
+	// modified at modified.
+	etag     string
+	modified time.Time
+	mode     string
+	faults   int64
+	gets     atomic.Int64
+	// header is the last request's headers.
+	header atomic.Pointer[http.Header]
 }
 
 func (s *faultyServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := s.gets.Add(1)
+	h := r.Header.Clone()
+	s.header.Store(&h)
 	if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/bucket/key") {
 		http.Error(w, "unexpected request", http.StatusBadRequest)
-		return
-	}
-	if m := r.Header.Get("If-Match"); m != "" && m != s.etag {
-		w.WriteHeader(http.StatusPreconditionFailed)
-		fmt.Fprint(w, `<Error><Code>PreconditionFailed</Code><Message>etag</Message></Error>`)
 		return
 	}
 	var from, to int
 	if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err != nil {
 		http.Error(w, "need a range", http.StatusBadRequest)
+		return
+	}
+	if s.mode == "range-first" && from >= len(s.data) {
+		// Checks the range before the precondition, as some servers do.
+		w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+		fmt.Fprint(w, `<Error><Code>InvalidRange</Code><Message>range</Message></Error>`)
+		return
+	}
+	unmodifiedSince, _ := http.ParseTime(r.Header.Get("If-Unmodified-Since"))
+	if m := r.Header.Get("If-Match"); (m != "" && m != s.etag) || (!unmodifiedSince.IsZero() && s.modified.Truncate(time.Second).After(unmodifiedSince)) {
+		w.WriteHeader(http.StatusPreconditionFailed)
+		fmt.Fprint(w, `<Error><Code>PreconditionFailed</Code><Message>etag</Message></Error>`)
 		return
 	}
 	to = min(to, len(s.data)-1)
@@ -48,7 +63,25 @@ func (s *faultyServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `<Error><Code>SlowDown</Code><Message>slow down</Message></Error>`)
 		return
 	}
-	w.Header().Set("ETag", s.etag)
+	if s.etag != "" {
+		w.Header().Set("ETag", s.etag)
+	}
+	if !s.modified.IsZero() {
+		w.Header().Set("Last-Modified", s.modified.UTC().Format(http.TimeFormat))
+	}
+	switch s.mode {
+	case "ignore-range":
+		// A proxy that drops the Range header: the whole object.
+		w.Header().Set("Content-Length", strconv.Itoa(len(s.data)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(s.data)
+		return
+	case "shifted-range":
+		from, to, body = from+1, to+1, s.data[from+1:to+2]
+	case "resized":
+		// The same ETag, yet another size: never trusted.
+		s.data = append(s.data, "more"...)
+	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, to, len(s.data)))
 	w.WriteHeader(http.StatusPartialContent)
@@ -107,7 +140,7 @@ func TestReadAtRecovers(t *testing.T) {
 			defer ts.Close()
 			c := newTestClient(t, ts.URL)
 			a, b := make([]byte, 300000), make([]byte, 200001)
-			n, err := c.ReadAt(context.Background(), "key", `"v1"`, 1000, a, b)
+			n, err := c.ReadAt(context.Background(), Version{Key: "key", ETag: `"v1"`, Size: int64(len(data))}, 1000, a, b)
 			if tt.wantErr != nil {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr.Error()) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
@@ -132,13 +165,76 @@ func TestReadAtStaleAndEnd(t *testing.T) {
 	ts := httptest.NewServer(srv)
 	defer ts.Close()
 	c := newTestClient(t, ts.URL)
-	if _, err := c.ReadAt(context.Background(), "key", `"v1"`, 0, make([]byte, 5)); !errors.Is(err, ErrStale) {
+	if _, err := c.ReadAt(context.Background(), Version{Key: "key", ETag: `"v1"`, Size: 11}, 0, make([]byte, 5)); !errors.Is(err, ErrStale) {
 		t.Errorf("changed object: err = %v, want ErrStale", err)
 	}
 	buf := make([]byte, 100)
-	n, err := c.ReadAt(context.Background(), "key", `"v2"`, 6, buf)
+	n, err := c.ReadAt(context.Background(), Version{Key: "key", ETag: `"v2"`, Size: 11}, 6, buf)
 	if n != 5 || string(buf[:n]) != "world" {
 		t.Errorf("read to the end = %d %q, %v", n, buf[:n], err)
+	}
+}
+
+// TestReadAtChecksTheAnswer: a GET's answer is used only if it is the
+// range and the version asked for.
+func TestReadAtChecksTheAnswer(t *testing.T) {
+	data := []byte("0123456789abcdefghij")
+	mtime := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		name string
+		srv  *faultyServer
+		// v is what the listing said; the read is of bytes [5, 10).
+		v       Version
+		wantErr error // nil: the bytes are read
+	}{
+		{"good", &faultyServer{etag: `"e"`}, Version{ETag: `"e"`, Size: 20}, nil},
+		{"proxy ignores Range", &faultyServer{etag: `"e"`, mode: "ignore-range"}, Version{ETag: `"e"`, Size: 20}, ErrBadResponse},
+		{"other range", &faultyServer{etag: `"e"`, mode: "shifted-range"}, Version{ETag: `"e"`, Size: 20}, ErrBadResponse},
+		{"size changed, same ETag", &faultyServer{etag: `"e"`, mode: "resized"}, Version{ETag: `"e"`, Size: 20}, ErrStale},
+		{"listed larger than it is", &faultyServer{etag: `"e"`}, Version{ETag: `"e"`, Size: 25}, ErrStale},
+		{"no ETag, same version", &faultyServer{modified: mtime}, Version{Size: 20, LastModified: mtime}, nil},
+		{"no ETag, rewritten later", &faultyServer{modified: mtime.Add(time.Minute)}, Version{Size: 20, LastModified: mtime}, ErrStale},
+		{"no ETag, older version served", &faultyServer{modified: mtime.Add(-time.Minute)}, Version{Size: 20, LastModified: mtime}, ErrStale},
+		{"no ETag, other size", &faultyServer{modified: mtime}, Version{Size: 21, LastModified: mtime}, ErrStale},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := tt.srv
+			srv.data = slices.Clone(data)
+			ts := httptest.NewServer(srv)
+			defer ts.Close()
+			c := newTestClient(t, ts.URL)
+			v := tt.v
+			v.Key = "key"
+			buf := make([]byte, 5)
+			n, err := c.ReadAt(context.Background(), v, 5, buf)
+			switch {
+			case tt.wantErr == nil && (err != nil || string(buf[:n]) != "56789"):
+				t.Fatalf("ReadAt = %d %q, %v; want 5 \"56789\"", n, buf[:n], err)
+			case tt.wantErr != nil && !errors.Is(err, tt.wantErr):
+				t.Fatalf("ReadAt = %d %q, %v; want %v", n, buf[:n], err, tt.wantErr)
+			}
+			if tt.wantErr == ErrBadResponse && srv.gets.Load() != 1 {
+				t.Errorf("%d GETs: a server that answers with other bytes is not asked again", srv.gets.Load())
+			}
+			h := *srv.header.Load()
+			if v.ETag == "" && (h.Get("If-Match") != "" || h.Get("If-Unmodified-Since") != mtime.Format(http.TimeFormat)) {
+				t.Errorf("no-ETag GET sent If-Match %q, If-Unmodified-Since %q; want none and %q", h.Get("If-Match"), h.Get("If-Unmodified-Since"), mtime.Format(http.TimeFormat))
+			}
+		})
+	}
+}
+
+// TestReadAtShrunk: a server that checks the range before If-Match answers
+// 416 for an object that shrank since it was listed: that is a changed
+// object, not the end of the file.
+func TestReadAtShrunk(t *testing.T) {
+	srv := &faultyServer{data: []byte("short"), etag: `"v2"`, mode: "range-first"}
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	c := newTestClient(t, ts.URL)
+	n, err := c.ReadAt(context.Background(), Version{Key: "key", ETag: `"v1"`, Size: 100}, 50, make([]byte, 10))
+	if !errors.Is(err, ErrStale) {
+		t.Errorf("read past the new end of a shrunk object = %d, %v; want ErrStale", n, err)
 	}
 }
 

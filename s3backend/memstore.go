@@ -123,15 +123,19 @@ func lastToken(p ListPage) string {
 }
 
 // ReadAt implements ObjectStore.
-func (m *MemStore) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
+func (m *MemStore) ReadAt(ctx context.Context, v Version, off int64, bufs ...[]byte) (int, error) {
 	m.mu.Lock()
-	o, ok := m.objects[key]
+	o, ok := m.objects[v.Key]
 	m.mu.Unlock()
+	have := Version{Key: v.Key, ETag: o.etag, Size: int64(len(o.data)), LastModified: o.modTime}
+	if v.ETag == "" {
+		have.ETag = ""
+	}
 	switch {
 	case !ok:
-		return 0, fmt.Errorf("get %q: %w", key, ErrStale)
-	case etag != "" && o.etag != etag:
-		return 0, fmt.Errorf("get %q: etag %s, want %s: %w", key, o.etag, etag, ErrStale)
+		return 0, fmt.Errorf("get %q: %w", v.Key, ErrStale)
+	case !have.Same(v):
+		return 0, fmt.Errorf("get %q: version %s, want %s: %w", v.Key, have.Tag(), v.Tag(), ErrStale)
 	case off >= int64(len(o.data)):
 		return 0, io.EOF
 	}

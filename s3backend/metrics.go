@@ -64,9 +64,9 @@ func (s *InstrumentedStore) List(ctx context.Context, req ListRequest) (ListPage
 }
 
 // ReadAt implements ObjectStore.
-func (s *InstrumentedStore) ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error) {
+func (s *InstrumentedStore) ReadAt(ctx context.Context, v Version, off int64, bufs ...[]byte) (int, error) {
 	start := time.Now()
-	n, err := s.next.ReadAt(ctx, key, etag, off, bufs...)
+	n, err := s.next.ReadAt(ctx, v, off, bufs...)
 	s.m.bytes.Add(float64(n))
 	if errors.Is(err, io.EOF) {
 		err = nil

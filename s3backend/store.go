@@ -6,6 +6,7 @@ package s3backend
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 )
 
@@ -15,6 +16,31 @@ type ObjectInfo struct {
 	Size         int64
 	ETag         string
 	LastModified time.Time
+}
+
+// Version is one version of one object, as a listing showed it. Reads
+// pinned to a Version never return bytes of another version: by its ETag
+// (If-Match) when the server gives one, else by its size and modification
+// time (some S3-compatible servers list objects without an ETag).
+type Version struct {
+	Key          string
+	ETag         string
+	Size         int64
+	LastModified time.Time
+}
+
+// Tag names the version among the versions of its key: the ETag, or,
+// without one, the size and the modification time. Caches key by it.
+func (v Version) Tag() string {
+	if v.ETag != "" {
+		return v.ETag
+	}
+	return "size=" + strconv.FormatInt(v.Size, 10) + ",mtime=" + strconv.FormatInt(v.LastModified.Unix(), 10)
+}
+
+// Same reports whether v and o are the same version of the same key.
+func (v Version) Same(o Version) bool {
+	return v.Key == o.Key && v.Size == o.Size && v.Tag() == o.Tag()
 }
 
 // ListRequest asks for one page of a delimited listing.
@@ -40,13 +66,13 @@ type ListPage struct {
 type ObjectStore interface {
 	// List returns one page of a listing.
 	List(ctx context.Context, req ListRequest) (ListPage, error)
-	// ReadAt fills bufs, in order, with the object's bytes starting at
-	// off, as of the given ETag (If-Match), in one ranged GET. It returns
-	// the number of bytes read: fewer than asked only at the end of the
-	// object, with io.EOF. Separate buffers let a caller fetch a run of
-	// cache blocks in one request without copying. An object that changed
-	// or vanished gives ErrStale.
-	ReadAt(ctx context.Context, key, etag string, off int64, bufs ...[]byte) (int, error)
+	// ReadAt fills bufs, in order, with the bytes of version v starting
+	// at off, in one ranged GET. It returns the number of bytes read:
+	// fewer than asked only at the end of the object, with io.EOF.
+	// Separate buffers let a caller fetch a run of cache blocks in one
+	// request without copying. An object that changed or vanished gives
+	// ErrStale.
+	ReadAt(ctx context.Context, v Version, off int64, bufs ...[]byte) (int, error)
 }
 
 var (
