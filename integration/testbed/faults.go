@@ -302,11 +302,11 @@ func (f *Faults) Hook(op Op, w http.ResponseWriter, r *http.Request) bool {
 		return false
 	case FaultInternalError:
 		f.record(op, kind, r, "")
-		writeS3Error(w, r, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.")
+		WriteS3Error(w, r, http.StatusInternalServerError, "InternalError", "We encountered an internal error. Please try again.")
 		return true
 	case FaultSlowDown:
 		f.record(op, kind, r, "")
-		writeS3Error(w, r, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
+		WriteS3Error(w, r, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
 		return true
 	case FaultHold:
 		start := time.Now()
@@ -395,8 +395,8 @@ func closeConn(w http.ResponseWriter, reset bool) {
 	_ = conn.Close()
 }
 
-// writeS3Error answers with an S3 error document.
-func writeS3Error(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+// WriteS3Error answers r with an S3 error document, as a server would.
+func WriteS3Error(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `<?xml version="1.0" encoding="UTF-8"?>`+"\n"+
 		`<Error><Code>%s</Code><Message>%s</Message><Resource>%s</Resource><RequestId>bgbfs-fault</RequestId><HostId>bgbfs-fault</HostId></Error>`,

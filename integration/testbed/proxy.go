@@ -124,6 +124,7 @@ type CountingProxy struct {
 	target *url.URL
 	srv    *http.Server
 	hook   atomic.Pointer[Hook]
+	edit   atomic.Pointer[ResponseEdit]
 
 	mu       sync.Mutex
 	counts   Counts
@@ -159,7 +160,13 @@ func NewCountingProxy(target string) (*CountingProxy, error) {
 			IdleConnTimeout:     30 * time.Second,
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			if op, _ := resp.Request.Context().Value(opKey{}).(Op); op == OpGetObject {
+			op, _ := resp.Request.Context().Value(opKey{}).(Op)
+			if e := p.edit.Load(); e != nil {
+				if err := (*e)(op, resp); err != nil {
+					return err
+				}
+			}
+			if op == OpGetObject {
 				resp.Body = &countingBody{ReadCloser: resp.Body, p: p}
 			}
 			return nil
@@ -298,6 +305,21 @@ func FormatRequests(reqs []Request, max int) string {
 		b.WriteString("  " + r.String() + "\n")
 	}
 	return b.String()
+}
+
+// ResponseEdit changes a response from the server before the proxy passes
+// it on: this is where tests make a well-behaved server look like a
+// misbehaving one (no ETags, say). It may replace resp.Body; it must keep
+// the headers consistent with what it does to it.
+type ResponseEdit func(op Op, resp *http.Response) error
+
+// SetResponseEdit installs e (nil removes it).
+func (p *CountingProxy) SetResponseEdit(e ResponseEdit) {
+	if e == nil {
+		p.edit.Store(nil)
+		return
+	}
+	p.edit.Store(&e)
 }
 
 // SetHook installs h (nil removes it).
