@@ -1,6 +1,8 @@
 package npz
 
 import (
+	"bytes"
+	"compress/flate"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -26,11 +28,11 @@ const (
 	// never past the next access point.
 	readMargin = 16 << 10
 	readChunk  = 256 << 10
-	// headKeep is how much of the start of the content an index keeps:
-	// numpy reads an array's header on every open (the kernel asks for
-	// 64 KiB when st_blksize is 16 KiB), and keeping it saves a fetch
-	// and an inflate per open.
-	headKeep = 64 << 10
+	// headKeep is how much of the start of the content an index keeps
+	// at most: enough for an .npy header, which places the access points
+	// and tells readers where rows lie. Of an .npy member only the header
+	// is kept: at thousands of archives, every byte per index counts.
+	headKeep = 4 << 10
 )
 
 // Index gives random access to a deflated member's content. It holds the
@@ -41,16 +43,33 @@ type Index struct {
 	member  Member
 	dataOff int64
 	points  []point // sorted by out; points[0] is the stream start
-	head    []byte  // the first headKeep bytes of the content (fewer if shorter)
+	head    []byte  // the first headKeep bytes of the content, or an .npy header
 	memory  int64
+	// fullWindows counts points whose sparse window failed its check
+	// and were stored whole.
+	fullWindows int
 }
 
 // point is a block boundary: the decoder state there is just the
 // position and the window.
 type point struct {
-	out    int64  // uncompressed offset
-	bit    int64  // offset in the compressed stream, in bits
-	window []byte // the min(out, 32 KiB) bytes of output before out
+	out int64 // uncompressed offset
+	bit int64 // offset in the compressed stream, in bits
+	// window is the min(out, 32 KiB) bytes of output before out, with
+	// the bytes no match after out copies zeroed, deflated.
+	window []byte
+}
+
+// history returns the window a decoder starting at p needs.
+func (p point) history() ([]byte, error) {
+	h := make([]byte, min(p.out, windowSize))
+	if len(h) == 0 {
+		return h, nil
+	}
+	if _, err := io.ReadFull(flate.NewReader(bytes.NewReader(p.window)), h); err != nil {
+		return nil, fmt.Errorf("%w: access point window at %d: %w", ErrCorrupt, p.out, err)
+	}
+	return h, nil
 }
 
 // BuildIndex inflates the deflated member m of r once, reading its
@@ -85,11 +104,20 @@ func BuildIndex(r io.ReaderAt, m Member, span, rowLead int64) (*Index, error) {
 
 // buildIndex indexes the stream of m that starts at archive offset off.
 func buildIndex(r io.ReaderAt, m Member, off, span, rowLead int64) (*Index, error) {
+	return buildIndexChecked(r, m, off, span, rowLead, nil)
+}
+
+// buildIndexChecked is buildIndex with a hook that may spoil each sparse
+// window before it is checked: tests use it to see the check catch a
+// window that lacks a byte a match needs.
+func buildIndexChecked(r io.ReaderAt, m Member, off, span, rowLead int64, spoil func([]byte)) (*Index, error) {
 	if span <= 0 {
 		span = DefaultSpan
 	}
 	f := newInflater(r, off, m.CompressedSize, int(min(outSpace, m.UncompressedSize+1)), buildReadSize, buildReadSize)
-	x := &Index{member: m, dataOff: off, points: []point{{}}}
+	x := &Index{member: m, dataOff: off}
+	b := &indexBuilder{f: f, x: x, spoil: spoil}
+	b.chosen = []*pendingPoint{{point: point{}}} // the stream start needs no window
 	rows := rowPoints{lead: rowLead, span: span, checked: rowLead <= 0}
 	var base int64 // uncompressed offset of f.out[0]
 	done := 0      // f.out[:done] has been checksummed
@@ -97,7 +125,13 @@ func buildIndex(r io.ReaderAt, m Member, off, span, rowLead int64) (*Index, erro
 	stop := f.stopMax()
 	for f.state != streamDone {
 		if f.state == atHeader && !f.final {
-			rows.boundary(x, f, base+int64(f.w))
+			if err := rows.boundary(b, base+int64(f.w)); err != nil {
+				return nil, err
+			}
+		}
+		// Before a slide can drop the output that checks them.
+		if err := b.finishDue(false); err != nil {
+			return nil, err
 		}
 		if f.w >= stop {
 			x.keepHead(base, f.out[done:f.w], done)
@@ -105,12 +139,22 @@ func buildIndex(r io.ReaderAt, m Member, off, span, rowLead int64) (*Index, erro
 			base += int64(f.slide())
 			done = f.w
 		}
-		if err := f.step(stop); err != nil {
+		stepTo := stop
+		if b.pendingSparse() {
+			// A point's window is read off the reference tracker
+			// 32 KiB of output after it, before the tracker's ring
+			// wraps: step in short strides meanwhile.
+			stepTo = min(stop, f.w+windowSize)
+		}
+		if err := f.step(stepTo); err != nil {
 			return nil, err
 		}
 		if base+int64(f.w) > m.UncompressedSize {
 			return nil, fmt.Errorf("%w: content is longer than the %d bytes in the directory", ErrChecksum, m.UncompressedSize)
 		}
+	}
+	if err := b.finishDue(true); err != nil {
+		return nil, err
 	}
 	x.keepHead(base, f.out[done:f.w], done)
 	crc = crc32.Update(crc, crc32.IEEETable, f.out[done:f.w])
@@ -120,13 +164,241 @@ func buildIndex(r io.ReaderAt, m Member, off, span, rowLead int64) (*Index, erro
 	if crc != m.CRC32 {
 		return nil, fmt.Errorf("%w: content has CRC-32 %08x, the directory says %08x", ErrChecksum, crc, m.CRC32)
 	}
-	x.points = slices.Clip(x.points)
+	x.points = make([]point, len(b.chosen))
+	for i, pp := range b.chosen {
+		if i > 0 && !pp.done {
+			return nil, fmt.Errorf("internal error: access point at %d has no window", pp.out)
+		}
+		x.points[i] = pp.point
+		x.fullWindows += pp.full
+	}
+	if l, err := ParseNPYHeader(x.head); err == nil && l.DataOffset < int64(len(x.head)) {
+		x.head = x.head[:l.DataOffset]
+	}
 	x.head = slices.Clip(x.head)
 	x.memory = int64(unsafe.Sizeof(*x)) + int64(len(m.Name)) + int64(cap(x.points))*int64(unsafe.Sizeof(point{})) + int64(cap(x.head))
 	for _, p := range x.points {
 		x.memory += int64(cap(p.window))
 	}
 	return x, nil
+}
+
+// pendingPoint is a block boundary that is, or may become, an access
+// point, while its window is worked out.
+type pendingPoint struct {
+	point
+	// history is the whole window before out; once 32 KiB of output
+	// have passed (sparse set), sparseWindow is it with the bytes no
+	// match copies zeroed.
+	history      []byte
+	sparse       bool
+	sparseWindow []byte
+	// checkLen and checkCRC are the length and CRC-32 of the output
+	// after out that decoding from the sparse window must reproduce.
+	checkLen int
+	checkCRC uint32
+	// chosen is set when it is an access point, dropped when it will
+	// not be one; done when its window is stored.
+	chosen, dropped, done bool
+	// full is 1 if the sparse window failed its check and the window
+	// was stored whole (never seen; kept for tests).
+	full int
+}
+
+// indexBuilder turns the block boundaries BuildIndex passes into access
+// points with sparse windows. Every block boundary near a row start is a
+// candidate until a later one replaces it; a candidate costs a copy of
+// its history and a pass over it, and only chosen points are checked and
+// stored.
+type indexBuilder struct {
+	f *inflater
+	x *Index
+	// open are the boundaries not yet chosen and stored nor dropped, in
+	// order: the input from the first of them on is kept.
+	open   []*pendingPoint
+	chosen []*pendingPoint
+	// zw compresses windows; zbuf receives them.
+	zw   *flate.Writer
+	zbuf bytes.Buffer
+	// spoil, if set, changes each sparse window before its check.
+	spoil func([]byte)
+}
+
+// here makes a candidate access point of the block boundary at content
+// offset pos, where the inflater stands.
+func (b *indexBuilder) here(pos int64) *pendingPoint {
+	f := b.f
+	if f.refs == nil {
+		// Matches from here on are what the window is for; a member
+		// too short for any point never pays for the tracker.
+		f.refs = newRefTracker()
+	}
+	history := f.out[max(0, f.w-windowSize):f.w]
+	pp := &pendingPoint{point: point{out: pos, bit: f.bitPos()}, history: slices.Clone(history)}
+	b.open = append(b.open, pp)
+	b.pinInput()
+	return pp
+}
+
+// choose makes pp an access point, if it comes after the last one, and
+// stores its window once it is known.
+func (b *indexBuilder) choose(pp *pendingPoint) (bool, error) {
+	if pp.out <= b.last() {
+		return false, nil
+	}
+	pp.chosen = true
+	b.chosen = append(b.chosen, pp)
+	if pp.sparse {
+		return true, b.store(pp)
+	}
+	return true, nil
+}
+
+// drop forgets a candidate that will not be a point.
+func (b *indexBuilder) drop(pp *pendingPoint) {
+	pp.dropped, pp.history, pp.sparseWindow = true, nil, nil
+}
+
+// last is the content offset of the latest access point.
+func (b *indexBuilder) last() int64 { return b.chosen[len(b.chosen)-1].out }
+
+// pinInput forgets finished candidates and keeps the compressed input
+// from the earliest open one on, for store to decode again.
+func (b *indexBuilder) pinInput() {
+	b.open = slices.DeleteFunc(b.open, func(pp *pendingPoint) bool { return pp.dropped || pp.done })
+	b.f.pin = -1
+	if len(b.open) > 0 {
+		b.f.pin = b.open[0].bit >> 3
+	}
+}
+
+// pendingSparse reports whether a boundary still waits for its window to
+// be read off the reference tracker.
+func (b *indexBuilder) pendingSparse() bool {
+	for _, pp := range b.open {
+		if !pp.sparse && !pp.dropped {
+			return true
+		}
+	}
+	return false
+}
+
+// finishDue reads off the windows of the boundaries that 32 KiB of output
+// have passed (or all of them, at the end of the stream), and stores those
+// of chosen points. At the end, candidates never chosen are dropped.
+func (b *indexBuilder) finishDue(all bool) error {
+	f := b.f
+	end := f.outBase + int64(f.w)
+	for _, pp := range b.open {
+		if pp.sparse || pp.dropped {
+			continue
+		}
+		if !all && pp.out+windowSize > end {
+			break
+		}
+		b.makeSparse(pp, min(end, pp.out+windowSize))
+		if pp.chosen {
+			if err := b.store(pp); err != nil {
+				return err
+			}
+		}
+	}
+	if all {
+		for _, pp := range b.open {
+			if !pp.chosen {
+				b.drop(pp)
+			}
+		}
+	}
+	b.pinInput()
+	return nil
+}
+
+// makeSparse zeroes the bytes of pp's history that no match in the output
+// up to upto (32 KiB after pp, or the end) copies, and notes that output's
+// CRC-32, which the inflater's output still holds. Float data is mostly
+// literals: a few hundred of the 32,768 bytes are used.
+func (b *indexBuilder) makeSparse(pp *pendingPoint, upto int64) {
+	f := b.f
+	start := pp.out - int64(len(pp.history))
+	pp.sparseWindow = slices.Clone(pp.history)
+	for i := range pp.sparseWindow {
+		if !f.refs.copiedSince(start+int64(i), pp.out) {
+			pp.sparseWindow[i] = 0
+		}
+	}
+	out := f.out[pp.out-f.outBase : upto-f.outBase]
+	pp.sparse, pp.checkLen, pp.checkCRC = true, len(out), crc32.ChecksumIEEE(out)
+}
+
+// store checks that decoding from pp with its sparse window reproduces the
+// output the build saw, and stores the window deflated (a few hundred
+// bytes instead of 32 KiB); the whole window if the check fails.
+func (b *indexBuilder) store(pp *pendingPoint) error {
+	window := pp.sparseWindow
+	if b.spoil != nil {
+		b.spoil(window)
+	}
+	if !b.decodesAsBuilt(pp, window) {
+		window = pp.history
+		pp.full = 1
+	}
+	b.zbuf.Reset()
+	if b.zw == nil {
+		var err error
+		if b.zw, err = flate.NewWriter(&b.zbuf, flate.BestCompression); err != nil {
+			return err
+		}
+	} else {
+		b.zw.Reset(&b.zbuf)
+	}
+	if _, err := b.zw.Write(window); err != nil {
+		return err
+	}
+	if err := b.zw.Close(); err != nil {
+		return err
+	}
+	pp.window = slices.Clone(b.zbuf.Bytes())
+	pp.history, pp.sparseWindow, pp.done = nil, nil, true
+	return nil
+}
+
+// decodesAsBuilt decodes from pp with window, reading the input the
+// builder kept, and compares the output with what the build saw.
+func (b *indexBuilder) decodesAsBuilt(pp *pendingPoint, window []byte) bool {
+	f := b.f
+	in, ok := f.buffered(pp.bit >> 3)
+	if !ok {
+		return false
+	}
+	v := newInflater(sliceAt{b: in, off: pp.bit >> 3}, 0, f.next, pp.checkLen, len(in), len(in))
+	if v.seek(pp.bit, window) != nil {
+		return false
+	}
+	h := len(window)
+	for v.w < h+pp.checkLen && v.state != streamDone {
+		if v.step(h+pp.checkLen) != nil {
+			return false
+		}
+	}
+	return v.w >= h+pp.checkLen && crc32.ChecksumIEEE(v.out[h:h+pp.checkLen]) == pp.checkCRC
+}
+
+// sliceAt reads b, which holds the bytes at [off, off+len(b)).
+type sliceAt struct {
+	b   []byte
+	off int64
+}
+
+func (s sliceAt) ReadAt(p []byte, at int64) (int, error) {
+	if at < s.off || at-s.off > int64(len(s.b)) {
+		return 0, fmt.Errorf("read at %d outside [%d, %d)", at, s.off, s.off+int64(len(s.b)))
+	}
+	n := copy(p, s.b[at-s.off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // rowPoints places access points during BuildIndex: every span bytes of
@@ -139,9 +411,8 @@ type rowPoints struct {
 	layout     NPYLayout
 	next       int64 // the row whose point comes next
 	// cand is the latest block boundary at most lead before row next's
-	// start and not far before it; candWindow holds its window.
-	cand       point
-	candWindow []byte
+	// start and not far before it.
+	cand *pendingPoint
 }
 
 // candidateZone is how far before a row's target a block boundary is
@@ -167,9 +438,10 @@ func (p *rowPoints) target(i int64) int64 {
 	return p.layout.DataOffset + i*p.layout.RowBytes - p.lead
 }
 
-// boundary considers the block boundary at content offset pos, where f
-// stands.
-func (p *rowPoints) boundary(x *Index, f *inflater, pos int64) {
+// boundary considers the block boundary at content offset pos, where the
+// builder's inflater stands.
+func (p *rowPoints) boundary(b *indexBuilder, pos int64) error {
+	f, x := b.f, b.x
 	if !p.checked {
 		// The header is in the first few KiB of output, before any span
 		// ends: until the first slide, f.out holds all the output.
@@ -179,45 +451,45 @@ func (p *rowPoints) boundary(x *Index, f *inflater, pos int64) {
 			p.start(x.head, true)
 		}
 		if !p.checked {
-			return
+			return nil
 		}
-	}
-	last := x.points[len(x.points)-1].out
-	add := func(pt point) {
-		if pt.out > last {
-			x.points = append(x.points, pt)
-			last = pt.out
-		}
-	}
-	history := f.out[max(0, f.w-windowSize):f.w]
-	here := func() point {
-		return point{out: pos, bit: f.bitPos(), window: slices.Clone(history)}
 	}
 	if !p.on || p.next >= p.layout.Rows {
 		// Every span; and past the last row no span longer than that.
-		if pos-last >= p.span {
-			add(here())
+		if pos-b.last() >= p.span {
+			_, err := b.choose(b.here(pos))
+			return err
 		}
-		return
+		return nil
 	}
 	for p.next < p.layout.Rows && pos > p.target(p.next) {
 		// Passed row next's target: its point is the last candidate,
 		// or, if no boundary fell near enough before it, this one.
-		if p.cand.out > last {
-			add(point{out: p.cand.out, bit: p.cand.bit, window: slices.Clone(p.candWindow)})
-		} else {
-			add(here())
+		ok := false
+		if p.cand != nil {
+			var err error
+			if ok, err = b.choose(p.cand); err != nil {
+				return err
+			}
+			if !ok {
+				b.drop(p.cand)
+			}
 		}
-		p.cand = point{}
+		if !ok && pos > b.last() {
+			if _, err := b.choose(b.here(pos)); err != nil {
+				return err
+			}
+		}
+		p.cand = nil
 		p.next++
 	}
-	if p.next >= p.layout.Rows {
-		return
+	if p.next < p.layout.Rows && pos >= p.target(p.next)-candidateZone {
+		if p.cand != nil {
+			b.drop(p.cand)
+		}
+		p.cand = b.here(pos)
 	}
-	if pos >= p.target(p.next)-candidateZone {
-		p.cand = point{out: pos, bit: f.bitPos()}
-		p.candWindow = append(p.candWindow[:0], history...)
-	}
+	return nil
 }
 
 // Span returns the stretch of content [start, end) between the access
@@ -304,6 +576,10 @@ func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
 	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > off }) - 1
 	j := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end })
 	pt := x.points[i]
+	history, err := pt.history()
+	if err != nil {
+		return 0, err
+	}
 	limit := x.member.CompressedSize // stream bytes this read may need
 	cin, cout := limit-pt.bit/8, x.member.UncompressedSize-pt.out
 	if j < len(x.points) {
@@ -315,7 +591,7 @@ func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
 	first = min(first, limit-pt.bit/8, buildReadSize) // a huge p is read in chunks, not one buffer
 
 	f := newInflater(r, x.dataOff, limit, int(min(need, outSpace)), int(first), readChunk)
-	if err := f.seek(pt.bit, pt.window); err != nil {
+	if err := f.seek(pt.bit, history); err != nil {
 		return 0, err
 	}
 	base := pt.out - int64(f.w) // uncompressed offset of f.out[0]

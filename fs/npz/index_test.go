@@ -88,11 +88,21 @@ func TestIndexReadAt(t *testing.T) {
 					t.Fatalf("Size %d", x.Size())
 				}
 				checkReadAt(t, x, bytes.NewReader(stream), data, rng, 50)
-				// Points are at least span apart, windows exactly
-				// the history available, at most 32 KiB.
+				// Points are at least span apart, windows as long
+				// as the history available, at most 32 KiB, each
+				// byte the content's or zeroed.
+				if x.fullWindows != 0 {
+					t.Errorf("%s level %d span %d: %d sparse windows failed their check", name, level, span, x.fullWindows)
+				}
 				for i, p := range x.points[1:] {
-					if p.out-x.points[i].out < span || len(p.window) != int(min(p.out, windowSize)) || !bytes.Equal(p.window, data[p.out-int64(len(p.window)):p.out]) {
-						t.Fatalf("%s level %d span %d: bad point %d: out %d (previous %d), window %d", name, level, span, i+1, p.out, x.points[i].out, len(p.window))
+					h, err := p.history()
+					if err != nil || p.out-x.points[i].out < span || len(h) != int(min(p.out, windowSize)) {
+						t.Fatalf("%s level %d span %d: bad point %d: out %d (previous %d), window %d, %v", name, level, span, i+1, p.out, x.points[i].out, len(h), err)
+					}
+					for k, c := range h {
+						if want := data[p.out-int64(len(h))+int64(k)]; c != 0 && c != want {
+							t.Fatalf("%s level %d span %d: point %d: window byte %d is %#x, the content's is %#x", name, level, span, i+1, k, c, want)
+						}
 					}
 				}
 			}
@@ -100,16 +110,70 @@ func TestIndexReadAt(t *testing.T) {
 	}
 }
 
-func TestIndexMemory(t *testing.T) {
-	data := floatData(4<<20, 9)
-	x := streamIndex(t, deflate(t, data, 6), data, 1<<20)
-	if x.Points() < 4 || x.Points() > 5 {
-		t.Errorf("%d points for 4 MiB with span 1 MiB", x.Points())
+// TestCompactIndex measures an index of an EEG-like windows member (rows
+// of 19 x 15360 float32 random walks, deflate ratio about 1.13 like the
+// real data) with the access points the member view asks for: its windows
+// must be at least 50x smaller than the 32 KiB of raw history per point
+// (and the 64 KiB head) indexes kept before they were sparse.
+func TestCompactIndex(t *testing.T) {
+	const rows, rowBytes = 12, 19 * 15360 * 4
+	data := walkData(rows*rowBytes, 5)
+	dict := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, 19, 15360), }", rows)
+	hdr := dict + string(bytes.Repeat([]byte(" "), 64-(10+len(dict)+1)%64)) + "\n"
+	data = append(append(append([]byte("\x93NUMPY\x01\x00"), byte(len(hdr)), byte(len(hdr)>>8)), hdr...), data...)
+	stream := deflate(t, data, 6)
+	if ratio := float64(len(data)) / float64(len(stream)); ratio < 1.10 || ratio > 1.16 {
+		t.Fatalf("test data deflates %.3fx, not like EEG (1.13x)", ratio)
 	}
-	windows := int64(x.Points()-1)*windowSize + headKeep
-	if m := x.MemoryBytes(); m < windows || m > windows+4096 {
-		t.Errorf("MemoryBytes %d, windows and head %d", m, windows)
+	m := Member{Name: "windows.npy", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
+	const span, lead = 1 << 20, 136 << 10 // as fs asks
+	x, err := buildIndex(bytes.NewReader(stream), m, 0, span, lead)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if x.Points() < rows {
+		t.Fatalf("%d points for %d rows", x.Points(), rows)
+	}
+	var windows int64
+	for _, p := range x.points {
+		windows += int64(len(p.window))
+	}
+	before := int64(x.Points()-1)*windowSize + 64<<10
+	t.Logf("%d points, %d bytes of windows (%.0f per point), index %d bytes (%.0f per point); raw windows and head: %d bytes, %.0fx more",
+		x.Points(), windows, float64(windows)/float64(x.Points()-1), x.MemoryBytes(), float64(x.MemoryBytes())/float64(x.Points()), before, float64(before)/float64(x.MemoryBytes()))
+	if x.MemoryBytes() > before/50 {
+		t.Errorf("index of %d bytes, want at most 1/50 of %d", x.MemoryBytes(), before)
+	}
+	if x.fullWindows != 0 {
+		t.Errorf("%d sparse windows failed their check", x.fullWindows)
+	}
+	checkReadAt(t, x, bytes.NewReader(stream), data, rand.New(rand.NewPCG(8, 9)), 30)
+}
+
+// TestSparseWindowChecked spoils every sparse window (zeroes its last
+// used byte) before the build checks it: the check must catch each spoiled
+// window that a decoder needs, store those whole, and reads stay right.
+func TestSparseWindowChecked(t *testing.T) {
+	data := testInputs()["text"]
+	stream := deflate(t, data, 6)
+	m := Member{Name: "m", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
+	spoiled := 0
+	x, err := buildIndexChecked(bytes.NewReader(stream), m, 0, 64<<10, 0, func(w []byte) {
+		for i := len(w) - 1; i >= 0; i-- {
+			if w[i] != 0 {
+				w[i] = 0
+				spoiled++
+				return
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spoiled == 0 || x.fullWindows != spoiled {
+		t.Errorf("%d windows spoiled, %d caught by the check; want all of at least one", spoiled, x.fullWindows)
+	}
+	checkReadAt(t, x, bytes.NewReader(stream), data, rand.New(rand.NewPCG(2, 2)), 30)
 }
 
 // The start of the content (an array header) is read from the index,

@@ -54,6 +54,15 @@ type inflater struct {
 
 	out []byte
 	w   int
+	// outBase is the content offset of out[0] (for reference tracking).
+	outBase int64
+	// refs, if set, is told of every match, so an index build can find
+	// which bytes of history a stretch of output copies.
+	refs *refTracker
+	// pin, if not negative, is a stream offset from which load keeps the
+	// input, consumed or not, so that it can be decoded again (an index
+	// build checks each access point by decoding from it).
+	pin int64
 
 	state  blockState
 	final  bool
@@ -76,6 +85,7 @@ func newInflater(src io.ReaderAt, base, limit int64, outSpace, first, after int)
 		chunk: max(first, 1),
 		after: max(after, 1),
 		out:   make([]byte, windowSize+outSpace+maxMatch),
+		pin:   -1,
 	}
 }
 
@@ -90,6 +100,7 @@ func (f *inflater) seek(bit int64, window []byte) error {
 	f.buf, f.pos = f.buf[:0], 0
 	f.bits, f.nbits, f.pad = 0, 0, 0
 	f.w = copy(f.out, window)
+	f.outBase = 0
 	f.state, f.final = atHeader, false
 	if skip := uint(bit & 7); skip > 0 {
 		f.refill()
@@ -118,6 +129,7 @@ func (f *inflater) slide() int {
 		return 0
 	}
 	f.w = copy(f.out, f.out[drop:f.w])
+	f.outBase += int64(drop)
 	return drop
 }
 
@@ -127,7 +139,12 @@ func (f *inflater) load() bool {
 	if f.err != nil || f.next >= f.limit {
 		return false
 	}
-	keep := copy(f.buf[:cap(f.buf)], f.buf[f.pos:])
+	from := f.pos
+	if f.pin >= 0 {
+		from = int(max(0, min(int64(f.pos), f.pin-f.bufStart())))
+	}
+	keep := copy(f.buf[:cap(f.buf)], f.buf[from:])
+	f.pos -= from
 	n := int(min(int64(f.chunk), f.limit-f.next))
 	if cap(f.buf) < keep+n {
 		nb := make([]byte, keep, keep+n)
@@ -135,7 +152,6 @@ func (f *inflater) load() bool {
 		f.buf = nb
 	}
 	f.buf = f.buf[:keep+n]
-	f.pos = 0
 	if err := readFull(f.src, f.buf[keep:], f.base+f.next, "compressed data"); err != nil {
 		f.err = err
 		f.buf = f.buf[:keep]
@@ -144,6 +160,19 @@ func (f *inflater) load() bool {
 	f.next += int64(n)
 	f.chunk = f.after
 	return true
+}
+
+// bufStart is the stream offset of buf[0].
+func (f *inflater) bufStart() int64 { return f.next - int64(len(f.buf)) }
+
+// buffered returns the input held from stream offset off up to next, and
+// whether it is all held (pin keeps it).
+func (f *inflater) buffered(off int64) ([]byte, bool) {
+	start := f.bufStart()
+	if off < start || off > f.next {
+		return nil, false
+	}
+	return f.buf[off-start:], true
 }
 
 // refill tops up bits to at least 56 bits. The fast path loads 8 bytes
@@ -436,6 +465,9 @@ func (f *inflater) huffman(stopAt int) error {
 			err = fmt.Errorf("%w: distance %d reaches before the %d bytes of history", ErrCorrupt, d, w)
 			break
 		}
+		if f.refs != nil {
+			f.refs.mark(f.outBase+int64(w), d, length)
+		}
 		if d >= length {
 			copy(out[w:w+length], out[w-d:])
 			w += length
@@ -451,4 +483,42 @@ func (f *inflater) huffman(stopAt int) error {
 	}
 	f.bits, f.nbits, f.w = bits, nbits, w
 	return err
+}
+
+// refRing is how many bytes of output a refTracker remembers: an access
+// point's use of its history is known 32 KiB of output after it, and it
+// must be read off before the ring wraps onto the history (checked 32 KiB
+// later still, with room to spare).
+const refRing = 128 << 10
+
+// refTracker remembers, for each of the last refRing bytes of output, the
+// latest output offset whose match copied it. A byte of the history of an
+// access point at out is needed by a decoder starting there only if a
+// match at out or later copies it; rapidgzip keeps such "sparse" windows.
+type refTracker struct {
+	last []int64
+}
+
+func newRefTracker() *refTracker {
+	t := &refTracker{last: make([]int64, refRing)}
+	for i := range t.last {
+		t.last[i] = -1
+	}
+	return t
+}
+
+// mark records a match at output offset at copying length bytes from
+// distance d back. Of an overlapping match (d < length) only the first d
+// bytes are history; the rest is its own output.
+func (t *refTracker) mark(at int64, d, length int) {
+	from := at - int64(d)
+	for b := from; b < from+int64(min(d, length)); b++ {
+		t.last[b&(refRing-1)] = at
+	}
+}
+
+// copiedSince reports whether byte b was copied by a match at or after
+// since. b must be within refRing of the output's end.
+func (t *refTracker) copiedSince(b, since int64) bool {
+	return t.last[b&(refRing-1)] >= since
 }
