@@ -19,6 +19,10 @@ import (
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
+// ErrClosed is a read of a cache that was closed: the filesystem is being
+// unmounted, and nothing more is fetched.
+var ErrClosed = errors.New("block cache closed: the filesystem is being unmounted")
+
 // Object names one version of one object: reads through a Reader never mix
 // bytes of two versions, and cached blocks are keyed by the version's tag
 // (its ETag, or its size and modification time).
@@ -96,13 +100,17 @@ type BlockCache struct {
 	// readers counts open Readers that have read, to share ahead fairly.
 	readers atomic.Int64
 
-	// fetching counts running fetches, so Close can wait for them.
+	// fetching counts running fetches, so Close can wait for them. It is
+	// added to only under mu while closed is unset: Close sets closed
+	// before it waits, so no Add can race with the Wait.
 	fetching sync.WaitGroup
 
 	mu sync.Mutex
 	// inflight maps a block key to the fetch bringing it, so concurrent
 	// misses on one block make one GET.
 	inflight map[string]*fetch
+	// closed is set by Close: no fetch starts after it.
+	closed bool
 
 	hits, misses, evictions, fetchedAhead atomic.Int64
 }
@@ -147,9 +155,15 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	return c, nil
 }
 
-// Close waits for running fetches, then releases the cache's memory and
-// goroutines.
+// Close stops new fetches (reads that need one fail with ErrClosed),
+// waits for running ones, then releases the cache's memory and goroutines.
+// Index builds and read-ahead may still be reading when the filesystem is
+// unmounted: a fetch started during or after the close of the block cache
+// would Set into it, which can panic.
 func (c *BlockCache) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.fetching.Wait()
 	if c.blocks != nil {
 		c.blocks.Close()
@@ -248,6 +262,16 @@ func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
 func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		// Every block is missing and stays missing.
+		closed := &fetch{done: make(chan struct{}), err: ErrClosed}
+		close(closed.done)
+		for i := range out {
+			out[i] = closed
+		}
+		return out, nil
+	}
 	var run *fetch
 	for idx := first; idx <= last; idx++ {
 		key := blockKey(obj, idx)
@@ -268,7 +292,6 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 		c.inflight[key] = run
 		out[idx-first] = run
 	}
-	c.mu.Unlock()
 	c.fetching.Add(len(started))
 	for _, f := range started {
 		go c.run(f)
