@@ -2,8 +2,10 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -11,6 +13,8 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -34,6 +38,10 @@ type memberDirNode struct {
 	tree    *tree
 	parent  *dirNode
 	archive dirEntry
+
+	// loading makes concurrent lookups share one read of the directory;
+	// none holds a lock while it is read.
+	loading singleflight.Group
 
 	mu  sync.Mutex
 	dir *npz.Directory
@@ -60,33 +68,62 @@ func (a *memberDirNode) object() cache.Object {
 func (a *memberDirNode) path() string { return a.archive.key + memberDirSuffix }
 
 // directory reads the archive's zip directory once (its tail, one block or
-// two through the cache) and logs the members it cannot show.
+// two through the cache) and logs the members it cannot show. A caller
+// whose request is interrupted stops waiting for it at once.
 func (a *memberDirNode) directory(ctx context.Context) (*npz.Directory, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.dir != nil || a.dirErr != nil {
-		return a.dir, a.dirErr
+	dir, err := a.dir, a.dirErr
+	a.mu.Unlock()
+	if dir != nil || err != nil {
+		return dir, err
+	}
+	loaded := a.loading.DoChan("", func() (any, error) { return a.loadDirectory() })
+	select {
+	case r := <-loaded:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*npz.Directory), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// loadDirectory reads the directory for directory. It does not stop when
+// the request that started it is interrupted: others may be waiting.
+func (a *memberDirNode) loadDirectory() (*npz.Directory, error) {
+	a.mu.Lock()
+	dir, err := a.dir, a.dirErr
+	a.mu.Unlock()
+	if dir != nil || err != nil { // loaded since the caller looked
+		return dir, err
 	}
 	if dir := a.tree.NPZ.knownDirectory(a.object()); dir != nil {
-		a.dir = dir
+		a.keepDirectory(dir, nil)
 		return dir, nil
 	}
 	r := a.tree.Blocks.OpenRandom(a.object())
 	defer r.Close()
-	dir, err := npz.ReadDirectory(readerAt{ctx, r}, a.archive.size)
+	dir, err = npz.ReadDirectory(readerAt{a.tree.NPZ.life, r}, a.archive.size)
 	if err != nil {
 		err = fmt.Errorf("reading the zip directory of %q: %w", a.archive.key, err)
 		if isDataError(err) {
-			a.dirErr = err
+			a.keepDirectory(nil, err)
 		}
 		return nil, err
 	}
 	for _, u := range dir.Unusable {
 		a.tree.warnHidden(hiddenKey{key: a.path() + "/" + u.Name, reason: u.Err.Error()})
 	}
-	a.dir = dir
+	a.keepDirectory(dir, nil)
 	a.tree.NPZ.rememberDirectory(a.object(), dir)
 	return dir, nil
+}
+
+func (a *memberDirNode) keepDirectory(dir *npz.Directory, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dir, a.dirErr = dir, err
 }
 
 func (a *memberDirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -170,10 +207,12 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	}
 	// Reads of one member are scattered over the archive (a window here,
 	// a window there): read-ahead would fetch what nobody asked for.
-	h := &memberHandle{node: n, reader: n.tree.Blocks.OpenRandom(n.dir.object()), dataOff: -1}
+	life, end := context.WithCancel(n.tree.NPZ.life)
+	h := &memberHandle{node: n, reader: n.tree.Blocks.OpenRandom(n.dir.object()), dataOff: -1, life: life, end: end}
 	if n.member.Method == npz.Stored {
 		off, err := n.member.DataOffset(readerAt{ctx, h.reader})
 		if err != nil {
+			end()
 			h.reader.Close()
 			return nil, 0, n.tree.errno(ctx, "open", n.path(), err)
 		}
@@ -189,8 +228,20 @@ type memberHandle struct {
 	reader *cache.Reader
 	// dataOff is where a stored member's bytes start in the archive.
 	dataOff int64
+	// life ends at Release: inflations that outlive the read that
+	// started them (others may wait for them) stop with it.
+	life context.Context
+	end  context.CancelFunc
+	// inflating makes concurrent reads of one span inflate it once.
+	inflating singleflight.Group
 
 	mu sync.Mutex
+	// released is set by Release; inflations add to running only while
+	// it is unset, so Release's Wait never races with an Add.
+	released bool
+	// running counts inflations, which read through reader: Release
+	// waits for them before it closes reader.
+	running sync.WaitGroup
 	// index, once found, serves this open's reads even if the view's
 	// cache lets it go.
 	index *npz.Index
@@ -198,7 +249,7 @@ type memberHandle struct {
 	// kernel splits a read of one window into several requests, and its
 	// read-around asks for the output around the window too, so each
 	// span would otherwise be inflated again for every request touching it.
-	spans     []*decodedSpan
+	spans     []decodedSpan
 	spanBytes int64
 	// dataRead is set once a read needed more than the index's head;
 	// rowEnd is where the kernel stops reading past the row that read
@@ -207,12 +258,10 @@ type memberHandle struct {
 	rowEnd   int64
 }
 
-// decodedSpan is the content between two access points.
+// decodedSpan is the content [start, stop) after an access point.
 type decodedSpan struct {
 	start, stop int64
 	data        []byte
-	done        chan struct{} // closed when data or err is set
-	err         error
 }
 
 const (
@@ -291,12 +340,15 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 	rowEnd := h.rowEnd
 	h.mu.Unlock()
 	// The spans a read covers are independent: inflate them in parallel.
-	var wg sync.WaitGroup
-	errs := make(chan error, len(p)/int(min(h.node.tree.NPZ.span, int64(len(p))))+2)
+	// Every goroutine writing into p ends before this returns: the
+	// caller's buffer is not ours once it has (go-fuse reuses it for
+	// another request's reply).
+	g, gctx := errgroup.WithContext(ctx)
 	for pos := off; pos < end; {
 		start, stop := x.Span(pos)
-		upto := min(end, stop)
+		at, upto := pos, min(end, stop)
 		dst := p[pos-off : upto-off]
+		pos = upto
 		// The span holding the end of the loader's window is inflated
 		// only as far as the kernel will read: on average that saves
 		// half a span per window.
@@ -305,7 +357,7 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 			limit = rowEnd
 		}
 		if data, ok := h.heldSpan(start, upto); ok {
-			copy(dst, data[pos-start:upto-start])
+			copy(dst, data[at-start:upto-start])
 		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4 && rowEnd <= upto) {
 			// An outsize span (one huge deflate block) is not worth
 			// keeping; a short read near the start of a span (an
@@ -313,30 +365,22 @@ func (h *memberHandle) readDeflated(ctx context.Context, p []byte, off int64) er
 			// whole span, unless the kernel is known to read on (the
 			// first read of a window starts near a span's start).
 			// Inflate just what is asked.
-			if _, err := x.ReadAt(readerAt{ctx, h.reader}, dst, pos); err != nil {
+			g.Go(func() error {
+				_, err := x.ReadAt(readerAt{gctx, h.reader}, dst, at)
 				return err
-			}
+			})
 		} else {
-			wg.Add(1)
-			go func(pos int64) {
-				defer wg.Done()
-				data, err := h.span(ctx, x, start, limit)
+			g.Go(func() error {
+				data, err := h.span(gctx, x, start, limit)
 				if err != nil {
-					errs <- err
-					return
+					return err
 				}
-				copy(dst, data[pos-start:upto-start])
-			}(pos)
+				copy(dst, data[at-start:upto-start])
+				return nil
+			})
 		}
-		pos = upto
 	}
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
-	}
+	return g.Wait()
 }
 
 // prefetch starts fetching the compressed bytes of the spans [off, end)
@@ -410,77 +454,80 @@ func (h *memberHandle) keepIndex(x *npz.Index) {
 
 // span returns the content [start, stop) after an access point (stop at
 // most the next one), inflating it unless this open holds it. Concurrent
-// requests for one span inflate it once.
+// requests for one span inflate it once, in the background: a request
+// that is interrupted stops waiting, and the others still get the span.
 func (h *memberHandle) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
-	h.mu.Lock()
-	var s *decodedSpan
-	for i, held := range h.spans {
-		if held.start == start && held.stop >= stop {
-			s = held
-			// Most recently used last.
-			h.spans = append(append(h.spans[:i:i], h.spans[i+1:]...), s)
-			break
-		}
+	if data, ok := h.heldSpan(start, stop); ok {
+		return data, nil
 	}
-	if s == nil {
-		s = &decodedSpan{start: start, stop: stop, done: make(chan struct{})}
-		h.spans = append(h.spans, s)
-		h.spanBytes += stop - start
-		for h.spanBytes > heldSpanFactor*h.node.tree.NPZ.span && len(h.spans) > 1 {
-			h.spanBytes -= h.spans[0].stop - h.spans[0].start
-			h.spans = h.spans[1:]
-		}
-		h.mu.Unlock()
-		// Not cancelled with the request: others may wait for it.
-		data := make([]byte, stop-start)
-		_, err := x.ReadAt(readerAt{context.WithoutCancel(ctx), h.reader}, data, start)
-		if err != nil {
-			s.err = err
-			h.dropSpan(s)
-		} else {
-			h.mu.Lock() // heldSpan looks at data without waiting
-			s.data = data
-			h.mu.Unlock()
-		}
-		close(s.done)
-	} else {
-		h.mu.Unlock()
-	}
+	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
+	inflated := h.inflating.DoChan(key, func() (any, error) { return h.inflate(x, start, stop) })
 	select {
-	case <-s.done:
-		return s.data, s.err
+	case r := <-inflated:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]byte), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
+
+// inflate inflates [start, stop) into a buffer of its own and holds it.
+// A failure is not held: the next read tries again.
+func (h *memberHandle) inflate(x *npz.Index, start, stop int64) ([]byte, error) {
+	h.mu.Lock()
+	if h.released {
+		h.mu.Unlock()
+		return nil, errHandleReleased
+	}
+	h.running.Add(1)
+	h.mu.Unlock()
+	defer h.running.Done()
+	if data, ok := h.heldSpan(start, stop); ok { // inflated since the caller looked
+		return data, nil
+	}
+	data := make([]byte, stop-start)
+	if _, err := x.ReadAt(readerAt{h.life, h.reader}, data, start); err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.spans = append(h.spans, decodedSpan{start: start, stop: stop, data: data})
+	h.spanBytes += stop - start
+	for h.spanBytes > heldSpanFactor*h.node.tree.NPZ.span && len(h.spans) > 1 {
+		h.spanBytes -= h.spans[0].stop - h.spans[0].start
+		h.spans = h.spans[1:]
+	}
+	return data, nil
+}
+
+// errHandleReleased is an inflation that starts after the file was closed.
+var errHandleReleased = errors.New("member file closed")
 
 // heldSpan returns the content from the access point at start on, if
 // this open has it inflated at least up to upto.
 func (h *memberHandle) heldSpan(start, upto int64) ([]byte, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, s := range h.spans {
-		if s.start == start && s.stop >= upto && s.data != nil {
+	for i, s := range h.spans {
+		if s.start == start && s.stop >= upto {
+			// Most recently used last.
+			h.spans = append(append(h.spans[:i:i], h.spans[i+1:]...), s)
 			return s.data, true
 		}
 	}
 	return nil, false
 }
 
-// dropSpan forgets s, which failed, so the next read tries again.
-func (h *memberHandle) dropSpan(s *decodedSpan) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for i, held := range h.spans {
-		if held == s {
-			h.spans = append(h.spans[:i:i], h.spans[i+1:]...)
-			h.spanBytes -= s.stop - s.start
-			return
-		}
-	}
-}
-
 func (h *memberHandle) Release(ctx context.Context) syscall.Errno {
+	// Inflations still running read through the reader: stop them, and
+	// close the reader once they have ended.
+	h.mu.Lock()
+	h.released = true
+	h.mu.Unlock()
+	h.end()
+	h.running.Wait()
 	h.reader.Close()
 	h.node.tree.Metrics.opened(-1)
 	return 0

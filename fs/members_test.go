@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -54,7 +56,61 @@ type memberFixture struct {
 	tree    *tree
 	dir     *memberDirNode
 	members map[string][]byte
+	store   *faultyStore
 }
+
+// faultyStore is a MemStore whose GETs can be made slow, held, or failing,
+// to put member reads in the states a real S3 puts them in.
+type faultyStore struct {
+	*s3backend.MemStore
+	// delay is how long each GET takes (it ends early if its request is
+	// cancelled).
+	delay atomic.Int64
+	// failing makes every GET fail.
+	failing atomic.Bool
+	// gate, if set, holds every GET until it is closed.
+	gate atomic.Pointer[chan struct{}]
+	gets atomic.Int64
+}
+
+var errInjected = errors.New("injected GET failure")
+
+func (s *faultyStore) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
+	s.gets.Add(1)
+	if g := s.gate.Load(); g != nil {
+		select {
+		case <-*g:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if d := time.Duration(s.delay.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if s.failing.Load() {
+		return 0, fmt.Errorf("get %q at %d: %w", v.Key, off, errInjected)
+	}
+	return s.MemStore.ReadAt(ctx, v, off, bufs...)
+}
+
+// coldCache gives the tree a new, empty block cache over the same store:
+// indexes built so far stay in the view, but every block must be fetched
+// again, through whatever the store does now.
+func (f *memberFixture) coldCache(t *testing.T) {
+	t.Helper()
+	blocks, err := cache.New(f.store, memberCacheOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(blocks.Close)
+	f.tree.Blocks = blocks
+}
+
+var memberCacheOptions = cache.Options{CacheSize: 64 << 20, BlockSize: 256 << 10, PartSize: 1 << 20, MaxReadAhead: 4 << 20, MaxParallel: 4}
 
 func newMemberFixture(t *testing.T, method uint16, arch func([]byte) []byte) *memberFixture {
 	t.Helper()
@@ -71,7 +127,8 @@ func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, 
 	mem := s3backend.NewMemStore()
 	mem.Put("p/a.npz", data)
 	info, _ := mem.Info("p/a.npz")
-	blocks, err := cache.New(mem, cache.Options{CacheSize: 64 << 20, BlockSize: 256 << 10, PartSize: 1 << 20, MaxReadAhead: 4 << 20, MaxParallel: 4})
+	store := &faultyStore{MemStore: mem}
+	blocks, err := cache.New(store, memberCacheOptions)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +138,9 @@ func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, 
 		t.Fatal(err)
 	}
 	t.Cleanup(view.Close)
-	tr := &tree{Config: Config{Lister: mem, Blocks: blocks, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler), NPZ: view}}
+	tr := &tree{Config: Config{Lister: store, Blocks: blocks, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler), NPZ: view}}
 	archive := dirEntry{name: "a.npz", key: "p/a.npz", size: info.Size, etag: info.ETag}
-	return &memberFixture{tree: tr, dir: &memberDirNode{tree: tr, parent: tr.newDirNode("p/"), archive: archive}, members: members}
+	return &memberFixture{tree: tr, dir: &memberDirNode{tree: tr, parent: tr.newDirNode("p/"), archive: archive}, members: members, store: store}
 }
 
 func (f *memberFixture) open(t *testing.T, name string) (*memberHandle, syscall.Errno) {
@@ -321,5 +378,146 @@ func TestNPZViewOptions(t *testing.T) {
 		if v != nil {
 			v.Close()
 		}
+	}
+}
+
+// An interrupted member read must leave the caller's buffer alone once it
+// has returned: go-fuse reuses the buffer for the next request's reply. A
+// read over the tail of one span (inflated in a goroutine) and the head
+// of the next (read directly, and failing fast when interrupted) used to
+// return while the goroutine still had its copy to do.
+func TestMemberReadLeavesBufferAfterReturn(t *testing.T) {
+	const storeDelay = 100 * time.Millisecond
+	f := newMemberFixture(t, zip.Deflate, nil)
+	want := f.members["windows.npy"]
+	h, _ := f.open(t, "windows.npy")
+	if _, errno := readMember(h, 128, 0); errno != 0 { // builds the index
+		t.Fatalf("header read: %v", errno)
+	}
+	x := h.index
+	h.Release(context.Background())
+	// A span boundary well past the index's head, and the read across it.
+	_, boundary := x.Span(x.HeadLen() + 256<<10)
+	next, nextStop := x.Span(boundary)
+	off := boundary - 8<<10
+	n := int(8<<10 + (nextStop-next)/8)
+	changed := 0
+	for i := range 20 {
+		f.coldCache(t)
+		f.store.delay.Store(int64(storeDelay))
+		h, _ := f.open(t, "windows.npy")
+		dest := bytes.Repeat([]byte{0xAA}, n)
+		ctx, cancel := context.WithCancel(context.Background())
+		stop := time.AfterFunc(20*time.Millisecond, cancel)
+		res, errno := h.Read(ctx, dest, off)
+		stop.Stop()
+		cancel()
+		returned := bytes.Clone(dest)
+		// Long enough for every GET and inflation the read started.
+		time.Sleep(3 * storeDelay)
+		if !bytes.Equal(dest, returned) {
+			changed++
+		}
+		if errno == 0 {
+			got, _ := res.Bytes(nil)
+			if !bytes.Equal(got, want[off:off+int64(n)]) {
+				t.Errorf("read %d: wrong bytes", i)
+			}
+		} else if errno != syscall.EINTR {
+			t.Errorf("read %d: errno %v, want EINTR or success", i, errno)
+		}
+		h.Release(context.Background())
+	}
+	if changed > 0 {
+		t.Errorf("the buffer changed after Read returned in %d of 20 reads", changed)
+	}
+}
+
+// A read whose spans all fail must answer, however many spans it covers.
+// With an access point before every row, spans are as short as half the
+// checkpoint span, and a read covers more of them than len/span: the
+// per-read error channel, sized for spans of a whole checkpoint span, was
+// full before every goroutine had sent its error, and the read hung.
+func TestFailingMemberReadAnswers(t *testing.T) {
+	const rowBytes = 32 << 10
+	want := npyOf(64, rowBytes)
+	f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+	h, _ := f.open(t, "windows.npy")
+	if _, errno := readMember(h, 128, 0); errno != 0 { // builds the index
+		t.Fatalf("header read: %v", errno)
+	}
+	x := h.index
+	h.Release(context.Background())
+	const n = 256 << 10
+	off := x.HeadLen() + 100<<10
+	spans := 0
+	for pos := off; pos < off+n; {
+		_, stop := x.Span(pos)
+		spans++
+		pos = stop
+	}
+	t.Logf("a read of %d bytes at %d covers %d spans", n, off, spans)
+
+	f.coldCache(t)
+	f.store.failing.Store(true)
+	h, _ = f.open(t, "windows.npy")
+	defer h.Release(context.Background())
+	answered := make(chan syscall.Errno, 1)
+	go func() {
+		_, errno := readMember(h, n, off)
+		answered <- errno
+	}()
+	select {
+	case errno := <-answered:
+		if errno != syscall.EIO {
+			t.Errorf("read with every GET failing: errno %v, want EIO", errno)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("read of %d spans with every GET failing: no reply after 10 s", spans)
+	}
+}
+
+// No lock is held across the GET of an archive's zip directory: while one
+// lookup in NAME.npz.d waits for it, another whose request is interrupted
+// returns EINTR at once instead of queueing behind the first.
+func TestMemberDirLookupInterruptedWhileDirectoryLoads(t *testing.T) {
+	f := newMemberFixture(t, zip.Deflate, nil)
+	gate := make(chan struct{})
+	f.store.gate.Store(&gate)
+	first := make(chan syscall.Errno, 1)
+	go func() {
+		_, errno := f.dir.Lookup(context.Background(), "missing.npy", &fuse.EntryOut{})
+		first <- errno
+	}()
+	for f.store.gets.Load() == 0 { // the first lookup's GET is under way
+		time.Sleep(time.Millisecond)
+	}
+	interrupted, cancel := context.WithCancel(context.Background())
+	cancel()
+	second := make(chan syscall.Errno, 1)
+	go func() {
+		_, errno := f.dir.Lookup(interrupted, "also-missing.npy", &fuse.EntryOut{})
+		second <- errno
+	}()
+	select {
+	case errno := <-second:
+		if errno != syscall.EINTR {
+			t.Errorf("interrupted lookup while the directory loads: errno %v, want EINTR", errno)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("interrupted lookup still waiting after 5 s behind the one loading the directory")
+		defer func() { <-second }()
+	}
+	close(gate)
+	if errno := <-first; errno != syscall.ENOENT {
+		t.Errorf("lookup of a missing member: errno %v, want ENOENT", errno)
+	}
+	// The interrupted lookup did not spoil the load the first one waited
+	// for: one GET of the tail served it, and serves the next lookup.
+	if _, errno := f.dir.Lookup(context.Background(), "missing.npy", &fuse.EntryOut{}); errno != syscall.ENOENT {
+		t.Errorf("lookup after the load: errno %v, want ENOENT", errno)
+	}
+	if gets := f.store.gets.Load(); gets != 1 {
+		t.Errorf("%d GETs for the zip directory, want 1", gets)
 	}
 }

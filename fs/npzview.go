@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -23,11 +24,22 @@ type NPZView struct {
 	// refuse one, which then serves the reads that asked for it and is
 	// built again next time.
 	indexes *ristretto.Cache[string, *npz.Index]
+	// life ends when the view is closed. Work that no one request owns
+	// (index builds, zip directory reads, span inflations others may wait
+	// for) runs under it instead of the request's context, and stops
+	// with it at unmount.
+	life context.Context
+	end  context.CancelFunc
+	// building makes concurrent first reads of one member inflate it once.
+	building singleflight.Group
 
 	mu sync.Mutex
-	// building maps an index key to the build in progress, so concurrent
-	// first reads of one member inflate it once.
-	building map[string]*indexBuild
+	// closed is set by Close; building adds to running only while it is
+	// unset, so Close's Wait never races with an Add.
+	closed bool
+	// running counts index builds, which Set into indexes: Close waits
+	// for them before it closes indexes.
+	running sync.WaitGroup
 	// broken remembers members whose data is corrupt (bad CRC, undecodable
 	// stream): the archive version cannot change, so building again would
 	// only inflate the whole member again to fail the same way.
@@ -38,12 +50,6 @@ type NPZView struct {
 	dirs map[string]*npz.Directory
 
 	builds, hits, buildErrors atomic.Int64
-}
-
-type indexBuild struct {
-	done chan struct{}
-	x    *npz.Index
-	err  error
 }
 
 // maxBroken and maxDirs bound the memory of the broken-member memo and of
@@ -75,11 +81,23 @@ func NewNPZView(span, indexBytes int64) (*NPZView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create npz index cache: %w", err)
 	}
-	return &NPZView{span: span, indexes: c, building: map[string]*indexBuild{}, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}, nil
+	life, end := context.WithCancel(context.Background())
+	return &NPZView{span: span, indexes: c, life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}, nil
 }
 
-// Close releases the index cache.
-func (v *NPZView) Close() { v.indexes.Close() }
+// errViewClosed is work asked of the view after Close.
+var errViewClosed = errors.New("npz member view closed: the filesystem is being unmounted")
+
+// Close stops the view's background work, waits for index builds to end,
+// and releases the index cache.
+func (v *NPZView) Close() {
+	v.mu.Lock()
+	v.closed = true
+	v.mu.Unlock()
+	v.end()
+	v.running.Wait()
+	v.indexes.Close()
+}
 
 // NPZStats is a snapshot of the member view's counters.
 type NPZStats struct {
@@ -123,63 +141,76 @@ func indexKey(obj cache.Object, m npz.Member) string {
 
 // index returns the index of the deflated member m of archive obj,
 // building it if it is not held. The build reads the member through its
-// own sequential reader and does not stop when ctx is cancelled: other
-// reads may be waiting for it.
+// own sequential reader and does not stop when ctx is cancelled (other
+// reads may be waiting for it), only when the view is closed.
 func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member) (*npz.Index, error) {
 	key := indexKey(obj, m)
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
 		return x, nil
 	}
-	v.mu.Lock()
-	if err := v.broken[key]; err != nil {
-		v.mu.Unlock()
+	if err := v.brokenMember(key); err != nil {
 		return nil, err
 	}
-	b := v.building[key]
-	if b == nil {
-		// It may have been cached between the Get and the lock.
-		if x, ok := v.indexes.Get(key); ok {
-			v.mu.Unlock()
-			v.hits.Add(1)
-			return x, nil
-		}
-		b = &indexBuild{done: make(chan struct{})}
-		v.building[key] = b
-		go v.build(context.WithoutCancel(ctx), blocks, obj, m, key, b)
-	}
-	v.mu.Unlock()
+	built := v.building.DoChan(key, func() (any, error) { return v.build(blocks, obj, m, key) })
 	select {
-	case <-b.done:
-		return b.x, b.err
+	case r := <-built:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*npz.Index), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
 
-func (v *NPZView) build(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member, key string, b *indexBuild) {
-	v.builds.Add(1)
-	r := blocks.Open(obj, false)
-	b.x, b.err = npz.BuildIndex(readerAt{ctx, r}, m, v.span, rowLead)
-	r.Close()
-	if b.err == nil {
-		v.indexes.Set(key, b.x, b.x.MemoryBytes())
-		// Sets are applied asynchronously: wait, so that a read that
-		// misses the building entry below finds the index.
-		v.indexes.Wait()
-	} else {
-		v.buildErrors.Add(1)
+func (v *NPZView) brokenMember(key string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.broken[key]
+}
+
+// build builds the index of member m under key, unless a build that ended
+// since the caller looked left it cached or found it broken.
+func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member, key string) (*npz.Index, error) {
+	if x, ok := v.indexes.Get(key); ok {
+		v.hits.Add(1)
+		return x, nil
 	}
 	v.mu.Lock()
-	if isDataError(b.err) {
-		if len(v.broken) >= maxBroken {
-			clear(v.broken)
-		}
-		v.broken[key] = b.err
+	err := v.broken[key]
+	if err == nil && v.closed {
+		err = errViewClosed
 	}
-	delete(v.building, key)
+	if err != nil {
+		v.mu.Unlock()
+		return nil, err
+	}
+	v.running.Add(1)
 	v.mu.Unlock()
-	close(b.done)
+	defer v.running.Done()
+
+	v.builds.Add(1)
+	r := blocks.Open(obj, false)
+	x, err := npz.BuildIndex(readerAt{v.life, r}, m, v.span, rowLead)
+	r.Close()
+	if err != nil {
+		v.buildErrors.Add(1)
+		if isDataError(err) {
+			v.mu.Lock()
+			if len(v.broken) >= maxBroken {
+				clear(v.broken)
+			}
+			v.broken[key] = err
+			v.mu.Unlock()
+		}
+		return nil, err
+	}
+	v.indexes.Set(key, x, x.MemoryBytes())
+	// Sets are applied asynchronously: wait, so that a read arriving once
+	// this build is over finds the index.
+	v.indexes.Wait()
+	return x, nil
 }
 
 // isDataError reports whether err says the archive's bytes are wrong, as
