@@ -521,3 +521,34 @@ func TestMemberDirLookupInterruptedWhileDirectoryLoads(t *testing.T) {
 		t.Errorf("%d GETs for the zip directory, want 1", gets)
 	}
 }
+
+// Unmount closes the view while index builds are running. The builds
+// must stop with it rather than read on (starting fetches in a cache
+// being closed, setting into a closed index cache), and the reads waiting
+// for them must answer.
+func TestNPZViewCloseStopsIndexBuilds(t *testing.T) {
+	f := newMemberFixture(t, zip.Deflate, nil)
+	h, _ := f.open(t, "windows.npy") // reads the zip directory first
+	defer h.Release(context.Background())
+	gate := make(chan struct{})
+	defer close(gate)
+	f.store.gate.Store(&gate)
+	before := f.store.gets.Load()
+	answered := make(chan syscall.Errno, 1)
+	go func() {
+		_, errno := readMember(h, 128, 0) // builds the index
+		answered <- errno
+	}()
+	for f.store.gets.Load() == before { // the build's first GET is under way
+		time.Sleep(time.Millisecond)
+	}
+	f.tree.NPZ.Close()
+	select {
+	case errno := <-answered:
+		if errno == 0 {
+			t.Error("read answered from a build the view's Close stopped")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("view closed: the read waiting for an index build still has no answer after 10 s (the build goes on)")
+	}
+}
