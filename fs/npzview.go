@@ -60,6 +60,14 @@ const (
 	maxDirs   = 16384
 )
 
+// MinNPZIndexBytes is the least memory for indexes that holds one of a
+// few access points at its largest: an index keeps at most 4 KiB of its
+// member's start and, per access point, a window that is usually tens of
+// bytes but is stored whole (32 KiB) when its sparse form fails its
+// check. With less, such an index is never kept, and every read of its
+// member inflates the member whole again.
+const MinNPZIndexBytes = 128 << 10
+
 // NewNPZView returns a member view whose compressed members get an
 // access point every span bytes of output, holding indexes of at most
 // indexBytes bytes together.
@@ -67,8 +75,8 @@ func NewNPZView(span, indexBytes int64) (*NPZView, error) {
 	if span < 64<<10 || span > 64<<20 {
 		return nil, fmt.Errorf("npz checkpoint span %d must be from 64KiB to 64MiB", span)
 	}
-	if indexBytes <= 0 {
-		return nil, errors.New("npz members need a cache: indexes are held in it")
+	if indexBytes < MinNPZIndexBytes {
+		return nil, fmt.Errorf("npz members need at least %d bytes of cache for indexes, not %d", MinNPZIndexBytes, indexBytes)
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
 		// An index of a 85 MB member at a 1 MiB span is about 2.7 MB.

@@ -172,6 +172,19 @@ func TestFailFast(t *testing.T) {
 			keywords: []string{"url", "s3://"},
 		},
 		{
+			// The sizes --npz-members derives from --cache-size are
+			// checked before the endpoint is tried: the line names the
+			// size, not the unreachable endpoint.
+			name:       "npz members with a cache of a few blocks",
+			mountpoint: emptyDir,
+			args: func(mp string) []string {
+				return slices.Concat([]string{"mount"}, endpointArgs(fmt.Sprintf("http://127.0.0.1:%d", closedPort)),
+					[]string{"--npz-members", "--cache-size", "1MiB", good, mp})
+			},
+			creds:    root,
+			keywords: []string{"--cache-size 1.0 mib is too small for --npz-members"},
+		},
+		{
 			name:       "no arguments",
 			mountpoint: emptyDir,
 			args:       func(string) []string { return []string{"mount"} },

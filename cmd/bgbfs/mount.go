@@ -89,8 +89,9 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 
 	// The cache is the bulk of the heap: keep the Go runtime's garbage
 	// from growing the process far beyond it.
-	if o.cache.CacheSize > 0 {
-		debug.SetMemoryLimit(o.cache.CacheSize + runtimeHeadroom)
+	cacheSize, indexBytes := o.cache.CacheSize+o.npzIndexBytes, o.npzIndexBytes
+	if cacheSize > 0 {
+		debug.SetMemoryLimit(cacheSize + runtimeHeadroom)
 	}
 	metrics := newDaemonMetrics()
 	client, err := s3backend.New(ctx, s3backend.Config{
@@ -124,12 +125,8 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	var npzView *bgfs.NPZView
-	cacheSize, indexBytes := o.cache.CacheSize, int64(0)
 	if o.npzMembers {
-		// Indexes and blocks share --cache-size: an index saves inflating
-		// a whole member, a block only one GET.
-		indexBytes = o.cache.CacheSize / 2
-		o.cache.CacheSize -= indexBytes
+		// Indexes and blocks share --cache-size, split by parseMountArgs.
 		if npzView, err = bgfs.NewNPZView(o.npzSpan, indexBytes); err != nil {
 			return nil, err
 		}

@@ -45,6 +45,9 @@ type mountOptions struct {
 	// output distance between access points of a compressed member.
 	npzMembers bool
 	npzSpan    int64
+	// npzIndexBytes is the share of --cache-size that holds member
+	// indexes; cache.CacheSize is what is left for blocks.
+	npzIndexBytes int64
 
 	logFormat string
 	logFile   string
@@ -208,8 +211,39 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	if o.npzMembers && o.cache.CacheSize == 0 {
 		return o, usageError{"--npz-members needs a --cache-size above 0: member indexes are held in the cache"}
 	}
+	if o.npzMembers {
+		// Checked here, before anything touches the network: a size that
+		// only fails once split would otherwise fail after the probe.
+		if err := o.splitNPZCache(); err != nil {
+			return o, err
+		}
+	}
 	o.metricsAddr = *metricsAddr
 	return o, nil
+}
+
+// splitNPZCache gives half of --cache-size to member indexes (an index
+// saves inflating a whole member, a block only one GET) and the rest to
+// blocks, and checks that each half still does its job.
+func (o *mountOptions) splitNPZCache() error {
+	total := o.cache.CacheSize
+	o.npzIndexBytes = total / 2
+	o.cache.CacheSize = total - o.npzIndexBytes
+	size := func(n int64) string { return humanize.IBytes(uint64(n)) }
+	// The smallest total whose halves pass every check below.
+	least := 2 * max(4*o.cache.BlockSize, bgfs.MinNPZIndexBytes, o.npzSpan)
+	switch {
+	case o.cache.Validate() != nil:
+		return usageError{fmt.Sprintf("--cache-size %s is too small for --npz-members: half of it holds member indexes, and the %s left for blocks must be at least 4 blocks of --block-size %s; use --cache-size %s or more",
+			size(total), size(o.cache.CacheSize), size(o.cache.BlockSize), size(least))}
+	case o.npzIndexBytes < bgfs.MinNPZIndexBytes:
+		return usageError{fmt.Sprintf("--cache-size %s is too small for --npz-members: the half that holds member indexes (%s) cannot hold one member index (%s); use --cache-size %s or more",
+			size(total), size(o.npzIndexBytes), size(bgfs.MinNPZIndexBytes), size(least))}
+	case o.npzSpan > o.cache.CacheSize:
+		return usageError{fmt.Sprintf("--npz-checkpoint-span %s is larger than the %s of --cache-size left for blocks with --npz-members: a read inflates up to a span, whose compressed bytes would not stay cached; use a smaller span or --cache-size %s or more",
+			size(o.npzSpan), size(o.cache.CacheSize), size(least))}
+	}
+	return nil
 }
 
 // parseS3URL splits s3://BUCKET/PREFIX into bucket and a prefix that is
