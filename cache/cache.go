@@ -111,6 +111,10 @@ type BlockCache struct {
 	inflight map[string]*fetch
 	// closed is set by Close: no fetch starts after it.
 	closed bool
+	// life is the context of every GET; Close cancels it, so that an
+	// unmount does not wait for GETs nobody will read.
+	life context.Context
+	end  context.CancelFunc
 
 	hits, misses, evictions, fetchedAhead atomic.Int64
 }
@@ -126,11 +130,14 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	if opt.ReorderWindow <= 0 {
 		opt.ReorderWindow = 1 << 20
 	}
+	life, end := context.WithCancel(context.Background())
 	c := &BlockCache{
 		store:    store,
 		opt:      opt,
 		requests: make(chan struct{}, opt.MaxParallel),
 		inflight: map[string]*fetch{},
+		life:     life,
+		end:      end,
 	}
 	if opt.CacheSize == 0 {
 		return c, nil
@@ -156,14 +163,15 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 }
 
 // Close stops new fetches (reads that need one fail with ErrClosed),
-// waits for running ones, then releases the cache's memory and goroutines.
-// Index builds and read-ahead may still be reading when the filesystem is
-// unmounted: a fetch started during or after the close of the block cache
-// would Set into it, which can panic.
+// cancels running ones and waits for them to end, then releases the
+// cache's memory and goroutines. Index builds and read-ahead may still be
+// reading when the filesystem is unmounted: a fetch started during or
+// after the close of the block cache would Set into it, which can panic.
 func (c *BlockCache) Close() {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
+	c.end()
 	c.fetching.Wait()
 	if c.blocks != nil {
 		c.blocks.Close()
@@ -299,8 +307,8 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 	return out, started
 }
 
-// run performs one fetch. It does not depend on any reader's context:
-// other readers may be waiting for the same blocks.
+// run performs one fetch. It does not depend on any reader's context
+// (other readers may be waiting for the same blocks), only on the cache's.
 func (c *BlockCache) run(f *fetch) {
 	defer c.fetching.Done()
 	if f.demand {
@@ -317,8 +325,11 @@ func (c *BlockCache) run(f *fetch) {
 	for i := range f.blocks {
 		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
 	}
-	n, err := c.store.ReadAt(context.Background(), f.obj, f.first*c.opt.BlockSize, f.blocks...)
+	n, err := c.store.ReadAt(c.life, f.obj, f.first*c.opt.BlockSize, f.blocks...)
 	<-c.requests
+	if err != nil && c.life.Err() != nil {
+		err = ErrClosed // cancelled by Close
+	}
 	if errors.Is(err, io.EOF) {
 		err = nil
 		if int64(n) != f.size {
