@@ -282,3 +282,70 @@ func goroutineDump(stderr string) string {
 	}
 	return lastBytes(b.String(), 12000)
 }
+
+// TestExecExitsWhileIndexesBuild runs `bgbfs exec --npz-members` whose
+// command starts a reader of every compressed member of the member bucket
+// (cold: each first read builds the member's index, inflating it whole
+// through a slow S3), kills the readers while the builds run, and exits
+// 7. The builds outlive the reads that started them, so the unmount and
+// the closing of the block and index caches happen while they fetch. bgbfs
+// must exit with the command's status, with no panic or fatal error in
+// its log, leaving nothing mounted.
+func TestExecExitsWhileIndexesBuild(t *testing.T) {
+	d := memberFixture(t)
+	srv := env.server(t)
+	counting := newProxy(t, srv.Endpoint)
+	// 500 kB/s per response: a build of a 17 MB member takes many seconds.
+	shaper, err := testbed.NewShapingProxy(counting.URL, 5*time.Millisecond, 500e3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = shaper.Close() })
+	var members []string
+	for _, a := range d.Viewable() {
+		for _, m := range a.Members {
+			if m.Deflated && m.Size > 0 {
+				members = append(members, a.Rel+memberDirSuffix+"/"+m.Name)
+			}
+		}
+	}
+	mp := newMountpoint(t)
+	cleanupMountpoint(t, mp)
+	// Every reader reads one byte: its first read waits for the index.
+	script := `mp=$0; pids=; for f in "$@"; do head -c 1 "$mp/$f" > /dev/null 2>&1 & pids="$pids $!"; done; ` +
+		`sleep 1; kill -KILL $pids 2>/dev/null; wait; exit 7`
+	args := slices.Concat([]string{"exec"}, endpointArgs(shaper.URL),
+		[]string{"--npz-members", "--log-level", "debug", "--metadata-ttl", "10m", "s3://" + d.Bucket + "/" + memberDataPrefix, mp, "--", "/bin/sh", "-c", script, mp}, members)
+	res := testbed.Run(env.bgbfs, args, testbed.CleanEnv(rootCreds(srv)), execLimit)
+	t.Logf("bgbfs exec --npz-members ... (%d readers killed while indexes build, then exit 7): exit %d after %v",
+		len(members), res.ExitCode, res.Elapsed.Round(time.Millisecond))
+	if res.ExitCode != 7 {
+		t.Errorf("exit status %d, want 7 (the command's); stderr:\n%s", res.ExitCode, lastBytes(res.Stderr, 6000))
+	}
+	for _, bad := range []string{"panic:", "fatal error:", "WaitGroup", "DATA RACE"} {
+		if strings.Contains(res.Stderr, bad) {
+			t.Errorf("%q in the log of bgbfs exec:\n%s", bad, lastBytes(res.Stderr, 6000))
+			break
+		}
+	}
+	checkExecDone(t, mp, res)
+
+	// The test bed did what it meant to: reads were still waiting for
+	// their index builds when the readers were killed (their requests were
+	// interrupted), and the files were closed, so the unmount was clean and
+	// the caches were closed under the builds (not skipped, as they are
+	// when the process exits with files still open).
+	waiting := 0
+	for _, line := range strings.Split(res.Stderr, "\n") {
+		if strings.Contains(line, `msg="request interrupted" op=read`) && strings.Contains(line, memberDirSuffix+"/") {
+			waiting++
+		}
+	}
+	t.Logf("member reads interrupted while waiting for their index: %d; at the proxy: %s", waiting, counting.Counts())
+	if waiting == 0 {
+		t.Errorf("test bed: no member read was waiting for its index when the readers were killed; the builds were over before the unmount")
+	}
+	if strings.Contains(res.Stderr, "files still open after unmount") {
+		t.Errorf("test bed: files were still open at unmount; the caches were never closed")
+	}
+}
