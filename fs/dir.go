@@ -30,6 +30,7 @@ const retryListAfter = 2 * time.Second
 // the prefix, so that it outlives the node when the kernel forgets it.
 type dirNode struct {
 	gofs.Inode
+	readOnlyDir
 	tree   *tree
 	prefix string // full key prefix, "" or ending in "/"
 	*dirState

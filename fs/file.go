@@ -18,6 +18,7 @@ import (
 // so the fields never change.
 type fileNode struct {
 	gofs.Inode
+	readOnlyFile
 	tree   *tree
 	parent *dirNode
 	entry  dirEntry

@@ -35,6 +35,7 @@ func archiveOf(name string) (string, bool) {
 // A new version gets a new node, so its content never changes.
 type memberDirNode struct {
 	gofs.Inode
+	readOnlyDir
 	tree    *tree
 	parent  *dirNode
 	archive dirEntry
@@ -173,6 +174,7 @@ func (a *memberDirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Er
 // memberNode is one member of one archive version.
 type memberNode struct {
 	gofs.Inode
+	readOnlyFile
 	tree   *tree
 	dir    *memberDirNode
 	member npz.Member
