@@ -2,17 +2,20 @@ package cache
 
 import "sync"
 
-// budget is a count of bytes that may be held, taken without waiting: a
-// reader that cannot get room for read-ahead reads without it.
-type budget struct {
+// Budget is a count of bytes that may be held, taken without waiting: a
+// reader that cannot get room for read-ahead reads without it, and a
+// member file that cannot get room for a decoded span does not keep it.
+type Budget struct {
 	total int64
 	mu    sync.Mutex
 	used  int64
 }
 
-func newBudget(total int64) *budget { return &budget{total: total} }
+// NewBudget returns a budget of total bytes.
+func NewBudget(total int64) *Budget { return &Budget{total: total} }
 
-func (b *budget) tryTake(n int64) bool {
+// TryTake takes n bytes if they fit.
+func (b *Budget) TryTake(n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.used+n > b.total {
@@ -22,17 +25,22 @@ func (b *budget) tryTake(n int64) bool {
 	return true
 }
 
-func (b *budget) give(n int64) {
+// Give returns n bytes taken before.
+func (b *Budget) Give(n int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.used -= n
 	if b.used < 0 {
-		panic("cache: read-ahead budget released more than was taken")
+		panic("cache: budget given back more than was taken")
 	}
 }
 
-func (b *budget) inUse() int64 {
+// InUse is the bytes taken and not given back.
+func (b *Budget) InUse() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.used
 }
+
+// Total is the size of the budget.
+func (b *Budget) Total() int64 { return b.total }

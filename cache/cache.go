@@ -92,7 +92,7 @@ type BlockCache struct {
 	// requests is a semaphore of MaxParallel GETs.
 	requests chan struct{}
 	// ahead is the byte budget of read-ahead, shared by all readers.
-	ahead *budget
+	ahead *Budget
 	// demand bounds the bytes of fetches that reads wait for (read-ahead
 	// is bounded by ahead); demandBytes is its size.
 	demand      *semaphore.Weighted
@@ -142,10 +142,10 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	if opt.CacheSize == 0 {
 		return c, nil
 	}
-	c.ahead = newBudget(opt.CacheSize / aheadShare)
+	c.ahead = NewBudget(opt.CacheSize / aheadShare)
 	c.demandBytes = max(opt.CacheSize/demandShare, opt.BlockSize)
 	c.demand = semaphore.NewWeighted(c.demandBytes)
-	blockBytes := opt.CacheSize - c.ahead.total - c.demandBytes
+	blockBytes := opt.CacheSize - c.ahead.Total() - c.demandBytes
 	blocks, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
 		NumCounters: max(10*blockBytes/opt.BlockSize, 1000),
 		MaxCost:     blockBytes,
@@ -203,7 +203,7 @@ func (c *BlockCache) Stats() Stats {
 	if c.blocks != nil {
 		m := c.blocks.Metrics
 		s.BytesCached = int64(m.CostAdded()) - int64(m.CostEvicted())
-		s.BytesAhead = c.ahead.inUse()
+		s.BytesAhead = c.ahead.InUse()
 	}
 	return s
 }

@@ -288,7 +288,7 @@ func (r *Reader) readAheadLocked(end int64) {
 // windowCap shares the read-ahead budget among the readers reading now.
 func (r *Reader) windowCap() int64 {
 	readers := max(r.c.readers.Load(), 1)
-	return max(r.c.opt.BlockSize, min(r.c.opt.MaxReadAhead, r.c.ahead.total/readers))
+	return max(r.c.opt.BlockSize, min(r.c.opt.MaxReadAhead, r.c.ahead.Total()/readers))
 }
 
 // prefetchLocked starts fetching blocks [first, last], in GETs of at most
@@ -310,7 +310,7 @@ func (r *Reader) prefetchLocked(first, last, blocksPerGET int64) bool {
 	for len(r.held) > 0 && r.heldBytes+want > r.windowCap()+c.opt.BlockSize {
 		r.releaseLocked(0)
 	}
-	if !c.ahead.tryTake(want) {
+	if !c.ahead.TryTake(want) {
 		return false
 	}
 	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false)
@@ -333,7 +333,7 @@ func (r *Reader) prefetchLocked(first, last, blocksPerGET int64) bool {
 		charged += n
 	}
 	r.heldBytes += charged
-	c.ahead.give(want - charged)
+	c.ahead.Give(want - charged)
 	return true
 }
 
@@ -374,7 +374,7 @@ func (r *Reader) releaseLocked(i int) {
 	h := r.held[i]
 	r.held = append(r.held[:i], r.held[i+1:]...)
 	r.heldBytes -= h.charge
-	r.c.ahead.give(h.charge)
+	r.c.ahead.Give(h.charge)
 }
 
 // Close releases what the reader holds.

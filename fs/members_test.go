@@ -71,6 +71,8 @@ type faultyStore struct {
 	// gate, if set, holds every GET until it is closed.
 	gate atomic.Pointer[chan struct{}]
 	gets atomic.Int64
+	// fetched counts the bytes GETs returned.
+	fetched atomic.Int64
 }
 
 var errInjected = errors.New("injected GET failure")
@@ -94,7 +96,9 @@ func (s *faultyStore) ReadAt(ctx context.Context, v s3backend.Version, off int64
 	if s.failing.Load() {
 		return 0, fmt.Errorf("get %q at %d: %w", v.Key, off, errInjected)
 	}
-	return s.MemStore.ReadAt(ctx, v, off, bufs...)
+	n, err := s.MemStore.ReadAt(ctx, v, off, bufs...)
+	s.fetched.Add(int64(n))
+	return n, err
 }
 
 // coldCache gives the tree a new, empty block cache over the same store:
@@ -133,7 +137,7 @@ func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, 
 		t.Fatal(err)
 	}
 	t.Cleanup(blocks.Close)
-	view, err := NewNPZView(64<<10, 32<<20)
+	view, err := NewNPZView(64<<10, 32<<20, 16<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +164,16 @@ func (f *memberFixture) open(t *testing.T, name string) (*memberHandle, syscall.
 	}
 	t.Fatalf("no member %q", name)
 	return nil, 0
+}
+
+// index returns the index of the member h reads, building it if needed.
+func (f *memberFixture) index(t *testing.T, h *memberHandle) *npz.Index {
+	t.Helper()
+	x, err := h.reader.indexFor(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
 }
 
 func readMember(h *memberHandle, n int, off int64) ([]byte, syscall.Errno) {
@@ -238,16 +252,17 @@ func TestMemberRowEndSpan(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rowStart, rowEnd int64 // of the row chosen below
-	first := func(t *testing.T, h *memberHandle) {
-		// The header alone indexes the member; then pick a row whose
+	first := func(t *testing.T, f *memberFixture, h *memberHandle) {
+		// The header, as numpy reads it first; then pick a row whose
 		// end, with the overshoot, falls well inside a span.
 		if _, errno := readMember(h, 128, 0); errno != 0 {
 			t.Fatalf("read the header: %v", errno)
 		}
-		for row := int64(1); row < 10; row++ { // row 0 is in the head the index keeps
+		x := f.index(t, h)
+		for row := int64(1); row < 10; row++ { // row 0 is in the head region
 			rowStart = layout.DataOffset + row*rowBytes
 			rowEnd = rowStart + rowBytes + kernelOvershoot
-			if a, b := h.index.Span(rowEnd - 1); rowEnd-a > (b-a)/4 && rowEnd < b {
+			if a, b := x.Span(rowEnd - 1); rowEnd-a > (b-a)/4 && rowEnd < b {
 				return
 			}
 		}
@@ -279,12 +294,12 @@ func TestMemberRowEndSpan(t *testing.T) {
 					t.Fatalf("read %d at %d: %v, %d bytes, wrong content", n, off, errno, len(got))
 				}
 			}
-			first(t, h)
+			first(t, f, h)
 			check(rowStart, 4096)
-			if h.rowEnd != rowEnd {
-				t.Fatalf("row end %d, want %d: the first read did not find its row", h.rowEnd, rowEnd)
+			if h.reader.rowEnd != rowEnd {
+				t.Fatalf("row end %d, want %d: the first read did not find its row", h.reader.rowEnd, rowEnd)
 			}
-			a, b := h.index.Span(rowEnd - 1)
+			a, b := f.index(t, h).Span(rowEnd - 1)
 			check(a, rowEnd-a)
 			for _, r := range tt.reads(a, b) {
 				check(r[0], r[1])
@@ -293,9 +308,10 @@ func TestMemberRowEndSpan(t *testing.T) {
 	}
 }
 
-// The first read of a compressed member, even of its header, indexes it
-// (checking its CRC-32) once; later opens find the index, and read the
-// header from it.
+// A read of a compressed member's head (numpy's header read) inflates
+// from the start of the stream and builds no index; the first read past
+// it indexes the member (checking its CRC-32) once, and later opens find
+// the index.
 func TestMemberIndexIsBuiltOnce(t *testing.T) {
 	f := newMemberFixture(t, zip.Deflate, nil)
 	want := f.members["windows.npy"]
@@ -303,6 +319,9 @@ func TestMemberIndexIsBuiltOnce(t *testing.T) {
 		h, _ := f.open(t, "windows.npy")
 		if got, errno := readMember(h, 64<<10, 0); errno != 0 || !bytes.Equal(got, want[:64<<10]) {
 			t.Fatalf("open %d: header read: %v", i, errno)
+		}
+		if s := f.tree.NPZ.Stats(); i == 0 && s.IndexBuilds != 0 {
+			t.Fatalf("the header read built an index: %+v", s)
 		}
 		off := int64(len(want) - 300_000)
 		if got, errno := readMember(h, 200_000, off); errno != 0 || !bytes.Equal(got, want[off:off+200_000]) {
@@ -351,10 +370,12 @@ func TestCorruptMembers(t *testing.T) {
 			}
 			h, _ := f.open(t, "windows.npy")
 			defer h.Release(context.Background())
-			// Before the damage, at it, after it; the later answers
-			// come from the broken-member memo. No byte of a member
-			// that fails its CRC-32 is ever returned.
-			for _, off := range []int64{0, 100 << 10, 4<<20 + 1} {
+			// Before the damage (past the head, so the member is
+			// indexed), the head, after the damage; the later answers
+			// come from the broken-member memo. No byte past the head
+			// of a member that fails its CRC-32 is ever returned, and
+			// none of the head once it is known to.
+			for _, off := range []int64{100 << 10, 0, 4<<20 + 1} {
 				if _, errno := readMember(h, 64<<10, off); errno != syscall.EIO {
 					t.Errorf("read at %d of a corrupt member: errno %v, want EIO", off, errno)
 				}
@@ -371,7 +392,7 @@ func TestNPZViewOptions(t *testing.T) {
 		span, bytes int64
 		ok          bool
 	}{{1 << 20, 1 << 20, true}, {32 << 10, 1 << 20, false}, {128 << 20, 1 << 20, false}, {1 << 20, 0, false}} {
-		v, err := NewNPZView(tt.span, tt.bytes)
+		v, err := NewNPZView(tt.span, tt.bytes, 4*tt.span)
 		if (err == nil) != tt.ok {
 			t.Errorf("NewNPZView(%d, %d): %v", tt.span, tt.bytes, err)
 		}
@@ -391,10 +412,7 @@ func TestMemberReadLeavesBufferAfterReturn(t *testing.T) {
 	f := newMemberFixture(t, zip.Deflate, nil)
 	want := f.members["windows.npy"]
 	h, _ := f.open(t, "windows.npy")
-	if _, errno := readMember(h, 128, 0); errno != 0 { // builds the index
-		t.Fatalf("header read: %v", errno)
-	}
-	x := h.index
+	x := f.index(t, h)
 	h.Release(context.Background())
 	// A span boundary well past the index's head, and the read across it.
 	_, boundary := x.Span(x.HeadLen() + 256<<10)
@@ -443,10 +461,7 @@ func TestFailingMemberReadAnswers(t *testing.T) {
 	want := npyOf(64, rowBytes)
 	f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
 	h, _ := f.open(t, "windows.npy")
-	if _, errno := readMember(h, 128, 0); errno != 0 { // builds the index
-		t.Fatalf("header read: %v", errno)
-	}
-	x := h.index
+	x := f.index(t, h)
 	h.Release(context.Background())
 	const n = 256 << 10
 	off := x.HeadLen() + 100<<10
@@ -536,7 +551,7 @@ func TestNPZViewCloseStopsIndexBuilds(t *testing.T) {
 	before := f.store.gets.Load()
 	answered := make(chan syscall.Errno, 1)
 	go func() {
-		_, errno := readMember(h, 128, 0) // builds the index
+		_, errno := readMember(h, 128, 1<<20) // builds the index
 		answered <- errno
 	}()
 	for f.store.gets.Load() == before { // the build's first GET is under way

@@ -32,6 +32,8 @@ type NPZView struct {
 	end  context.CancelFunc
 	// building makes concurrent first reads of one member inflate it once.
 	building singleflight.Group
+	// spanBudget bounds the decoded spans all open member files keep.
+	spanBudget *cache.Budget
 
 	mu sync.Mutex
 	// closed is set by Close; building adds to running only while it is
@@ -68,10 +70,22 @@ const (
 // member inflates the member whole again.
 const MinNPZIndexBytes = 128 << 10
 
+// npzHeldSpans is how many checkpoint spans of decoded content all open
+// member files keep together: the kernel reads a window as several
+// requests, and a span decoded for the first is kept for the next; eight
+// loaders with a couple of files open each, at heldSpanFactor spans a
+// file, need about this many.
+const npzHeldSpans = 64
+
+// NPZSpanBytes is the memory decoded spans of members take at most, for
+// checkpoint span span.
+func NPZSpanBytes(span int64) int64 { return npzHeldSpans * span }
+
 // NewNPZView returns a member view whose compressed members get an
 // access point every span bytes of output, holding indexes of at most
-// indexBytes bytes together.
-func NewNPZView(span, indexBytes int64) (*NPZView, error) {
+// indexBytes bytes together and decoded spans of at most spanBytes bytes,
+// all open member files together.
+func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
 	if span < 64<<10 || span > 64<<20 {
 		return nil, fmt.Errorf("npz checkpoint span %d must be from 64KiB to 64MiB", span)
 	}
@@ -79,8 +93,9 @@ func NewNPZView(span, indexBytes int64) (*NPZView, error) {
 		return nil, fmt.Errorf("npz members need at least %d bytes of cache for indexes, not %d", MinNPZIndexBytes, indexBytes)
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
-		// An index of a 85 MB member at a 1 MiB span is about 2.7 MB.
-		NumCounters:        max(10*indexBytes/(256<<10), 1000),
+		// An index of an 85 MB member of EEG windows is about 10 KB;
+		// ristretto wants ten counters per item it may hold.
+		NumCounters:        max(10*indexBytes/(4<<10), 1000),
 		MaxCost:            indexBytes,
 		BufferItems:        64,
 		Metrics:            true,
@@ -90,7 +105,7 @@ func NewNPZView(span, indexBytes int64) (*NPZView, error) {
 		return nil, fmt.Errorf("create npz index cache: %w", err)
 	}
 	life, end := context.WithCancel(context.Background())
-	return &NPZView{span: span, indexes: c, life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}, nil
+	return &NPZView{span: span, indexes: c, spanBudget: cache.NewBudget(spanBytes), life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}, nil
 }
 
 // errViewClosed is work asked of the view after Close.
@@ -145,6 +160,17 @@ func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
 
 func indexKey(obj cache.Object, m npz.Member) string {
 	return obj.Key + "\x00" + obj.Tag() + "\x00" + m.Name
+}
+
+// cachedIndex returns the index of member m of archive obj if the view
+// holds it.
+func (v *NPZView) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
+	x, ok := v.indexes.Get(indexKey(obj, m))
+	if !ok {
+		return nil
+	}
+	v.hits.Add(1)
+	return x
 }
 
 // index returns the index of the deflated member m of archive obj,

@@ -172,17 +172,17 @@ func TestFailFast(t *testing.T) {
 			keywords: []string{"url", "s3://"},
 		},
 		{
-			// The sizes --npz-members derives from --cache-size are
-			// checked before the endpoint is tried: the line names the
-			// size, not the unreachable endpoint.
-			name:       "npz members with a cache of a few blocks",
+			// The sizes --npz-members works with are checked before
+			// the endpoint is tried: the line names the size, not the
+			// unreachable endpoint.
+			name:       "npz members with too little memory for an index",
 			mountpoint: emptyDir,
 			args: func(mp string) []string {
 				return slices.Concat([]string{"mount"}, endpointArgs(fmt.Sprintf("http://127.0.0.1:%d", closedPort)),
-					[]string{"--npz-members", "--cache-size", "1MiB", good, mp})
+					[]string{"--npz-members", "--npz-index-size", "64KiB", good, mp})
 			},
 			creds:    root,
-			keywords: []string{"--cache-size 1.0 mib is too small for --npz-members"},
+			keywords: []string{"--npz-index-size 64 kib cannot hold one member index"},
 		},
 		{
 			name:       "no arguments",

@@ -89,9 +89,12 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 
 	// The cache is the bulk of the heap: keep the Go runtime's garbage
 	// from growing the process far beyond it.
-	cacheSize, indexBytes := o.cache.CacheSize+o.npzIndexBytes, o.npzIndexBytes
+	cacheSize, npzBytes := o.cache.CacheSize, int64(0)
+	if o.npzMembers {
+		npzBytes = o.npzIndexBytes + o.npzSpanBytes
+	}
 	if cacheSize > 0 {
-		debug.SetMemoryLimit(cacheSize + runtimeHeadroom)
+		debug.SetMemoryLimit(cacheSize + npzBytes + runtimeHeadroom)
 	}
 	metrics := newDaemonMetrics()
 	client, err := s3backend.New(ctx, s3backend.Config{
@@ -126,8 +129,9 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	var npzView *bgfs.NPZView
 	if o.npzMembers {
-		// Indexes and blocks share --cache-size, split by parseMountArgs.
-		if npzView, err = bgfs.NewNPZView(o.npzSpan, indexBytes); err != nil {
+		// Indexes and decoded spans have bounds of their own, beside
+		// --cache-size.
+		if npzView, err = bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes); err != nil {
 			return nil, err
 		}
 		m.closers = append(m.closers, npzView.Close)
@@ -176,7 +180,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", cacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
-		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", indexBytes, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
+		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", o.npzIndexBytes, "npz_span_memory", o.npzSpanBytes, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
 	return m, nil
 }
 

@@ -45,9 +45,9 @@ type mountOptions struct {
 	// output distance between access points of a compressed member.
 	npzMembers bool
 	npzSpan    int64
-	// npzIndexBytes is the share of --cache-size that holds member
-	// indexes; cache.CacheSize is what is left for blocks.
-	npzIndexBytes int64
+	// npzIndexBytes bounds member indexes and npzSpanBytes decoded
+	// spans, both apart from --cache-size.
+	npzIndexBytes, npzSpanBytes int64
 
 	logFormat string
 	logFile   string
@@ -94,8 +94,9 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
 	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
 	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's)")
-	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; indexes take half of --cache-size; --block-size and --kernel-read-ahead default to 256KiB and 256KiB")
-	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member: a read inflates at most this much more than it returns; an index holds 32KiB per span")
+	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; memory beside --cache-size: --npz-index-size for indexes and 64 checkpoint spans for decoded stretches of members; --block-size and --kernel-read-ahead default to 256KiB and 256KiB")
+	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
+	npzIndexSize := fs.String("npz-index-size", "128MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 10KB per archive of 73 EEG windows, so the default holds the indexes of about 12,000 such archives; an index evicted is built again by inflating its member whole")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return mountOptions{}, err
@@ -194,6 +195,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 		{"max-read-ahead", *maxReadAhead, &o.cache.MaxReadAhead},
 		{"kernel-read-ahead", *kernelReadAhead, &o.kernelReadAhead},
 		{"npz-checkpoint-span", *npzSpan, &o.npzSpan},
+		{"npz-index-size", *npzIndexSize, &o.npzIndexBytes},
 	}
 	for _, sz := range sizes {
 		if *sz.out, err = parseSize(sz.name, sz.in); err != nil {
@@ -209,12 +211,12 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 		return o, usageError{fmt.Sprintf("--npz-checkpoint-span %q: want a size from 64KiB to 64MiB", *npzSpan)}
 	}
 	if o.npzMembers && o.cache.CacheSize == 0 {
-		return o, usageError{"--npz-members needs a --cache-size above 0: member indexes are held in the cache"}
+		return o, usageError{"--npz-members needs a --cache-size above 0: compressed bytes and decoded stretches of members are held in the cache"}
 	}
 	if o.npzMembers {
 		// Checked here, before anything touches the network: a size that
 		// only fails once split would otherwise fail after the probe.
-		if err := o.splitNPZCache(); err != nil {
+		if err := o.checkNPZSizes(); err != nil {
 			return o, err
 		}
 	}
@@ -222,26 +224,20 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	return o, nil
 }
 
-// splitNPZCache gives half of --cache-size to member indexes (an index
-// saves inflating a whole member, a block only one GET) and the rest to
-// blocks, and checks that each half still does its job.
-func (o *mountOptions) splitNPZCache() error {
-	total := o.cache.CacheSize
-	o.npzIndexBytes = total / 2
-	o.cache.CacheSize = total - o.npzIndexBytes
+// checkNPZSizes checks that the sizes --npz-members works with do their
+// job: the index bound holds an index, the blocks hold a span's
+// compressed bytes. Decoded spans have a bound of their own, derived from
+// the span (bgfs.NPZSpanBytes).
+func (o *mountOptions) checkNPZSizes() error {
+	o.npzSpanBytes = bgfs.NPZSpanBytes(o.npzSpan)
 	size := func(n int64) string { return humanize.IBytes(uint64(n)) }
-	// The smallest total whose halves pass every check below.
-	least := 2 * max(4*o.cache.BlockSize, bgfs.MinNPZIndexBytes, o.npzSpan)
 	switch {
-	case o.cache.Validate() != nil:
-		return usageError{fmt.Sprintf("--cache-size %s is too small for --npz-members: half of it holds member indexes, and the %s left for blocks must be at least 4 blocks of --block-size %s; use --cache-size %s or more",
-			size(total), size(o.cache.CacheSize), size(o.cache.BlockSize), size(least))}
 	case o.npzIndexBytes < bgfs.MinNPZIndexBytes:
-		return usageError{fmt.Sprintf("--cache-size %s is too small for --npz-members: the half that holds member indexes (%s) cannot hold one member index (%s); use --cache-size %s or more",
-			size(total), size(o.npzIndexBytes), size(bgfs.MinNPZIndexBytes), size(least))}
+		return usageError{fmt.Sprintf("--npz-index-size %s cannot hold one member index; use %s or more",
+			size(o.npzIndexBytes), size(bgfs.MinNPZIndexBytes))}
 	case o.npzSpan > o.cache.CacheSize:
-		return usageError{fmt.Sprintf("--npz-checkpoint-span %s is larger than the %s of --cache-size left for blocks with --npz-members: a read inflates up to a span, whose compressed bytes would not stay cached; use a smaller span or --cache-size %s or more",
-			size(o.npzSpan), size(o.cache.CacheSize), size(least))}
+		return usageError{fmt.Sprintf("--npz-checkpoint-span %s is larger than --cache-size %s: a read inflates up to a span, whose compressed bytes would not stay cached; use a smaller span or --cache-size %s or more",
+			size(o.npzSpan), size(o.cache.CacheSize), size(o.npzSpan))}
 	}
 	return nil
 }

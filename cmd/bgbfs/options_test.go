@@ -120,20 +120,25 @@ func TestParseMountArgs(t *testing.T) {
 		{name: "npz span too small", args: []string{"--npz-checkpoint-span", "4KiB", "s3://bucket/", "/m"}, wantErr: "--npz-checkpoint-span"},
 		{name: "npz span not a size", args: []string{"--npz-checkpoint-span", "lots", "s3://bucket/", "/m"}, wantErr: "npz-checkpoint-span"},
 		{name: "npz members without a cache", args: []string{"--npz-members", "--cache-size", "0", "s3://bucket/", "/m"}, wantErr: "--cache-size"},
-		// --npz-members gives half of --cache-size to indexes; what is
-		// left must still make a block cache, hold an index, and a span.
-		{name: "npz members with a cache of 4 blocks", args: []string{"--npz-members", "--cache-size", "1MiB", "s3://bucket/", "/m"}, wantErr: "--cache-size 1.0 MiB is too small for --npz-members"},
-		{name: "npz members with a cache of 7 blocks", args: []string{"--npz-members", "--cache-size", "1792KiB", "s3://bucket/", "/m"}, wantErr: "at least 4 blocks"},
-		{name: "npz members with too little for an index", args: []string{"--npz-members", "--block-size", "4KiB", "--part-size", "4KiB", "--cache-size", "64KiB", "--npz-checkpoint-span", "64KiB", "s3://bucket/", "/m"}, wantErr: "cannot hold one member index"},
-		{name: "npz members with a span larger than the blocks' share", args: []string{"--npz-members", "--cache-size", "4MiB", "--npz-checkpoint-span", "4MiB", "s3://bucket/", "/m"}, wantErr: "--npz-checkpoint-span"},
+		// --npz-members bounds indexes by --npz-index-size and decoded
+		// spans by 64 spans, both beside --cache-size; the cache must
+		// hold a span's compressed bytes.
+		{name: "npz members with too little for an index", args: []string{"--npz-members", "--npz-index-size", "64KiB", "s3://bucket/", "/m"}, wantErr: "--npz-index-size 64 KiB cannot hold one member index"},
+		{name: "npz index size not a size", args: []string{"--npz-members", "--npz-index-size", "lots", "s3://bucket/", "/m"}, wantErr: "npz-index-size"},
+		{name: "npz members with a span larger than the cache", args: []string{"--npz-members", "--cache-size", "2MiB", "--npz-checkpoint-span", "4MiB", "s3://bucket/", "/m"}, wantErr: "--npz-checkpoint-span 4.0 MiB is larger than --cache-size 2.0 MiB"},
 		{name: "npz members with the smallest cache the tests use", args: []string{"--npz-members", "--cache-size", "4MiB", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
-			if o.npzIndexBytes != 2<<20 || o.cache.CacheSize != 2<<20 {
-				t.Errorf("index share %d, block cache %d; want 2 MiB each", o.npzIndexBytes, o.cache.CacheSize)
+			if o.npzSpanBytes != 64<<20 || o.cache.CacheSize != 4<<20 || o.npzIndexBytes != 128<<20 {
+				t.Errorf("spans %d, block cache %d, indexes %d; want 64 MiB, 4 MiB, 128 MiB", o.npzSpanBytes, o.cache.CacheSize, o.npzIndexBytes)
+			}
+		}},
+		{name: "npz members with a smaller span", args: []string{"--npz-members", "--npz-checkpoint-span", "256KiB", "--npz-index-size", "64MiB", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
+			if o.npzSpanBytes != 16<<20 || o.cache.CacheSize != 1<<30 || o.npzIndexBytes != 64<<20 {
+				t.Errorf("spans %d, block cache %d, indexes %d; want 16 MiB, 1 GiB, 64 MiB", o.npzSpanBytes, o.cache.CacheSize, o.npzIndexBytes)
 			}
 		}},
 		{name: "a small cache is fine without npz members", args: []string{"--cache-size", "4MiB", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
-			if o.npzIndexBytes != 0 || o.cache.CacheSize != 4<<20 {
-				t.Errorf("index share %d, block cache %d", o.npzIndexBytes, o.cache.CacheSize)
+			if o.npzSpanBytes != 0 || o.cache.CacheSize != 4<<20 {
+				t.Errorf("span share %d, block cache %d", o.npzSpanBytes, o.cache.CacheSize)
 			}
 		}},
 	}

@@ -492,6 +492,19 @@ func (p *rowPoints) boundary(b *indexBuilder, pos int64) error {
 	return nil
 }
 
+// ReadFromStart reads len(p) bytes of the deflated member m's content at
+// off, inflating from the start of its stream (at archive offset dataOff)
+// without an index, and returns io.EOF if the content ends first. It is
+// for reads near the start, such as an .npy header, which need little of
+// the stream: no CRC-32 is checked, since the member is not read whole.
+func ReadFromStart(r io.ReaderAt, m Member, dataOff int64, p []byte, off int64) (int, error) {
+	if m.Method != Deflated {
+		return 0, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
+	}
+	x := &Index{member: m, dataOff: dataOff, points: []point{{}}}
+	return x.ReadAt(r, p, off)
+}
+
 // Span returns the stretch of content [start, end) between the access
 // points around off: a ReadAt of exactly that stretch inflates nothing it
 // does not return, so callers that keep what they read keep spans.

@@ -1,0 +1,431 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
+)
+
+const (
+	// kernelOvershoot is how far past the end of what a loader touches
+	// the kernel's read-ahead goes on reading: its read-ahead (256 KiB by
+	// default here) plus the pages its windows are out of step by
+	// (measured 264-268 KiB past a row's end with mmap_mode="r").
+	kernelOvershoot = 320 << 10
+	// kernelLookBehind is how far before the page the loader touches the
+	// kernel's first read of a window starts: it reads around a page
+	// fault, half its read-ahead before the page. Indexes put their access
+	// points that far (and two pages more) before each row, so that
+	// reading a window inflates from just before it.
+	kernelLookBehind = 128 << 10
+	pageSize         = 4096
+	rowLead          = kernelLookBehind + 2*pageSize
+	// heldSpanFactor bounds the decoded spans one open keeps, and the
+	// length of a span worth keeping, in checkpoint spans.
+	heldSpanFactor = 4
+	// headRegion is the start of a member that is read without an index
+	// (inflating from the start of the stream) while none is at hand:
+	// numpy reads an array's header on every np.load, the kernel asks for
+	// 64 KiB to answer it (st_blksize is 16 KiB), and a pass that only
+	// wants every array's shape must not inflate every member whole.
+	headRegion = 64 << 10
+)
+
+// memberReader reads the content of one member of one archive version for
+// one open file. A stored member is a range of the archive; a deflated one
+// is inflated through its index, span by span in parallel, keeping the
+// last spans decoded (the kernel reads one window as several requests,
+// and around it), and fetching ahead the compressed bytes of the row a
+// loader is reading. It knows nothing of FUSE. It is safe for concurrent
+// use; Close ends its background work.
+type memberReader struct {
+	view   *NPZView
+	blocks *cache.BlockCache
+	obj    cache.Object
+	member npz.Member
+	// src reads the archive; it never reads ahead on its own (reads of
+	// one member are scattered: a window here, a window there).
+	src *cache.Reader
+	// life ends at Close: inflations that outlive the read that started
+	// them (others may wait for them) stop with it.
+	life context.Context
+	end  context.CancelFunc
+	// inflating makes concurrent reads of one span inflate it once.
+	inflating singleflight.Group
+
+	mu sync.Mutex
+	// closed is set by Close; inflations add to running only while it is
+	// unset, so Close's Wait never races with an Add.
+	closed  bool
+	running sync.WaitGroup
+	// dataOff is where the member's data starts in the archive (-1: not
+	// read yet).
+	dataOff int64
+	// index, once found, serves this open's reads even if the view's
+	// cache lets it go.
+	index *npz.Index
+	// layout is the member's .npy row layout, once its header was read.
+	layout *npz.NPYLayout
+	// spans are the latest spans this open decoded, oldest first; their
+	// bytes are held in the view's span budget.
+	spans     []decodedSpan
+	spanBytes int64
+	// dataRead is set once a read went past the head; rowEnd is
+	// where the kernel stops reading past the row that read fell in (0:
+	// unknown).
+	dataRead bool
+	rowEnd   int64
+}
+
+// decodedSpan is the content [start, stop) after an access point.
+type decodedSpan struct {
+	start, stop int64
+	data        []byte
+}
+
+// newMemberReader returns a reader of member m of archive obj.
+func newMemberReader(view *NPZView, blocks *cache.BlockCache, obj cache.Object, m npz.Member) *memberReader {
+	life, end := context.WithCancel(view.life)
+	return &memberReader{view: view, blocks: blocks, obj: obj, member: m, src: blocks.OpenRandom(obj), life: life, end: end, dataOff: -1}
+}
+
+// errReaderClosed is an inflation that starts after the reader was closed.
+var errReaderClosed = errors.New("member file closed")
+
+// Close stops the inflations still running, waits for them (they read
+// through src), and releases what the reader holds.
+func (r *memberReader) Close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.end()
+	r.running.Wait()
+	r.mu.Lock()
+	r.view.spanBudget.Give(r.spanBytes)
+	r.spans, r.spanBytes = nil, 0
+	r.mu.Unlock()
+	r.src.Close()
+}
+
+// ReadAt reads len(p) bytes of the content at off, fewer only at its end
+// (with io.EOF). Nothing writes into p once it has returned.
+func (r *memberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, cache.ErrNegativeOffset
+	}
+	size := r.member.UncompressedSize
+	if off >= size {
+		return 0, io.EOF
+	}
+	var eof error
+	if rest := size - off; int64(len(p)) > rest {
+		p, eof = p[:rest], io.EOF
+	}
+	var err error
+	if r.member.Method == npz.Stored {
+		err = r.readStored(ctx, p, off)
+	} else {
+		err = r.readDeflated(ctx, p, off)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(p), eof
+}
+
+// dataOffset returns where the member's data starts, reading its local
+// header the first time.
+func (r *memberReader) dataOffset(ctx context.Context) (int64, error) {
+	r.mu.Lock()
+	off := r.dataOff
+	r.mu.Unlock()
+	if off >= 0 {
+		return off, nil
+	}
+	off, err := r.member.DataOffset(readerAt{ctx, r.src})
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	r.dataOff = off
+	r.mu.Unlock()
+	return off, nil
+}
+
+func (r *memberReader) readStored(ctx context.Context, p []byte, off int64) error {
+	dataOff, err := r.dataOffset(ctx)
+	if err != nil {
+		return err
+	}
+	// As for a compressed member, one checkpoint span ahead.
+	r.src.Prefetch(dataOff+off, int64(len(p))+r.view.span)
+	n, err := r.src.ReadAt(ctx, p, dataOff+off)
+	if err == nil && n < len(p) {
+		err = fmt.Errorf("archive ended %d bytes into stored member %q", off+int64(n), r.member.Name)
+	}
+	return err
+}
+
+// readDeflated fills p with the content at off, span by span.
+func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) error {
+	end := off + int64(len(p))
+	if end <= headRegion {
+		return r.readHead(ctx, p, off)
+	}
+	// No byte past the head is returned before the whole member has
+	// been inflated once and found to match its CRC-32: building the
+	// index does that.
+	x, err := r.indexFor(ctx)
+	if err != nil {
+		return err
+	}
+	r.prefetch(x, off, end)
+	maxSpan := heldSpanFactor * r.view.span
+	r.mu.Lock()
+	rowEnd := r.rowEnd
+	r.mu.Unlock()
+	// The spans a read covers are independent: inflate them in parallel.
+	// Every goroutine writing into p ends before this returns: the
+	// caller's buffer is not ours once it has (go-fuse reuses it for
+	// another request's reply).
+	g, gctx := errgroup.WithContext(ctx)
+	for pos := off; pos < end; {
+		start, stop := x.Span(pos)
+		at, upto := pos, min(end, stop)
+		dst := p[pos-off : upto-off]
+		pos = upto
+		// The span holding the end of the loader's window is inflated
+		// only as far as the kernel will read: on average that saves
+		// half a span per window.
+		limit := stop
+		if upto <= rowEnd && rowEnd < stop {
+			limit = rowEnd
+		}
+		if data, ok := r.heldSpan(start, upto); ok {
+			copy(dst, data[at-start:upto-start])
+		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4 && rowEnd <= upto) {
+			// An outsize span (one huge deflate block) is not worth
+			// keeping; a short read near the start of a span (an
+			// array's header) costs less inflated alone than the
+			// whole span, unless the kernel is known to read on (the
+			// first read of a window starts near a span's start).
+			// Inflate just what is asked.
+			g.Go(func() error {
+				_, err := x.ReadAt(readerAt{gctx, r.src}, dst, at)
+				return err
+			})
+		} else {
+			g.Go(func() error {
+				data, err := r.span(gctx, x, start, limit)
+				if err != nil {
+					return err
+				}
+				copy(dst, data[at-start:upto-start])
+				return nil
+			})
+		}
+	}
+	return g.Wait()
+}
+
+// readHead fills p, which ends within headRegion, by inflating from the
+// start of the stream, with or without an index: a loader that opens an
+// array only to read its shape costs one small read of the archive, not a
+// full inflate. Its header tells where rows lie for the reads to come.
+// These bytes may be returned before the member's CRC-32 has been
+// checked (SEMANTICS.md says so); an undecodable stream still fails.
+func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error {
+	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
+		return err
+	}
+	dataOff, err := r.dataOffset(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := npz.ReadFromStart(readerAt{ctx, r.src}, r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if off == 0 {
+		if l, err := npz.ParseNPYHeader(p); err == nil {
+			r.mu.Lock()
+			r.layout = &l
+			r.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// heldIndex returns the member's index if this open holds it or the
+// view has it, without building it.
+func (r *memberReader) heldIndex() *npz.Index {
+	r.mu.Lock()
+	x := r.index
+	r.mu.Unlock()
+	if x == nil {
+		if x = r.view.cachedIndex(r.obj, r.member); x != nil {
+			r.keepIndex(x)
+		}
+	}
+	return x
+}
+
+// indexFor returns the member's index: the one this open holds, the
+// view's, or a newly built one.
+func (r *memberReader) indexFor(ctx context.Context) (*npz.Index, error) {
+	if x := r.heldIndex(); x != nil {
+		return x, nil
+	}
+	x, err := r.view.index(ctx, r.blocks, r.obj, r.member)
+	if err != nil {
+		return nil, err
+	}
+	r.keepIndex(x)
+	return x, nil
+}
+
+func (r *memberReader) keepIndex(x *npz.Index) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.index = x
+	if r.layout == nil {
+		if l, err := npz.ParseNPYHeader(x.Head()); err == nil {
+			r.layout = &l
+		}
+	}
+}
+
+// prefetch starts fetching the compressed bytes of the spans [off, end)
+// covers and of the stretch the next requests will want. The kernel reads
+// one window as a chain of requests, each sent when the one before is
+// answered: fetching ahead makes that one round trip instead of one per
+// request. The first read past the head of an open (numpy opens the file
+// for every sample) is the kernel reading around the page the loader
+// touched first; if the member is an array whose rows are known from its
+// .npy header, the fetch reaches to the end of that row, the window the
+// loader is about to read, and later reads within it fetch nothing more.
+// Otherwise, and for reads past that row, it reaches one span further.
+func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
+	from, _ := x.Span(off)
+	_, to := x.Span(end - 1)
+	r.mu.Lock()
+	first, rowEnd, layout := !r.dataRead, r.rowEnd, r.layout
+	r.dataRead = true
+	r.mu.Unlock()
+	if first && layout != nil {
+		// The page the loader touched is the middle one; the row it
+		// starts may begin up to a page after the page's start.
+		touched := off + (end-off)/2 + pageSize - 1
+		if row := (touched - layout.DataOffset) / layout.RowBytes; touched >= layout.DataOffset && row < layout.Rows {
+			// The kernel reads on a little past the row's end.
+			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+kernelOvershoot, x.Size())
+			r.mu.Lock()
+			r.rowEnd = rowEnd
+			r.mu.Unlock()
+		}
+	}
+	// The window: up to the end of the span holding rowEnd, fetched
+	// with the first read.
+	var window int64
+	if rowEnd > 0 {
+		_, window = x.Span(rowEnd - 1)
+	}
+	if first {
+		to = max(to, window)
+	}
+	if end > window && to < x.Size() {
+		_, to = x.Span(to)
+	}
+	r.src.Prefetch(x.SourceRange(from, to))
+}
+
+// span returns the content [start, stop) after an access point (stop at
+// most the next one), inflating it unless this open holds it. Concurrent
+// requests for one span inflate it once, in the background: a request
+// that is interrupted stops waiting, and the others still get the span.
+func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
+	if data, ok := r.heldSpan(start, stop); ok {
+		return data, nil
+	}
+	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
+	inflated := r.inflating.DoChan(key, func() (any, error) { return r.inflate(x, start, stop) })
+	select {
+	case res := <-inflated:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// inflate inflates [start, stop) into a buffer of its own and holds it
+// if the view's span budget has room. A failure is not held: the next
+// read tries again.
+func (r *memberReader) inflate(x *npz.Index, start, stop int64) ([]byte, error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, errReaderClosed
+	}
+	r.running.Add(1)
+	r.mu.Unlock()
+	defer r.running.Done()
+	if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
+		return data, nil
+	}
+	data := make([]byte, stop-start)
+	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, start); err != nil {
+		return nil, err
+	}
+	r.hold(decodedSpan{start: start, stop: stop, data: data})
+	return data, nil
+}
+
+// hold keeps s for the next requests, dropping this open's oldest spans
+// beyond heldSpanFactor spans; with no room left in the view's budget
+// (many files open at once), it is not kept.
+func (r *memberReader) hold(s decodedSpan) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := s.stop - s.start
+	for len(r.spans) > 0 && r.spanBytes+n > heldSpanFactor*r.view.span {
+		r.dropOldestLocked()
+	}
+	if r.closed || !r.view.spanBudget.TryTake(n) {
+		return
+	}
+	r.spans = append(r.spans, s)
+	r.spanBytes += n
+}
+
+func (r *memberReader) dropOldestLocked() {
+	old := r.spans[0]
+	r.spans = r.spans[1:]
+	r.spanBytes -= old.stop - old.start
+	r.view.spanBudget.Give(old.stop - old.start)
+}
+
+// heldSpan returns the content from the access point at start on, if
+// this open has it inflated at least up to upto.
+func (r *memberReader) heldSpan(start, upto int64) ([]byte, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, s := range r.spans {
+		if s.start == start && s.stop >= upto {
+			// Most recently used last.
+			r.spans = append(append(r.spans[:i:i], r.spans[i+1:]...), s)
+			return s.data, true
+		}
+	}
+	return nil, false
+}

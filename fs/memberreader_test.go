@@ -1,0 +1,150 @@
+package fs
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"testing"
+)
+
+// reader opens a memberReader on member name of the fixture's archive.
+func (f *memberFixture) reader(t *testing.T, name string) *memberReader {
+	t.Helper()
+	dir, err := f.dir.directory(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range dir.Members {
+		if m.Name == name {
+			r := newMemberReader(f.tree.NPZ, f.tree.Blocks, f.dir.object(), m)
+			t.Cleanup(r.Close)
+			return r
+		}
+	}
+	t.Fatalf("no member %q", name)
+	return nil
+}
+
+func TestMemberReaderReadAt(t *testing.T) {
+	want := npyOf(20, 300<<10)
+	for _, tt := range []struct {
+		name   string
+		method uint16
+	}{{"stored", zip.Store}, {"deflated", zip.Deflate}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newMemberFixtureOf(t, tt.method, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+			r := f.reader(t, "windows.npy")
+			size := int64(len(want))
+			rng := rand.New(rand.NewPCG(1, 2))
+			reads := []struct{ off, n int64 }{{0, 128}, {0, 64 << 10}, {100, 4000}, {size - 5, 4096}, {size, 10}, {0, size}}
+			for range 40 {
+				reads = append(reads, struct{ off, n int64 }{rng.Int64N(size), 1 + rng.Int64N(1<<20)})
+			}
+			var wg sync.WaitGroup
+			for _, rd := range reads {
+				wg.Go(func() {
+					p := make([]byte, rd.n)
+					n, err := r.ReadAt(context.Background(), p, rd.off)
+					end := min(rd.off+rd.n, size)
+					wantN := max(end-rd.off, 0)
+					switch {
+					case int64(n) != wantN || !bytes.Equal(p[:n], want[min(rd.off, end):end]):
+						t.Errorf("ReadAt(%d at %d) = %d, %v; want %d right bytes", rd.n, rd.off, n, err, wantN)
+					case wantN < rd.n && !errors.Is(err, io.EOF):
+						t.Errorf("ReadAt(%d at %d) short without io.EOF: %v", rd.n, rd.off, err)
+					case wantN == rd.n && err != nil:
+						t.Errorf("ReadAt(%d at %d): %v", rd.n, rd.off, err)
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
+}
+
+// A pass that reads only each array's header (the trainer's dataset
+// index: np.load(..., mmap_mode="r").shape) must cost a small read of the
+// archive, not an index build (a full download and inflate).
+func TestMemberReaderHeadWithoutIndex(t *testing.T) {
+	want := npyOf(20, 300<<10)
+	f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+	if _, err := f.dir.directory(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := f.store.fetched.Load()
+	r := f.reader(t, "windows.npy")
+	p := make([]byte, headRegion)
+	if n, err := r.ReadAt(context.Background(), p, 0); n != len(p) || err != nil || !bytes.Equal(p, want[:len(p)]) {
+		t.Fatalf("head read = %d, %v", n, err)
+	}
+	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 0 {
+		t.Errorf("the head read built an index: %+v", s)
+	}
+	if got := f.store.fetched.Load() - before; got > 1<<20 {
+		t.Errorf("the head read fetched %d bytes of a %d-byte member", got, len(want))
+	}
+	if r.layout == nil || r.layout.RowBytes != 300<<10 {
+		t.Errorf("layout after the head read: %+v", r.layout)
+	}
+	// The first read past the head builds the index, once.
+	q := make([]byte, 4096)
+	off := int64(10 * 300 << 10)
+	if _, err := r.ReadAt(context.Background(), q, off); err != nil || !bytes.Equal(q, want[off:off+4096]) {
+		t.Fatalf("read past the head: %v", err)
+	}
+	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 1 {
+		t.Errorf("stats %+v: want one build", s)
+	}
+}
+
+// Decoded spans held by all open readers stay within the view's budget;
+// a reader that finds no room still reads right, and Close gives back
+// what it held.
+func TestMemberReaderSpanBudget(t *testing.T) {
+	want := npyOf(20, 300<<10)
+	f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+	// Room for four spans of 64 KiB: twelve readers want far more.
+	view, err := NewNPZView(64<<10, 32<<20, 256<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(view.Close)
+	f.tree.NPZ = view
+	budget := view.spanBudget
+	var readers []*memberReader
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	peak := int64(0)
+	for i := range 12 {
+		r := f.reader(t, "windows.npy")
+		readers = append(readers, r)
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(i), 9))
+			for range 10 {
+				off := 64<<10 + rng.Int64N(int64(len(want))-(64<<10)-(512<<10))
+				p := make([]byte, 512<<10)
+				if _, err := r.ReadAt(context.Background(), p, off); err != nil || !bytes.Equal(p, want[off:off+int64(len(p))]) {
+					t.Errorf("reader %d: read at %d: %v", i, off, err)
+					return
+				}
+				mu.Lock()
+				peak = max(peak, budget.InUse())
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if peak == 0 || peak > budget.Total() {
+		t.Errorf("decoded spans peaked at %d bytes, budget %d", peak, budget.Total())
+	}
+	for _, r := range readers {
+		r.Close()
+	}
+	if n := budget.InUse(); n != 0 {
+		t.Errorf("%d bytes of decoded spans still held after every reader closed", n)
+	}
+}
