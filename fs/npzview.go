@@ -93,8 +93,9 @@ func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
 		return nil, fmt.Errorf("npz members need at least %d bytes of cache for indexes, not %d", MinNPZIndexBytes, indexBytes)
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
-		// An index of an 85 MB member of EEG windows is about 10 KB;
-		// ristretto wants ten counters per item it may hold.
+		// An index of an 85 MB member of EEG windows is about 23 KB,
+		// of its labels member 1 KB; ristretto wants ten counters per
+		// item it may hold.
 		NumCounters:        max(10*indexBytes/(4<<10), 1000),
 		MaxCost:            indexBytes,
 		BufferItems:        64,

@@ -127,8 +127,8 @@ func TestParseMountArgs(t *testing.T) {
 		{name: "npz index size not a size", args: []string{"--npz-members", "--npz-index-size", "lots", "s3://bucket/", "/m"}, wantErr: "npz-index-size"},
 		{name: "npz members with a span larger than the cache", args: []string{"--npz-members", "--cache-size", "2MiB", "--npz-checkpoint-span", "4MiB", "s3://bucket/", "/m"}, wantErr: "--npz-checkpoint-span 4.0 MiB is larger than --cache-size 2.0 MiB"},
 		{name: "npz members with the smallest cache the tests use", args: []string{"--npz-members", "--cache-size", "4MiB", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
-			if o.npzSpanBytes != 64<<20 || o.cache.CacheSize != 4<<20 || o.npzIndexBytes != 128<<20 {
-				t.Errorf("spans %d, block cache %d, indexes %d; want 64 MiB, 4 MiB, 128 MiB", o.npzSpanBytes, o.cache.CacheSize, o.npzIndexBytes)
+			if o.npzSpanBytes != 64<<20 || o.cache.CacheSize != 4<<20 || o.npzIndexBytes != 256<<20 {
+				t.Errorf("spans %d, block cache %d, indexes %d; want 64 MiB, 4 MiB, 256 MiB", o.npzSpanBytes, o.cache.CacheSize, o.npzIndexBytes)
 			}
 		}},
 		{name: "npz members with a smaller span", args: []string{"--npz-members", "--npz-checkpoint-span", "256KiB", "--npz-index-size", "64MiB", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
