@@ -38,8 +38,13 @@ type dirNode struct {
 
 // dirState is what is known of one directory's listing.
 type dirState struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// current is never changed once installed: lookups read it without
+	// the lock. A new listing replaces it.
 	current *listing
+	// expired is set when a read found an object changed under an open
+	// file: current is then no longer fresh, whatever its age.
+	expired bool
 	loading chan struct{} // closed when the running refresh ends
 	loadErr error
 	retryAt time.Time
@@ -65,8 +70,11 @@ var (
 // TTL: "ls -l" looks up every name it lists right after listing them.
 const minListingReuse = time.Second
 
-func (d *dirNode) fresh(l *listing, now time.Time) bool {
-	if l == nil {
+// fresh reports whether the current listing may answer without a new
+// LIST; d.mu must be held.
+func (d *dirNode) freshLocked(now time.Time) bool {
+	l := d.current
+	if l == nil || d.expired {
 		return false
 	}
 	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(max(d.tree.MetadataTTL, minListingReuse)))
@@ -79,7 +87,7 @@ func (d *dirNode) fresh(l *listing, now time.Time) bool {
 func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 	d.mu.Lock()
 	now := time.Now()
-	if d.fresh(d.current, now) || (d.current != nil && now.Before(d.retryAt)) {
+	if d.freshLocked(now) || (d.current != nil && now.Before(d.retryAt)) {
 		l := d.current
 		d.mu.Unlock()
 		return l, nil
@@ -209,6 +217,7 @@ func (d *dirNode) installListingLocked(pages []s3backend.ListPage, partial bool,
 		entries = applyLimit(entries, n, d.tree.Limit.matches)
 	}
 	d.current = &listing{entries: entries, fetched: at, partial: partial, lastName: lastName(d.prefix, pages)}
+	d.expired = false
 	d.beyond = nil
 	d.retryAt = time.Time{}
 }
@@ -219,7 +228,7 @@ func (d *dirNode) expire() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.current != nil {
-		d.current.fetched = time.Time{}
+		d.expired = true
 		d.retryAt = time.Time{}
 	}
 }
@@ -248,7 +257,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	ttl := d.tree.remaining(l.fetched)
+	ttl := d.kernelTTL(l)
 	out.SetEntryTimeout(ttl)
 	out.SetAttrTimeout(ttl)
 	switch {
@@ -261,6 +270,18 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		d.tree.fileAttr(e, &out.Attr)
 	}
 	return d.child(ctx, e), 0
+}
+
+// kernelTTL is how long the kernel may keep an answer taken from l: the
+// rest of l's TTL, or next to nothing once a read found l out of date.
+func (d *dirNode) kernelTTL(l *listing) time.Duration {
+	d.mu.Lock()
+	expired := d.expired && d.current == l
+	d.mu.Unlock()
+	if expired {
+		return time.Millisecond
+	}
+	return d.tree.remaining(l.fetched)
 }
 
 // find looks name up in the listing l, or after the end of a partial one.

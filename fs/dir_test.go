@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -152,4 +155,47 @@ func TestListingOutlivesTheNode(t *testing.T) {
 	if got := lister.lists.Load(); got != 1 {
 		t.Errorf("a new node for a listed directory made %d LISTs in all, want 1", got)
 	}
+}
+
+// An ESTALE read expires its directory's listing while lookups in the
+// same directory use it: the listing a lookup got must not change under
+// it (go test -race reported the write of expire against the read of the
+// lookup).
+func TestExpireDuringLookup(t *testing.T) {
+	d, _ := newTestDir(t, time.Hour, 3)
+	gofs.NewNodeFS(d, nil) // gives the node a bridge, so Lookup can make inodes
+	ctx := context.Background()
+	if _, err := d.getListing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lookupsDone := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-lookupsDone:
+				return
+			default:
+				d.expire()
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		defer close(lookupsDone)
+		for range 200 {
+			var out fuse.EntryOut
+			if _, errno := d.Lookup(ctx, "f00001.npz", &out); errno != 0 {
+				t.Errorf("lookup: %v", errno)
+				return
+			}
+			if out.EntryTimeout() <= 0 {
+				t.Errorf("lookup gave entry timeout %v", out.EntryTimeout())
+				return
+			}
+		}
+	}()
+	wg.Wait()
 }
