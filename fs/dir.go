@@ -175,7 +175,8 @@ func (d *dirNode) listAll(ctx context.Context) (pages []s3backend.ListPage, part
 		seen[token] = true
 		if limit >= 0 {
 			entries, _ := mergeListing(d.prefix, pages)
-			if matchesBefore(entries, lastName(d.prefix, pages), d.tree.Limit.matches) >= limit {
+			sofar := &listing{entries: entries, partial: true, listedTo: listedTo(d.prefix, pages)}
+			if settledMatches(sofar, d.tree.Limit.matches) >= limit {
 				return pages, true, nil
 			}
 		}
@@ -188,15 +189,16 @@ func (d *dirNode) limit() int {
 	return d.tree.Limit.forDir(strings.TrimPrefix(d.prefix, d.tree.Prefix))
 }
 
-// lastName is the largest name the pages hold, relative to prefix.
-func lastName(prefix string, pages []s3backend.ListPage) string {
+// listedTo is the largest key or common prefix the pages hold, relative
+// to prefix: everything up to it has been listed.
+func listedTo(prefix string, pages []s3backend.ListPage) string {
 	last := ""
 	for _, p := range pages {
 		for _, o := range p.Objects {
 			last = max(last, strings.TrimPrefix(o.Key, prefix))
 		}
 		for _, cp := range p.CommonPrefixes {
-			last = max(last, strings.TrimSuffix(strings.TrimPrefix(cp, prefix), "/"))
+			last = max(last, strings.TrimPrefix(cp, prefix))
 		}
 	}
 	return last
@@ -213,10 +215,16 @@ func (d *dirNode) installListingLocked(pages []s3backend.ListPage, partial bool,
 	for _, h := range hidden {
 		d.tree.warnHidden(h)
 	}
-	if n := d.limit(); n >= 0 {
-		entries = applyLimit(entries, n, d.tree.Limit.matches)
+	l := &listing{entries: entries, fetched: at, partial: partial}
+	if partial {
+		// Names the pages read do not settle are looked up by name.
+		l.listedTo = listedTo(d.prefix, pages)
+		l.entries = slices.DeleteFunc(l.entries, func(e dirEntry) bool { return !l.settled(e.name) })
 	}
-	d.current = &listing{entries: entries, fetched: at, partial: partial, lastName: lastName(d.prefix, pages)}
+	if n := d.limit(); n >= 0 {
+		l.entries = applyLimit(l.entries, n, d.tree.Limit.matches)
+	}
+	d.current = l
 	d.expired = false
 	d.beyond = nil
 	d.retryAt = time.Time{}
@@ -287,7 +295,7 @@ func (d *dirNode) kernelTTL(l *listing) time.Duration {
 // find looks name up in the listing l, or after the end of a partial one.
 func (d *dirNode) find(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
 	e, ok := l.lookup(name)
-	if !ok && l.partial && name > l.lastName && !d.tree.Limit.matches(name) {
+	if !ok && !l.settled(name) {
 		return d.lookupBeyond(ctx, l, name)
 	}
 	return e, ok, nil
@@ -372,11 +380,12 @@ func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 
 func isStale(err error) bool { return errors.Is(err, s3backend.ErrStale) }
 
-// lookupBeyond finds a name that sorts after the end of a partial listing
-// (a sidecar such as manifest.json after thousands of .npz files) with
-// two small LISTs instead of the whole directory. Matching files there
-// are hidden by the limit, so only directories and other files are asked
-// for. The answer is kept as long as the listing.
+// lookupBeyond finds a name that a partial listing does not settle (a
+// sidecar such as manifest.json after thousands of .npz files) with at
+// most two small LISTs instead of the whole directory. A directory wins
+// over a file of the same name. Matching files there are beyond the
+// limit, so for a matching name only a directory is asked for. The
+// answer is kept as long as the listing.
 func (d *dirNode) lookupBeyond(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
 	d.mu.Lock()
 	cached, known := d.beyond[name]
@@ -388,14 +397,13 @@ func (d *dirNode) lookupBeyond(ctx context.Context, l *listing, name string) (di
 		return *cached, true, nil
 	}
 	var found *dirEntry
-	// A directory wins over a file of the same name.
 	sub, err := d.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: d.prefix + name + "/", MaxKeys: 1})
 	if err != nil {
 		return dirEntry{}, false, fmt.Errorf("look up %q: %w", d.prefix+name, err)
 	}
 	if len(sub.Objects) > 0 || len(sub.CommonPrefixes) > 0 {
 		found = &dirEntry{name: name, isDir: true}
-	} else {
+	} else if !d.tree.Limit.matches(name) {
 		page, err := d.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: d.prefix + name, Delimiter: "/", MaxKeys: 1})
 		if err != nil {
 			return dirEntry{}, false, fmt.Errorf("look up %q: %w", d.prefix+name, err)
