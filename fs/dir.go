@@ -70,20 +70,39 @@ var (
 // TTL: "ls -l" looks up every name it lists right after listing them.
 const minListingReuse = time.Second
 
-// fresh reports whether the current listing may answer without a new
-// LIST; d.mu must be held.
+// reuseFor is how long a listing is fresh: the TTL, but at least
+// minListingReuse.
+func (d *dirNode) reuseFor() time.Duration {
+	return max(d.tree.MetadataTTL, minListingReuse)
+}
+
+// freshLocked reports whether the current listing may answer without a
+// new LIST; d.mu must be held.
 func (d *dirNode) freshLocked(now time.Time) bool {
 	l := d.current
 	if l == nil || d.expired {
 		return false
 	}
-	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(max(d.tree.MetadataTTL, minListingReuse)))
+	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(d.reuseFor()))
+}
+
+// staleUsableLocked reports whether the current listing, past its TTL,
+// may still answer while a new one is listed: it is complete (a partial
+// one is cheap to list again), no read found it out of date, and it is
+// less than two TTLs old, so that what a lookup shows is never older
+// than that. d.mu must be held.
+func (d *dirNode) staleUsableLocked(now time.Time) bool {
+	l := d.current
+	return l != nil && !l.partial && !d.expired && now.Before(l.fetched.Add(2*d.reuseFor()))
 }
 
 // getListing returns a listing no older than the TTL, listing the prefix
-// again if needed. Concurrent callers share one refresh. If a refresh fails
-// and an older listing exists, the older one is served: a directory that
-// was listed keeps answering during an S3 outage.
+// again if needed. Concurrent callers share one refresh. A complete
+// listing less than two TTLs old answers at once while one background
+// refresh replaces it (stale-while-revalidate): a directory in use never
+// makes its lookups wait for a re-list. If a refresh fails and an older
+// listing exists, the older one is served: a directory that was listed
+// keeps answering during an S3 outage.
 func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 	d.mu.Lock()
 	now := time.Now()
@@ -92,11 +111,11 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 		d.mu.Unlock()
 		return l, nil
 	}
-	if d.current != nil && d.loadErr != nil {
-		// The last refresh failed (S3 is down or throttling): answer
-		// from the previous listing at once and try again in the
-		// background, instead of making every lookup wait out a
-		// full round of retries.
+	if d.current != nil && (d.loadErr != nil || d.staleUsableLocked(now)) {
+		// Answer from the previous listing at once and list again in
+		// the background: the TTL ran out, or the last refresh failed
+		// (S3 is down or throttling) and every lookup would otherwise
+		// wait out a full round of retries.
 		l := d.current
 		if d.loading == nil {
 			d.startRefreshLocked(ctx)
