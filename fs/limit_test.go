@@ -59,7 +59,7 @@ func TestLimitedListingStopsEarly(t *testing.T) {
 	}
 	for _, tt := range tests {
 		before := lister.lists.Load()
-		e, ok, err := d.find(ctx, l, tt.name)
+		e, ok, err := d.state().find(ctx, l, tt.name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,9 +204,10 @@ func TestSmokeViewIndependentOfPageSize(t *testing.T) {
 					listed[e.Name] = e.Mode&syscall.S_IFDIR != 0
 				}
 			}
-			d.mu.Lock()
-			partial := d.current.partial
-			d.mu.Unlock()
+			st := d.state()
+			st.mu.Lock()
+			partial := st.current.partial
+			st.mu.Unlock()
 			if partial {
 				partials++
 			}

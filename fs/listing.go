@@ -40,6 +40,8 @@ type listing struct {
 	// prefix keeps its "/"); entries holds only the names it settles.
 	partial  bool
 	listedTo string
+	// bytes is what the listing holds in memory, as listingBytes says.
+	bytes int64
 }
 
 // settled reports whether the listing knows all there is of name: for a
