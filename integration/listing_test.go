@@ -214,9 +214,9 @@ func TestListingServedDuringRefresh(t *testing.T) {
 	proxy := newProxy(t, srv.Endpoint)
 	h := &listHold{prefix: "dir/"}
 	proxy.SetHook(h.hook)
-	// Past the TTL, a listing answers until it is twice as old: 3 s
+	// Past the TTL, a listing answers until it is twice as old: 5 s
 	// leaves the checks below seconds of room on a slow machine.
-	const ttl = 3 * time.Second
+	const ttl = 5 * time.Second
 	m := mount(t, mountSpec{
 		Source:   "s3://" + bucket + "/",
 		Endpoint: proxy.URL,
@@ -232,7 +232,7 @@ func TestListingServedDuringRefresh(t *testing.T) {
 	if err := admin.PutBytes(ctx, bucket, "dir/new.bin", newData); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(ttl + ttl/6)
+	time.Sleep(ttl + ttl/10)
 	dropDentries(t)
 
 	release := h.hold()
