@@ -7,8 +7,9 @@ import (
 )
 
 // DefaultListingMemory is how much memory the listings of directories
-// are kept in unless Config.ListingMemory says otherwise: about 180,000
-// entries with keys of ~50 bytes (a dirEntry kept costs ~190 bytes).
+// are kept in unless Config.ListingMemory says otherwise: about 160,000
+// entries with keys of ~60 bytes (an entry kept costs ~200 bytes,
+// TestListingMemoryPerEntry).
 const DefaultListingMemory = 32 << 20
 
 // stateBytes is what a dirState costs without a listing: the struct, its
