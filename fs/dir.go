@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -27,31 +28,60 @@ const retryListAfter = 2 * time.Second
 
 // dirNode is a directory: a key prefix. Its children come from one
 // delimited listing, kept for the metadata TTL in the tree's dirState for
-// the prefix, so that it outlives the node when the kernel forgets it.
+// the prefix (see listingCache), so that it outlives the node when the
+// kernel forgets it.
 type dirNode struct {
 	gofs.Inode
 	readOnlyDir
 	tree   *tree
 	prefix string // full key prefix, "" or ending in "/"
-	*dirState
 }
 
 // dirState is what is known of one directory's listing.
 type dirState struct {
-	mu      sync.Mutex
+	tree   *tree
+	prefix string
+
+	mu sync.Mutex
+	// current is never changed once installed: lookups read it without
+	// the lock. A new listing replaces it.
 	current *listing
+	// expired is set when a read found an object changed under an open
+	// file: current is then no longer fresh, whatever its age.
+	expired bool
 	loading chan struct{} // closed when the running refresh ends
 	loadErr error
 	retryAt time.Time
-	// beyond caches lookups of names after a partial listing's end.
+	// beyond caches lookups of names a partial listing does not settle.
 	beyond map[string]*dirEntry
+
+	// Kept by the tree's listingCache, under its lock.
+	cost   int64         // bytes accounted for this state
+	cached *list.Element // nil once evicted
 }
 
 // newDirNode returns a node for the directory at prefix, sharing the
 // listing state of every other node for it.
 func (t *tree) newDirNode(prefix string) *dirNode {
-	st, _ := t.dirs.LoadOrStore(prefix, &dirState{})
-	return &dirNode{tree: t, prefix: prefix, dirState: st.(*dirState)}
+	return &dirNode{tree: t, prefix: prefix}
+}
+
+// state returns the directory's listing state, as the tree keeps it.
+func (d *dirNode) state() *dirState { return d.tree.listings.get(d.tree, d.prefix) }
+
+func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
+	return d.state().getListing(ctx)
+}
+
+// expire makes the next access list the directory again, after a read
+// found that an object changed under an open file.
+func (d *dirNode) expire() { d.state().expire() }
+
+func (d *dirNode) installListing(page s3backend.ListPage, at time.Time) {
+	st := d.state()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.installListingLocked([]s3backend.ListPage{page}, false, at)
 }
 
 var (
@@ -65,50 +95,72 @@ var (
 // TTL: "ls -l" looks up every name it lists right after listing them.
 const minListingReuse = time.Second
 
-func (d *dirNode) fresh(l *listing, now time.Time) bool {
-	if l == nil {
+// reuseFor is how long a listing is fresh: the TTL, but at least
+// minListingReuse.
+func (st *dirState) reuseFor() time.Duration {
+	return max(st.tree.MetadataTTL, minListingReuse)
+}
+
+// freshLocked reports whether the current listing may answer without a
+// new LIST; st.mu must be held.
+func (st *dirState) freshLocked(now time.Time) bool {
+	l := st.current
+	if l == nil || st.expired {
 		return false
 	}
-	return d.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(max(d.tree.MetadataTTL, minListingReuse)))
+	return st.tree.MetadataTTL == Indefinite || now.Before(l.fetched.Add(st.reuseFor()))
+}
+
+// staleUsableLocked reports whether the current listing, past its TTL,
+// may still answer while a new one is listed: it is complete (a partial
+// one is cheap to list again), no read found it out of date, and it is
+// less than two TTLs old, so that what a lookup shows is never older
+// than that. st.mu must be held.
+func (st *dirState) staleUsableLocked(now time.Time) bool {
+	l := st.current
+	return l != nil && !l.partial && !st.expired && now.Before(l.fetched.Add(2*st.reuseFor()))
 }
 
 // getListing returns a listing no older than the TTL, listing the prefix
-// again if needed. Concurrent callers share one refresh. If a refresh fails
-// and an older listing exists, the older one is served: a directory that
-// was listed keeps answering during an S3 outage.
-func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
-	d.mu.Lock()
+// again if needed. Concurrent callers share one refresh. A complete
+// listing less than two TTLs old answers at once while one background
+// refresh replaces it (stale-while-revalidate): a directory in use never
+// makes its lookups wait for a re-list. If a refresh fails and an older
+// listing exists, the older one is served: a directory that was listed
+// keeps answering during an S3 outage.
+func (st *dirState) getListing(ctx context.Context) (*listing, error) {
+	st.mu.Lock()
 	now := time.Now()
-	if d.fresh(d.current, now) || (d.current != nil && now.Before(d.retryAt)) {
-		l := d.current
-		d.mu.Unlock()
+	if st.freshLocked(now) || (st.current != nil && now.Before(st.retryAt)) {
+		l := st.current
+		st.mu.Unlock()
 		return l, nil
 	}
-	if d.current != nil && d.loadErr != nil {
-		// The last refresh failed (S3 is down or throttling): answer
-		// from the previous listing at once and try again in the
-		// background, instead of making every lookup wait out a
-		// full round of retries.
-		l := d.current
-		if d.loading == nil {
-			d.startRefreshLocked(ctx)
+	if st.current != nil && (st.loadErr != nil || st.staleUsableLocked(now)) {
+		// Answer from the previous listing at once and list again in
+		// the background: the TTL ran out, or the last refresh failed
+		// (S3 is down or throttling) and every lookup would otherwise
+		// wait out a full round of retries.
+		l := st.current
+		if st.loading == nil {
+			st.startRefreshLocked(ctx)
 		}
-		d.mu.Unlock()
+		st.mu.Unlock()
 		return l, nil
 	}
-	var wait <-chan struct{} = d.loading
+	var wait <-chan struct{} = st.loading
 	if wait == nil {
-		wait = d.startRefreshLocked(ctx)
+		wait = st.startRefreshLocked(ctx)
 	}
-	d.mu.Unlock()
+	st.mu.Unlock()
 	select {
 	case <-wait:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	d.mu.Lock()
-	l, err := d.current, d.loadErr
-	d.mu.Unlock()
+	st.mu.Lock()
+	l, err := st.current, st.loadErr
+	st.mu.Unlock()
 	if l != nil {
 		return l, nil
 	}
@@ -118,23 +170,23 @@ func (d *dirNode) getListing(ctx context.Context) (*listing, error) {
 // startRefreshLocked lists the directory again in the background and
 // returns a channel closed when it is done. The refresh does not die with
 // the caller's interrupted request: others may be waiting for it.
-func (d *dirNode) startRefreshLocked(ctx context.Context) <-chan struct{} {
+func (st *dirState) startRefreshLocked(ctx context.Context) <-chan struct{} {
 	done := make(chan struct{})
-	d.loading = done
+	st.loading = done
 	go func() {
-		pages, partial, err := d.listAll(context.WithoutCancel(ctx))
-		d.mu.Lock()
-		d.loading = nil
-		d.loadErr = err
+		pages, partial, err := st.listAll(context.WithoutCancel(ctx))
+		st.mu.Lock()
+		st.loading = nil
+		st.loadErr = err
 		if err == nil {
-			d.installListingLocked(pages, partial, time.Now())
-		} else if d.current != nil {
-			d.retryAt = time.Now().Add(retryListAfter)
-			d.tree.Logger.Warn("listing failed; serving the previous listing", "prefix", d.prefix, "err", err)
+			st.installListingLocked(pages, partial, time.Now())
+		} else if st.current != nil {
+			st.retryAt = time.Now().Add(retryListAfter)
+			st.tree.Logger.Warn("listing failed; serving the previous listing", "prefix", st.prefix, "err", err)
 		} else {
-			d.tree.Logger.Error("listing failed", "prefix", d.prefix, "err", err)
+			st.tree.Logger.Error("listing failed", "prefix", st.prefix, "err", err)
 		}
-		d.mu.Unlock()
+		st.mu.Unlock()
 		close(done)
 	}()
 	return done
@@ -143,18 +195,18 @@ func (d *dirNode) startRefreshLocked(ctx context.Context) <-chan struct{} {
 // listAll lists the directory, page by page. A limited directory stops
 // once the pages read hold all its visible matching files: for a smoke
 // view of a few files in a directory of thousands, one LIST.
-func (d *dirNode) listAll(ctx context.Context) (pages []s3backend.ListPage, partial bool, err error) {
-	limit := d.limit()
+func (st *dirState) listAll(ctx context.Context) (pages []s3backend.ListPage, partial bool, err error) {
+	limit := st.limit()
 	seen := map[string]bool{}
 	token := ""
 	for range maxListPages {
-		page, err := d.tree.Lister.List(ctx, s3backend.ListRequest{
-			Prefix:            d.prefix,
+		page, err := st.tree.Lister.List(ctx, s3backend.ListRequest{
+			Prefix:            st.prefix,
 			Delimiter:         "/",
 			ContinuationToken: token,
 		})
 		if err != nil {
-			return nil, false, fmt.Errorf("list %q: %w", d.prefix, err)
+			return nil, false, fmt.Errorf("list %q: %w", st.prefix, err)
 		}
 		pages = append(pages, page)
 		token = page.NextContinuationToken
@@ -162,75 +214,79 @@ func (d *dirNode) listAll(ctx context.Context) (pages []s3backend.ListPage, part
 			return pages, false, nil
 		}
 		if seen[token] {
-			return nil, false, fmt.Errorf("list %q: server repeated continuation token %q", d.prefix, token)
+			return nil, false, fmt.Errorf("list %q: server repeated continuation token %q", st.prefix, token)
 		}
 		seen[token] = true
 		if limit >= 0 {
-			entries, _ := mergeListing(d.prefix, pages)
-			if matchesBefore(entries, lastName(d.prefix, pages), d.tree.Limit.matches) >= limit {
+			entries, _ := mergeListing(st.prefix, pages)
+			sofar := &listing{entries: entries, partial: true, listedTo: listedTo(st.prefix, pages)}
+			if settledMatches(sofar, st.tree.Limit.matches) >= limit {
 				return pages, true, nil
 			}
 		}
 	}
-	return nil, false, fmt.Errorf("list %q: more than %d pages", d.prefix, maxListPages)
+	return nil, false, fmt.Errorf("list %q: more than %d pages", st.prefix, maxListPages)
 }
 
 // limit returns the smoke-view limit of this directory, or -1.
-func (d *dirNode) limit() int {
-	return d.tree.Limit.forDir(strings.TrimPrefix(d.prefix, d.tree.Prefix))
+func (st *dirState) limit() int {
+	return st.tree.Limit.forDir(strings.TrimPrefix(st.prefix, st.tree.Prefix))
 }
 
-// lastName is the largest name the pages hold, relative to prefix.
-func lastName(prefix string, pages []s3backend.ListPage) string {
+// listedTo is the largest key or common prefix the pages hold, relative
+// to prefix: everything up to it has been listed.
+func listedTo(prefix string, pages []s3backend.ListPage) string {
 	last := ""
 	for _, p := range pages {
 		for _, o := range p.Objects {
 			last = max(last, strings.TrimPrefix(o.Key, prefix))
 		}
 		for _, cp := range p.CommonPrefixes {
-			last = max(last, strings.TrimSuffix(strings.TrimPrefix(cp, prefix), "/"))
+			last = max(last, strings.TrimPrefix(cp, prefix))
 		}
 	}
 	return last
 }
 
-func (d *dirNode) installListing(page s3backend.ListPage, at time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.installListingLocked([]s3backend.ListPage{page}, false, at)
-}
-
-func (d *dirNode) installListingLocked(pages []s3backend.ListPage, partial bool, at time.Time) {
-	entries, hidden := mergeListing(d.prefix, pages)
+func (st *dirState) installListingLocked(pages []s3backend.ListPage, partial bool, at time.Time) {
+	entries, hidden := mergeListing(st.prefix, pages)
 	for _, h := range hidden {
-		d.tree.warnHidden(h)
+		st.tree.warnHidden(h)
 	}
-	if n := d.limit(); n >= 0 {
-		entries = applyLimit(entries, n, d.tree.Limit.matches)
+	l := &listing{entries: entries, fetched: at, partial: partial}
+	if partial {
+		// Names the pages read do not settle are looked up by name.
+		l.listedTo = listedTo(st.prefix, pages)
+		l.entries = slices.DeleteFunc(l.entries, func(e dirEntry) bool { return !l.settled(e.name) })
 	}
-	d.current = &listing{entries: entries, fetched: at, partial: partial, lastName: lastName(d.prefix, pages)}
-	d.beyond = nil
-	d.retryAt = time.Time{}
+	if n := st.limit(); n >= 0 {
+		l.entries = applyLimit(l.entries, n, st.tree.Limit.matches)
+	}
+	l.bytes = listingBytes(st.prefix, l)
+	st.current = l
+	st.expired = false
+	st.beyond = nil
+	st.retryAt = time.Time{}
+	st.tree.listings.resize(st, l.bytes)
 }
 
-// expire makes the next access list the directory again, after a read
-// found that an object changed under an open file.
-func (d *dirNode) expire() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.current != nil {
-		d.current.fetched = time.Time{}
-		d.retryAt = time.Time{}
+func (st *dirState) expire() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.current != nil {
+		st.expired = true
+		st.retryAt = time.Time{}
 	}
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	defer d.tree.Metrics.observe("lookup", time.Now())
-	l, err := d.getListing(ctx)
+	st := d.state()
+	l, err := st.getListing(ctx)
 	if err != nil {
 		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
 	}
-	e, ok, err := d.find(ctx, l, name)
+	e, ok, err := st.find(ctx, l, name)
 	if err != nil {
 		return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
 	}
@@ -238,7 +294,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if !ok && d.tree.NPZ != nil {
 		// NAME.npz.d of a visible archive, unless a real key has the name.
 		if a, isMemberDir := archiveOf(name); isMemberDir && len(name) <= maxNameLen {
-			archive, ok, err = d.find(ctx, l, a)
+			archive, ok, err = st.find(ctx, l, a)
 			if err != nil {
 				return nil, d.tree.errno(ctx, "lookup", d.prefix+name, err)
 			}
@@ -248,7 +304,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	ttl := d.tree.remaining(l.fetched)
+	ttl := st.kernelTTL(l)
 	out.SetEntryTimeout(ttl)
 	out.SetAttrTimeout(ttl)
 	switch {
@@ -263,11 +319,24 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	return d.child(ctx, e), 0
 }
 
-// find looks name up in the listing l, or after the end of a partial one.
-func (d *dirNode) find(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
+// kernelTTL is how long the kernel may keep an answer taken from l: the
+// rest of l's TTL, or next to nothing once a read found l out of date.
+func (st *dirState) kernelTTL(l *listing) time.Duration {
+	st.mu.Lock()
+	expired := st.expired && st.current == l
+	st.mu.Unlock()
+	if expired {
+		return time.Millisecond
+	}
+	return st.tree.remaining(l.fetched)
+}
+
+// find looks name up in the listing l, or by name where a partial l does
+// not settle it.
+func (st *dirState) find(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
 	e, ok := l.lookup(name)
-	if !ok && l.partial && name > l.lastName && !d.tree.Limit.matches(name) {
-		return d.lookupBeyond(ctx, l, name)
+	if !ok && !l.settled(name) {
+		return st.lookupBeyond(ctx, l, name)
 	}
 	return e, ok, nil
 }
@@ -351,15 +420,19 @@ func (d *dirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno
 
 func isStale(err error) bool { return errors.Is(err, s3backend.ErrStale) }
 
-// lookupBeyond finds a name that sorts after the end of a partial listing
-// (a sidecar such as manifest.json after thousands of .npz files) with
-// two small LISTs instead of the whole directory. Matching files there
-// are hidden by the limit, so only directories and other files are asked
-// for. The answer is kept as long as the listing.
-func (d *dirNode) lookupBeyond(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
-	d.mu.Lock()
-	cached, known := d.beyond[name]
-	d.mu.Unlock()
+// maxBeyond bounds the names a partial listing remembers looking up.
+const maxBeyond = 1024
+
+// lookupBeyond finds a name that a partial listing does not settle (a
+// sidecar such as manifest.json after thousands of .npz files) with at
+// most two small LISTs instead of the whole directory. A directory wins
+// over a file of the same name. Matching files there are beyond the
+// limit, so for a matching name only a directory is asked for. The
+// answer is kept as long as the listing (the last maxBeyond of them).
+func (st *dirState) lookupBeyond(ctx context.Context, l *listing, name string) (dirEntry, bool, error) {
+	st.mu.Lock()
+	cached, known := st.beyond[name]
+	st.mu.Unlock()
 	if known {
 		if cached == nil {
 			return dirEntry{}, false, nil
@@ -367,31 +440,31 @@ func (d *dirNode) lookupBeyond(ctx context.Context, l *listing, name string) (di
 		return *cached, true, nil
 	}
 	var found *dirEntry
-	// A directory wins over a file of the same name.
-	sub, err := d.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: d.prefix + name + "/", MaxKeys: 1})
+	sub, err := st.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: st.prefix + name + "/", MaxKeys: 1})
 	if err != nil {
-		return dirEntry{}, false, fmt.Errorf("look up %q: %w", d.prefix+name, err)
+		return dirEntry{}, false, fmt.Errorf("look up %q: %w", st.prefix+name, err)
 	}
 	if len(sub.Objects) > 0 || len(sub.CommonPrefixes) > 0 {
 		found = &dirEntry{name: name, isDir: true}
-	} else {
-		page, err := d.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: d.prefix + name, Delimiter: "/", MaxKeys: 1})
+	} else if !st.tree.Limit.matches(name) {
+		page, err := st.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: st.prefix + name, Delimiter: "/", MaxKeys: 1})
 		if err != nil {
-			return dirEntry{}, false, fmt.Errorf("look up %q: %w", d.prefix+name, err)
+			return dirEntry{}, false, fmt.Errorf("look up %q: %w", st.prefix+name, err)
 		}
-		if len(page.Objects) > 0 && page.Objects[0].Key == d.prefix+name {
+		if len(page.Objects) > 0 && page.Objects[0].Key == st.prefix+name {
 			o := page.Objects[0]
 			found = &dirEntry{name: name, key: o.Key, size: o.Size, etag: o.ETag, mtime: o.LastModified}
 		}
 	}
-	d.mu.Lock()
-	if d.current == l {
-		if d.beyond == nil {
-			d.beyond = map[string]*dirEntry{}
+	st.mu.Lock()
+	if st.current == l {
+		if st.beyond == nil || len(st.beyond) >= maxBeyond {
+			st.beyond = map[string]*dirEntry{}
 		}
-		d.beyond[name] = found
+		st.beyond[name] = found
+		st.tree.listings.resize(st, l.bytes+int64(len(st.beyond))*beyondEntryBytes)
 	}
-	d.mu.Unlock()
+	st.mu.Unlock()
 	if found == nil {
 		return dirEntry{}, false, nil
 	}

@@ -57,15 +57,20 @@ func applyLimit(entries []dirEntry, n int, matches func(string) bool) []dirEntry
 	return out
 }
 
-// matchesBefore counts the visible files matching that sort before last:
-// a file at the very end of the pages read may yet turn out to be hidden
-// by a directory of the same name on the next page.
-func matchesBefore(entries []dirEntry, last string, matches func(string) bool) int {
+// settledMatches counts, in name order, the visible matching files that
+// l settles, up to the first matching file it does not settle: the first
+// that many matching files of the whole directory are then known,
+// whatever later pages hold.
+func settledMatches(l *listing, matches func(string) bool) int {
 	n := 0
-	for _, e := range entries {
-		if !e.isDir && e.name < last && matches(e.name) {
-			n++
+	for _, e := range l.entries {
+		if e.isDir || !matches(e.name) {
+			continue
 		}
+		if !l.settled(e.name) {
+			break
+		}
+		n++
 	}
 	return n
 }

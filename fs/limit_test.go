@@ -4,9 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bgbfs/bgbfs/s3backend"
 )
@@ -19,6 +25,7 @@ func TestLimitedListingStopsEarly(t *testing.T) {
 	mem.Put("p/train/_dataset_index.json", []byte("{}"))
 	mem.Put("p/train/manifest.json", []byte("[]"))
 	mem.Put("p/train/sub/inner.npz", []byte("y"))
+	mem.Put("p/train/zz.npz/inner.npz", []byte("z"))
 	lister := &countingLister{MemStore: mem}
 	tr := &tree{Config: Config{
 		Lister: lister, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
@@ -46,16 +53,15 @@ func TestLimitedListingStopsEarly(t *testing.T) {
 		{"manifest.json", true, false, 0}, // and then remembered
 		{"sub", true, true, 1},
 		{"missing.json", false, false, 2},
-		{"f04000.npz", false, false, 0}, // a matching file beyond the limit is hidden without asking
+		{"f04000.npz", false, false, 1}, // a matching file beyond the limit is hidden: only a directory is asked for
+		{"f04000.npz", false, false, 0},
+		{"zz.npz", true, true, 1}, // a directory whose name matches is not limited
 	}
 	for _, tt := range tests {
 		before := lister.lists.Load()
-		e, ok := l.lookup(tt.name)
-		if !ok && !tr.Limit.matches(tt.name) && l.partial && tt.name > l.lastName {
-			e, ok, err = d.lookupBeyond(ctx, l, tt.name)
-			if err != nil {
-				t.Fatal(err)
-			}
+		e, ok, err := d.state().find(ctx, l, tt.name)
+		if err != nil {
+			t.Fatal(err)
 		}
 		if ok != tt.found || e.isDir != tt.isDir {
 			t.Errorf("lookup %q = found %v dir %v, want %v %v", tt.name, ok, e.isDir, tt.found, tt.isDir)
@@ -99,4 +105,139 @@ func TestLimitForDir(t *testing.T) {
 	if got := (Limit{}).forDir("train"); got != -1 {
 		t.Errorf("zero Limit limits to %d", got)
 	}
+}
+
+// smokeTruth is the smoke view of the keys under prefix as SEMANTICS.md
+// defines it, worked out from the whole key set at once: a key "x" is a
+// file unless keys under "x/" make "x" a directory; of the files matching
+// the pattern, only the first n by name are visible.
+func smokeTruth(keys []string, prefix string, n int, matches func(string) bool) map[string]bool {
+	isDir := map[string]bool{}
+	files := map[string]bool{}
+	for _, k := range keys {
+		rest, ok := strings.CutPrefix(k, prefix)
+		if !ok || rest == "" {
+			continue
+		}
+		if name, _, nested := strings.Cut(rest, "/"); nested {
+			isDir[name] = true
+		} else {
+			files[name] = true
+		}
+	}
+	var matching []string
+	for f := range files {
+		if !isDir[f] && matches(f) {
+			matching = append(matching, f)
+		}
+	}
+	slices.Sort(matching)
+	view := map[string]bool{} // name -> is a directory
+	for d := range isDir {
+		view[d] = true
+	}
+	for f := range files {
+		if !isDir[f] && !matches(f) {
+			view[f] = false
+		}
+	}
+	for _, f := range matching[:min(n, len(matching))] {
+		view[f] = false
+	}
+	return view
+}
+
+// TestSmokeViewIndependentOfPageSize checks the smoke view of random key
+// sets, full of names that sort between a file "x" and its clashing
+// directory "x/" ("x-1", "x.a", "x!"), against the view worked out from
+// the whole key set, with LIST pages of 1, 2, 3 and 1,000 keys: readdir
+// shows the same visible matching files and nothing the view lacks, and a
+// lookup of every name (beyond a partial listing too) gives the same answer.
+func TestSmokeViewIndependentOfPageSize(t *testing.T) {
+	components := []string{"a", "a.npz", "a.npz-1.npz", "a.npz.a", "a-1.npz", "a!.npz", "b.npz", "m.json", "x", "x!", "x-1", "x.a", "x.npz", "x.npz-1.npz", "z.npz"}
+	probes := append(slices.Clone(components), "missing", "zz.npz", "a.npz.d", "0")
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(12, 34))
+	partials := 0
+	for round := range 400 {
+		// Round 0 is the case found in review: page size 2 showed the
+		// file a.npz, which the directory a.npz/ hides.
+		keys := []string{"p/a.npz", "p/a.npz-1.npz", "p/a.npz/x"}
+		limit := 1
+		for range min(round, 1) * (1 + rng.IntN(8)) {
+			k := "p/" + components[rng.IntN(len(components))]
+			switch rng.IntN(4) {
+			case 0:
+				k += "/" + components[rng.IntN(len(components))]
+			case 1:
+				k += "/" // a directory marker
+			}
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		keys = slices.Compact(keys)
+		if round > 0 {
+			keys = keys[3:]
+			limit = rng.IntN(4)
+		}
+		lim := Limit{Default: limit, HasDefault: true, Pattern: "*.npz"}
+		want := smokeTruth(keys, "p/", limit, lim.matches)
+		for _, pageSize := range []int{1, 2, 3, 1000} {
+			mem := s3backend.NewMemStore()
+			mem.PageSize = pageSize
+			for _, k := range keys {
+				mem.Put(k, []byte("x"))
+			}
+			tr := &tree{Config: Config{Lister: mem, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler), Limit: lim}}
+			d := tr.newDirNode("p/")
+			gofs.NewNodeFS(d, nil)
+			where := fmt.Sprintf("round %d, keys %q, limit %d, page size %d", round, keys, limit, pageSize)
+
+			stream, errno := d.Readdir(ctx)
+			if errno != 0 {
+				t.Fatalf("%s: readdir: %v", where, errno)
+			}
+			listed := map[string]bool{}
+			for stream.HasNext() {
+				e, _ := stream.Next()
+				if e.Name != "." && e.Name != ".." {
+					listed[e.Name] = e.Mode&syscall.S_IFDIR != 0
+				}
+			}
+			st := d.state()
+			st.mu.Lock()
+			partial := st.current.partial
+			st.mu.Unlock()
+			if partial {
+				partials++
+			}
+			for name, isDir := range listed {
+				if wantDir, ok := want[name]; !ok || wantDir != isDir {
+					t.Errorf("%s: readdir shows %q (dir %v); the view has it: %v (dir %v)", where, name, isDir, ok, wantDir)
+				}
+			}
+			for name, isDir := range want {
+				if _, ok := listed[name]; !ok && (!partial || (!isDir && lim.matches(name))) {
+					t.Errorf("%s: readdir lacks %q (dir %v)", where, name, isDir)
+				}
+			}
+			for _, name := range probes {
+				var out fuse.EntryOut
+				ino, errno := d.Lookup(ctx, name, &out)
+				wantDir, found := want[name]
+				switch {
+				case errno != 0 && errno != syscall.ENOENT:
+					t.Errorf("%s: lookup %q: %v", where, name, errno)
+				case found != (errno == 0):
+					t.Errorf("%s: lookup %q found %v, want %v", where, name, errno == 0, found)
+				case found && (ino.StableAttr().Mode&syscall.S_IFDIR != 0) != wantDir:
+					t.Errorf("%s: lookup %q gives dir %v, want %v", where, name, !wantDir, wantDir)
+				}
+			}
+		}
+	}
+	if partials == 0 {
+		t.Error("no listing stopped early: the test never looked beyond a partial listing")
+	}
+	t.Logf("%d of %d listings were partial", partials, 400*4)
 }

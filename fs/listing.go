@@ -35,9 +35,22 @@ type listing struct {
 	entries []dirEntry // sorted by name, byte-wise
 	fetched time.Time
 	// partial is set when a limited directory was listed only until its
-	// visible files were known; names after lastName were not listed.
+	// visible files were known. listedTo is then the largest key or
+	// common prefix of the pages read, relative to the directory (a
+	// prefix keeps its "/"); entries holds only the names it settles.
 	partial  bool
-	lastName string
+	listedTo string
+	// bytes is what the listing holds in memory, as listingBytes says.
+	bytes int64
+}
+
+// settled reports whether the listing knows all there is of name: for a
+// partial listing, whether the pages read went past name+"/". A key
+// "x" is listed before "x-1", "x.a" and the prefix "x/" that would make
+// "x" a directory, so seeing "x" settles nothing until the listing has
+// passed "x/".
+func (l *listing) settled(name string) bool {
+	return !l.partial || name+"/" <= l.listedTo
 }
 
 // version is the object version a file entry shows.

@@ -7,7 +7,6 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -43,6 +42,10 @@ type Config struct {
 	Limit Limit
 	// Metrics, if set, records FUSE operations.
 	Metrics *Metrics
+	// ListingMemory bounds the memory kept for directory listings; 0
+	// means DefaultListingMemory. The listing in use is kept even when it
+	// alone is larger.
+	ListingMemory int64
 	// NPZ, if set, shows the members of every .npz archive as files in
 	// a NAME.npz.d directory beside it.
 	NPZ *NPZView
@@ -52,15 +55,17 @@ type Config struct {
 type tree struct {
 	Config
 	mountTime time.Time
-	// warned remembers hidden keys already logged, so each is logged once.
-	warned sync.Map
-	// dirs maps a directory's key prefix to its *dirState.
-	dirs sync.Map
+	// warned remembers hidden keys already logged, so each is logged once
+	// (while remembered).
+	warned warnedSet
+	// listings keeps the listing state of directories, by key prefix.
+	listings listingCache
 }
 
 // NewRoot returns the root node of a mount.
 func NewRoot(cfg Config) gofs.InodeEmbedder {
 	t := &tree{Config: cfg, mountTime: time.Now()}
+	t.listings.budget = cfg.ListingMemory
 	root := t.newDirNode(cfg.Prefix)
 	if cfg.RootListing != nil && cfg.RootListing.NextContinuationToken == "" {
 		root.installListing(*cfg.RootListing, t.mountTime)
@@ -104,7 +109,7 @@ func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *g
 }
 
 func (t *tree) warnHidden(h hiddenKey) {
-	if _, seen := t.warned.LoadOrStore(h.key, true); seen {
+	if !t.warned.add(h.key) {
 		return
 	}
 	t.Logger.Warn("key hidden: it cannot be shown as a file name", "key", h.key, "reason", h.reason)

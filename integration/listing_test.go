@@ -2,9 +2,16 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
@@ -139,4 +146,164 @@ func countChildren(tree map[string]entry, dir string) int {
 		}
 	}
 	return n
+}
+
+// listHold is a proxy hook that holds every ListObjectsV2 of one prefix,
+// while on, until released.
+type listHold struct {
+	prefix  string
+	mu      sync.Mutex
+	release chan struct{} // nil: not holding
+	held    atomic.Int64  // LISTs of prefix that were held
+}
+
+func (h *listHold) hook(op testbed.Op, w http.ResponseWriter, r *http.Request) bool {
+	if op != testbed.OpListObjectsV2 || r.URL.Query().Get("prefix") != h.prefix {
+		return false
+	}
+	h.mu.Lock()
+	release := h.release
+	h.mu.Unlock()
+	if release != nil {
+		h.held.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}
+	return false
+}
+
+// hold starts holding; the returned func releases what is held and stops.
+func (h *listHold) hold() (release func()) {
+	ch := make(chan struct{})
+	h.mu.Lock()
+	h.release = ch
+	h.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			h.mu.Lock()
+			h.release = nil
+			h.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// TestListingServedDuringRefresh checks stale-while-revalidate end to
+// end: once a directory's listing is past the metadata TTL, lookups, stat
+// and readdir in it are answered from the previous listing while the
+// proxy holds the one LIST that refreshes it, and a key added in S3 is
+// visible once that LIST is let through.
+func TestListingServedDuringRefresh(t *testing.T) {
+	srv := env.server(t)
+	admin := srv.Admin()
+	ctx := context.Background()
+	bucket := newBucket(t, srv, "bgbfs-swr")
+	var objs []testbed.Object
+	var want []string
+	for i := range 20 {
+		name := fmt.Sprintf("f%03d.bin", i)
+		want = append(want, name)
+		objs = append(objs, testbed.Object{Key: "dir/" + name, Data: seededBytes(name, 100+i)})
+	}
+	if err := admin.PutMany(ctx, bucket, objs, 8); err != nil {
+		t.Fatal(err)
+	}
+	proxy := newProxy(t, srv.Endpoint)
+	h := &listHold{prefix: "dir/"}
+	proxy.SetHook(h.hook)
+	// Past the TTL, a listing answers until it is twice as old: 5 s
+	// leaves the checks below seconds of room on a slow machine.
+	const ttl = 5 * time.Second
+	m := mount(t, mountSpec{
+		Source:   "s3://" + bucket + "/",
+		Endpoint: proxy.URL,
+		Creds:    rootCreds(srv),
+		Args:     []string{"--metadata-ttl", ttl.String()},
+	})
+	dir := filepath.Join(m.Mountpoint, "dir")
+	if got, err := dirNames(dir); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("first readdir: %q, %v; want %q", got, err, want)
+	}
+	listed := time.Now()
+	newData := []byte("added after the listing\n")
+	if err := admin.PutBytes(ctx, bucket, "dir/new.bin", newData); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(ttl + ttl/10)
+	dropDentries(t)
+
+	release := h.hold()
+	t.Cleanup(release)
+	proxy.Reset()
+	// Runs check in the background; fails if it is not answered while
+	// the LIST is held.
+	answered := func(what string, check func() error) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- check() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s while the refresh is held: %v", what, err)
+			}
+		case <-time.After(ttl):
+			release()
+			t.Fatalf("%s was not answered while the LIST refreshing dir/ was held", what)
+		}
+	}
+	statSize := func(name string, size int) func() error {
+		return func() error {
+			fi, err := os.Stat(filepath.Join(dir, name))
+			if err != nil {
+				return err
+			}
+			if fi.Size() != int64(size) {
+				return fmt.Errorf("size %d, want %d", fi.Size(), size)
+			}
+			return nil
+		}
+	}
+	answered("stat dir/f000.bin", statSize("f000.bin", 100))
+	if !pollUntil(10*time.Second, func() bool { return h.held.Load() > 0 }) {
+		t.Fatalf("the lookup after the TTL started no LIST of dir/; requests:\n%s", testbed.FormatRequests(proxy.Requests(), 20))
+	}
+	// The refresh is now held at the proxy: everything else is answered
+	// from the previous listing.
+	answered("stat dir/f019.bin", statSize("f019.bin", 119))
+	answered("stat dir/new.bin", func() error {
+		if _, err := os.Stat(filepath.Join(dir, "new.bin")); !isENOENT(err) {
+			return fmt.Errorf("%v, want ENOENT from the previous listing", errnoOf(err))
+		}
+		return nil
+	})
+	answered("readdir dir", func() error {
+		got, err := dirNames(dir)
+		if err == nil && !slices.Equal(got, want) {
+			err = fmt.Errorf("%q, want the previous listing %q", got, want)
+		}
+		return err
+	})
+	if age := time.Since(listed); age >= 2*ttl {
+		t.Logf("the checks ended %v after the listing, past twice the TTL: the machine is too slow for this test's margins", age)
+	}
+	if n := h.held.Load(); n != 1 {
+		t.Errorf("%d LISTs of dir/ were held, want the one background refresh", n)
+	}
+
+	release()
+	if !proxy.WaitQuiet(200*time.Millisecond, 30*time.Second) {
+		t.Fatal("the proxy never went quiet after the LIST was released")
+	}
+	if c, reqs := proxy.Take(); listsOf(reqs, "dir/") != 1 {
+		t.Errorf("the lookups past the TTL made %d LISTs of dir/, want 1; %v:\n%s", listsOf(reqs, "dir/"), c, testbed.FormatRequests(reqs, 20))
+	}
+	if err := statSize("new.bin", len(newData))(); err != nil {
+		t.Errorf("stat dir/new.bin after the refresh landed: %v", err)
+	}
+	if got, err := dirNames(dir); err != nil || !slices.Contains(got, "new.bin") || len(got) != len(want)+1 {
+		t.Errorf("readdir after the refresh landed: %q, %v; want %d names with new.bin", got, err, len(want)+1)
+	}
 }

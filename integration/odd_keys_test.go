@@ -129,9 +129,10 @@ func TestOddKeys(t *testing.T) {
 
 	for pass := 1; pass <= 2; pass++ {
 		if pass == 2 {
-			// Let the metadata TTL expire and the kernel forget, so the
-			// second walk lists everything again.
-			time.Sleep(1500 * time.Millisecond)
+			// Let twice the metadata TTL pass (before that, a listing
+			// answers while it is refreshed in the background) and the
+			// kernel forget, so the second walk lists everything again.
+			time.Sleep(2500 * time.Millisecond)
 			dropDentries(t)
 		}
 		proxy.Reset()

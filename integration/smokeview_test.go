@@ -353,9 +353,12 @@ func TestSmokeViewEnvLimit(t *testing.T) {
 			name    string
 			maxList int64 // LISTs the lookup may cost
 		}{
-			{trainNPZ[3], 0},                // 4th: on the page read, beyond the limit
-			{trainNPZ[998], 0},              // last npz of the page read
-			{trainNPZ[smokeTrainNPZ-1], 0},  // 5,000th: a matching name past the page: no request
+			{trainNPZ[3], 0}, // 4th: on the page read, beyond the limit
+			// The last npz of the page read, and the 5,000th, past the
+			// page: a directory of that name (keys under "NAME/", listed
+			// after the page) would be shown, so one one-key LIST asks.
+			{trainNPZ[998], 1},
+			{trainNPZ[smokeTrainNPZ-1], 1},
 			{"zzz_no_such_sidecar.json", 2}, // a non-matching name past the page is asked for
 			{"_no_such_early_name.json", 0}, // a name inside the page read that is not there
 		}

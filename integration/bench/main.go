@@ -45,7 +45,7 @@ func main() {
 	flag.IntVar(&c.npzWindows, "npz-windows", 73, "windows per archive of workload h (73: the real mean, 85 MB)")
 	flag.IntVar(&c.npzSamples, "npz-samples", 200, "samples of workload h through the member view, warm")
 	flag.IntVar(&c.npzWholeSamples, "npz-whole-samples", 40, "samples of workload h through the plain .npz")
-	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h", "workloads to run (h alone, with --systems bgbfs: only the .npz member view rows)")
+	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,l", "workloads to run (h alone, with --systems bgbfs: only the .npz member view rows; l: ls -l of 100,000 objects, bgbfs and the SDK)")
 	flag.StringVar(&c.out, "out", "", "write the results into this markdown file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the generated data")
 	flag.StringVar(&c.cacheSize, "small-cache", "256MiB", "bgbfs --cache-size for the memory-bound rows of b and e")

@@ -18,6 +18,7 @@ var workloadNames = map[string]string{
 	"f": "f. ls -l of 5,000 objects",
 	"g": "g. time to first byte, cold",
 	"h": "h. trainer, one window per sample: whole member vs NAME.npz.d view",
+	"l": "l. ls -l of 100,000 objects",
 }
 
 func (b *bench) find(workload, profile, system string) (row, bool) {
@@ -62,6 +63,7 @@ func (b *bench) report(started time.Time) string {
 		fmt.Fprintf(&s, "| %s | %s | %s | %.1f %s | %d | %s | %s |\n", name, r.profile, r.system, r.m.value, r.m.unit, r.gets, ratio, rss)
 	}
 	s.WriteString(b.npzPerWindow())
+	s.WriteString(b.bigDirSection())
 	s.WriteString("\n## Targets\n\nRatios from this run; higher is better unless it says otherwise.\n\n| target | profile | measured | verdict |\n|---|---|---|---|\n")
 	for _, t := range b.targets() {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", t.name, t.profile, t.measured, t.verdict)

@@ -30,6 +30,9 @@ type bench struct {
 	rows     []row
 	cleanups []func()
 	npz      *npzSet // workload h's archives, once made
+	// Workload l's directory is uploaded once per run.
+	bigDirReady   bool
+	bigDirResults []bigDirResult
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -37,6 +40,7 @@ type row struct {
 	workload, profile, system string
 	m                         measurement
 	gets, fetched, rss        int64
+	lists                     int64
 	err                       string
 }
 
@@ -81,7 +85,7 @@ func (b *bench) runAll(ctx context.Context) error {
 				b.runMounted(ctx, profile, "bgbfs", fmt.Sprintf("bgbfs %dMiB cache", smallCacheMB), endpoint, small, "b", "e")
 			default:
 				if !slices.ContainsFunc(b.cfg.workloads, func(w string) bool { return w >= "a" && w <= "g" }) {
-					continue // h is bgbfs's own
+					continue // h and l are bgbfs's own
 				}
 				if _, err := exec.LookPath(system); err != nil {
 					b.rows = append(b.rows, row{workload: "all", profile: profile, system: system, err: "not installed"})
@@ -92,6 +96,7 @@ func (b *bench) runAll(ctx context.Context) error {
 		}
 		if slices.Contains(b.cfg.systems, "bgbfs") {
 			b.runNPZView(ctx, profile, endpoint)
+			b.runBigDir(ctx, profile, endpoint)
 		}
 	}
 	return nil
@@ -108,7 +113,7 @@ func (b *bench) measure(workload, profile, system string, pid int, f func() (mea
 	}
 	m, err := f()
 	c := b.counting.Counts()
-	r := row{workload: workload, profile: profile, system: system, m: m, gets: c.GetObject, fetched: c.GetObjectBytes}
+	r := row{workload: workload, profile: profile, system: system, m: m, gets: c.GetObject, fetched: c.GetObjectBytes, lists: c.ListObjectsV2}
 	if s != nil {
 		r.rss, _ = s.Stop()
 	}
