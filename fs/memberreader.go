@@ -332,17 +332,16 @@ func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
 			r.mu.Unlock()
 		}
 	}
-	// The window: up to the end of the span holding rowEnd, fetched
-	// with the first read.
-	var window int64
-	if rowEnd > 0 {
-		_, window = x.Span(rowEnd - 1)
-	}
-	if first {
-		to = max(to, window)
-	}
-	if end > window && to < x.Size() {
+	// The window, fetched with the first read: up to rowEnd, as far as
+	// the span holding it is inflated (not that span's end: the next
+	// row's bytes would be fetched for nothing).
+	if first && rowEnd > end {
+		to = rowEnd
+	} else if to < x.Size() {
 		_, to = x.Span(to)
+	}
+	if rowEnd > 0 && end <= rowEnd {
+		to = min(to, rowEnd)
 	}
 	r.src.Prefetch(x.SourceRange(from, to))
 }

@@ -517,17 +517,42 @@ func (x *Index) Span(off int64) (start, end int64) {
 	return start, end
 }
 
-// SourceRange returns the archive bytes [off, off+n) that a ReadAt of the
-// content [start, end) may read: from the access point at or before start
-// to the first one at or after end.
+// SourceRange returns the archive bytes [off, off+n) that reads of the
+// content [start, end), span by span, read: from the access point at or
+// before start up to, in the span holding end, as much as a ReadAt that
+// ends at end reads first (its estimate from the span's compression
+// ratio), or the next access point if end is one. A reader that fetches
+// this range ahead has what the reads will want, and no more.
 func (x *Index) SourceRange(start, end int64) (off, n int64) {
 	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > start }) - 1
-	j := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end })
-	from, to := x.points[max(i, 0)].bit/8, x.member.CompressedSize
-	if j < len(x.points) {
-		to = (x.points[j].bit + 7) / 8
+	from := x.points[max(i, 0)].bit / 8
+	k := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end }) - 1
+	k = max(k, 0)
+	_, limit, first := x.firstRead(k, end)
+	to := min(limit, x.points[k].bit/8+first)
+	if k+1 < len(x.points) && x.points[k+1].out == end {
+		to = limit
 	}
-	return x.dataOff + from, to - from
+	return x.dataOff + from, max(to, from) - from
+}
+
+// firstRead sizes the first read of compressed bytes a decoder starting at
+// point i makes to produce the content up to end: the stream bytes from
+// point i to the next point after end (or the stream's end) are limit, and
+// first is an estimate from the compression ratio of that stretch plus a
+// margin, so that one read usually suffices.
+func (x *Index) firstRead(i int, end int64) (need, limit, first int64) {
+	pt := x.points[i]
+	j := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end })
+	limit = x.member.CompressedSize // stream bytes this read may need
+	cin, cout := limit-pt.bit/8, x.member.UncompressedSize-pt.out
+	if j < len(x.points) {
+		limit = (x.points[j].bit + 7) / 8
+		cin, cout = limit-pt.bit/8, x.points[j].out-pt.out
+	}
+	need = end - pt.out
+	first = int64(float64(cin)*float64(need)/float64(max(cout, 1))) + readMargin
+	return need, limit, min(first, limit-pt.bit/8)
 }
 
 // keepHead appends to x.head what it lacks of out, new output whose first
@@ -587,21 +612,13 @@ func (x *Index) ReadAt(r io.ReaderAt, p []byte, off int64) (int, error) {
 func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
 	end := off + int64(len(q))
 	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > off }) - 1
-	j := sort.Search(len(x.points), func(k int) bool { return x.points[k].out >= end })
 	pt := x.points[i]
 	history, err := pt.history()
 	if err != nil {
 		return 0, err
 	}
-	limit := x.member.CompressedSize // stream bytes this read may need
-	cin, cout := limit-pt.bit/8, x.member.UncompressedSize-pt.out
-	if j < len(x.points) {
-		limit = (x.points[j].bit + 7) / 8
-		cin, cout = limit-pt.bit/8, x.points[j].out-pt.out
-	}
-	need := end - pt.out
-	first := int64(float64(cin)*float64(need)/float64(cout)) + readMargin
-	first = min(first, limit-pt.bit/8, buildReadSize) // a huge p is read in chunks, not one buffer
+	need, limit, first := x.firstRead(i, end)
+	first = min(first, buildReadSize) // a huge p is read in chunks, not one buffer
 
 	f := newInflater(r, x.dataOff, limit, int(min(need, outSpace)), int(first), readChunk)
 	if err := f.seek(pt.bit, history); err != nil {
