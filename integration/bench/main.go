@@ -26,6 +26,9 @@ type config struct {
 	files, windows, samples, randomReads int
 	// Workload h: archives the size of the real ones.
 	npzFiles, npzWindows, npzSamples, npzWholeSamples int
+	// Workload i: the member view at the bucket's scale.
+	eegFiles, eegWindows, eegSamples, eegWholeSamples int
+	eegCache, eegIndexSize                            string
 	profiles, systems, workloads                      []string
 	out                                               string
 	keep                                              bool
@@ -45,7 +48,13 @@ func main() {
 	flag.IntVar(&c.npzWindows, "npz-windows", 73, "windows per archive of workload h (73: the real mean, 85 MB)")
 	flag.IntVar(&c.npzSamples, "npz-samples", 200, "samples of workload h through the member view, warm")
 	flag.IntVar(&c.npzWholeSamples, "npz-whole-samples", 40, "samples of workload h through the plain .npz")
-	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,l", "workloads to run (h alone, with --systems bgbfs: only the .npz member view rows; l: ls -l of 100,000 objects, bgbfs and the SDK)")
+	flag.IntVar(&c.eegFiles, "eeg-files", 100, "archives of workload i (EEG-like float32; made once under integration/.work/bench-eeg/)")
+	flag.IntVar(&c.eegWindows, "eeg-windows", 24, "windows per archive of workload i")
+	flag.IntVar(&c.eegSamples, "eeg-samples", 400, "shuffled samples of each steady row of workload i, and of its local .npy ceiling")
+	flag.IntVar(&c.eegWholeSamples, "eeg-whole-samples", 40, "samples of workload i through the plain .npz")
+	flag.StringVar(&c.eegCache, "eeg-cache-size", "64MiB", "bgbfs --cache-size of workload i's view and whole-member rows: far smaller than the data")
+	flag.StringVar(&c.eegIndexSize, "eeg-index-size", "32MiB", "bgbfs --npz-index-size of workload i's view rows: too small for 32 KiB of raw history per window of every archive")
+	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,i,l", "workloads to run (h or i alone, with --systems bgbfs: only the .npz member view rows; l: ls -l of 100,000 objects, bgbfs and the SDK)")
 	flag.StringVar(&c.out, "out", "", "write the results into this markdown file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the generated data")
 	flag.StringVar(&c.cacheSize, "small-cache", "256MiB", "bgbfs --cache-size for the memory-bound rows of b and e")

@@ -18,6 +18,7 @@ var workloadNames = map[string]string{
 	"f": "f. ls -l of 5,000 objects",
 	"g": "g. time to first byte, cold",
 	"h": "h. trainer, one window per sample: whole member vs NAME.npz.d view",
+	"i": "i. member view at bucket scale: 8 loaders, shuffled windows of many archives",
 	"l": "l. ls -l of 100,000 objects",
 }
 
@@ -64,6 +65,7 @@ func (b *bench) report(started time.Time) string {
 	}
 	s.WriteString(b.npzPerWindow())
 	s.WriteString(b.bigDirSection())
+	s.WriteString(b.eegSection())
 	s.WriteString("\n## Targets\n\nRatios from this run; higher is better unless it says otherwise.\n\n| target | profile | measured | verdict |\n|---|---|---|---|\n")
 	for _, t := range b.targets() {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", t.name, t.profile, t.measured, t.verdict)
@@ -126,6 +128,7 @@ func (b *bench) targets() []target {
 			}
 		}
 		out = append(out, b.npzTargets(p)...)
+		out = append(out, b.eegTargets(p)...)
 		for _, sys := range []struct {
 			label string
 			cache float64

@@ -33,6 +33,7 @@ type bench struct {
 	// Workload l's directory is uploaded once per run.
 	bigDirReady   bool
 	bigDirResults []bigDirResult
+	eeg           *eegSet // workload i's archives and their MinIO, once made
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -97,6 +98,7 @@ func (b *bench) runAll(ctx context.Context) error {
 		if slices.Contains(b.cfg.systems, "bgbfs") {
 			b.runNPZView(ctx, profile, endpoint)
 			b.runBigDir(ctx, profile, endpoint)
+			b.runEEG(ctx, profile)
 		}
 	}
 	return nil

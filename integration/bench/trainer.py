@@ -8,7 +8,13 @@ With --forget, each sample drops the file it read from the page cache
 sample is served from pages an earlier one left behind.
 With --verify LOCALDIR, each worker also takes the CRC-32 of the window it
 read, and after the timed run every one is compared with the same window
-of the copy in LOCALDIR: a wrong byte makes it fail (exit 1).
+of the copy in LOCALDIR: a wrong byte makes it fail (exit 1). LOCALDIR
+holds the .npz files, or uncompressed copies of their windows member as
+NAME.npz.d/windows.npy (read with mmap_mode="r": no inflating).
+With --shapes (and --view), the run is the dataset pass instead: every
+file once, np.load(path + ".d/windows.npy", mmap_mode="r").shape[0], each
+checked against the windows the manifest lists for it; "samples" is then
+the number of files.
 
 Prints one JSON line: {"samples": N, "seconds": S, "samples_per_s": R, "checksum": C},
 with "verified": N under --verify.
@@ -58,6 +64,27 @@ def sample_view(args):
     return result(w)
 
 
+def shape_view(path):
+    return np.load(path + ".d/windows.npy", mmap_mode="r").shape[0]
+
+
+def check_shapes(todo, shapes, want):
+    bad = ["%s: %d windows, want %d" % (os.path.basename(p), n, want[p]) for p, n in zip(todo, shapes) if n != want[p]]
+    if bad:
+        print("%d of %d shapes differ from the manifest; first: %s" % (len(bad), len(todo), bad[0]), file=sys.stderr)
+        sys.exit(1)
+
+
+def local_windows(local, name):
+    """The windows member of the local copy of name, uncompressed if
+    there is such a copy."""
+    npy = os.path.join(local, name + ".d", "windows.npy")
+    if os.path.exists(npy):
+        return np.load(npy, mmap_mode="r")
+    with np.load(os.path.join(local, name)) as f:
+        return f["windows"]
+
+
 def verify(local, todo, crcs):
     """Compares each window read with the same window of the local copy;
     returns the number compared, or exits 1 at the first difference."""
@@ -66,8 +93,7 @@ def verify(local, todo, crcs):
         by_file.setdefault(os.path.basename(path), []).append((i, crc))
     bad = []
     for name, reads in sorted(by_file.items()):
-        with np.load(os.path.join(local, name)) as f:
-            windows = f["windows"]
+        windows = local_windows(local, name)
         for i, crc in reads:
             want = zlib.crc32(np.ascontiguousarray(windows[i]))
             if crc != want:
@@ -88,7 +114,10 @@ def main():
     p.add_argument("--each-file-once", action="store_true")
     p.add_argument("--forget", action="store_true")
     p.add_argument("--verify", metavar="LOCALDIR")
+    p.add_argument("--shapes", action="store_true")
     a = p.parse_args()
+    if a.shapes and not a.view:
+        p.error("--shapes reads the shape through the member view: add --view")
     global FORGET, VERIFY
     FORGET = a.forget
     VERIFY = a.verify is not None
@@ -96,6 +125,19 @@ def main():
         manifest = json.load(f)
     pairs = [(os.path.join(a.dir, e["cache_file"]), e["window_idx"]) for e in manifest]
     rnd = random.Random(a.seed)
+    if a.shapes:
+        want = {}
+        for path, _ in pairs:
+            want[path] = want.get(path, 0) + 1
+        todo = sorted(want)
+        with mp.Pool(a.workers) as pool:
+            start = time.monotonic()
+            shapes = pool.map(shape_view, todo, chunksize=1)
+            secs = time.monotonic() - start
+        check_shapes(todo, shapes, want)
+        print(json.dumps({"samples": len(todo), "seconds": secs, "samples_per_s": len(todo) / secs,
+                          "checksum": sum(shapes)}))
+        return
     if a.each_file_once:
         by_file = {}
         for path, i in pairs:

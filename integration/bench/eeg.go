@@ -1,0 +1,597 @@
+package main
+
+// Workload i: the member view at the real bucket's scale (issue 13). The
+// real bucket holds ~6,500 archives of EEG windows; a trainer reads one
+// shuffled window at a time from any of them, reopening the file for
+// every sample. Whether the view helps there depends on what it keeps per
+// archive, so this workload uses many archives (--eeg-files, 100) of
+// EEG-like float32 (random walks, which deflate shrinks ~1.13x as it does
+// the real recordings), 8 loader processes, a --cache-size (64MiB) far
+// smaller than the data, and an --npz-index-size (32MiB) that could not
+// hold 32 KiB of raw history per window of every archive (75 MiB).
+//
+// The archives, their uncompressed copies (the ceiling) and the MinIO
+// holding them are made once under integration/.work/bench-eeg/ and
+// reused by later runs (`make clean` removes them): generating, inflating
+// and uploading 2.5 GB takes minutes on 2 cores. The workload therefore
+// has its own MinIO, counting proxy and shaping proxy, set up as the
+// shared ones are.
+//
+// Every row but the dataset pass and the ceiling checks each window it
+// read against the uncompressed copy (trainer.py --verify): a wrong byte
+// fails the row. The page cache is dropped before each row, and every
+// sample drops what it read from it (trainer.py --forget), as with data
+// far larger than memory.
+
+import (
+	"archive/zip"
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+const (
+	eegBucket  = "eeg"
+	eegSeed    = 13
+	eegLoaders = 8
+	// The real bucket, for the extrapolation of index memory.
+	realArchives = 6500
+	realWindows  = 73
+	// rawHistory is what an access point held before compact indexes:
+	// 32 KiB of uncompressed history.
+	rawHistory = 32 << 10
+
+	eegShapes        = "bgbfs view: dataset pass (shape of every archive)"
+	eegWhole         = "bgbfs: np.load(path)[\"windows\"][i]"
+	eegFirst         = "bgbfs view: first touch"
+	eegSteady        = "bgbfs view: steady"
+	eegUnlimitedWarm = "bgbfs view, unlimited memory: first touch"
+	eegUnlimited     = "bgbfs view, unlimited memory: steady"
+	eegCeiling       = "local .npy, mmap_mode=\"r\" (ceiling)"
+)
+
+// eegSet is workload i's data and the servers in front of it.
+type eegSet struct {
+	dir   string // integration/.work/bench-eeg/<files>x<windows>-seed<seed>
+	src   string // the archives and manifest.json
+	npy   string // NAME.npz.d/windows.npy, uncompressed, and manifest.json
+	files int
+	// The windows members, summed over the archives.
+	compressed, uncompressed float64
+	archives                 float64 // bytes of all the archives
+	srv                      *testbed.MinIO
+	counting                 *testbed.CountingProxy
+	ceilingDone              bool
+	// daemon is what each row's daemon said (at /stats), by row key.
+	daemon map[string]daemonStats
+}
+
+// daemonStats are a row's member-index counters from the daemon: builds
+// during the row, and the index memory held at its end.
+type daemonStats struct{ builds, indexBytes int64 }
+
+func eegKey(profile, system string) string { return profile + "\x00" + system }
+
+// compressedWindow is the mean compressed size of one window.
+func (e *eegSet) compressedWindow(windows int) float64 {
+	return e.compressed / float64(e.files*windows)
+}
+
+// eegData makes (once) and serves workload i's data.
+func (b *bench) eegData(ctx context.Context) (*eegSet, error) {
+	if b.eeg != nil {
+		return b.eeg, nil
+	}
+	c := b.cfg
+	dir := filepath.Join(b.repo(), "integration", ".work", "bench-eeg", fmt.Sprintf("%dx%d-seed%d", c.eegFiles, c.eegWindows, eegSeed))
+	e := &eegSet{dir: dir, src: filepath.Join(dir, "src", "train"), npy: filepath.Join(dir, "npy"), daemon: map[string]daemonStats{}}
+	ready := filepath.Join(dir, "ready")
+	if _, err := os.Stat(ready); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: generating the archives of workload i in %s (once; later runs reuse them)\n", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, err
+		}
+		spec := testbed.NPZSpec{Train: c.eegFiles, Windows: c.eegWindows, Seed: eegSeed, CompressedOnly: true, Walk: true, Jobs: runtime.NumCPU()}
+		if err := testbed.GenNPZ(b.repo(), filepath.Join(dir, "src"), spec); err != nil {
+			return nil, err
+		}
+		if err := writeUncompressed(e.src, e.npy); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(ready, []byte("generated\n"), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.measureArchives(); err != nil {
+		return nil, err
+	}
+	if e.files != c.eegFiles {
+		return nil, fmt.Errorf("%s holds %d archives, want %d: remove it to make them again", e.src, e.files, c.eegFiles)
+	}
+	minioBin, err := testbed.MinIOBinary(b.repo())
+	if err != nil {
+		return nil, err
+	}
+	srv, err := testbed.StartMinIO(minioBin, filepath.Join(dir, "minio"))
+	if err != nil {
+		return nil, err
+	}
+	b.cleanups = append(b.cleanups, srv.Stop)
+	if err := e.upload(ctx, srv.Admin()); err != nil {
+		return nil, err
+	}
+	counting, err := testbed.NewCountingProxy(srv.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	b.cleanups = append(b.cleanups, func() { counting.Close() })
+	e.counting = counting
+	e.srv = srv
+	b.eeg = e
+	return e, nil
+}
+
+// writeUncompressed writes the windows member of every archive in src as
+// dst/NAME.npz.d/windows.npy (the bytes the member view serves), and
+// dst/manifest.json: the training team's local copy, and what the rows
+// are verified against. archive/zip checks each member's CRC-32.
+func writeUncompressed(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		path := filepath.Join(src, e.Name())
+		if e.Name() == "manifest.json" {
+			if err := copyFile(path, filepath.Join(dst, e.Name())); err != nil {
+				return err
+			}
+			continue
+		}
+		if !strings.HasSuffix(e.Name(), ".npz") {
+			continue
+		}
+		if err := extractMember(path, "windows.npy", filepath.Join(dst, e.Name()+".d", "windows.npy")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func extractMember(archive, member, to string) error {
+	z, err := zip.OpenReader(archive)
+	if err != nil {
+		return err
+	}
+	defer z.Close()
+	r, err := z.Open(member)
+	if err != nil {
+		return fmt.Errorf("%s: %w", archive, err)
+	}
+	defer r.Close()
+	return writeAtomically(to, r)
+}
+
+func copyFile(from, to string) error {
+	f, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return writeAtomically(to, f)
+}
+
+func writeAtomically(to string, r io.Reader) error {
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(to), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", to, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), to)
+}
+
+// measureArchives reads the sizes of the archives and their windows
+// members from the zip directories.
+func (e *eegSet) measureArchives() error {
+	entries, err := os.ReadDir(e.src)
+	if err != nil {
+		return err
+	}
+	for _, d := range entries {
+		if !strings.HasSuffix(d.Name(), ".npz") {
+			continue
+		}
+		path := filepath.Join(e.src, d.Name())
+		z, err := zip.OpenReader(path)
+		if err != nil {
+			return err
+		}
+		for _, f := range z.File {
+			if f.Name == "windows.npy" {
+				e.compressed += float64(f.CompressedSize64)
+				e.uncompressed += float64(f.UncompressedSize64)
+			}
+		}
+		z.Close()
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		e.archives += float64(fi.Size())
+		e.files++
+	}
+	if e.compressed == 0 {
+		return fmt.Errorf("no windows.npy in the archives of %s", e.src)
+	}
+	return nil
+}
+
+// upload puts every file of src the bucket lacks (or holds at another
+// size) under train/: after the first run, nothing.
+func (e *eegSet) upload(ctx context.Context, admin *testbed.S3Admin) error {
+	if err := admin.CreateBucket(ctx, eegBucket); err != nil {
+		var owned *types.BucketAlreadyOwnedByYou
+		var exists *types.BucketAlreadyExists
+		if !errors.As(err, &owned) && !errors.As(err, &exists) {
+			return err
+		}
+	}
+	listed, err := admin.ListAll(ctx, eegBucket, "train/")
+	if err != nil {
+		return err
+	}
+	have := map[string]int64{}
+	for _, o := range listed {
+		have[o.Key] = o.Size
+	}
+	entries, err := os.ReadDir(e.src)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	uploads := 0
+	for _, d := range entries {
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		key := "train/" + d.Name()
+		if size, ok := have[key]; ok && size == fi.Size() {
+			continue
+		}
+		if uploads == 0 {
+			fmt.Fprintln(os.Stderr, "bench: uploading the archives of workload i (once)")
+		}
+		uploads++
+		g.Go(func() error { return admin.PutFile(gctx, eegBucket, key, filepath.Join(e.src, d.Name())) })
+	}
+	return g.Wait()
+}
+
+// eegMounted is a bgbfs mount of workload i's bucket with its metrics
+// served at stats.
+type eegMounted struct {
+	*mounted
+	stats string // http://127.0.0.1:PORT/stats
+}
+
+func (b *bench) eegMount(endpoint string, args ...string) (*eegMounted, error) {
+	mp, err := os.MkdirTemp(b.work, "mnt-eeg-")
+	if err != nil {
+		return nil, err
+	}
+	port, err := testbed.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	m, err := testbed.Mount(testbed.MountOptions{
+		Bin: b.bin, Source: "s3://" + eegBucket + "/", Mountpoint: mp, Endpoint: endpoint,
+		Creds: &testbed.Creds{AccessKey: b.eeg.srv.AccessKey, SecretKey: b.eeg.srv.SecretKey},
+		Args:  append([]string{"--metrics-addr", addr}, args...),
+	})
+	if err != nil {
+		os.Remove(mp)
+		return nil, err
+	}
+	return &eegMounted{
+		mounted: &mounted{mp: m.Mountpoint, pid: m.Pid(), stop: func() { _ = m.Unmount(); os.Remove(mp) }},
+		stats:   "http://" + addr + "/stats",
+	}, nil
+}
+
+// daemonCounters reads the daemon's /stats ("name value" lines).
+func (m *eegMounted) daemonCounters() (map[string]int64, error) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(m.stats)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", m.stats, resp.Status)
+	}
+	out := map[string]int64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(value, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", m.stats, sc.Text(), err)
+		}
+		out[name] = n
+	}
+	return out, sc.Err()
+}
+
+// eegMeasure runs one row of workload i, counting at its proxy; m is nil
+// for the local ceiling. The counts are taken once the proxy is quiet, so
+// fetches the daemon makes after the loaders return count too.
+func (b *bench) eegMeasure(profile, system string, m *eegMounted, f func() (measurement, error)) {
+	e := b.eeg
+	fmt.Fprintf(os.Stderr, "bench: %s i %s\n", profile, system)
+	r := row{workload: "i", profile: profile, system: system}
+	if err := dropCaches(); err != nil {
+		r.err = err.Error()
+		b.rows = append(b.rows, r)
+		return
+	}
+	var before map[string]int64
+	var rss *testbed.RSSSampler
+	if m != nil {
+		before, _ = m.daemonCounters()
+		rss = testbed.SampleRSS(m.pid, 20*time.Millisecond)
+	}
+	e.counting.WaitQuiet(300*time.Millisecond, 10*time.Second)
+	e.counting.Reset()
+	meas, err := f()
+	e.counting.WaitQuiet(300*time.Millisecond, 30*time.Second)
+	c := e.counting.Counts()
+	r.m, r.gets, r.fetched = meas, c.GetObject, c.GetObjectBytes
+	if err != nil {
+		r.err = err.Error()
+	}
+	if m != nil {
+		r.rss, _ = rss.Stop()
+		if after, err := m.daemonCounters(); err == nil && before != nil {
+			e.daemon[eegKey(profile, system)] = daemonStats{
+				builds:     after["npz_index_builds"] - before["npz_index_builds"],
+				indexBytes: after["npz_index_bytes"],
+			}
+		}
+	}
+	b.rows = append(b.rows, r)
+}
+
+// eegTrainer runs trainer.py with eegLoaders processes over dir; the rate
+// is in samples/s and the bytes read are the windows returned.
+func (b *bench) eegTrainer(ctx context.Context, dir string, args ...string) func() (measurement, error) {
+	return func() (measurement, error) {
+		r, samples, err := b.runTrainer(ctx, dir, append([]string{"--workers", strconv.Itoa(eegLoaders)}, args...)...)
+		r.bytesRead = int64(samples) * windowBytes
+		return r, err
+	}
+}
+
+// runEEG measures workload i under one profile (and, the first time, the
+// local ceiling).
+func (b *bench) runEEG(ctx context.Context, profile string) {
+	if !b.wants("i") {
+		return
+	}
+	fail := func(system string, err error) {
+		b.rows = append(b.rows, row{workload: "i", profile: profile, system: system, err: err.Error()})
+	}
+	e, err := b.eegData(ctx)
+	if err != nil {
+		fail(eegShapes, err)
+		return
+	}
+	c := b.cfg
+	samples := strconv.Itoa(c.eegSamples)
+	verify := []string{"--verify", e.npy}
+
+	if !e.ceilingDone {
+		e.ceilingDone = true
+		// What the training team does today: the same loader, on local
+		// uncompressed copies (NAME.npz.d/windows.npy, as the view names them).
+		b.eegMeasure("local", eegCeiling, nil, b.eegTrainer(ctx, e.npy, "--view", "--forget", "--samples", samples))
+	}
+
+	endpoint := e.counting.URL
+	if profile == "s3like" {
+		shaper, err := testbed.NewShapingProxy(e.counting.URL, s3Latency, s3ConnRate)
+		if err != nil {
+			fail(eegShapes, err)
+			return
+		}
+		defer shaper.Close()
+		endpoint = shaper.URL
+	}
+	train := func(m *eegMounted) string { return filepath.Join(m.mp, "train") }
+	view := []string{"--npz-members", "--cache-size", c.eegCache, "--npz-index-size", c.eegIndexSize}
+	// Unlimited: blocks and indexes each bounded above all the archives.
+	all := fmt.Sprintf("%dMiB", int64(e.archives)>>20+512)
+	unlimited := []string{"--npz-members", "--cache-size", all, "--npz-index-size", all}
+
+	// Each step is a new daemon: its first reads are its first use.
+	steps := []struct {
+		system string
+		args   []string
+		rows   func(m *eegMounted)
+	}{
+		{eegShapes, view, func(m *eegMounted) {
+			b.eegMeasure(profile, eegShapes, m, func() (measurement, error) {
+				r, files, err := b.runTrainer(ctx, train(m), "--workers", strconv.Itoa(eegLoaders), "--view", "--shapes")
+				if err != nil || r.value == 0 {
+					return measurement{}, err
+				}
+				return measurement{value: float64(files) / r.value, unit: "s"}, nil
+			})
+		}},
+		{eegWhole, []string{"--cache-size", c.eegCache}, func(m *eegMounted) {
+			b.eegMeasure(profile, eegWhole, m, b.eegTrainer(ctx, train(m), append([]string{"--forget", "--samples", strconv.Itoa(c.eegWholeSamples)}, verify...)...))
+		}},
+		{eegFirst, view, func(m *eegMounted) {
+			b.eegMeasure(profile, eegFirst, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
+			b.eegMeasure(profile, eegSteady, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
+		}},
+		{eegUnlimitedWarm, unlimited, func(m *eegMounted) {
+			b.eegMeasure(profile, eegUnlimitedWarm, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
+			b.eegMeasure(profile, eegUnlimited, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
+		}},
+	}
+	for _, s := range steps {
+		if ctx.Err() != nil {
+			return
+		}
+		m, err := b.eegMount(endpoint, s.args...)
+		if err != nil {
+			fail(s.system, err)
+			continue
+		}
+		s.rows(m)
+		m.stop()
+	}
+}
+
+// eegTargets are issue 13's targets for workload i under profile p.
+func (b *bench) eegTargets(p string) []target {
+	e := b.eeg
+	if e == nil {
+		return nil
+	}
+	var out []target
+	steady, okSteady := b.find("i", p, eegSteady)
+	ratio := func(name string, other row, atLeast float64) {
+		r := steady.m.value / other.m.value
+		out = append(out, target{name, p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, steady.m.value, other.m.value), verdict(r >= atLeast)})
+	}
+	if okSteady {
+		if u, ok := b.find("i", p, eegUnlimited); ok {
+			ratio("(i) view steady ≥ 0.9× the view with unlimited memory", u, 0.9)
+		}
+		if w, ok := b.find("i", p, eegWhole); ok {
+			ratio("(i) view steady ≥ 10× the whole-member path", w, 10)
+		}
+		if l, ok := b.find("i", "local", eegCeiling); ok && p == "s3like" {
+			ratio("(i) view steady ≥ 0.5× local uncompressed .npy (the ceiling)", l, 0.5)
+		}
+		if steady.m.bytesRead > 0 {
+			perWindow := float64(steady.fetched) / (float64(steady.m.bytesRead) / windowBytes)
+			r := perWindow / e.compressedWindow(b.cfg.eegWindows)
+			out = append(out, target{fmt.Sprintf("(i) view steady: bytes fetched per window ≤ 1.5× its compressed size (%.2f MB)", e.compressedWindow(b.cfg.eegWindows)/1e6), p,
+				fmt.Sprintf("%.2f MB = %.2f×", perWindow/1e6, r), verdict(r <= 1.5)})
+		}
+	}
+	if pass, ok := b.find("i", p, eegShapes); ok {
+		gets := float64(pass.gets) / float64(e.files)
+		mib := float64(pass.fetched) / float64(e.files) / (1 << 20)
+		out = append(out,
+			target{"(i) dataset pass: ≤ 3 GETs per archive", p, fmt.Sprintf("%.2f", gets), verdict(gets <= 3)},
+			target{"(i) dataset pass: ≤ 1 MiB fetched per archive", p, fmt.Sprintf("%.2f MiB", mib), verdict(mib <= 1)})
+	}
+	return out
+}
+
+// eegSection describes workload i and details its rows: per window read,
+// the dataset pass per archive, and the index memory with its
+// extrapolation to the real bucket.
+func (b *bench) eegSection() string {
+	e := b.eeg
+	if e == nil {
+		return ""
+	}
+	c := b.cfg
+	cw := e.compressedWindow(c.eegWindows)
+	var s strings.Builder
+	fmt.Fprintf(&s, "\nWorkload i, the member view at bucket scale: %d `.npz` archives of EEG-like float32 (per channel a random walk kept at full float32 precision), each %d windows (%.1f MB) and labels, written by `np.savez_compressed`; the windows members deflate %.3f× (measured over all), one window is %.2f MB compressed. "+
+		"%d loader processes (a multiprocessing pool) read shuffled (archive, window) samples across all archives, reopening the file for each. "+
+		"The view rows mount with `--npz-members --cache-size %s --npz-index-size %s` (%d archives × %d windows × 32 KiB of raw history would need %.0f MiB for indexes); the unlimited-memory rows with both sizes above the data; the whole-member row with `--cache-size %s` and no view. "+
+		"Each row starts with the page cache dropped and every sample drops what it read (`--forget`). First touch reads one window of every archive on a new daemon; steady reads %d samples on the same daemon afterwards. "+
+		"The ceiling reads the same windows from local uncompressed copies with `np.load(..., mmap_mode=\"r\")[i]`. Every window read through bgbfs is compared with the local copy. The data is generated once into `%s` and kept across runs, in its own MinIO.\n\n",
+		e.files, c.eegWindows, e.archives/float64(e.files)/1e6, e.uncompressed/e.compressed, cw/1e6,
+		eegLoaders, c.eegCache, c.eegIndexSize, e.files, c.eegWindows, float64(e.files*c.eegWindows*rawHistory)/(1<<20), c.eegCache,
+		c.eegSamples, relPath(b.repo(), e.dir))
+
+	s.WriteString("| profile | path | samples | samples/s | GETs | fetched per window | ÷ compressed window | index builds | index memory held |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range b.rows {
+		if r.workload != "i" || r.err != "" || r.m.bytesRead == 0 {
+			continue
+		}
+		windows := float64(r.m.bytesRead) / windowBytes
+		perWindow := float64(r.fetched) / windows
+		builds, held := "", ""
+		if d, ok := e.daemon[eegKey(r.profile, r.system)]; ok {
+			builds, held = strconv.FormatInt(d.builds, 10), fmt.Sprintf("%.0f KiB", float64(d.indexBytes)/1024)
+		}
+		fmt.Fprintf(&s, "| %s | %s | %.0f | %.1f | %d | %.2f MB | %.2f× | %s | %s |\n", r.profile, r.system, windows, r.m.value, r.gets, perWindow/1e6, perWindow/cw, builds, held)
+	}
+
+	s.WriteString("\nThe dataset pass: `np.load(p + \".d/windows.npy\", mmap_mode=\"r\").shape[0]` for every archive, 8 processes, a new daemon.\n\n")
+	s.WriteString("| profile | seconds | GETs | fetched | GETs per archive | fetched per archive | index builds |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range b.rows {
+		if r.workload != "i" || r.system != eegShapes || r.err != "" {
+			continue
+		}
+		builds := ""
+		if d, ok := e.daemon[eegKey(r.profile, r.system)]; ok {
+			builds = strconv.FormatInt(d.builds, 10)
+		}
+		fmt.Fprintf(&s, "| %s | %.1f | %d | %.1f MB | %.2f | %.2f MiB | %s |\n", r.profile, r.m.value, r.gets, float64(r.fetched)/1e6,
+			float64(r.gets)/float64(e.files), float64(r.fetched)/float64(e.files)/(1<<20), builds)
+	}
+
+	// Index memory: every archive indexed once, nothing evicted.
+	for _, p := range c.profiles {
+		d, ok := e.daemon[eegKey(p, eegUnlimitedWarm)]
+		if !ok || d.builds == 0 {
+			continue
+		}
+		archives := min(d.builds, int64(e.files))
+		perArchive := float64(d.indexBytes) / float64(archives)
+		perWindow := perArchive / float64(c.eegWindows)
+		real := perWindow * realWindows * realArchives
+		old := float64(rawHistory) * realWindows * realArchives
+		fmt.Fprintf(&s, "\nIndex memory (%s, the unlimited-memory daemon after every archive's first touch: %d builds, %.0f KiB held): %.1f KiB per archive of %d windows, %.0f bytes per window. "+
+			"For the real bucket (%d archives of %d windows) that is %.1f MiB, against %.1f GiB for 32 KiB of raw history per window.\n",
+			p, d.builds, float64(d.indexBytes)/1024, perArchive/1024, c.eegWindows, perWindow, realArchives, realWindows, real/(1<<20), old/(1<<30))
+		break
+	}
+	return s.String()
+}
+
+func relPath(base, p string) string {
+	if r, err := filepath.Rel(base, p); err == nil {
+		return r
+	}
+	return p
+}
