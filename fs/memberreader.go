@@ -16,19 +16,10 @@ import (
 )
 
 const (
-	// kernelOvershoot is how far past the end of what a loader touches
-	// the kernel's read-ahead goes on reading: its read-ahead (256 KiB by
-	// default here) plus the pages its windows are out of step by
-	// (measured 264-268 KiB past a row's end with mmap_mode="r").
-	kernelOvershoot = 320 << 10
-	// kernelLookBehind is how far before the page the loader touches the
-	// kernel's first read of a window starts: it reads around a page
-	// fault, half its read-ahead before the page. Indexes put their access
-	// points that far (and two pages more) before each row, so that
-	// reading a window inflates from just before it.
-	kernelLookBehind = 128 << 10
-	pageSize         = 4096
-	rowLead          = kernelLookBehind + 2*pageSize
+	// defaultKernelReadAhead is the kernel's own read-ahead, used until
+	// the mount says it set another (NPZView.SetKernelReadAhead).
+	defaultKernelReadAhead = 128 << 10
+	pageSize               = 4096
 	// heldSpanFactor bounds the decoded spans one open keeps, and the
 	// length of a span worth keeping, in checkpoint spans.
 	heldSpanFactor = 4
@@ -326,7 +317,7 @@ func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
 		touched := off + (end-off)/2 + pageSize - 1
 		if row := (touched - layout.DataOffset) / layout.RowBytes; touched >= layout.DataOffset && row < layout.Rows {
 			// The kernel reads on a little past the row's end.
-			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+kernelOvershoot, x.Size())
+			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+r.view.kernelOvershoot(), x.Size())
 			r.mu.Lock()
 			r.rowEnd = rowEnd
 			r.mu.Unlock()

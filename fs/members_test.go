@@ -261,7 +261,7 @@ func TestMemberRowEndSpan(t *testing.T) {
 		x := f.index(t, h)
 		for row := int64(1); row < 10; row++ { // row 0 is in the head region
 			rowStart = layout.DataOffset + row*rowBytes
-			rowEnd = rowStart + rowBytes + kernelOvershoot
+			rowEnd = rowStart + rowBytes + f.tree.NPZ.kernelOvershoot()
 			if a, b := x.Span(rowEnd - 1); rowEnd-a > (b-a)/4 && rowEnd < b {
 				return
 			}

@@ -172,6 +172,9 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	if o.kernelReadAhead > 0 {
 		if err := setKernelReadAhead(mp, o.kernelReadAhead); err != nil {
 			logger.Debug("kernel read-ahead left as it is", "err", err)
+		} else if npzView != nil {
+			// The member view reads around windows as the kernel does.
+			npzView.SetKernelReadAhead(o.kernelReadAhead)
 		}
 	}
 	logger.Info("mounted", "source", m.source, "mountpoint", mp,
