@@ -378,3 +378,138 @@ func TestPrefetch(t *testing.T) {
 		t.Errorf("prefetching 2 MiB made %d GETs, want 2 of 1 MiB", gets)
 	}
 }
+
+// outageStore fails every GET while down is set, as S3 does during an
+// outage, and serves them again once it is cleared.
+type outageStore struct {
+	*slowStore
+	down atomic.Bool
+	// failed counts the GETs that failed.
+	failed atomic.Int64
+}
+
+var errOutage = errors.New("S3 is down")
+
+func (s *outageStore) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
+	if s.down.Load() {
+		s.failed.Add(1)
+		return 0, errOutage
+	}
+	return s.slowStore.ReadAt(ctx, v, off, bufs...)
+}
+
+// TestFailedFetchesAreFetchedAgain starts read-ahead or prefetches while
+// every GET fails, lets the store recover, and reads on through the same
+// Reader: each read must fetch the blocks again, not return the error
+// its failed read-ahead stored, and the budget must not stay charged for
+// the failed fetches.
+func TestFailedFetchesAreFetchedAgain(t *testing.T) {
+	const readSize = 64 * kib
+	for _, tt := range []struct {
+		name string
+		// duringOutage opens a reader and starts fetches that fail.
+		duringOutage func(c *BlockCache, obj Object) *Reader
+		// again, if set, runs once the store is back, before the reads,
+		// and must make GETs.
+		again func(r *Reader)
+		// after are the reads, in order, once the store is back.
+		after func(obj Object) []int64
+	}{
+		{
+			name: "sequential reader's read-ahead",
+			duringOutage: func(c *BlockCache, obj Object) *Reader {
+				r := c.Open(obj, false)
+				// Read from the start: read-ahead starts with the read,
+				// and both fail.
+				if _, err := r.ReadAt(context.Background(), make([]byte, readSize), 0); err == nil {
+					t.Fatal("read during the outage succeeded")
+				}
+				return r
+			},
+			after: func(Object) []int64 {
+				// Read on in order from where the failed read stopped.
+				var offs []int64
+				for i := range int64(8) {
+					offs = append(offs, i*readSize)
+				}
+				return offs
+			},
+		},
+		{
+			name: "zip archive's head and tail fetched at open",
+			duringOutage: func(c *BlockCache, obj Object) *Reader {
+				return c.Open(obj, true)
+			},
+			after: func(obj Object) []int64 {
+				// The end of central directory, again and again, then
+				// the head, as zipfile reads.
+				tail := obj.Size - readSize
+				return []int64{tail, tail, tail, tail, tail, 0}
+			},
+		},
+		{
+			name: "random reader's prefetch",
+			duringOutage: func(c *BlockCache, obj Object) *Reader {
+				r := c.OpenRandom(obj)
+				r.Prefetch(256*kib, 512*kib)
+				return r
+			},
+			// Prefetch of the same range fetches what failed again, so
+			// that the reads find it held.
+			again: func(r *Reader) { r.Prefetch(256*kib, 512*kib) },
+			after: func(Object) []int64 {
+				return []int64{256 * kib, 320 * kib, 384 * kib, 448 * kib, 512 * kib}
+			},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, slow, obj, data := setup(t, 2*mib+12345, testOptions(8*mib))
+			store := &outageStore{slowStore: slow}
+			c.store = store
+			store.down.Store(true)
+			r := tt.duringOutage(c, obj)
+			defer r.Close()
+			c.fetching.Wait()
+			if store.failed.Load() == 0 {
+				t.Fatal("no fetch was tried during the outage")
+			}
+			store.down.Store(false)
+
+			if tt.again != nil {
+				tt.again(r)
+				c.fetching.Wait()
+				if slow.gets.Load() == 0 {
+					t.Error("no GET after the outage: the blocks whose fetch failed were skipped")
+				}
+			}
+			for i, off := range tt.after(obj) {
+				buf := make([]byte, readSize)
+				n, err := r.ReadAt(context.Background(), buf, off)
+				if err != nil {
+					t.Fatalf("read %d at %d after the store recovered: %v", i+1, off, err)
+				}
+				if !bytes.Equal(buf[:n], data[off:off+int64(n)]) {
+					t.Fatalf("read %d at %d: bytes differ from the source", i+1, off)
+				}
+			}
+			// What the reader holds is what the budget is charged, and
+			// none of it is a failed fetch.
+			r.mu.Lock()
+			var charged int64
+			for _, h := range r.held {
+				select {
+				case <-h.f.done:
+					if h.f.err != nil {
+						t.Errorf("the reader still holds a failed fetch of blocks %d-%d: %v", h.f.first, h.f.end()-1, h.f.err)
+					}
+				default:
+				}
+				charged += h.charge
+			}
+			r.mu.Unlock()
+			if inUse := c.ahead.InUse(); inUse != charged {
+				t.Errorf("read-ahead budget in use %d, want the %d bytes of the fetches held", inUse, charged)
+			}
+		})
+	}
+}
