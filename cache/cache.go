@@ -337,6 +337,11 @@ func (c *BlockCache) run(f *fetch) {
 		}
 	}
 	f.err = err
+	if err != nil {
+		// Nobody reads the buffers of a failed fetch; readers holding
+		// it keep only its error until they drop it.
+		f.blocks = nil
+	}
 	if err == nil && c.blocks != nil {
 		for i, b := range f.blocks {
 			c.blocks.Set(blockKey(f.obj, f.first+int64(i)), b, int64(len(b)))

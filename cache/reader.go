@@ -74,6 +74,7 @@ func (r *Reader) Prefetch(off, n int64) {
 	first, last := off/bs, (end-1)/bs
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.dropFailedLocked()
 	held := r.heldFor(first, last)
 	for i := int64(0); i <= last-first; {
 		if held[i] != nil {
@@ -125,6 +126,7 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	first, last := off/bs, (end-1)/bs
 
 	r.mu.Lock()
+	r.dropFailedLocked()
 	r.observeLocked(off, end)
 	held := r.heldFor(first, last)
 	// Start reading ahead before waiting for this read's own blocks, so
@@ -365,6 +367,27 @@ func (r *Reader) releasePassedLocked() {
 		if end := f.end() * bs; end <= r.next-r.c.opt.ReorderWindow {
 			r.releaseLocked(i)
 			continue
+		}
+		i++
+	}
+}
+
+// dropFailedLocked lets go of held fetches that have failed, so that the
+// next read or prefetch of their blocks fetches them again: S3 may be back
+// by then, and a stored error would fail every later read of the handle.
+// Read-ahead is moved back to the first block it lost, to fetch it again
+// in parts as the reader reaches it.
+func (r *Reader) dropFailedLocked() {
+	for i := 0; i < len(r.held); {
+		f := r.held[i].f
+		select {
+		case <-f.done:
+			if f.err != nil {
+				r.releaseLocked(i)
+				r.ahead = min(r.ahead, f.first*r.c.opt.BlockSize)
+				continue
+			}
+		default:
 		}
 		i++
 	}
