@@ -403,7 +403,9 @@ type outageFile struct {
 // fail with EIO within a bound (and measures it), that directories listed
 // before keep answering with the same entries, that the daemons stay up,
 // and that once S3 is back the same open handles read the right bytes
-// again, without a remount.
+// again, without a remount: at a jump, on from where a read-ahead started
+// during the outage failed, and at both ends of an .npz opened during the
+// outage (whose head and tail bgbfs fetches at open).
 func TestOutage(t *testing.T) {
 	srv := ownMinIO(t)
 	ctx := context.Background()
@@ -419,11 +421,15 @@ func TestOutage(t *testing.T) {
 		files = append(files, outageFile{k, seededBytes(k, fileSize)})
 		objs = append(objs, testbed.Object{Key: k, Data: files[i].data})
 	}
-	objs = append(objs, testbed.Object{Key: "data/sub/x.txt", Data: []byte("x\n")})
+	// bgbfs takes a file for a zip archive by its name alone: the bytes
+	// need not be one.
+	archive := outageFile{"data/archive.npz", seededBytes("data/archive.npz", 3<<20)}
+	objs = append(objs, testbed.Object{Key: "data/sub/x.txt", Data: []byte("x\n")},
+		testbed.Object{Key: archive.key, Data: archive.data})
 	if err := srv.Admin().PutMany(ctx, bucket, objs, 4); err != nil {
 		t.Fatal(err)
 	}
-	wantNames := []string{"file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin", "file-4.bin", "file-5.bin", "sub"}
+	wantNames := []string{"archive.npz", "file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin", "file-4.bin", "file-5.bin", "sub"}
 
 	type mounted struct {
 		name     string
@@ -431,8 +437,11 @@ func TestOutage(t *testing.T) {
 		proxy    *testbed.CountingProxy
 		m        *testbed.Mounted
 		handles  []*os.File
-		took     []time.Duration // of the failed reads
-		ls       []time.Duration // of the listings during the outage
+		// inOrder reads file-4 in order into the outage; archive is
+		// opened during the outage.
+		inOrder, archive *os.File
+		took             []time.Duration // of the failed reads
+		ls               []time.Duration // of the listings during the outage
 	}
 	proxy := newProxy(t, srv.Endpoint)
 	newMount := func(name string, attempts int, endpoint string, args ...string) *mounted {
@@ -448,6 +457,7 @@ func TestOutage(t *testing.T) {
 	}
 	mounts[2].proxy = proxy
 	const readers = 4 // reads in flight per mount while S3 is down
+	const inOrderFile = 4
 	for _, mt := range mounts {
 		if got, err := readDirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
 			t.Fatalf("%s: ls data: %q, %v", mt.name, got, err)
@@ -465,11 +475,26 @@ func TestOutage(t *testing.T) {
 			}
 			mt.handles = append(mt.handles, f)
 		}
+		f, err := os.Open(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(files[inOrderFile].key)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		if msg := checkPread(f, bytes.NewReader(files[inOrderFile].data), fileSize, 1<<20, 4096); msg != "" {
+			t.Fatalf("%s: reading %s before the outage: %s", mt.name, files[inOrderFile].key, msg)
+		}
+		mt.inOrder = f
 	}
 
 	// Far from what was read, so neither the kernel's nor bgbfs's
 	// read-ahead has it.
 	const outageOff, outageLen = 16 << 20, 64 << 10
+	// The in-order handle read at 1 MiB, and bgbfs read ahead to 3 MiB:
+	// a read at 4 MiB is still in order (within the reorder window), so
+	// bgbfs reads ahead from 5 MiB, which fails. The read at 5 MiB that
+	// follows waits for that read-ahead, so it has failed before S3 is
+	// back.
+	inOrderOffs := []int64{4 << 20, 5 << 20}
 	// The proxy's "proxy error" lines would flood the test's output.
 	log.SetOutput(io.Discard)
 	t.Cleanup(func() { log.SetOutput(os.Stderr) })
@@ -494,6 +519,39 @@ func TestOutage(t *testing.T) {
 				}
 			}()
 		}
+	}
+	failedRead := func(mt *mounted, what string, f *os.File, off int64) {
+		t0 := time.Now()
+		_, err := f.ReadAt(make([]byte, outageLen), off)
+		took := time.Since(t0)
+		mu.Lock()
+		defer mu.Unlock()
+		mt.took = append(mt.took, took)
+		if !errors.Is(err, syscall.EIO) {
+			t.Errorf("%s: pread of %s at %d during the outage: %v after %v, want EIO", mt.name, what, off, errnoOf(err), took.Round(time.Millisecond))
+		}
+	}
+	for _, mt := range mounts {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for _, off := range inOrderOffs {
+				failedRead(mt, files[inOrderFile].key, mt.inOrder, off)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			// Opening needs no request; the tail read, as numpy's
+			// first, waits for the tail fetch that open started.
+			f, err := os.Open(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(archive.key)))
+			if err != nil {
+				t.Errorf("%s: opening %s during the outage: %v", mt.name, archive.key, errnoOf(err))
+				return
+			}
+			t.Cleanup(func() { f.Close() })
+			mt.archive = f
+			failedRead(mt, archive.key, f, int64(len(archive.data))-outageLen)
+		}()
 	}
 	readsDone := make(chan struct{})
 	go func() { wg.Wait(); close(readsDone) }()
@@ -570,8 +628,9 @@ func TestOutage(t *testing.T) {
 			t.Fatalf("%s: bgbfs died during the outage", mt.name)
 		}
 	}
+	preads := len(mounts[2].took)
 	t.Logf("behind the proxy: %d GetObject attempts for %d failed preads (%.1f each: %v; %d attempts per retry cycle)",
-		gets.GetObject, readers, float64(gets.GetObject)/readers, perFile, mounts[2].attempts)
+		gets.GetObject, preads, float64(gets.GetObject)/float64(preads), perFile, mounts[2].attempts)
 	t.Logf("outage lasted %v", outage.Round(time.Millisecond))
 
 	// S3 is back: the same handles read again, and the same mounts list
@@ -585,6 +644,20 @@ func TestOutage(t *testing.T) {
 		for i, f := range mt.handles {
 			if msg := checkPread(f, bytes.NewReader(files[i].data), fileSize, outageOff, outageLen); msg != "" {
 				t.Errorf("%s: pread of %s on the same handle after S3 came back: %s", mt.name, files[i].key, msg)
+			}
+		}
+		// Read on in order from the failed read, over the blocks whose
+		// read-ahead failed.
+		if msg := checkPread(mt.inOrder, bytes.NewReader(files[inOrderFile].data), fileSize, inOrderOffs[0], 4<<20); msg != "" {
+			t.Errorf("%s: reading %s on in order on the same handle after S3 came back: %s", mt.name, files[inOrderFile].key, msg)
+		}
+		// As zipfile does: the end of central directory, then the head.
+		if mt.archive != nil {
+			size := int64(len(archive.data))
+			for _, off := range []int64{size - 22, size - outageLen, 0} {
+				if msg := checkPread(mt.archive, bytes.NewReader(archive.data), size, off, outageLen); msg != "" {
+					t.Errorf("%s: pread of %s at %d on the handle opened during the outage, after S3 came back: %s", mt.name, archive.key, off, msg)
+				}
 			}
 		}
 		if got, err := readDirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
