@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/ristretto/v2"
+
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -509,6 +511,112 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 			r.mu.Unlock()
 			if inUse := c.ahead.InUse(); inUse != charged {
 				t.Errorf("read-ahead budget in use %d, want the %d bytes of the fetches held", inUse, charged)
+			}
+		})
+	}
+}
+
+// rangeStore records the byte ranges of its GETs.
+type rangeStore struct {
+	*slowStore
+	mu     sync.Mutex
+	ranges [][2]int64 // [off, end)
+}
+
+func (s *rangeStore) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
+	var n int64
+	for _, b := range bufs {
+		n += int64(len(b))
+	}
+	s.mu.Lock()
+	s.ranges = append(s.ranges, [2]int64{off, off + n})
+	s.mu.Unlock()
+	return s.slowStore.ReadAt(ctx, v, off, bufs...)
+}
+
+// fetchedTwice is the number of bytes of [0, size) that two or more GETs
+// asked for, counting every extra time.
+func (s *rangeStore) fetchedTwice(size int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	count := make([]int32, size)
+	var extra int64
+	for _, r := range s.ranges {
+		for i := r[0]; i < min(r[1], size); i++ {
+			if count[i]++; count[i] > 1 {
+				extra++
+			}
+		}
+	}
+	return extra
+}
+
+// refuseAllBlocks swaps c's block cache for one that admits nothing, as
+// ristretto's admission policy refuses most new blocks once it is full
+// (8 loaders streaming archives through a 1 GiB cache).
+func refuseAllBlocks(t *testing.T, c *BlockCache) {
+	t.Helper()
+	refusing, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
+		NumCounters: 1000, MaxCost: 1, BufferItems: 64, IgnoreInternalCost: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.blocks.Close()
+	c.blocks = refusing
+}
+
+// TestZipReadsFetchEachByteOnce reads an archive through Open(obj, true)
+// as numpy's np.load(path)["windows"] does (a few bytes at 0 for the
+// magic, the end of central directory and the central directory at the
+// end, then the member from the start, closing before the last block),
+// with a cache that keeps blocks and with one that refuses them, and
+// checks at the store that no byte was fetched twice: the reader holds
+// what it fetched ahead, so whether the cache keeps it must not matter.
+func TestZipReadsFetchEachByteOnce(t *testing.T) {
+	// The defaults scaled down 16 times: blocks of 64 KiB, parts of 512
+	// KiB, read-ahead up to 4 MiB, a 24-block archive.
+	opt := Options{CacheSize: 64 * mib, BlockSize: 64 * kib, PartSize: 512 * kib, MaxReadAhead: 4 * mib, MaxParallel: 8, ReorderWindow: 256 * kib}
+	const size = 24*64*kib - 1000
+	const kernelRead = 32 * kib
+	numpy := func(size int64) [][2]int64 {
+		reads := [][2]int64{{0, 4 * kib}, {size - 22, 22}, {size - 5000, 5000}}
+		for off := int64(0); off < size-64*kib; off += kernelRead {
+			reads = append(reads, [2]int64{off, kernelRead})
+		}
+		return reads
+	}
+	for _, tt := range []struct {
+		name   string
+		refuse bool
+		reads  func(size int64) [][2]int64
+	}{
+		{"np.load, cache keeps blocks", false, numpy},
+		{"np.load, cache refuses blocks", true, numpy},
+		{"zipfile (tail first), cache refuses blocks", true, func(size int64) [][2]int64 { return numpy(size)[1:] }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, slow, obj, data := setup(t, size, opt)
+			store := &rangeStore{slowStore: slow}
+			c.store = store
+			if tt.refuse {
+				refuseAllBlocks(t, c)
+			}
+			r := c.Open(obj, true)
+			for _, rd := range tt.reads(obj.Size) {
+				off, n := rd[0], min(rd[1], obj.Size-rd[0])
+				buf := make([]byte, n)
+				if _, err := r.ReadAt(context.Background(), buf, off); err != nil || !bytes.Equal(buf, data[off:off+n]) {
+					t.Fatalf("read of %d at %d: %v", n, off, err)
+				}
+			}
+			r.Close()
+			c.fetching.Wait()
+			if twice := store.fetchedTwice(obj.Size); twice > 0 {
+				t.Errorf("%d of the %d bytes were fetched more than once (%d bytes in %d GETs: %v)", twice, obj.Size, slow.bytes.Load(), len(store.ranges), store.ranges)
+			}
+			if held := c.ahead.InUse(); held != 0 {
+				t.Errorf("%d bytes of read-ahead still charged after Close", held)
 			}
 		})
 	}
