@@ -89,21 +89,7 @@ func (r *Reader) Prefetch(off, n int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.dropFailedLocked()
-	held := r.heldFor(first, last)
-	for i := int64(0); i <= last-first; {
-		if held[i] != nil {
-			i++
-			continue
-		}
-		j := i
-		for j+1 <= last-first && held[j+1] == nil {
-			j++
-		}
-		if !r.prefetchLocked(first+i, first+j, max(1, prefetchGET/bs)) {
-			return
-		}
-		i = j + 1
-	}
+	r.prefetchLocked(first, last, max(1, prefetchGET/bs))
 }
 
 // prefetchGET is the largest GET Prefetch makes. Measured with four
