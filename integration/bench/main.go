@@ -29,10 +29,13 @@ type config struct {
 	// Workload i: the member view at the bucket's scale.
 	eegFiles, eegWindows, eegSamples, eegWholeSamples int
 	eegCache, eegIndexSize                            string
-	profiles, systems, workloads                      []string
-	out                                               string
-	keep                                              bool
-	cacheSize                                         string
+	// Workload j: np.load of workload i's archives by 8 processes at once.
+	ampRounds                    int
+	baselineBin                  string
+	profiles, systems, workloads []string
+	out                          string
+	keep                         bool
+	cacheSize                    string
 }
 
 func main() {
@@ -54,7 +57,9 @@ func main() {
 	flag.IntVar(&c.eegWholeSamples, "eeg-whole-samples", 40, "samples of workload i through the plain .npz")
 	flag.StringVar(&c.eegCache, "eeg-cache-size", "64MiB", "bgbfs --cache-size of workload i's view and whole-member rows: far smaller than the data")
 	flag.StringVar(&c.eegIndexSize, "eeg-index-size", "32MiB", "bgbfs --npz-index-size of workload i's view rows: too small for 32 KiB of raw history per window of every archive")
-	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,i,l", "workloads to run (h or i alone, with --systems bgbfs: only the .npz member view rows; l: ls -l of 100,000 objects, bgbfs and the SDK)")
+	flag.IntVar(&c.ampRounds, "amp-rounds", 1, "runs of workload j per binary and mount")
+	flag.StringVar(&c.baselineBin, "baseline-bin", "", "another bgbfs binary (e.g. built from main) to run workload j with too, alternating with the one under test")
+	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,i,j,l", "workloads to run (h or i alone, with --systems bgbfs: only the .npz member view rows; j: np.load of i's archives by 8 processes; l: ls -l of 100,000 objects, bgbfs and the SDK)")
 	flag.StringVar(&c.out, "out", "", "write the results into this markdown file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the generated data")
 	flag.StringVar(&c.cacheSize, "small-cache", "256MiB", "bgbfs --cache-size for the memory-bound rows of b and e")

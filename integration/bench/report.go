@@ -19,6 +19,7 @@ var workloadNames = map[string]string{
 	"g": "g. time to first byte, cold",
 	"h": "h. trainer, one window per sample: whole member vs NAME.npz.d view",
 	"i": "i. member view at bucket scale: 8 loaders, shuffled windows of many archives",
+	"j": "j. 8 processes np.load()[\"windows\"] of many archives at once",
 	"l": "l. ls -l of 100,000 objects",
 }
 
@@ -40,6 +41,10 @@ func (b *bench) report(started time.Time) string {
 	if b.npz != nil {
 		fmt.Fprintf(&s, "Workload h: %d more `.npz` files the size of the real ones (%d windows, %.1f MB each; one window is %.2f MB compressed), 4 workers, `--cache-size %s`, the view with `--npz-members` and the whole-member path on a mount without it (the target's baseline) and with it, each sample dropping what it read from the page cache (as with data far larger than memory); its fetched ÷ read is bytes fetched over the windows' uncompressed bytes.\n\n",
 			b.npz.files, b.cfg.npzWindows, b.npz.meanSize/1e6, b.npz.compressedWindow/1e6, npzCache)
+	}
+	if b.amp != nil {
+		fmt.Fprintf(&s, "Workload j: workload i's %d archives (%.1f MB each, %.2f GB in all), %d processes at once each doing `np.load(path)[\"windows\"]` of every %dth, on a fresh mount with the defaults (1 GiB cache) and on one with `--npz-members` (256 KiB blocks and kernel read-ahead), page cache dropped: numpy reads each archive's end first, then the member from the start, and closes before the end. Its fetched ÷ read is the bytes fetched (at workload i's proxy) over the archives' bytes; the result is the archives' bytes per second.\n\n",
+			len(b.amp.names), float64(b.amp.total)/float64(len(b.amp.names))/1e6, float64(b.amp.total)/1e9, ampLoaders, ampLoaders)
 	}
 	fmt.Fprintf(&s, "Profiles: **loopback** (MinIO behind a counting proxy) and **s3like** (a shaping proxy in front adds %v before each request and caps each response at %.0f MB/s, so concurrency decides throughput as on S3). Cold: page cache dropped and the daemon restarted. GETs and bytes fetched are counted at the proxy. Peak RSS is the daemon's (VmRSS sampled every 20 ms).\n\n",
 		s3Latency, s3ConnRate/1e6)
@@ -129,6 +134,7 @@ func (b *bench) targets() []target {
 		}
 		out = append(out, b.npzTargets(p)...)
 		out = append(out, b.eegTargets(p)...)
+		out = append(out, b.ampTargets(p)...)
 		for _, sys := range []struct {
 			label string
 			cache float64

@@ -30,6 +30,7 @@ type bench struct {
 	rows     []row
 	cleanups []func()
 	npz      *npzSet // workload h's archives, once made
+	amp      *ampSet // workload j's archives, once listed
 	// Workload l's directory is uploaded once per run.
 	bigDirReady   bool
 	bigDirResults []bigDirResult
@@ -99,6 +100,7 @@ func (b *bench) runAll(ctx context.Context) error {
 			b.runNPZView(ctx, profile, endpoint)
 			b.runBigDir(ctx, profile, endpoint)
 			b.runEEG(ctx, profile)
+			b.runAmp(ctx, profile)
 		}
 	}
 	return nil
