@@ -108,7 +108,7 @@ func TestParseMountArgs(t *testing.T) {
 			}
 		}},
 		{name: "npz members change block and kernel read-ahead defaults", args: []string{"--npz-members", "s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
-			if !o.npzMembers || o.cache.BlockSize != 256<<10 || o.kernelReadAhead != 256<<10 {
+			if !o.npzMembers || o.cache.BlockSize != 128<<10 || o.kernelReadAhead != 128<<10 {
 				t.Errorf("npz %v block %d kernel read-ahead %d", o.npzMembers, o.cache.BlockSize, o.kernelReadAhead)
 			}
 		}},
