@@ -14,19 +14,9 @@ import (
 // reader opens a memberReader on member name of the fixture's archive.
 func (f *memberFixture) reader(t *testing.T, name string) *memberReader {
 	t.Helper()
-	dir, err := f.dir.directory(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range dir.Members {
-		if m.Name == name {
-			r := newMemberReader(f.tree.NPZ, f.tree.Blocks, f.dir.object(), m)
-			t.Cleanup(r.Close)
-			return r
-		}
-	}
-	t.Fatalf("no member %q", name)
-	return nil
+	r := newMemberReader(f.tree.NPZ, f.tree.Blocks, f.dir.object(), f.member(t, name))
+	t.Cleanup(r.Close)
+	return r
 }
 
 func TestMemberReaderReadAt(t *testing.T) {

@@ -147,7 +147,8 @@ func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, 
 	return &memberFixture{tree: tr, dir: &memberDirNode{tree: tr, parent: tr.newDirNode("p/"), archive: archive}, members: members, store: store}
 }
 
-func (f *memberFixture) open(t *testing.T, name string) (*memberHandle, syscall.Errno) {
+// member returns the fixture archive's member name.
+func (f *memberFixture) member(t *testing.T, name string) npz.Member {
 	t.Helper()
 	dir, err := f.dir.directory(context.Background())
 	if err != nil {
@@ -155,15 +156,20 @@ func (f *memberFixture) open(t *testing.T, name string) (*memberHandle, syscall.
 	}
 	for _, m := range dir.Members {
 		if m.Name == name {
-			fh, _, errno := (&memberNode{tree: f.tree, dir: f.dir, member: m}).Open(context.Background(), syscall.O_RDONLY)
-			if errno != 0 {
-				return nil, errno
-			}
-			return fh.(*memberHandle), 0
+			return m
 		}
 	}
 	t.Fatalf("no member %q", name)
-	return nil, 0
+	return npz.Member{}
+}
+
+func (f *memberFixture) open(t *testing.T, name string) (*memberHandle, syscall.Errno) {
+	t.Helper()
+	fh, _, errno := (&memberNode{tree: f.tree, dir: f.dir, member: f.member(t, name)}).Open(context.Background(), syscall.O_RDONLY)
+	if errno != 0 {
+		return nil, errno
+	}
+	return fh.(*memberHandle), 0
 }
 
 // index returns the index of the member h reads, building it if needed.

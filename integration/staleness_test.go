@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -32,7 +31,7 @@ type ifMatchLog struct {
 
 func (l *ifMatchLog) hook(op testbed.Op, w http.ResponseWriter, r *http.Request) bool {
 	if op == testbed.OpGetObject {
-		_, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		key := objectKey(r)
 		l.mu.Lock()
 		l.seen[key] = append(l.seen[key], r.Header.Get("If-Match"))
 		l.mu.Unlock()
