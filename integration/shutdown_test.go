@@ -304,15 +304,16 @@ func TestExecExitsWhileIndexesBuild(t *testing.T) {
 	var members []string
 	for _, a := range d.Viewable() {
 		for _, m := range a.Members {
-			if m.Deflated && m.Size > 0 {
+			if m.Deflated && m.Size > 128<<10 {
 				members = append(members, a.Rel+memberDirSuffix+"/"+m.Name)
 			}
 		}
 	}
 	mp := newMountpoint(t)
 	cleanupMountpoint(t, mp)
-	// Every reader reads one byte: its first read waits for the index.
-	script := `mp=$0; pids=; for f in "$@"; do head -c 1 "$mp/$f" > /dev/null 2>&1 & pids="$pids $!"; done; ` +
+	// Every reader reads the last byte: a first read past the head of a
+	// member waits for its index (reads of the first 64 KiB need none).
+	script := `mp=$0; pids=; for f in "$@"; do tail -c 1 "$mp/$f" > /dev/null 2>&1 & pids="$pids $!"; done; ` +
 		`sleep 1; kill -KILL $pids 2>/dev/null; wait; exit 7`
 	args := slices.Concat([]string{"exec"}, endpointArgs(shaper.URL),
 		[]string{"--npz-members", "--log-level", "debug", "--metadata-ttl", "10m", "s3://" + d.Bucket + "/" + memberDataPrefix, mp, "--", "/bin/sh", "-c", script, mp}, members)
