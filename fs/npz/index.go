@@ -45,6 +45,9 @@ type Index struct {
 	points  []point // sorted by out; points[0] is the stream start
 	head    []byte  // the first headKeep bytes of the content, or an .npy header
 	memory  int64
+	// span and rowLead are what BuildIndex was given: they placed the
+	// points, and a reader of an index kept on disk may want to know.
+	span, rowLead int64
 	// fullWindows counts points whose sparse window failed its check
 	// and were stored whole.
 	fullWindows int
@@ -115,7 +118,7 @@ func buildIndexChecked(r io.ReaderAt, m Member, off, span, rowLead int64, spoil 
 		span = DefaultSpan
 	}
 	f := newInflater(r, off, m.CompressedSize, int(min(outSpace, m.UncompressedSize+1)), buildReadSize, buildReadSize)
-	x := &Index{member: m, dataOff: off}
+	x := &Index{member: m, dataOff: off, span: span, rowLead: rowLead}
 	b := &indexBuilder{f: f, x: x, spoil: spoil}
 	b.chosen = []*pendingPoint{{point: point{}}} // the stream start needs no window
 	rows := rowPoints{lead: rowLead, span: span, checked: rowLead <= 0}
@@ -176,11 +179,16 @@ func buildIndexChecked(r io.ReaderAt, m Member, off, span, rowLead int64, spoil 
 		x.head = x.head[:l.DataOffset]
 	}
 	x.head = slices.Clip(x.head)
-	x.memory = int64(unsafe.Sizeof(*x)) + int64(len(m.Name)) + int64(cap(x.points))*int64(unsafe.Sizeof(point{})) + int64(cap(x.head))
+	x.setMemory()
+	return x, nil
+}
+
+// setMemory works out what the index holds in memory.
+func (x *Index) setMemory() {
+	x.memory = int64(unsafe.Sizeof(*x)) + int64(len(x.member.Name)) + int64(cap(x.points))*int64(unsafe.Sizeof(point{})) + int64(cap(x.head))
 	for _, p := range x.points {
 		x.memory += int64(cap(p.window))
 	}
-	return x, nil
 }
 
 // pendingPoint is a block boundary that is, or may become, an access
