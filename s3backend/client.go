@@ -274,41 +274,13 @@ func (c *Client) get(ctx context.Context, v Version, off int64, bufs [][]byte) (
 	for _, b := range bufs {
 		total += len(b)
 	}
-	in := &s3.GetObjectInput{
-		Bucket: aws.String(c.bucket),
-		Key:    aws.String(v.Key),
-		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(total)-1)),
-	}
-	if v.ETag != "" {
-		in.IfMatch = aws.String(v.ETag)
-	} else if !v.LastModified.IsZero() {
-		// HTTP dates carry whole seconds: an object rewritten within
-		// the second it was listed in passes (SEMANTICS.md says so).
-		in.IfUnmodifiedSince = aws.Time(v.LastModified)
-	}
 	reqCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	out, err := c.s3.GetObject(reqCtx, in)
+	out, err := c.openRange(reqCtx, v, off, int64(total))
 	if err != nil {
-		if isRangeNotSatisfiable(err) {
-			if off < v.Size {
-				// A server that checks the range before If-Match
-				// says 416 for an object that shrank.
-				return 0, fmt.Errorf("get %q: range from %d not satisfiable, listed size %d: %w", v.Key, off, v.Size, ErrStale)
-			}
-			return 0, io.EOF
-		}
-		err = classify(err)
-		if errors.Is(err, ErrNotFound) {
-			// The key existed at open: it was deleted since.
-			return 0, fmt.Errorf("get %q: %w", v.Key, ErrStale)
-		}
-		return 0, fmt.Errorf("get %q [%d,+%d): %w", v.Key, off, total, err)
+		return 0, err
 	}
 	defer out.Body.Close()
-	if err := checkRange(v, off, int64(total), out); err != nil {
-		return 0, fmt.Errorf("get %q [%d,+%d): %w", v.Key, off, total, err)
-	}
 	stall := time.AfterFunc(c.requestTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
 	body := &progressReader{r: out.Body, onProgress: func() { stall.Reset(c.requestTimeout) }}
@@ -333,6 +305,45 @@ func (c *Client) get(ctx context.Context, v Version, off int64, bufs [][]byte) (
 		}
 	}
 	return n, nil
+}
+
+// openRange sends a GET of total bytes of v at off, pinned to the
+// version, and checks the answer's headers. The caller closes the body.
+func (c *Client) openRange(ctx context.Context, v Version, off, total int64) (*s3.GetObjectOutput, error) {
+	in := &s3.GetObjectInput{
+		Bucket: aws.String(c.bucket),
+		Key:    aws.String(v.Key),
+		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(total)-1)),
+	}
+	if v.ETag != "" {
+		in.IfMatch = aws.String(v.ETag)
+	} else if !v.LastModified.IsZero() {
+		// HTTP dates carry whole seconds: an object rewritten within
+		// the second it was listed in passes (SEMANTICS.md says so).
+		in.IfUnmodifiedSince = aws.Time(v.LastModified)
+	}
+	out, err := c.s3.GetObject(ctx, in)
+	if err != nil {
+		if isRangeNotSatisfiable(err) {
+			if off < v.Size {
+				// A server that checks the range before If-Match
+				// says 416 for an object that shrank.
+				return nil, fmt.Errorf("get %q: range from %d not satisfiable, listed size %d: %w", v.Key, off, v.Size, ErrStale)
+			}
+			return nil, io.EOF
+		}
+		err = classify(err)
+		if errors.Is(err, ErrNotFound) {
+			// The key existed at open: it was deleted since.
+			return nil, fmt.Errorf("get %q: %w", v.Key, ErrStale)
+		}
+		return nil, fmt.Errorf("get %q [%d,+%d): %w", v.Key, off, total, err)
+	}
+	if err := checkRange(v, off, total, out); err != nil {
+		out.Body.Close()
+		return nil, fmt.Errorf("get %q [%d,+%d): %w", v.Key, off, total, err)
+	}
+	return out, nil
 }
 
 // ErrBadResponse is an answer to a GET that does not hold the bytes asked

@@ -1,0 +1,75 @@
+package s3backend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"path"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// maxBlobSize bounds what Load reads: bgbfs's state files (member
+// indexes) are tens of KB.
+const maxBlobSize = 64 << 20
+
+// Blobs keeps small whole objects under a prefix of a bucket, with the
+// client's endpoint, credentials and retries: state that a fleet of
+// mounts shares, such as member indexes that one job built.
+type Blobs struct {
+	c      *Client
+	bucket string
+	prefix string
+}
+
+// Blobs returns the objects under prefix in bucket, which may be another
+// bucket than the client's (in the same region).
+func (c *Client) Blobs(bucket, prefix string) *Blobs {
+	return &Blobs{c: c, bucket: bucket, prefix: prefix}
+}
+
+// String names the place for logs: s3://BUCKET/PREFIX.
+func (b *Blobs) String() string { return "s3://" + b.bucket + "/" + b.prefix }
+
+// Load returns the object named name under the prefix; an error wrapping
+// io/fs.ErrNotExist (and ErrNotFound) if there is none.
+func (b *Blobs) Load(ctx context.Context, name string) ([]byte, error) {
+	key := path.Join(b.prefix, name)
+	out, err := b.c.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
+	if err != nil {
+		err = classify(err)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("get s3://%s/%s: %w: %w", b.bucket, key, err, iofs.ErrNotExist)
+		}
+		return nil, fmt.Errorf("get s3://%s/%s: %w", b.bucket, key, err)
+	}
+	defer out.Body.Close()
+	if n := aws.ToInt64(out.ContentLength); n > maxBlobSize {
+		return nil, fmt.Errorf("get s3://%s/%s: %d bytes, more than the %d a state file may have", b.bucket, key, n, maxBlobSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(out.Body, maxBlobSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("get s3://%s/%s: read body: %w", b.bucket, key, err)
+	}
+	return data, nil
+}
+
+// Store writes data as the object named name under the prefix, replacing
+// any: S3 makes a whole new object visible at once.
+func (b *Blobs) Store(ctx context.Context, name string, data []byte) error {
+	key := path.Join(b.prefix, name)
+	_, err := b.c.s3.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        aws.String(b.bucket),
+		Key:           aws.String(key),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+	})
+	if err != nil {
+		return fmt.Errorf("put s3://%s/%s: %w", b.bucket, key, classify(err))
+	}
+	return nil
+}
