@@ -1,0 +1,310 @@
+package cache
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ErrDirNotWritable is a store into a Dir whose writes are off: an
+// earlier write failed (a full disk, a read-only file system, no
+// permission), and files are kept in memory only from then on.
+var ErrDirNotWritable = errors.New("cache dir not writable")
+
+const (
+	// dirMinFree is the share of the file system a Dir without a size
+	// bound leaves free.
+	dirMinFree = 0.05
+	// dirTrimTo is how far below its bound a trim takes a Dir, so that
+	// not every store trims.
+	dirTrimTo = 0.9
+	// dirTouchAfter is how old a file's modification time must be before
+	// a load sets it to now: the time says when it was last used, at
+	// the cost of one write per file per interval.
+	dirTouchAfter = time.Minute
+	// dirTempPrefix starts the names of files being written; a trim
+	// removes those a crashed writer left, once they are dirTempAge old.
+	dirTempPrefix = ".tmp"
+	dirTempAge    = time.Hour
+)
+
+// Dir keeps files across runs in a local directory, within a bound of
+// bytes: the files least recently used (by modification time, which
+// loads refresh) are removed first. Each file is written to a temporary
+// name and renamed, so a reader sees a whole file or none; several
+// processes may share one Dir, each trimming it. Opening it does not
+// read it: what it holds is summed in the background, so a large dir
+// delays nothing. It is safe for concurrent use.
+type Dir struct {
+	root   string
+	limit  int64 // bytes; 0 keeps dirMinFree of the file system free
+	logger *slog.Logger
+
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	// used is the bytes the dir held at the last walk plus those stored
+	// since: an estimate that each walk corrects.
+	used     atomic.Int64
+	trimming atomic.Bool
+	// writeErr is the write failure that turned writes off.
+	writeErr atomic.Pointer[error]
+	statfs   func(path string) (free, total int64, err error)
+}
+
+// OpenDir returns the Dir at root, creating it if it can; limit bounds
+// its size in bytes (0: keep 5% of the file system free). A dir that
+// cannot be created or written is still read (it may have been filled
+// elsewhere and copied in); stores into it then fail with
+// ErrDirNotWritable.
+func OpenDir(root string, limit int64, logger *slog.Logger) (*Dir, error) {
+	return openDir(root, limit, logger, statfsFree)
+}
+
+// openDir is OpenDir with the file system's free and total bytes told by
+// statfs.
+func openDir(root string, limit int64, logger *slog.Logger, statfs func(string) (free, total int64, err error)) (*Dir, error) {
+	if root == "" {
+		return nil, errors.New("cache dir: empty path")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("cache dir %q: %w", root, err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	life, stop := context.WithCancel(context.Background())
+	d := &Dir{root: abs, limit: limit, logger: logger, life: life, stop: stop, statfs: statfs}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		if _, serr := os.Stat(abs); serr != nil {
+			stop()
+			return nil, fmt.Errorf("cache dir %s: %w", abs, err)
+		}
+		d.writesOff(err)
+	} else if err := syscall.Access(abs, 2 /* W_OK */); err != nil {
+		d.writesOff(err)
+	}
+	d.startTrim()
+	return d, nil
+}
+
+// String names the dir for logs.
+func (d *Dir) String() string { return d.root }
+
+// Close stops the background walk or trim and waits for it.
+func (d *Dir) Close() {
+	d.stop()
+	d.wg.Wait()
+}
+
+// WriteErr returns the failure that turned writes off, or nil.
+func (d *Dir) WriteErr() error {
+	if p := d.writeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (d *Dir) writesOff(err error) {
+	d.writeErr.CompareAndSwap(nil, &err)
+}
+
+func (d *Dir) path(name string) (string, error) {
+	if !filepath.IsLocal(name) || strings.HasPrefix(filepath.Base(name), dirTempPrefix) {
+		return "", fmt.Errorf("cache dir: bad file name %q", name)
+	}
+	return filepath.Join(d.root, name), nil
+}
+
+// Load returns the file name (a relative, slash-separated path), or an
+// error wrapping io/fs.ErrNotExist if the dir does not hold it.
+func (d *Dir) Load(ctx context.Context, name string) ([]byte, error) {
+	p, err := d.path(name)
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("cache dir: %w", err)
+	}
+	if fi, err := os.Stat(p); err == nil && time.Since(fi.ModTime()) > dirTouchAfter {
+		now := time.Now()
+		_ = os.Chtimes(p, now, now) // best effort: a read-only dir keeps its times
+	}
+	return data, nil
+}
+
+// Store writes data as the file name, replacing any. Once a write fails,
+// writes are off and Store returns ErrDirNotWritable (wrapping the
+// failure): the caller keeps what it would have stored in memory.
+func (d *Dir) Store(ctx context.Context, name string, data []byte) error {
+	if err := d.WriteErr(); err != nil {
+		return fmt.Errorf("%w: %w", ErrDirNotWritable, err)
+	}
+	p, err := d.path(name)
+	if err != nil {
+		return err
+	}
+	if err := d.write(p, data); err != nil {
+		d.writesOff(err)
+		return fmt.Errorf("%w: %w", ErrDirNotWritable, err)
+	}
+	if d.used.Add(int64(len(data))) > d.bound() || d.lowOnSpace() {
+		d.startTrim()
+	}
+	return nil
+}
+
+func (d *Dir) write(p string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), dirTempPrefix+"-*")
+	if err != nil {
+		return err
+	}
+	// No fsync: a file torn by a crash fails the checksum its reader
+	// keeps in it, and is written again.
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+// bound is the size the dir may have: its limit, or with none, what it
+// holds plus the free space above dirMinFree of the file system.
+func (d *Dir) bound() int64 {
+	if d.limit > 0 {
+		return d.limit
+	}
+	return 1 << 62 // lowOnSpace watches the file system instead
+}
+
+// lowOnSpace reports whether a dir without a limit has less than
+// dirMinFree of its file system free.
+func (d *Dir) lowOnSpace() bool {
+	if d.limit > 0 {
+		return false
+	}
+	free, total, err := d.statfs(d.root)
+	return err == nil && float64(free) < dirMinFree*float64(total)
+}
+
+func statfsFree(path string) (free, total int64, err error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0, 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), int64(st.Blocks) * int64(st.Bsize), nil
+}
+
+// startTrim walks the dir in the background, unless a walk is running:
+// it sums what the dir holds and removes the least recently used files
+// while the dir is over its bound.
+func (d *Dir) startTrim() {
+	if !d.trimming.CompareAndSwap(false, true) {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.trimming.Store(false)
+		if err := d.trim(); err != nil && d.life.Err() == nil {
+			d.logger.Warn("cache dir: trim failed", "dir", d.root, "err", err)
+		}
+	}()
+}
+
+type dirFile struct {
+	path  string
+	size  int64
+	mtime time.Time
+}
+
+func (d *Dir) trim() error {
+	var files []dirFile
+	var total int64
+	err := filepath.WalkDir(d.root, func(p string, e iofs.DirEntry, err error) error {
+		if d.life.Err() != nil {
+			return d.life.Err()
+		}
+		if err != nil {
+			if os.IsNotExist(err) { // removed by another process
+				return nil
+			}
+			return err
+		}
+		if !e.Type().IsRegular() {
+			return nil
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		if strings.HasPrefix(e.Name(), dirTempPrefix) {
+			if time.Since(fi.ModTime()) > dirTempAge {
+				os.Remove(p) // left by a writer that died
+			}
+			return nil
+		}
+		files = append(files, dirFile{p, fi.Size(), fi.ModTime()})
+		total += fi.Size()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	excess := int64(0)
+	if d.limit > 0 {
+		excess = total - int64(float64(d.limit)*dirTrimTo)
+		if total <= d.limit {
+			excess = 0
+		}
+	} else if free, size, err := d.statfs(d.root); err == nil && float64(free) < dirMinFree*float64(size) {
+		// Free a little more than the shortfall, so that the next
+		// stores do not trim again at once.
+		excess = int64((dirMinFree+0.01)*float64(size)) - free
+	}
+	if excess > 0 {
+		slices.SortFunc(files, func(a, b dirFile) int { return cmp.Compare(a.mtime.UnixNano(), b.mtime.UnixNano()) })
+		removed, n := int64(0), 0
+		for _, f := range files {
+			if removed >= excess {
+				break
+			}
+			if err := os.Remove(f.path); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+			removed += f.size
+			n++
+		}
+		total -= removed
+		d.logger.Debug("cache dir trimmed", "dir", d.root, "files_removed", n, "bytes_removed", removed, "bytes_kept", total)
+	}
+	d.used.Store(total)
+	return nil
+}
+
+// Used returns the bytes the dir holds, as far as this process knows:
+// the last walk plus its own stores since.
+func (d *Dir) Used() int64 { return d.used.Load() }
