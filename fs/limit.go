@@ -40,6 +40,24 @@ func (l Limit) Active() bool {
 	return l.HasDefault || len(l.PerDir) > 0
 }
 
+// Shown reports which of the regular files names, sorted by name, of the
+// directory at rel (relative to the mount root) a mount with l shows: the
+// same choice the smoke view makes, for "bgbfs index --limit-files".
+func (l Limit) Shown(rel string, names []string) []bool {
+	n := l.forDir(rel)
+	shown := make([]bool, len(names))
+	seen := 0
+	for i, name := range names {
+		if n < 0 || !l.matches(name) {
+			shown[i] = true
+			continue
+		}
+		shown[i] = seen < n
+		seen++
+	}
+	return shown
+}
+
 // applyLimit keeps directories, files that do not match, and the first n
 // matching files of entries, which are sorted by name.
 func applyLimit(entries []dirEntry, n int, matches func(string) bool) []dirEntry {

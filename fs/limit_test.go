@@ -95,6 +95,31 @@ func TestApplyLimit(t *testing.T) {
 	}
 }
 
+// TestLimitShown: "bgbfs index --limit-files" picks the files the smoke
+// view shows, directory by directory.
+func TestLimitShown(t *testing.T) {
+	entries := []dirEntry{{name: "a.npz"}, {name: "b.json"}, {name: "c.npz"}, {name: "e.npz"}, {name: "f.npz"}}
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.name)
+	}
+	for _, n := range []int{0, 1, 3, 10} {
+		l := Limit{Pattern: "*.npz", PerDir: map[string]int{"train": n}}
+		var shown []string
+		for i, ok := range l.Shown("train", files) {
+			if ok {
+				shown = append(shown, files[i])
+			}
+		}
+		if got, want := strings.Join(shown, " "), names(applyLimit(entries, n, l.matches)); got != want {
+			t.Errorf("limit %d: shown %q, the view keeps %q", n, got, want)
+		}
+		if all := l.Shown("dev", files); slices.Contains(all, false) {
+			t.Errorf("limit %d on train hides files of dev: %v", n, all)
+		}
+	}
+}
+
 func TestLimitForDir(t *testing.T) {
 	l := Limit{Default: 5, HasDefault: true, PerDir: map[string]int{"train": 3, "dev": 1}}
 	for dir, want := range map[string]int{"train/": 3, "dev": 1, "": 5, "other/": 5, "train/sub/": 5} {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -51,7 +53,17 @@ type NPZView struct {
 	// looks up again costs no GET of the archive's tail.
 	dirs map[string]*npz.Directory
 
-	builds, hits, buildErrors atomic.Int64
+	// files, if set, keeps indexes across runs: a build first looks
+	// there, and (with saveFiles) writes what it built.
+	files     *IndexFiles
+	saveFiles bool
+	logger    *slog.Logger
+	// filesOff is set once a save failed: the dir is full or read-only,
+	// and indexes are kept in memory only.
+	filesOff atomic.Bool
+
+	builds, hits, buildErrors       atomic.Int64
+	loads, filesIgnored, filesSaved atomic.Int64
 	// kernelReadAhead is the kernel's read-ahead on the mount, which says
 	// how far around a window the kernel reads.
 	kernelReadAhead atomic.Int64
@@ -64,6 +76,14 @@ func (v *NPZView) SetKernelReadAhead(bytes int64) {
 	if bytes > 0 {
 		v.kernelReadAhead.Store(bytes)
 	}
+}
+
+// KeepIndexesIn makes the view look for indexes in files before it builds
+// them and, if save is set, write the ones it builds there (in the
+// background: a read does not wait for the write). Call it before the
+// view serves.
+func (v *NPZView) KeepIndexesIn(files IndexFiles, save bool, logger *slog.Logger) {
+	v.files, v.saveFiles, v.logger = &files, save, logger
 }
 
 // kernelLookBehind is how far before the page a loader touches the
@@ -80,7 +100,7 @@ func (v *NPZView) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64
 // rowLead is how far before each row's start an index puts its access
 // point: where the kernel's first read of the row starts, and two pages
 // more, so that reading a window inflates from just before it.
-func (v *NPZView) rowLead() int64 { return v.kernelLookBehind() + 2*pageSize }
+func (v *NPZView) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
 
 // maxBroken and maxDirs bound the memory of the broken-member memo and of
 // the remembered directories (about 5 MB for .npz archives); each is
@@ -161,16 +181,24 @@ type NPZStats struct {
 	IndexBuilds, IndexBuildErrors, IndexHits int64
 	// IndexBytes is the memory of the indexes held.
 	IndexBytes int64
+	// IndexLoads counts indexes read from the cache dir, IndexSaves
+	// those written to it, and IndexFilesIgnored the files in it that
+	// were not trusted (corrupt, truncated, of another format or of
+	// another archive version).
+	IndexLoads, IndexSaves, IndexFilesIgnored int64
 }
 
 // Stats returns the counters so far.
 func (v *NPZView) Stats() NPZStats {
 	m := v.indexes.Metrics
 	return NPZStats{
-		IndexBuilds:      v.builds.Load(),
-		IndexBuildErrors: v.buildErrors.Load(),
-		IndexHits:        v.hits.Load(),
-		IndexBytes:       int64(m.CostAdded()) - int64(m.CostEvicted()),
+		IndexBuilds:       v.builds.Load(),
+		IndexBuildErrors:  v.buildErrors.Load(),
+		IndexHits:         v.hits.Load(),
+		IndexBytes:        int64(m.CostAdded()) - int64(m.CostEvicted()),
+		IndexLoads:        v.loads.Load(),
+		IndexSaves:        v.filesSaved.Load(),
+		IndexFilesIgnored: v.filesIgnored.Load(),
 	}
 }
 
@@ -255,6 +283,10 @@ func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member
 	v.mu.Unlock()
 	defer v.running.Done()
 
+	if x := v.loadIndex(obj, m); x != nil {
+		v.keep(key, x)
+		return x, nil
+	}
 	v.builds.Add(1)
 	r := blocks.Open(obj, false)
 	x, err := npz.BuildIndex(readerAt{v.life, r}, m, v.span, v.rowLead())
@@ -271,11 +303,56 @@ func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member
 		}
 		return nil, err
 	}
+	v.keep(key, x)
+	if v.files != nil && v.saveFiles && !v.filesOff.Load() {
+		v.running.Add(1) // within the build's own: Close waits for it
+		go v.saveIndex(obj, m, x)
+	}
+	return x, nil
+}
+
+// keep holds x in memory.
+func (v *NPZView) keep(key string, x *npz.Index) {
 	v.indexes.Set(key, x, x.MemoryBytes())
 	// Sets are applied asynchronously: wait, so that a read arriving once
 	// this build is over finds the index.
 	v.indexes.Wait()
-	return x, nil
+}
+
+// loadIndex returns the index of member m of obj kept in the cache dir,
+// or nil (logging why if a file was there but not used).
+func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
+	if v.files == nil {
+		return nil
+	}
+	x, err := v.files.Load(v.life, obj, m)
+	switch {
+	case err == nil:
+		v.loads.Add(1)
+		return x
+	case errors.Is(err, iofs.ErrNotExist):
+	case errors.Is(err, ErrIndexFileBad):
+		v.filesIgnored.Add(1)
+		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", m.Name, "reason", err.Error(), "dir", v.files.Dir)
+	case v.life.Err() == nil:
+		v.logger.Warn("npz index file unreadable; building the index", "archive", obj.Key, "member", m.Name, "err", err, "dir", v.files.Dir)
+	}
+	return nil
+}
+
+// saveIndex writes x into the cache dir. The first failure turns saving
+// off, with one log line: a full or read-only dir leaves indexes in
+// memory only.
+func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
+	defer v.running.Done()
+	err := v.files.Save(v.life, obj, m, x)
+	if err == nil {
+		v.filesSaved.Add(1)
+		return
+	}
+	if v.life.Err() == nil && v.filesOff.CompareAndSwap(false, true) {
+		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
+	}
 }
 
 // isDataError reports whether err says the archive's bytes are wrong, as

@@ -9,7 +9,7 @@ import (
 
 // newLogger makes the daemon's logger from --log-level, --log-format and
 // --log-file, and returns a function that closes the log file.
-func newLogger(o mountOptions, stderr io.Writer) (*slog.Logger, func(), error) {
+func newLogger(o logOptions, stderr io.Writer) (*slog.Logger, func(), error) {
 	w, closeLog := stderr, func() {}
 	if o.logFile != "" {
 		f, err := os.OpenFile(o.logFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)

@@ -22,6 +22,7 @@ Usage:
   bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT
   bgbfs exec [mount flags] s3://BUCKET[/PREFIX/] MOUNTPOINT -- COMMAND [ARGS...]
   bgbfs unmount [flags] MOUNTPOINT
+  bgbfs index [flags] s3://BUCKET[/PREFIX/] --cache-dir DIR|s3://BUCKET/PREFIX/
   bgbfs version
   bgbfs s3://BUCKET[/PREFIX/] MOUNTPOINT -o OPTIONS   (as mount.fuse3 calls it: mounts in the background)
 
@@ -49,6 +50,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runMount(ctx, rest, stdout, stderr)
 	case "exec":
 		err = runExec(ctx, rest, stdout, stderr)
+	case "index":
+		err = runIndex(ctx, rest, stdout, stderr)
 	case "unmount", "umount":
 		err = runUnmount(ctx, rest, stdout)
 	case "version", "--version":
@@ -62,7 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			err = runMount(ctx, append([]string{"--daemon"}, args...), stdout, stderr)
 			break
 		}
-		err = usageError{fmt.Sprintf("unknown command %q (want mount, exec, unmount or version)", cmd)}
+		err = usageError{fmt.Sprintf("unknown command %q (want mount, exec, index, unmount or version)", cmd)}
 	}
 	switch {
 	case err == nil:

@@ -64,6 +64,9 @@ func (m *daemonMetrics) watchNPZ(v *bgfs.NPZView) {
 		stat[bgfs.NPZStats]{"bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", false, func(s bgfs.NPZStats) int64 { return s.IndexBuildErrors }},
 		stat[bgfs.NPZStats]{"bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", false, func(s bgfs.NPZStats) int64 { return s.IndexHits }},
 		stat[bgfs.NPZStats]{"bgbfs_npz_index_bytes", "Memory of the member indexes held.", true, func(s bgfs.NPZStats) int64 { return s.IndexBytes }},
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", false, func(s bgfs.NPZStats) int64 { return s.IndexLoads }},
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", false, func(s bgfs.NPZStats) int64 { return s.IndexSaves }},
+		stat[bgfs.NPZStats]{"bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", false, func(s bgfs.NPZStats) int64 { return s.IndexFilesIgnored }},
 	)
 }
 
@@ -106,6 +109,9 @@ var statsLines = []struct {
 	{"npz_index_builds", "bgbfs_npz_index_builds_total", nil},
 	{"npz_index_hits", "bgbfs_npz_index_hits_total", nil},
 	{"npz_index_bytes", "bgbfs_npz_index_bytes", nil},
+	{"npz_index_loads", "bgbfs_npz_index_loads_total", nil},
+	{"npz_index_saves", "bgbfs_npz_index_saves_total", nil},
+	{"npz_index_files_ignored", "bgbfs_npz_index_files_ignored_total", nil},
 }
 
 func eq(want string) func(string) bool { return func(v string) bool { return v == want } }

@@ -76,7 +76,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	if err != nil {
 		return nil, err
 	}
-	logger, closeLog, err := newLogger(o, stderr)
+	logger, closeLog, err := newLogger(o.logOptions, stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -97,19 +97,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		debug.SetMemoryLimit(cacheSize + npzBytes + runtimeHeadroom)
 	}
 	metrics := newDaemonMetrics()
-	client, err := s3backend.New(ctx, s3backend.Config{
-		Bucket:          o.bucket,
-		Endpoint:        o.endpoint,
-		Region:          o.region,
-		ForcePathStyle:  o.forcePathStyle,
-		Profile:         o.profile,
-		NoSignRequest:   o.noSignRequest,
-		MaxConnsPerHost: o.cache.MaxParallel,
-		MaxAttempts:     o.maxAttempts,
-		RequestTimeout:  o.requestTimeout,
-		Metrics:         metrics.s3,
-		Logger:          logger,
-	})
+	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, o.cache.MaxParallel, metrics.s3, logger))
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +105,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	first, err := client.Probe(probeCtx, o.prefix)
 	cancel()
 	if err != nil {
-		return nil, explainProbe(o, err)
+		return nil, explainProbe(o.s3Options, o.bucket, o.prefix, err)
 	}
 	if len(first.Objects) == 0 && len(first.CommonPrefixes) == 0 {
 		logger.Warn("no objects under the prefix: the mount is empty", "bucket", o.bucket, "prefix", o.prefix)
@@ -129,13 +117,21 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	var npzView *bgfs.NPZView
 	if o.npzMembers {
+		// Opened before the view, so closed after it: the view's last
+		// index writes go to an open dir.
+		files, save := m.openIndexFiles(o, client, logger)
 		// Indexes and decoded spans have bounds of their own, beside
 		// --cache-size.
 		if npzView, err = bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes); err != nil {
 			return nil, err
 		}
 		m.closers = append(m.closers, npzView.Close)
+		if files != nil {
+			npzView.KeepIndexesIn(*files, save, logger)
+		}
 		metrics.watchNPZ(npzView)
+	} else if o.cacheDir.set() {
+		logger.Info("--cache-dir holds member indexes only, which --npz-members builds: not used", "cache_dir", o.cacheDir.String())
 	}
 	blocks, err := cache.New(store, o.cache)
 	if err != nil {
@@ -183,8 +179,28 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", cacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
-		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", o.npzIndexBytes, "npz_span_memory", o.npzSpanBytes, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
+		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", o.npzIndexBytes, "npz_span_memory", o.npzSpanBytes, "cache_dir", o.cacheDir.String(), "cache_dir_size", o.cacheDir.size, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
 	return m, nil
+}
+
+// openIndexFiles opens --cache-dir for member indexes: a local dir is read
+// and written; an s3:// one is only read (one "bgbfs index" job writes
+// it for a fleet). A local dir that cannot be created leaves indexes in
+// memory, with a log line.
+func (m *liveMount) openIndexFiles(o mountOptions, client *s3backend.Client, logger *slog.Logger) (*bgfs.IndexFiles, bool) {
+	switch {
+	case o.cacheDir.s3Bucket != "":
+		return &bgfs.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Bucket: o.bucket}, false
+	case o.cacheDir.local != "":
+		dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
+		if err != nil {
+			logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", o.cacheDir.local, "err", err)
+			return nil, false
+		}
+		m.closers = append(m.closers, dir.Close)
+		return &bgfs.IndexFiles{Dir: dir, Bucket: o.bucket}, true
+	}
+	return nil, false
 }
 
 // close releases what serves the mount, newest first.
@@ -251,8 +267,8 @@ func (m *liveMount) unmount() error {
 
 // explainProbe turns a failed pre-mount check into a message that names
 // the cause a user can act on.
-func explainProbe(o mountOptions, err error) error {
-	where := "s3://" + o.bucket + "/" + o.prefix
+func explainProbe(o s3Options, bucket, prefix string, err error) error {
+	where := "s3://" + bucket + "/" + prefix
 	endpoint := o.endpoint
 	if endpoint == "" {
 		endpoint = "AWS S3 (region " + o.region + ")"
@@ -264,7 +280,7 @@ func explainProbe(o mountOptions, err error) error {
 	case errors.Is(err, s3backend.ErrBadCredentials):
 		return fmt.Errorf("credentials rejected by %s: %s", endpoint, cause)
 	case errors.Is(err, s3backend.ErrNotFound):
-		return fmt.Errorf("bucket %q does not exist at %s: %s", o.bucket, endpoint, cause)
+		return fmt.Errorf("bucket %q does not exist at %s: %s", bucket, endpoint, cause)
 	case errors.Is(err, s3backend.ErrAccessDenied):
 		return fmt.Errorf("prefix %s is not readable with these credentials: %s", where, cause)
 	case errors.Is(err, s3backend.ErrNoCredentials):

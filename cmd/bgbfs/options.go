@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path"
 	"strconv"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
-	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // mountOptions is everything "bgbfs mount" is told, validated.
@@ -23,20 +21,14 @@ type mountOptions struct {
 	bucket, prefix string
 	mountpoint     string
 
-	endpoint       string
-	region         string
-	forcePathStyle bool
-	profile        string
-	noSignRequest  bool
+	s3Options
+	logOptions
 
 	uid, gid          uint32
 	fileMode, dirMode uint32
 	allowOther        bool
 	metadataTTL       time.Duration
-	logLevel          slog.Level
 
-	maxAttempts     int
-	requestTimeout  time.Duration
 	limit           bgfs.Limit
 	cache           cache.Options
 	kernelReadAhead int64
@@ -48,10 +40,10 @@ type mountOptions struct {
 	// npzIndexBytes bounds member indexes and npzSpanBytes decoded
 	// spans, both apart from --cache-size.
 	npzIndexBytes, npzSpanBytes int64
+	// cacheDir keeps member indexes across runs.
+	cacheDir cacheDirOptions
 
-	logFormat string
-	logFile   string
-	daemon    bool
+	daemon bool
 	// command is what "bgbfs exec" runs with the mount live.
 	command []string
 }
@@ -68,24 +60,16 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 		synopsis = execSynopsis
 	}
 	fs := newFlagSet("mount", synopsis, stdout)
-	endpoint := fs.String("endpoint-url", getenv("AWS_ENDPOINT_URL"), "S3 endpoint URL, for S3-compatible servers (env AWS_ENDPOINT_URL)")
-	region := fs.String("region", firstNonEmpty(getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION")), "AWS region (env AWS_REGION; us-east-1 when --endpoint-url is set and no region is)")
-	pathStyle := fs.Bool("force-path-style", false, "address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT")
-	profile := fs.String("profile", "", "shared config profile for credentials and region (env AWS_PROFILE)")
-	noSign := fs.Bool("no-sign-request", false, "send anonymous requests, for public buckets")
+	readS3 := addS3Flags(fs, getenv)
 	uid := fs.String("uid", strconv.Itoa(os.Getuid()), "owner uid of every file and directory")
 	gid := fs.String("gid", strconv.Itoa(os.Getgid()), "owner gid of every file and directory")
 	fileMode := fs.String("file-mode", "0444", "permission bits of files, octal")
 	dirMode := fs.String("dir-mode", "0555", "permission bits of directories, octal")
 	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
 	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
-	logFile := fs.String("log-file", "", "append logs to this file instead of stderr")
+	readLog := addLogFlags(fs)
 	daemon := fs.Bool("daemon", false, "run in the background; return once the mount is ready (non-zero, with the reason, if it failed)")
 	fuseOpts := fs.StringArrayP("options", "o", nil, "mount options, FUSE style: -o allow_other,uid=1000,endpoint_url=http://...,limit_files=3 (any flag, with _ for -); for mount(8) and /etc/fstab")
-	maxAttempts := fs.String("max-attempts", firstNonEmpty(getenv("AWS_MAX_ATTEMPTS"), strconv.Itoa(s3backend.DefaultMaxAttempts)), "attempts at one S3 request, retries of 5xx, throttling, resets, broken and stalled bodies included (env AWS_MAX_ATTEMPTS)")
-	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
 	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
 	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
 	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks, read-ahead and blocks being fetched, all files together; 0 turns caching and read-ahead off")
@@ -97,6 +81,7 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; memory beside --cache-size: --npz-index-size for indexes and 64 checkpoint spans for decoded stretches of members; --block-size and --kernel-read-ahead default to 128KiB and 128KiB")
 	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
 	npzIndexSize := fs.String("npz-index-size", "256MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 23KB per archive of 73 EEG windows written by numpy, so the default holds the indexes of about 11,000 such archives; an index evicted is built again by inflating its member whole")
+	readCacheDir := addCacheDirFlags(fs, "with --npz-members, keep member indexes here across runs (a local directory, or s3://BUCKET/PREFIX/ to read those \"bgbfs index\" wrote there), so a restart builds none it built before")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return mountOptions{}, err
@@ -117,26 +102,17 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 		return mountOptions{}, usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
 	}
 	o := mountOptions{
-		command:        command,
-		logFile:        *logFile,
-		daemon:         *daemon,
-		mountpoint:     positional[1],
-		endpoint:       *endpoint,
-		region:         *region,
-		forcePathStyle: *pathStyle,
-		profile:        *profile,
-		noSignRequest:  *noSign,
-		allowOther:     *allowOther,
+		command:    command,
+		daemon:     *daemon,
+		mountpoint: positional[1],
+		allowOther: *allowOther,
 	}
 	var err error
 	if o.bucket, o.prefix, err = parseS3URL(positional[0]); err != nil {
 		return o, err
 	}
-	if o.endpoint != "" && !strings.HasPrefix(o.endpoint, "http://") && !strings.HasPrefix(o.endpoint, "https://") {
-		return o, usageError{fmt.Sprintf("--endpoint-url %q: want an http:// or https:// URL", o.endpoint)}
-	}
-	if o.region == "" && o.endpoint != "" {
-		o.region = "us-east-1"
+	if o.s3Options, err = readS3(); err != nil {
+		return o, err
 	}
 	if o.uid, err = parseID("uid", *uid); err != nil {
 		return o, err
@@ -153,20 +129,14 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	if o.metadataTTL, err = parseTTL(*ttl); err != nil {
 		return o, err
 	}
-	if err = o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
-		return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
+	if o.logOptions, err = readLog(); err != nil {
+		return o, err
 	}
-	if o.logFormat = *logFormat; o.logFormat != "text" && o.logFormat != "json" {
-		return o, usageError{fmt.Sprintf("--log-format %q: want text or json", o.logFormat)}
+	if o.cacheDir, err = readCacheDir(); err != nil {
+		return o, err
 	}
 	if exec && o.daemon {
 		return o, usageError{"--daemon does not go with exec: exec stays until its command ends"}
-	}
-	if o.maxAttempts, err = strconv.Atoi(*maxAttempts); err != nil || o.maxAttempts < 1 || o.maxAttempts > 100 {
-		return o, usageError{fmt.Sprintf("--max-attempts %q: want a number from 1 to 100", *maxAttempts)}
-	}
-	if o.requestTimeout = *requestTimeout; o.requestTimeout <= 0 {
-		return o, usageError{fmt.Sprintf("--request-timeout %v: want a positive duration", o.requestTimeout)}
 	}
 	if o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern); err != nil {
 		return o, err

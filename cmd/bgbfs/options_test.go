@@ -141,15 +141,25 @@ func TestParseMountArgs(t *testing.T) {
 				t.Errorf("span share %d, block cache %d", o.npzSpanBytes, o.cache.CacheSize)
 			}
 		}},
+		{name: "cache dir, local", args: []string{"--npz-members", "--cache-dir", "/var/cache/bgbfs", "--cache-dir-size", "2GiB", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
+			if o.cacheDir.local != "/var/cache/bgbfs" || o.cacheDir.size != 2<<30 || o.cacheDir.s3Bucket != "" {
+				t.Errorf("cache dir %+v", o.cacheDir)
+			}
+		}},
+		{name: "cache dir, s3", args: []string{"-o", "cache_dir=s3://idx-bucket/fleet", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
+			if o.cacheDir.s3Bucket != "idx-bucket" || o.cacheDir.s3Prefix != "fleet/" || o.cacheDir.local != "" {
+				t.Errorf("cache dir %+v", o.cacheDir)
+			}
+		}},
+		{name: "cache dir, other scheme", args: []string{"--cache-dir", "gs://x/", "s3://b-1/", "/mnt"}, wantErr: "want a local directory or s3://"},
+		{name: "cache dir, bad bucket", args: []string{"--cache-dir", "s3://x/", "s3://b-1/", "/mnt"}, wantErr: "--cache-dir"},
+		{name: "cache dir size", args: []string{"--cache-dir-size", "lots", "s3://b-1/", "/mnt"}, wantErr: "--cache-dir-size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			o, err := parseMountArgs(tt.args, env(tt.env), io.Discard, false)
 			if tt.wantErr != "" {
-				var ue usageError
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.As(err, &ue) {
-					t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
-				}
+				wantUsageError(t, err, tt.wantErr)
 				return
 			}
 			if err != nil {
@@ -285,5 +295,53 @@ func TestFuseOptionsAndExec(t *testing.T) {
 			}
 			tt.check(t, o)
 		})
+	}
+}
+
+func TestParseIndexArgs(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(t *testing.T, o indexOptions)
+	}{
+		{name: "defaults place points as a member-view mount does", args: []string{"--cache-dir", "/d", "s3://b-1/train/"}, check: func(t *testing.T, o indexOptions) {
+			if o.bucket != "b-1" || o.prefix != "train/" || o.cacheDir.local != "/d" || o.jobs < 1 {
+				t.Errorf("got %+v", o)
+			}
+			if want := (bgfs.IndexPlacement{Span: 1 << 20, RowLead: bgfs.RowLead(128 << 10)}); o.placement != want {
+				t.Errorf("placement %+v, want %+v", o.placement, want)
+			}
+		}},
+		{name: "read-ahead and span", args: []string{"--cache-dir", "s3://idx-1/p/", "--kernel-read-ahead", "256KiB", "--npz-checkpoint-span", "2MiB", "--jobs", "3", "--limit-files", "2", "s3://b-1/"}, check: func(t *testing.T, o indexOptions) {
+			if o.placement.Span != 2<<20 || o.placement.RowLead != bgfs.RowLead(256<<10) || o.jobs != 3 || o.limit.Default != 2 || o.cacheDir.s3Bucket != "idx-1" {
+				t.Errorf("got %+v", o)
+			}
+		}},
+		{name: "no cache dir", args: []string{"s3://b-1/"}, wantErr: "--cache-dir is required"},
+		{name: "no source", args: []string{"--cache-dir", "/d"}, wantErr: "takes 1 argument"},
+		{name: "jobs", args: []string{"--cache-dir", "/d", "--jobs", "0", "s3://b-1/"}, wantErr: "--jobs"},
+		{name: "span", args: []string{"--cache-dir", "/d", "--npz-checkpoint-span", "1KiB", "s3://b-1/"}, wantErr: "--npz-checkpoint-span"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseIndexArgs(tt.args, func(string) string { return "" }, io.Discard)
+			if tt.wantErr != "" {
+				wantUsageError(t, err, tt.wantErr)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, o)
+		})
+	}
+}
+
+// wantUsageError fails t unless err is a usage error that says want.
+func wantUsageError(t *testing.T, err error, want string) {
+	t.Helper()
+	var ue usageError
+	if err == nil || !strings.Contains(err.Error(), want) || !errors.As(err, &ue) {
+		t.Fatalf("err = %v, want a usage error containing %q", err, want)
 	}
 }

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// s3Options say how to reach S3: the same for mount, exec and index.
+type s3Options struct {
+	endpoint       string
+	region         string
+	forcePathStyle bool
+	profile        string
+	noSignRequest  bool
+	maxAttempts    int
+	requestTimeout time.Duration
+}
+
+// addS3Flags defines the flags of s3Options on fs and returns what reads
+// them once fs is parsed.
+func addS3Flags(fs *pflag.FlagSet, getenv func(string) string) func() (s3Options, error) {
+	endpoint := fs.String("endpoint-url", getenv("AWS_ENDPOINT_URL"), "S3 endpoint URL, for S3-compatible servers (env AWS_ENDPOINT_URL)")
+	region := fs.String("region", firstNonEmpty(getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION")), "AWS region (env AWS_REGION; us-east-1 when --endpoint-url is set and no region is)")
+	pathStyle := fs.Bool("force-path-style", false, "address the bucket as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT")
+	profile := fs.String("profile", "", "shared config profile for credentials and region (env AWS_PROFILE)")
+	noSign := fs.Bool("no-sign-request", false, "send anonymous requests, for public buckets")
+	maxAttempts := fs.String("max-attempts", firstNonEmpty(getenv("AWS_MAX_ATTEMPTS"), strconv.Itoa(s3backend.DefaultMaxAttempts)), "attempts at one S3 request, retries of 5xx, throttling, resets, broken and stalled bodies included (env AWS_MAX_ATTEMPTS)")
+	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
+	return func() (s3Options, error) {
+		o := s3Options{endpoint: *endpoint, region: *region, forcePathStyle: *pathStyle, profile: *profile, noSignRequest: *noSign}
+		if o.endpoint != "" && !strings.HasPrefix(o.endpoint, "http://") && !strings.HasPrefix(o.endpoint, "https://") {
+			return o, usageError{fmt.Sprintf("--endpoint-url %q: want an http:// or https:// URL", o.endpoint)}
+		}
+		if o.region == "" && o.endpoint != "" {
+			o.region = "us-east-1"
+		}
+		var err error
+		if o.maxAttempts, err = strconv.Atoi(*maxAttempts); err != nil || o.maxAttempts < 1 || o.maxAttempts > 100 {
+			return o, usageError{fmt.Sprintf("--max-attempts %q: want a number from 1 to 100", *maxAttempts)}
+		}
+		if o.requestTimeout = *requestTimeout; o.requestTimeout <= 0 {
+			return o, usageError{fmt.Sprintf("--request-timeout %v: want a positive duration", o.requestTimeout)}
+		}
+		return o, nil
+	}
+}
+
+// clientConfig is the s3backend configuration for bucket.
+func (o s3Options) clientConfig(bucket string, conns int, metrics *s3backend.Metrics, logger *slog.Logger) s3backend.Config {
+	return s3backend.Config{
+		Bucket:          bucket,
+		Endpoint:        o.endpoint,
+		Region:          o.region,
+		ForcePathStyle:  o.forcePathStyle,
+		Profile:         o.profile,
+		NoSignRequest:   o.noSignRequest,
+		MaxConnsPerHost: conns,
+		MaxAttempts:     o.maxAttempts,
+		RequestTimeout:  o.requestTimeout,
+		Metrics:         metrics,
+		Logger:          logger,
+	}
+}
+
+// logOptions say where and how bgbfs logs.
+type logOptions struct {
+	logLevel  slog.Level
+	logFormat string
+	logFile   string
+}
+
+func addLogFlags(fs *pflag.FlagSet) func() (logOptions, error) {
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logFile := fs.String("log-file", "", "append logs to this file instead of stderr")
+	return func() (logOptions, error) {
+		o := logOptions{logFile: *logFile}
+		if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+			return o, usageError{fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel)}
+		}
+		if o.logFormat = *logFormat; o.logFormat != "text" && o.logFormat != "json" {
+			return o, usageError{fmt.Sprintf("--log-format %q: want text or json", o.logFormat)}
+		}
+		return o, nil
+	}
+}
+
+// cacheDirOptions say where bgbfs keeps state across runs: a local
+// directory, or a prefix of a bucket.
+type cacheDirOptions struct {
+	local              string
+	s3Bucket, s3Prefix string
+	size               int64
+}
+
+func (o cacheDirOptions) set() bool { return o.local != "" || o.s3Bucket != "" }
+
+// String names the dir for logs.
+func (o cacheDirOptions) String() string {
+	if o.s3Bucket != "" {
+		return "s3://" + o.s3Bucket + "/" + o.s3Prefix
+	}
+	return o.local
+}
+
+func addCacheDirFlags(fs *pflag.FlagSet, what string) func() (cacheDirOptions, error) {
+	dir := fs.String("cache-dir", "", what)
+	size := fs.String("cache-dir-size", "0", "most bytes a local --cache-dir holds, least recently used files removed first; 0 keeps 5% of its file system free")
+	return func() (cacheDirOptions, error) {
+		var o cacheDirOptions
+		var err error
+		if o.size, err = parseSize("cache-dir-size", *size); err != nil {
+			return o, err
+		}
+		if strings.HasPrefix(*dir, "s3://") {
+			if o.s3Bucket, o.s3Prefix, err = parseS3URL(*dir); err != nil {
+				return o, usageError{"--cache-dir: " + err.Error()}
+			}
+			return o, nil
+		}
+		if strings.Contains(*dir, "://") {
+			return o, usageError{fmt.Sprintf("--cache-dir %q: want a local directory or s3://BUCKET/PREFIX/", *dir)}
+		}
+		o.local = *dir
+		return o, nil
+	}
+}

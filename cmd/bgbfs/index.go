@@ -1,0 +1,418 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
+
+	"github.com/bgbfs/bgbfs/cache"
+	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+const indexSynopsis = "bgbfs index [flags] s3://BUCKET[/PREFIX/] --cache-dir DIR|s3://BUCKET/PREFIX/"
+
+// indexOptions is everything "bgbfs index" is told, validated.
+type indexOptions struct {
+	bucket, prefix string
+	s3Options
+	logOptions
+	limit    bgfs.Limit
+	cacheDir cacheDirOptions
+	// placement places access points as a mount with the same
+	// --npz-checkpoint-span and --kernel-read-ahead would.
+	placement bgfs.IndexPlacement
+	jobs      int
+}
+
+func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer) (indexOptions, error) {
+	fs := newFlagSet("index", indexSynopsis, stdout)
+	readCacheDir := addCacheDirFlags(fs, "where to write the indexes (required): a local directory, or s3://BUCKET/PREFIX/ for a fleet of mounts to read")
+	readS3 := addS3Flags(fs, getenv)
+	limitFiles := fs.StringArray("limit-files", nil, "index only the archives a mount with this --limit-files shows (N, or DIR=N; env BGB_LIMIT_FILES sets N)")
+	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts")
+	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between access points, as the mounts that read the indexes use")
+	kernelReadAhead := fs.String("kernel-read-ahead", "128KiB", "the kernel read-ahead of the mounts that read the indexes (their --kernel-read-ahead; 128KiB with --npz-members): access points go just before where its reads of each row start")
+	jobs := fs.Int("jobs", runtime.NumCPU(), "archives indexed at once (each inflates on one core)")
+	readLog := addLogFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return indexOptions{}, err
+	}
+	if fs.NArg() != 1 {
+		return indexOptions{}, usageError{fmt.Sprintf("takes 1 argument, s3://BUCKET[/PREFIX/]; got %d", fs.NArg())}
+	}
+	var o indexOptions
+	var err error
+	if o.bucket, o.prefix, err = parseS3URL(fs.Arg(0)); err != nil {
+		return o, err
+	}
+	if o.s3Options, err = readS3(); err != nil {
+		return o, err
+	}
+	if o.logOptions, err = readLog(); err != nil {
+		return o, err
+	}
+	if o.cacheDir, err = readCacheDir(); err != nil {
+		return o, err
+	}
+	if !o.cacheDir.set() {
+		return o, usageError{"--cache-dir is required: where the indexes go"}
+	}
+	if o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern); err != nil {
+		return o, err
+	}
+	var span, ra int64
+	if span, err = parseSize("npz-checkpoint-span", *npzSpan); err != nil {
+		return o, err
+	}
+	if span < 64<<10 || span > 64<<20 {
+		return o, usageError{fmt.Sprintf("--npz-checkpoint-span %q: want a size from 64KiB to 64MiB", *npzSpan)}
+	}
+	if ra, err = parseSize("kernel-read-ahead", *kernelReadAhead); err != nil {
+		return o, err
+	}
+	o.placement = bgfs.IndexPlacement{Span: span, RowLead: bgfs.RowLead(ra)}
+	if o.jobs = *jobs; o.jobs < 1 || o.jobs > 256 {
+		return o, usageError{fmt.Sprintf("--jobs %d: want a number from 1 to 256", o.jobs)}
+	}
+	return o, nil
+}
+
+// runIndex is "bgbfs index": it indexes every compressed member of every
+// .npz under the prefix into the cache dir.
+func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseIndexArgs(args, os.Getenv, stdout)
+	if err != nil {
+		return err
+	}
+	logger, closeLog, err := newLogger(o.logOptions, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, 2*o.jobs, nil, logger))
+	if err != nil {
+		return err
+	}
+	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
+	_, err = client.Probe(probeCtx, o.prefix)
+	cancel()
+	if err != nil {
+		return explainProbe(o.s3Options, o.bucket, o.prefix, err)
+	}
+	files := bgfs.IndexFiles{Bucket: o.bucket}
+	if o.cacheDir.s3Bucket != "" {
+		files.Dir = client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
+	} else {
+		dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
+		if err != nil {
+			return err
+		}
+		defer dir.Close()
+		if err := dir.WriteErr(); err != nil {
+			return fmt.Errorf("cache dir %s is not writable: %w", dir, err)
+		}
+		files.Dir = dir
+	}
+	archives, err := listArchives(ctx, client, o.prefix, o.limit)
+	if err != nil {
+		return fmt.Errorf("listing s3://%s/%s: %s", o.bucket, o.prefix, s3backend.Describe(err))
+	}
+	run := &indexRun{o: o, client: client, files: files, start: time.Now()}
+	for _, a := range archives {
+		run.totalBytes += a.Size
+	}
+	run.total = len(archives)
+	showProgress := false
+	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		showProgress = true
+	}
+	stopProgress := run.progress(stdout, showProgress)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	for _, a := range archives {
+		g.Go(func() error {
+			run.index(gctx, a)
+			return nil
+		})
+	}
+	g.Wait()
+	stopProgress()
+	fmt.Fprintln(stdout, run.summary())
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	if len(run.failed) > 0 {
+		slices.SortFunc(run.failed, func(a, b archiveFailure) int { return strings.Compare(a.key, b.key) })
+		for _, f := range run.failed {
+			fmt.Fprintf(stderr, "bgbfs: index s3://%s/%s: %s\n", o.bucket, f.key, oneLine(f.err.Error()))
+		}
+		fmt.Fprintf(stderr, "bgbfs: %d of %d archives failed\n", len(run.failed), run.total)
+		return exitError{1}
+	}
+	return nil
+}
+
+// listArchives lists every .npz under prefix, keeping in each directory
+// only those a mount with limit shows.
+func listArchives(ctx context.Context, store s3backend.ObjectStore, prefix string, limit bgfs.Limit) ([]s3backend.Version, error) {
+	byDir := map[string][]s3backend.ObjectInfo{}
+	var dirs []string
+	req := s3backend.ListRequest{Prefix: prefix}
+	for {
+		page, err := store.List(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range page.Objects {
+			rel := strings.TrimPrefix(obj.Key, prefix)
+			if rel == "" || strings.HasSuffix(rel, "/") {
+				continue // the prefix itself, or a directory marker
+			}
+			dir := path.Dir(rel)
+			if dir == "." {
+				dir = ""
+			}
+			if _, ok := byDir[dir]; !ok {
+				dirs = append(dirs, dir)
+			}
+			byDir[dir] = append(byDir[dir], obj)
+		}
+		if page.NextContinuationToken == "" {
+			break
+		}
+		req.ContinuationToken = page.NextContinuationToken
+	}
+	var out []s3backend.Version
+	for _, dir := range dirs {
+		objs := byDir[dir]
+		names := make([]string, len(objs))
+		for i, obj := range objs {
+			names[i] = path.Base(obj.Key)
+		}
+		shown := limit.Shown(dir, names)
+		for i, obj := range objs {
+			if shown[i] && strings.HasSuffix(obj.Key, ".npz") {
+				out = append(out, s3backend.Version{Key: obj.Key, ETag: obj.ETag, Size: obj.Size, LastModified: obj.LastModified})
+			}
+		}
+	}
+	return out, nil
+}
+
+// indexRun is one "bgbfs index": its archives' progress and results.
+type indexRun struct {
+	o      indexOptions
+	client *s3backend.Client
+	files  bgfs.IndexFiles
+	start  time.Time
+
+	total      int
+	totalBytes int64
+
+	archivesDone, indexed, current atomic.Int64
+	members, compressedBytes       atomic.Int64
+	bytesDone                      atomic.Int64
+
+	mu     sync.Mutex
+	failed []archiveFailure
+}
+
+type archiveFailure struct {
+	key string
+	err error
+}
+
+// index indexes the archive a unless it is current, and records how it
+// went.
+func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
+	defer r.archivesDone.Add(1)
+	defer r.bytesDone.Add(a.Size)
+	if ctx.Err() != nil {
+		return
+	}
+	done, err := r.files.Done(ctx, a, r.o.placement)
+	if err == nil && done {
+		r.current.Add(1)
+		return
+	}
+	if err == nil {
+		err = r.indexArchive(ctx, a)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return // interrupted: not the archive's fault
+		}
+		r.mu.Lock()
+		r.failed = append(r.failed, archiveFailure{a.Key, err})
+		r.mu.Unlock()
+		return
+	}
+	r.indexed.Add(1)
+}
+
+// indexArchive reads the zip directory of a, builds the index of every
+// deflated member that has none in the dir, reading the members' bytes in
+// one streaming GET, saves them, and marks the archive done.
+func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error {
+	dir, err := npz.ReadDirectory(objectReaderAt{ctx, r.client, a}, a.Size)
+	if err != nil {
+		return fmt.Errorf("reading the zip directory: %w", err)
+	}
+	var todo []npz.Member
+	for _, m := range dir.Members {
+		if m.Method != npz.Deflated {
+			continue
+		}
+		if _, err := r.files.Load(ctx, a, m); err == nil {
+			continue // a mount built it already
+		}
+		todo = append(todo, m)
+	}
+	if len(todo) > 0 {
+		slices.SortFunc(todo, func(x, y npz.Member) int { return int(x.HeaderOffset - y.HeaderOffset) })
+		// From the first member's local header to past the last one's
+		// data: a local header's name and extra field are at most
+		// 2 x 64 KiB.
+		last := todo[len(todo)-1]
+		from, to := todo[0].HeaderOffset, min(a.Size, last.HeaderOffset+30+2*0xFFFF+last.CompressedSize)
+		stream := r.client.Stream(ctx, a, from, to-from)
+		defer stream.Close()
+		src := &forwardReaderAt{r: stream, pos: from}
+		for _, m := range todo {
+			x, err := npz.BuildIndex(src, m, r.o.placement.Span, r.o.placement.RowLead)
+			if err != nil {
+				return err
+			}
+			if err := r.files.Save(ctx, a, m, x); err != nil {
+				return fmt.Errorf("saving the index of %q: %w", m.Name, err)
+			}
+			r.members.Add(1)
+			r.compressedBytes.Add(m.CompressedSize)
+		}
+	}
+	if err := r.files.MarkDone(ctx, a, r.o.placement); err != nil {
+		return fmt.Errorf("marking the archive indexed: %w", err)
+	}
+	return nil
+}
+
+// summary is the line "bgbfs index" ends with.
+func (r *indexRun) summary() string {
+	elapsed := time.Since(r.start)
+	rate := float64(r.compressedBytes.Load()) / max(elapsed.Seconds(), 1e-3)
+	r.mu.Lock()
+	failed := len(r.failed)
+	r.mu.Unlock()
+	return fmt.Sprintf("indexed %d archives (%d members, %s compressed) in %s, %s/s; %d current; %d failed",
+		r.indexed.Load(), r.members.Load(), humanize.Bytes(uint64(r.compressedBytes.Load())),
+		elapsed.Round(100*time.Millisecond), humanize.Bytes(uint64(rate)), r.current.Load(), failed)
+}
+
+// progress redraws a progress line on a terminal twice a second until
+// the returned function is called; elsewhere it shows nothing.
+func (r *indexRun) progress(w io.Writer, on bool) (stop func()) {
+	if !on {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-tick.C:
+				fmt.Fprint(w, "\r\033[K"+r.progressLine())
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+func (r *indexRun) progressLine() string {
+	const width = 24
+	n, bytes := r.archivesDone.Load(), r.bytesDone.Load()
+	frac := float64(bytes) / float64(max(r.totalBytes, 1))
+	bar := strings.Repeat("=", int(frac*width)) + strings.Repeat(" ", width-int(frac*width))
+	elapsed := time.Since(r.start).Seconds()
+	rate := float64(r.compressedBytes.Load()) / max(elapsed, 1e-3)
+	eta := "?"
+	if bytes > 0 {
+		eta = (time.Duration(float64(r.totalBytes-bytes)/float64(bytes)*elapsed) * time.Second).Round(time.Second).String()
+	}
+	r.mu.Lock()
+	failed := len(r.failed)
+	r.mu.Unlock()
+	return fmt.Sprintf("[%s] %d/%d archives, %s/%s, %s/s, ETA %s (%d current, %d failed)", bar, n, r.total,
+		humanize.Bytes(uint64(bytes)), humanize.Bytes(uint64(r.totalBytes)), humanize.Bytes(uint64(rate)), eta, r.current.Load(), failed)
+}
+
+// objectReaderAt reads one object version with ranged GETs.
+type objectReaderAt struct {
+	ctx    context.Context
+	client *s3backend.Client
+	v      s3backend.Version
+}
+
+func (o objectReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := o.client.ReadAt(o.ctx, o.v, off, p)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// forwardReaderAt serves reads at increasing offsets from one stream,
+// skipping what lies between them: BuildIndex reads a member's local
+// header, then its compressed data, in order.
+type forwardReaderAt struct {
+	r   io.Reader
+	pos int64
+}
+
+func (f *forwardReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < f.pos {
+		return 0, fmt.Errorf("read at %d, behind the stream at %d", off, f.pos)
+	}
+	if off > f.pos {
+		n, err := io.CopyN(io.Discard, f.r, off-f.pos)
+		f.pos += n
+		if err != nil {
+			return 0, err
+		}
+	}
+	n, err := io.ReadFull(f.r, p)
+	f.pos += int64(n)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF
+	}
+	return n, err
+}

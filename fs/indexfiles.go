@@ -1,0 +1,204 @@
+package fs
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	iofs "io/fs"
+	"strconv"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
+)
+
+// StateDir keeps named files across runs: a local directory
+// (cache.Dir) or a prefix of a bucket (s3backend.Blobs). Names are
+// relative, slash-separated paths.
+type StateDir interface {
+	// Load returns the file name, or an error wrapping io/fs.ErrNotExist
+	// if there is none.
+	Load(ctx context.Context, name string) ([]byte, error)
+	// Store writes data as the file name, whole or not at all.
+	Store(ctx context.Context, name string, data []byte) error
+}
+
+// IndexFiles keeps the indexes of compressed .npz members in a StateDir,
+// so that a restart, another mount or a whole fleet reads what one build
+// found instead of inflating every member again.
+//
+// Each index is a file of its own, named by a hash of what it is of: the
+// bucket, the key, the archive version (ETag, or size and modification
+// time) and size, the member, and the encoding's format version. The
+// file says all of these again and ends in a CRC-32C of the rest; an
+// index is used only if all agree, so a file that is torn, damaged, of
+// another format or of an overwritten archive is never trusted (Load
+// says why, and it is built and written again).
+type IndexFiles struct {
+	Dir    StateDir
+	Bucket string
+}
+
+// ErrIndexFileBad wraps the reason an index file in the dir was not
+// used: it is corrupt, truncated, of another format version, or of
+// another archive version than the one listed now.
+var ErrIndexFileBad = errors.New("npz index file ignored")
+
+const (
+	indexFileMagic  = "BGBFSNX\n"
+	indexFileDir    = "npz-index/"
+	indexFileSuffix = ".idx"
+	// archiveDoneSuffix names the file "bgbfs index" writes once every
+	// compressed member of an archive version is indexed: a later run
+	// skips the archive without a request to the bucket.
+	archiveDoneSuffix = ".done"
+	// indexFileHeader is the magic and the format version; the trailer
+	// is the CRC-32C.
+	indexFileHeader = len(indexFileMagic) + 4
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// indexID is what an index file is of.
+type indexID struct {
+	bucket string
+	obj    cache.Object
+	member string
+}
+
+func (id indexID) fields() []string {
+	return []string{id.bucket, id.obj.Key, id.obj.Tag(), strconv.FormatInt(id.obj.Size, 10), id.member}
+}
+
+// name is the file's path in the dir: a hash of the fields and the
+// format version, spread over 256 subdirectories.
+func (id indexID) name(suffix string) string {
+	h := sha256.New()
+	for _, f := range id.fields() {
+		h.Write(binary.AppendUvarint(nil, uint64(len(f))))
+		h.Write([]byte(f))
+	}
+	h.Write(binary.LittleEndian.AppendUint32(nil, npz.IndexFormat))
+	s := hex.EncodeToString(h.Sum(nil)[:16])
+	return indexFileDir + s[:2] + "/" + s + suffix
+}
+
+// encode frames body as a file of id: magic, format version, the id's
+// fields, the body, and a CRC-32C of all that.
+func (id indexID) encode(body []byte) []byte {
+	b := append([]byte(indexFileMagic), binary.LittleEndian.AppendUint32(nil, npz.IndexFormat)...)
+	for _, f := range id.fields() {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	b = append(b, body...)
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// decode checks that b is a whole file of id in the current format and
+// returns its body; the error wraps ErrIndexFileBad with the reason.
+func (id indexID) decode(b []byte) ([]byte, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrIndexFileBad, fmt.Sprintf(format, args...))
+	}
+	if len(b) < indexFileHeader+4 {
+		return nil, bad("%d bytes, too short (truncated)", len(b))
+	}
+	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
+	if string(b[:len(indexFileMagic)]) != indexFileMagic {
+		return nil, bad("not an index file (bad magic)")
+	}
+	if v := binary.LittleEndian.Uint32(b[len(indexFileMagic):]); v != npz.IndexFormat {
+		return nil, bad("format version %d, this bgbfs reads %d", v, npz.IndexFormat)
+	}
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, bad("checksum mismatch (corrupt or truncated)")
+	}
+	rest := body[indexFileHeader:]
+	for i, want := range id.fields() {
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return nil, bad("malformed header")
+		}
+		if got := string(rest[k : k+int(n)]); got != want {
+			what := [...]string{"bucket", "key", "archive version", "archive size", "member"}[i]
+			return nil, bad("of another %s (%q, want %q)", what, got, want)
+		}
+		rest = rest[k+int(n):]
+	}
+	return rest, nil
+}
+
+// Load returns the index of member m of archive obj kept in the dir: an
+// error wrapping io/fs.ErrNotExist if there is none, ErrIndexFileBad if
+// the file is not to be trusted, or another error if it cannot be read.
+func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
+	id := indexID{f.Bucket, obj, m.Name}
+	b, err := f.Dir.Load(ctx, id.name(indexFileSuffix))
+	if err != nil {
+		return nil, err
+	}
+	body, err := id.decode(b)
+	if err != nil {
+		return nil, err
+	}
+	x, err := npz.UnmarshalIndex(body, m)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrIndexFileBad, err)
+	}
+	return x, nil
+}
+
+// Save writes the index x of member m of archive obj into the dir.
+func (f IndexFiles) Save(ctx context.Context, obj cache.Object, m npz.Member, x *npz.Index) error {
+	body, err := x.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	id := indexID{f.Bucket, obj, m.Name}
+	return f.Dir.Store(ctx, id.name(indexFileSuffix), id.encode(body))
+}
+
+// IndexPlacement is how an index's access points were placed: the span
+// and the row lead BuildIndex was given. "bgbfs index" skips archives
+// indexed with the placement it would use.
+type IndexPlacement struct {
+	Span, RowLead int64
+}
+
+func (p IndexPlacement) encode() []byte {
+	return binary.AppendUvarint(binary.AppendUvarint(nil, uint64(p.Span)), uint64(p.RowLead))
+}
+
+// MarkDone records that every compressed member of archive obj is
+// indexed in the dir, with placement p.
+func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlacement) error {
+	id := indexID{f.Bucket, obj, ""}
+	return f.Dir.Store(ctx, id.name(archiveDoneSuffix), id.encode(p.encode()))
+}
+
+// Done reports whether MarkDone recorded archive obj with placement p. A
+// missing or untrustworthy record is not done; an error is a failure to
+// look.
+func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement) (bool, error) {
+	id := indexID{f.Bucket, obj, ""}
+	b, err := f.Dir.Load(ctx, id.name(archiveDoneSuffix))
+	if errors.Is(err, iofs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	body, err := id.decode(b)
+	return err == nil && string(body) == string(p.encode()), nil
+}
+
+// RowLead is where an index puts each row's access point for a mount
+// whose kernel read-ahead is kernelReadAhead: where the kernel's first
+// read of the row starts (half its read-ahead before the page a loader
+// touches), and two pages more, so that reading a window inflates from
+// just before it.
+func RowLead(kernelReadAhead int64) int64 { return kernelReadAhead/2 + 2*pageSize }

@@ -1,0 +1,182 @@
+package fs
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	iofs "io/fs"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
+)
+
+// memDir is a StateDir in memory.
+type memDir struct {
+	mu    sync.Mutex
+	files map[string][]byte
+}
+
+func (d *memDir) Load(_ context.Context, name string) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b, ok := d.files[name]
+	if !ok {
+		return nil, iofs.ErrNotExist
+	}
+	return bytes.Clone(b), nil
+}
+
+func (d *memDir) Store(_ context.Context, name string, data []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.files == nil {
+		d.files = map[string][]byte{}
+	}
+	d.files[name] = bytes.Clone(data)
+	return nil
+}
+
+// indexedArchive is a zip with one deflated member of random bytes, its
+// directory entry and its index.
+func indexedArchive(t *testing.T) ([]byte, npz.Member, *npz.Index) {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, err := zw.CreateHeader(&zip.FileHeader{Name: "windows.npy", Method: zip.Deflate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 3<<20)
+	for i := range data {
+		data[i] = byte(rand.N(16))
+	}
+	w.Write(data)
+	zw.Close()
+	archive := buf.Bytes()
+	dir, err := npz.ReadDirectory(bytes.NewReader(archive), int64(len(archive)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := dir.Members[0]
+	x, err := npz.BuildIndex(bytes.NewReader(archive), m, 1<<20, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archive, m, x
+}
+
+// TestIndexFilesTrustOnlyTheirOwn: an index file is used only if it is
+// whole, in this format, and of the archive version and member asked for;
+// each other case says why.
+func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
+	ctx := context.Background()
+	archive, m, x := indexedArchive(t)
+	obj := cache.Object{Key: "train/a.npz", ETag: `"v1"`, Size: int64(len(archive))}
+	name := indexID{"bucket", obj, m.Name}.name(indexFileSuffix)
+	// resealed fixes the CRC-32C after an edit, so only the edit is wrong.
+	resealed := func(b []byte) []byte {
+		b = b[:len(b)-4]
+		return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	}
+	for _, tt := range []struct {
+		name   string
+		edit   func(dir *memDir, file []byte) // changes what is stored under name
+		obj    cache.Object
+		member npz.Member
+		reason string // "" loads
+	}{
+		{"good", nil, obj, m, ""},
+		{"a byte flipped", func(d *memDir, b []byte) { b[len(b)/2] ^= 1; d.files[name] = b }, obj, m, "checksum mismatch"},
+		{"truncated", func(d *memDir, b []byte) { d.files[name] = b[:len(b)-100] }, obj, m, "checksum mismatch"},
+		{"cut to the header", func(d *memDir, b []byte) { d.files[name] = b[:10] }, obj, m, "too short"},
+		{"another format version", func(d *memDir, b []byte) {
+			binary.LittleEndian.PutUint32(b[len(indexFileMagic):], npz.IndexFormat+1)
+			d.files[name] = resealed(b)
+		}, obj, m, "format version 2"},
+		{"not an index", func(d *memDir, b []byte) { copy(b, "NOTINDEX"); d.files[name] = resealed(b) }, obj, m, "bad magic"},
+		{"another archive version under this name", func(d *memDir, b []byte) {
+			v2 := obj
+			v2.ETag = `"v2"`
+			body := b[len(indexID{"bucket", obj, m.Name}.encode(nil))-4 : len(b)-4]
+			d.files[name] = indexID{"bucket", v2, m.Name}.encode(body)
+		}, obj, m, "another archive version"},
+		{"the member's CRC differs", nil, obj, func() npz.Member { o := m; o.CRC32 ^= 1; return o }(), "another member"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := &memDir{}
+			files := IndexFiles{Dir: dir, Bucket: "bucket"}
+			if err := files.Save(ctx, obj, m, x); err != nil {
+				t.Fatal(err)
+			}
+			if tt.edit != nil {
+				tt.edit(dir, bytes.Clone(dir.files[name]))
+			}
+			y, err := files.Load(ctx, tt.obj, tt.member)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, want := make([]byte, 4096), make([]byte, 4096)
+				y.ReadAt(bytes.NewReader(archive), got, 2<<20)
+				x.ReadAt(bytes.NewReader(archive), want, 2<<20)
+				if !bytes.Equal(got, want) {
+					t.Error("the loaded index reads other bytes than the built one")
+				}
+				return
+			}
+			if !errors.Is(err, ErrIndexFileBad) || !strings.Contains(err.Error(), tt.reason) {
+				t.Errorf("load = %v; want ErrIndexFileBad saying %q", err, tt.reason)
+			}
+		})
+	}
+	// Another ETag, bucket or member is another file: not found.
+	files := IndexFiles{Dir: &memDir{}, Bucket: "bucket"}
+	files.Save(ctx, obj, m, x)
+	for _, o := range []cache.Object{{Key: obj.Key, ETag: `"v2"`, Size: obj.Size}, {Key: obj.Key, ETag: obj.ETag, Size: obj.Size + 1}, {Key: "train/b.npz", ETag: obj.ETag, Size: obj.Size}} {
+		if _, err := files.Load(ctx, o, m); !errors.Is(err, iofs.ErrNotExist) {
+			t.Errorf("load for %+v: %v, want ErrNotExist", o, err)
+		}
+	}
+	if _, err := (IndexFiles{Dir: files.Dir, Bucket: "other"}).Load(ctx, obj, m); !errors.Is(err, iofs.ErrNotExist) {
+		t.Errorf("load for another bucket: %v, want ErrNotExist", err)
+	}
+}
+
+// TestArchiveDone: an archive is done only for the placement it was
+// indexed with, and only its own version.
+func TestArchiveDone(t *testing.T) {
+	ctx := context.Background()
+	files := IndexFiles{Dir: &memDir{}, Bucket: "bucket"}
+	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
+	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
+	if done, err := files.Done(ctx, obj, p); done || err != nil {
+		t.Fatalf("done before MarkDone: %v, %v", done, err)
+	}
+	if err := files.MarkDone(ctx, obj, p); err != nil {
+		t.Fatal(err)
+	}
+	v2 := obj
+	v2.ETag = `"v2"`
+	for _, tt := range []struct {
+		name string
+		obj  cache.Object
+		p    IndexPlacement
+		want bool
+	}{
+		{"same", obj, p, true},
+		{"another span", obj, IndexPlacement{Span: 2 << 20, RowLead: p.RowLead}, false},
+		{"another read-ahead", obj, IndexPlacement{Span: p.Span, RowLead: RowLead(256 << 10)}, false},
+		{"another version", v2, p, false},
+	} {
+		if done, err := files.Done(ctx, tt.obj, tt.p); done != tt.want || err != nil {
+			t.Errorf("%s: done = %v, %v; want %v", tt.name, done, err, tt.want)
+		}
+	}
+}
