@@ -176,9 +176,14 @@ func (d *Dir) write(p string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	// Readable by every user: mounts of one dir may run as different
+	// users (a training container as root, a notebook as its user).
+	err = f.Chmod(0o644)
 	// No fsync: a file torn by a crash fails the checksum its reader
 	// keeps in it, and is written again.
-	_, err = f.Write(data)
+	if err == nil {
+		_, err = f.Write(data)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -61,6 +61,9 @@ type NPZView struct {
 	// filesOff is set once a save failed: the dir is full or read-only,
 	// and indexes are kept in memory only.
 	filesOff atomic.Bool
+	// loadFailed is set once a dir could not be read (not a missing or
+	// untrusted file: an I/O or S3 failure).
+	loadFailed atomic.Bool
 
 	builds, hits, buildErrors       atomic.Int64
 	loads, filesIgnored, filesSaved atomic.Int64
@@ -335,7 +338,13 @@ func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 		v.filesIgnored.Add(1)
 		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", m.Name, "reason", err.Error(), "dir", v.files.Dir)
 	case v.life.Err() == nil:
-		v.logger.Warn("npz index file unreadable; building the index", "archive", obj.Key, "member", m.Name, "err", err, "dir", v.files.Dir)
+		// An unreachable s3:// dir would say so for every archive:
+		// once at warn, then at debug.
+		level := slog.LevelDebug
+		if v.loadFailed.CompareAndSwap(false, true) {
+			level = slog.LevelWarn
+		}
+		v.logger.Log(v.life, level, "npz index file unreadable; building the index", "archive", obj.Key, "member", m.Name, "err", err, "dir", v.files.Dir)
 	}
 	return nil
 }
