@@ -62,6 +62,8 @@ type Dir struct {
 	// writeErr is the write failure that turned writes off.
 	writeErr atomic.Pointer[error]
 	statfs   func(path string) (free, total int64, err error)
+	// removed counts the files this process removed: trimmed or damaged.
+	removed atomic.Int64
 }
 
 // OpenDir returns the Dir at root, creating it if it can; limit bounds
@@ -118,8 +120,12 @@ func (d *Dir) WriteErr() error {
 	return nil
 }
 
+// writesOff turns writes off for good, saying so once: a full or
+// read-only disk stays so, and the mount goes on without writing.
 func (d *Dir) writesOff(err error) {
-	d.writeErr.CompareAndSwap(nil, &err)
+	if d.writeErr.CompareAndSwap(nil, &err) {
+		d.logger.Warn("cache dir not writable: blocks and member indexes kept in memory only", "dir", d.root, "err", err)
+	}
 }
 
 func (d *Dir) path(name string) (string, error) {
@@ -132,19 +138,54 @@ func (d *Dir) path(name string) (string, error) {
 // Load returns the file name (a relative, slash-separated path), or an
 // error wrapping io/fs.ErrNotExist if the dir does not hold it.
 func (d *Dir) Load(ctx context.Context, name string) ([]byte, error) {
-	p, err := d.path(name)
+	f, size, err := d.Open(name)
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(p)
-	if err != nil {
+	defer f.Close()
+	data := make([]byte, size)
+	if _, err := f.ReadAt(data, 0); err != nil {
 		return nil, fmt.Errorf("cache dir: %w", err)
 	}
-	if fi, err := os.Stat(p); err == nil && time.Since(fi.ModTime()) > dirTouchAfter {
+	return data, nil
+}
+
+// Open opens the file name for reading and returns its size; an error
+// wrapping io/fs.ErrNotExist if the dir does not hold it. It counts as a
+// use of the file.
+func (d *Dir) Open(name string) (*os.File, int64, error) {
+	p, err := d.path(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, syscall.ENOTDIR) {
+		// A file where a directory of the path should be: nothing
+		// under it is there.
+		return nil, 0, fmt.Errorf("cache dir: %w: %w", iofs.ErrNotExist, err)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("cache dir: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("cache dir: %w", err)
+	}
+	if time.Since(fi.ModTime()) > dirTouchAfter {
 		now := time.Now()
 		_ = os.Chtimes(p, now, now) // best effort: a read-only dir keeps its times
 	}
-	return data, nil
+	return f, fi.Size(), nil
+}
+
+// Remove deletes the file name, if it is there: a file found damaged.
+func (d *Dir) Remove(name string) {
+	if p, err := d.path(name); err == nil {
+		if os.Remove(p) == nil {
+			d.removed.Add(1)
+		}
+	}
 }
 
 // Store writes data as the file name, replacing any. Once a write fails,
@@ -302,6 +343,7 @@ func (d *Dir) trim() error {
 			}
 			removed += f.size
 			n++
+			d.removed.Add(1)
 		}
 		total -= removed
 		d.logger.Debug("cache dir trimmed", "dir", d.root, "files_removed", n, "bytes_removed", removed, "bytes_kept", total)
@@ -309,6 +351,10 @@ func (d *Dir) trim() error {
 	d.used.Store(total)
 	return nil
 }
+
+// Removed counts the files this process removed from the dir: the least
+// recently used, trimmed, and damaged ones.
+func (d *Dir) Removed() int64 { return d.removed.Load() }
 
 // Used returns the bytes the dir holds, as far as this process knows:
 // the last walk plus its own stores since.

@@ -359,7 +359,8 @@ func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
 		v.filesSaved.Add(1)
 		return
 	}
-	if v.life.Err() == nil && v.filesOff.CompareAndSwap(false, true) {
+	// A local dir says once itself that it cannot be written.
+	if v.filesOff.CompareAndSwap(false, true) && v.life.Err() == nil && !errors.Is(err, cache.ErrDirNotWritable) {
 		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
 	}
 }

@@ -57,6 +57,19 @@ func (m *daemonMetrics) watchCache(blocks *cache.BlockCache) {
 	)
 }
 
+// watchDisk exposes the disk tier's counters.
+func (m *daemonMetrics) watchDisk(t *cache.DiskTier) {
+	registerStats(m.reg, t.Stats,
+		stat[cache.DiskStats]{"bgbfs_disk_hits_total", "Blocks read from --cache-dir instead of S3.", false, func(s cache.DiskStats) int64 { return s.Hits }},
+		stat[cache.DiskStats]{"bgbfs_disk_misses_total", "Blocks not in --cache-dir, fetched from S3.", false, func(s cache.DiskStats) int64 { return s.Misses }},
+		stat[cache.DiskStats]{"bgbfs_disk_written_bytes_total", "Block bytes written to --cache-dir.", false, func(s cache.DiskStats) int64 { return s.BytesWritten }},
+		stat[cache.DiskStats]{"bgbfs_disk_writes_skipped_total", "Blocks fetched but not written to --cache-dir (writers busy, or the dir not writable).", false, func(s cache.DiskStats) int64 { return s.WritesSkipped }},
+		stat[cache.DiskStats]{"bgbfs_disk_checksum_failures_total", "Block files in --cache-dir found damaged, removed and fetched again.", false, func(s cache.DiskStats) int64 { return s.ChecksumFailures }},
+		stat[cache.DiskStats]{"bgbfs_disk_evictions_total", "Files this process removed from --cache-dir (least recently used, or damaged).", false, func(s cache.DiskStats) int64 { return s.Evictions }},
+		stat[cache.DiskStats]{"bgbfs_disk_bytes", "Bytes --cache-dir holds (blocks and indexes), as this process last summed them plus its writes since.", true, func(s cache.DiskStats) int64 { return s.BytesUsed }},
+	)
+}
+
 // watchNPZ exposes the member view's index counters.
 func (m *daemonMetrics) watchNPZ(v *bgfs.NPZView) {
 	registerStats(m.reg, v.Stats,
@@ -106,6 +119,13 @@ var statsLines = []struct {
 	{"readahead_bytes_held", "bgbfs_readahead_bytes", nil},
 	{"readahead_bytes_fetched", "bgbfs_readahead_fetched_bytes_total", nil},
 	{"open_files", "bgbfs_open_files", nil},
+	{"disk_hits", "bgbfs_disk_hits_total", nil},
+	{"disk_misses", "bgbfs_disk_misses_total", nil},
+	{"disk_written_bytes", "bgbfs_disk_written_bytes_total", nil},
+	{"disk_writes_skipped", "bgbfs_disk_writes_skipped_total", nil},
+	{"disk_checksum_failures", "bgbfs_disk_checksum_failures_total", nil},
+	{"disk_evictions", "bgbfs_disk_evictions_total", nil},
+	{"disk_bytes", "bgbfs_disk_bytes", nil},
 	{"npz_index_builds", "bgbfs_npz_index_builds_total", nil},
 	{"npz_index_hits", "bgbfs_npz_index_hits_total", nil},
 	{"npz_index_bytes", "bgbfs_npz_index_bytes", nil},

@@ -112,14 +112,34 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	}
 
 	store := s3backend.Instrument(client, metrics.s3)
+	// The dir is opened first so that it is closed last: the disk tier's
+	// and the member view's last writes go to an open dir.
+	var dir *cache.Dir
+	if o.cacheDir.local != "" {
+		if dir, err = cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger); err != nil {
+			logger.Warn("cache dir not writable: blocks and member indexes kept in memory only", "dir", o.cacheDir.local, "err", err)
+		} else {
+			m.closers = append(m.closers, dir.Close)
+		}
+	}
+	var blockStore s3backend.ObjectStore = store
+	switch {
+	case dir != nil && o.cache.CacheSize > 0:
+		tier := cache.NewDiskTier(store, dir, o.cache.BlockSize, o.bucket, logger)
+		m.closers = append(m.closers, tier.Wait) // after the caches close: no new writes
+		metrics.watchDisk(tier)
+		blockStore = tier
+	case o.cacheDir.s3Bucket != "":
+		logger.Info("blocks are kept on disk only in a local --cache-dir: an s3:// one holds member indexes")
+	case dir != nil:
+		logger.Info("--cache-size 0 keeps no blocks, in memory or on disk")
+	}
 	o.cache.Logger = logger
 	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	var npzView *bgfs.NPZView
 	if o.npzMembers {
-		// Opened before the view, so closed after it: the view's last
-		// index writes go to an open dir.
-		files, save := m.openIndexFiles(o, client, logger)
+		files, save := indexFiles(o, client, dir)
 		// Indexes and decoded spans have bounds of their own, beside
 		// --cache-size.
 		if npzView, err = bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes); err != nil {
@@ -130,10 +150,8 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 			npzView.KeepIndexesIn(*files, save, logger)
 		}
 		metrics.watchNPZ(npzView)
-	} else if o.cacheDir.set() {
-		logger.Info("--cache-dir holds member indexes only, which --npz-members builds: not used", "cache_dir", o.cacheDir.String())
 	}
-	blocks, err := cache.New(store, o.cache)
+	blocks, err := cache.New(blockStore, o.cache)
 	if err != nil {
 		return nil, err
 	}
@@ -183,21 +201,14 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	return m, nil
 }
 
-// openIndexFiles opens --cache-dir for member indexes: a local dir is read
-// and written; an s3:// one is only read (one "bgbfs index" job writes
-// it for a fleet). A local dir that cannot be created leaves indexes in
-// memory, with a log line.
-func (m *liveMount) openIndexFiles(o mountOptions, client *s3backend.Client, logger *slog.Logger) (*bgfs.IndexFiles, bool) {
+// indexFiles is where the member view keeps indexes: a local dir is read
+// and written; an s3:// one is only read (one "bgbfs index" job writes it
+// for a fleet).
+func indexFiles(o mountOptions, client *s3backend.Client, dir *cache.Dir) (*bgfs.IndexFiles, bool) {
 	switch {
 	case o.cacheDir.s3Bucket != "":
 		return &bgfs.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Bucket: o.bucket}, false
-	case o.cacheDir.local != "":
-		dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
-		if err != nil {
-			logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", o.cacheDir.local, "err", err)
-			return nil, false
-		}
-		m.closers = append(m.closers, dir.Close)
+	case dir != nil:
 		return &bgfs.IndexFiles{Dir: dir, Bucket: o.bucket}, true
 	}
 	return nil, false
