@@ -81,7 +81,7 @@ func TestSequentialReadFetchesEachByteOnce(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, store, obj, data := setup(t, tt.size, testOptions(tt.cacheSize))
-			r := c.Open(obj, false)
+			r := c.Open(obj)
 			defer r.Close()
 			got := make([]byte, 0, len(data))
 			buf := make([]byte, tt.readSize)
@@ -123,7 +123,10 @@ func TestRandomAndConcurrentReadsMatchSource(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := c.Open(obj, w%2 == 0)
+			r := c.Open(obj)
+			if w%2 == 0 {
+				r = openZip(c, obj)
+			}
 			defer r.Close()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
 			for range 200 {
@@ -206,7 +209,7 @@ func TestConcurrentMissesShareOneGet(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := c.Open(obj, false)
+			r := c.Open(obj)
 			defer r.Close()
 			buf := make([]byte, 1000)
 			if _, err := r.ReadAt(context.Background(), buf, 5000); err != nil || !bytes.Equal(buf, data[5000:6000]) {
@@ -222,7 +225,7 @@ func TestConcurrentMissesShareOneGet(t *testing.T) {
 
 func TestZipOpenFetchesHeadAndTail(t *testing.T) {
 	c, store, obj, data := setup(t, 2*mib, testOptions(4*mib))
-	r := c.Open(obj, true)
+	r := openZip(c, obj)
 	defer r.Close()
 	// The reader asks for the end-of-central-directory first, then the head.
 	for _, off := range []int64{obj.Size - 22, obj.Size - 4096, 0} {
@@ -239,7 +242,7 @@ func TestZipOpenFetchesHeadAndTail(t *testing.T) {
 func TestChangedObjectIsStale(t *testing.T) {
 	c, store, obj, _ := setup(t, 300*kib, testOptions(1*mib))
 	store.Put("obj", []byte("a new version"))
-	r := c.Open(obj, false)
+	r := c.Open(obj)
 	defer r.Close()
 	_, err := r.ReadAt(context.Background(), make([]byte, 10), 0)
 	if !errors.Is(err, s3backend.ErrStale) {
@@ -249,7 +252,7 @@ func TestChangedObjectIsStale(t *testing.T) {
 
 func TestCacheOffReadsExactlyWhatIsAsked(t *testing.T) {
 	c, store, obj, data := setup(t, 1*mib, testOptions(0))
-	r := c.Open(obj, true)
+	r := openZip(c, obj)
 	defer r.Close()
 	buf := make([]byte, 1000)
 	for i, off := range []int64{0, 1000, 500000} {
@@ -291,7 +294,7 @@ func TestOutOfOrderReadsStaySequential(t *testing.T) {
 	opt := testOptions(16 * mib)
 	opt.ReorderWindow = 4 * 64 * kib
 	c, store, obj, data := setup(t, 8*mib, opt)
-	r := c.Open(obj, false)
+	r := c.Open(obj)
 	defer r.Close()
 	buf := make([]byte, 64*kib)
 	chunks := int(obj.Size) / len(buf)
@@ -420,7 +423,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 		{
 			name: "sequential reader's read-ahead",
 			duringOutage: func(c *BlockCache, obj Object) *Reader {
-				r := c.Open(obj, false)
+				r := c.Open(obj)
 				// Read from the start: read-ahead starts with the read,
 				// and both fail.
 				if _, err := r.ReadAt(context.Background(), make([]byte, readSize), 0); err == nil {
@@ -440,7 +443,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 		{
 			name: "zip archive's head and tail fetched at open",
 			duringOutage: func(c *BlockCache, obj Object) *Reader {
-				return c.Open(obj, true)
+				return openZip(c, obj)
 			},
 			after: func(obj Object) []int64 {
 				// The end of central directory, again and again, then
@@ -566,7 +569,7 @@ func refuseAllBlocks(t *testing.T, c *BlockCache) {
 	c.blocks = refusing
 }
 
-// TestZipReadsFetchEachByteOnce reads an archive through Open(obj, true)
+// TestZipReadsFetchEachByteOnce reads an archive through openZip
 // as numpy's np.load(path)["windows"] does (a few bytes at 0 for the
 // magic, the end of central directory and the central directory at the
 // end, then the member from the start, closing before the last block),
@@ -602,7 +605,7 @@ func TestZipReadsFetchEachByteOnce(t *testing.T) {
 			if tt.refuse {
 				refuseAllBlocks(t, c)
 			}
-			r := c.Open(obj, true)
+			r := openZip(c, obj)
 			for _, rd := range tt.reads(obj.Size) {
 				off, n := rd[0], min(rd[1], obj.Size-rd[0])
 				buf := make([]byte, n)
@@ -620,4 +623,12 @@ func TestZipReadsFetchEachByteOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openZip opens obj as fs opens a zip archive: both ends held.
+func openZip(c *BlockCache, obj Object) *Reader {
+	r := c.Open(obj)
+	r.Hold(0, 1)
+	r.Hold(obj.Size-1, 1)
+	return r
 }

@@ -23,7 +23,7 @@ func TestCloseWhileFetchesStart(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := c.Open(obj, false)
+				r := c.Open(obj)
 				defer r.Close()
 				rng := rand.New(rand.NewPCG(uint64(round), uint64(w)))
 				buf := make([]byte, 64*kib)

@@ -32,7 +32,7 @@ func FuzzReadAt(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		r := c.Open(Object{Key: "k", ETag: info.ETag, Size: info.Size}, true)
+		r := openZip(c, Object{Key: "k", ETag: info.ETag, Size: info.Size})
 		defer r.Close()
 		buf := make([]byte, n)
 		got, err := r.ReadAt(context.Background(), buf, off)

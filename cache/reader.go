@@ -37,28 +37,35 @@ type Reader struct {
 	pinnedBytes int64
 }
 
-// Open returns a Reader for one open file handle. For a zip archive
-// (.npz), which readers open at the end first, it starts fetching the head
-// and the tail at once so both arrive in one round trip.
-func (c *BlockCache) Open(obj Object, zipArchive bool) *Reader {
-	r := &Reader{c: c, obj: obj}
-	if c.blocks != nil && zipArchive && obj.Size > 0 {
-		r.mu.Lock()
-		lastBlock := (obj.Size - 1) / c.opt.BlockSize
-		r.prefetchLocked(0, 0, 1)
-		if lastBlock > 0 {
-			r.prefetchLocked(lastBlock, lastBlock, 1)
-		}
-		// Read-ahead does not make room by letting them go: zip readers
-		// come back to both ends, and read-ahead through the archive
-		// would fetch the tail again if the cache had not kept it.
-		for i := range r.held {
-			r.held[i].pinned = true
-			r.pinnedBytes += r.held[i].charge
-		}
-		r.mu.Unlock()
+// Open returns a Reader for one open file handle.
+func (c *BlockCache) Open(obj Object) *Reader {
+	return &Reader{c: c, obj: obj}
+}
+
+// Hold starts fetching the blocks of [off, off+n) that are neither cached
+// nor being fetched, like Prefetch, and keeps them, and those of them the
+// reader holds already, until it is closed: read-ahead does not let them
+// go to make room. It is for a reader that will come back to them, such
+// as one of a zip archive, which readers open at the end first and then
+// read from the start: fetched at open, both ends arrive in one round
+// trip, and read-ahead through the archive does not fetch the tail again.
+func (r *Reader) Hold(off, n int64) {
+	off, end := max(off, 0), min(off+n, r.obj.Size)
+	if r.c.blocks == nil || off >= end {
+		return
 	}
-	return r
+	bs := r.c.opt.BlockSize
+	first, last := off/bs, (end-1)/bs
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dropFailedLocked()
+	r.prefetchLocked(first, last, max(1, prefetchGET/bs))
+	for i, h := range r.held {
+		if !h.pinned && h.f.first <= last && h.f.end() > first {
+			r.held[i].pinned = true
+			r.pinnedBytes += h.charge
+		}
+	}
 }
 
 // OpenRandom returns a Reader that never reads ahead: each read fetches

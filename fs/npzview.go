@@ -291,7 +291,7 @@ func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member
 		return x, nil
 	}
 	v.builds.Add(1)
-	r := blocks.Open(obj, false)
+	r := blocks.Open(obj)
 	x, err := npz.BuildIndex(readerAt{v.life, r}, m, v.span, v.rowLead())
 	r.Close()
 	if err != nil {
