@@ -13,12 +13,13 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 
 	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
 // slowStore counts GETs and bytes, and makes each GET take a while so
 // that concurrent readers really overlap.
 type slowStore struct {
-	*s3backend.MemStore
+	*memstore.Store
 	delay time.Duration
 	gets  atomic.Int64
 	bytes atomic.Int64
@@ -37,7 +38,7 @@ func (s *slowStore) ReadAt(ctx context.Context, v s3backend.Version, off int64, 
 	}
 	defer s.inFlight.Add(-asked)
 	time.Sleep(s.delay)
-	n, err := s.MemStore.ReadAt(ctx, v, off, bufs...)
+	n, err := s.Store.ReadAt(ctx, v, off, bufs...)
 	s.bytes.Add(int64(n))
 	return n, err
 }
@@ -55,9 +56,9 @@ func setup(t *testing.T, size int, opt Options) (*BlockCache, *slowStore, Object
 	for i := range data {
 		data[i] = byte(rng.Uint32())
 	}
-	mem := s3backend.NewMemStore()
+	mem := memstore.New()
 	mem.Put("obj", data)
-	store := &slowStore{MemStore: mem, delay: time.Millisecond}
+	store := &slowStore{Store: mem, delay: time.Millisecond}
 	c, err := New(store, opt)
 	if err != nil {
 		t.Fatal(err)

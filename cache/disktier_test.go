@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
 // blocksOf splits [off, off+n) of an object of size bytes into block
@@ -24,11 +25,11 @@ func blocksOf(bs, off, n, size int64) [][]byte {
 
 func newDiskTierForTest(t *testing.T, data []byte) (*DiskTier, *rangeStore, s3backend.Version, string) {
 	t.Helper()
-	mem := s3backend.NewMemStore()
+	mem := memstore.New()
 	mem.Put("obj", data)
 	info, _ := mem.Info("obj")
 	v := s3backend.Version{Key: "obj", ETag: info.ETag, Size: info.Size}
-	store := &rangeStore{slowStore: &slowStore{MemStore: mem}}
+	store := &rangeStore{slowStore: &slowStore{Store: mem}}
 	root := t.TempDir()
 	dir, err := OpenDir(root, 0, nil)
 	if err != nil {
@@ -153,8 +154,8 @@ func TestDiskTierVersions(t *testing.T) {
 	tier, store, v, _ := newDiskTierForTest(t, bytes.Repeat([]byte("a"), 2000))
 	tier.ReadAt(ctx, v, 0, blocksOf(1000, 0, 2000, v.Size)...)
 	tier.Wait()
-	store.MemStore.Put("obj", bytes.Repeat([]byte("b"), 2000))
-	info, _ := store.MemStore.Info("obj")
+	store.Store.Put("obj", bytes.Repeat([]byte("b"), 2000))
+	info, _ := store.Store.Info("obj")
 	v2 := s3backend.Version{Key: "obj", ETag: info.ETag, Size: info.Size}
 	bufs := blocksOf(1000, 0, 2000, v2.Size)
 	if _, err := tier.ReadAt(ctx, v2, 0, bufs...); err != nil || !bytes.Equal(bytes.Join(bufs, nil), bytes.Repeat([]byte("b"), 2000)) {

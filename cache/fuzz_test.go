@@ -5,7 +5,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
 // FuzzReadAt checks the range and block arithmetic: any read, at any
@@ -24,7 +24,7 @@ func FuzzReadAt(f *testing.F) {
 		for i := range data {
 			data[i] = byte(i*7 + i>>8)
 		}
-		mem := s3backend.NewMemStore()
+		mem := memstore.New()
 		mem.Put("k", data)
 		info, _ := mem.Info("k")
 		c, err := New(mem, Options{CacheSize: 16 * bs, BlockSize: bs, PartSize: 2 * bs, MaxReadAhead: 4 * bs, MaxParallel: 4})

@@ -14,11 +14,12 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
 // countingLister counts LIST requests and can fail them.
 type countingLister struct {
-	*s3backend.MemStore
+	*memstore.Store
 	lists atomic.Int64
 	fail  atomic.Bool
 }
@@ -29,17 +30,17 @@ func (c *countingLister) List(ctx context.Context, req s3backend.ListRequest) (s
 		return s3backend.ListPage{}, errors.New("injected failure")
 	}
 	time.Sleep(time.Millisecond) // let concurrent callers overlap
-	return c.MemStore.List(ctx, req)
+	return c.Store.List(ctx, req)
 }
 
 func newTestDir(t *testing.T, ttl time.Duration, keys int) (*dirNode, *countingLister) {
 	t.Helper()
-	mem := s3backend.NewMemStore()
+	mem := memstore.New()
 	for i := range keys {
 		mem.Put(fmt.Sprintf("p/f%05d.npz", i), []byte("x"))
 	}
 	mem.Put("p/sub/inner", []byte("y"))
-	lister := &countingLister{MemStore: mem}
+	lister := &countingLister{Store: mem}
 	tr := &tree{Config: Config{Lister: lister, Prefix: "p/", MetadataTTL: ttl, Logger: slog.New(slog.DiscardHandler)}}
 	return tr.newDirNode("p/"), lister
 }
@@ -202,7 +203,7 @@ func TestExpireDuringLookup(t *testing.T) {
 
 // heldLister holds every LIST until release is closed.
 type heldLister struct {
-	*s3backend.MemStore
+	*memstore.Store
 	lists   atomic.Int64
 	release chan struct{}
 }
@@ -214,7 +215,7 @@ func (h *heldLister) List(ctx context.Context, req s3backend.ListRequest) (s3bac
 	case <-ctx.Done():
 		return s3backend.ListPage{}, ctx.Err()
 	}
-	return h.MemStore.List(ctx, req)
+	return h.Store.List(ctx, req)
 }
 
 // A complete listing past its TTL answers lookups at once while one
@@ -224,11 +225,11 @@ func TestStaleListingAnswersDuringRefresh(t *testing.T) {
 	const ttl = time.Minute
 	ctx := context.Background()
 	setup := func(t *testing.T, age time.Duration) (*dirNode, *heldLister) {
-		mem := s3backend.NewMemStore()
+		mem := memstore.New()
 		for i := range 3 {
 			mem.Put(fmt.Sprintf("p/f%d", i), []byte("x"))
 		}
-		lister := &heldLister{MemStore: mem, release: make(chan struct{})}
+		lister := &heldLister{Store: mem, release: make(chan struct{})}
 		tr := &tree{Config: Config{Lister: lister, Prefix: "p/", MetadataTTL: ttl, Logger: slog.New(slog.DiscardHandler)}}
 		d := tr.newDirNode("p/")
 		page, err := mem.List(ctx, s3backend.ListRequest{Prefix: "p/", Delimiter: "/"})

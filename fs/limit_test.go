@@ -14,11 +14,11 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
 func TestLimitedListingStopsEarly(t *testing.T) {
-	mem := s3backend.NewMemStore()
+	mem := memstore.New()
 	for i := range 5000 {
 		mem.Put(fmt.Sprintf("p/train/f%05d.npz", i), []byte("x"))
 	}
@@ -26,7 +26,7 @@ func TestLimitedListingStopsEarly(t *testing.T) {
 	mem.Put("p/train/manifest.json", []byte("[]"))
 	mem.Put("p/train/sub/inner.npz", []byte("y"))
 	mem.Put("p/train/zz.npz/inner.npz", []byte("z"))
-	lister := &countingLister{MemStore: mem}
+	lister := &countingLister{Store: mem}
 	tr := &tree{Config: Config{
 		Lister: lister, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
 		Limit: Limit{Default: 3, HasDefault: true, Pattern: "*.npz"},
@@ -208,7 +208,7 @@ func TestSmokeViewIndependentOfPageSize(t *testing.T) {
 		lim := Limit{Default: limit, HasDefault: true, Pattern: "*.npz"}
 		want := smokeTruth(keys, "p/", limit, lim.matches)
 		for _, pageSize := range []int{1, 2, 3, 1000} {
-			mem := s3backend.NewMemStore()
+			mem := memstore.New()
 			mem.PageSize = pageSize
 			for _, k := range keys {
 				mem.Put(k, []byte("x"))

@@ -21,6 +21,7 @@ import (
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
 	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
 // eegLike returns n bytes of float32 noise, which deflate barely
@@ -51,7 +52,7 @@ func zipOf(t *testing.T, method uint16, members map[string][]byte) []byte {
 	return buf.Bytes()
 }
 
-// memberFixture is a tree over one archive in a MemStore, with the view on.
+// memberFixture is a tree over one archive in a memstore.Store, with the view on.
 type memberFixture struct {
 	tree    *tree
 	dir     *memberDirNode
@@ -62,7 +63,7 @@ type memberFixture struct {
 // faultyStore is a MemStore whose GETs can be made slow, held, or failing,
 // to put member reads in the states a real S3 puts them in.
 type faultyStore struct {
-	*s3backend.MemStore
+	*memstore.Store
 	// delay is how long each GET takes (it ends early if its request is
 	// cancelled).
 	delay atomic.Int64
@@ -96,7 +97,7 @@ func (s *faultyStore) ReadAt(ctx context.Context, v s3backend.Version, off int64
 	if s.failing.Load() {
 		return 0, fmt.Errorf("get %q at %d: %w", v.Key, off, errInjected)
 	}
-	n, err := s.MemStore.ReadAt(ctx, v, off, bufs...)
+	n, err := s.Store.ReadAt(ctx, v, off, bufs...)
 	s.fetched.Add(int64(n))
 	return n, err
 }
@@ -128,10 +129,10 @@ func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, 
 	if arch != nil {
 		data = arch(data)
 	}
-	mem := s3backend.NewMemStore()
+	mem := memstore.New()
 	mem.Put("p/a.npz", data)
 	info, _ := mem.Info("p/a.npz")
-	store := &faultyStore{MemStore: mem}
+	store := &faultyStore{Store: mem}
 	blocks, err := cache.New(store, memberCacheOptions)
 	if err != nil {
 		t.Fatal(err)

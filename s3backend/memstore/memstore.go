@@ -1,4 +1,6 @@
-package s3backend
+// Package memstore is an in-memory s3backend.ObjectStore for unit tests
+// of the layers above s3backend; the daemon never uses it.
+package memstore
 
 import (
 	"context"
@@ -10,12 +12,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// MemStore is an in-memory ObjectStore for unit tests of the layers above:
-// it follows S3's listing, range and If-Match rules closely enough for
-// them, and is never used by the daemon.
-type MemStore struct {
+// Store is an in-memory s3backend.ObjectStore: it follows S3's listing, range and
+// If-Match rules closely enough for the tests of the layers above.
+type Store struct {
 	mu      sync.Mutex
 	objects map[string]memObject
 	// PageSize caps keys plus prefixes per List page (S3: 1,000).
@@ -28,37 +31,30 @@ type memObject struct {
 	modTime time.Time
 }
 
-// NewMemStore returns an empty store.
-func NewMemStore() *MemStore {
-	return &MemStore{objects: map[string]memObject{}, PageSize: 1000}
+// New returns an empty store.
+func New() *Store {
+	return &Store{objects: map[string]memObject{}, PageSize: 1000}
 }
 
 // Put stores an object, replacing any older version.
-func (m *MemStore) Put(key string, data []byte) {
+func (m *Store) Put(key string, data []byte) {
 	sum := md5.Sum(data)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.objects[key] = memObject{data: slices.Clone(data), etag: `"` + hex.EncodeToString(sum[:]) + `"`, modTime: time.Now().UTC().Truncate(time.Second)}
 }
 
-// Delete removes an object.
-func (m *MemStore) Delete(key string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.objects, key)
-}
-
 // Info returns what a listing says about key.
-func (m *MemStore) Info(key string) (ObjectInfo, bool) {
+func (m *Store) Info(key string) (s3backend.ObjectInfo, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	o, ok := m.objects[key]
-	return ObjectInfo{Key: key, Size: int64(len(o.data)), ETag: o.etag, LastModified: o.modTime}, ok
+	return s3backend.ObjectInfo{Key: key, Size: int64(len(o.data)), ETag: o.etag, LastModified: o.modTime}, ok
 }
 
-// List implements ObjectStore. The continuation token is the last key or
+// List implements s3backend.ObjectStore. The continuation token is the last key or
 // prefix of the previous page.
-func (m *MemStore) List(ctx context.Context, req ListRequest) (ListPage, error) {
+func (m *Store) List(ctx context.Context, req s3backend.ListRequest) (s3backend.ListPage, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	keys := make([]string, 0, len(m.objects))
@@ -72,7 +68,7 @@ func (m *MemStore) List(ctx context.Context, req ListRequest) (ListPage, error) 
 	if req.MaxKeys > 0 && int(req.MaxKeys) < limit {
 		limit = int(req.MaxKeys)
 	}
-	var page ListPage
+	var page s3backend.ListPage
 	count := 0
 	lastPrefix := ""
 	for _, k := range keys {
@@ -104,14 +100,14 @@ func (m *MemStore) List(ctx context.Context, req ListRequest) (ListPage, error) 
 			continue
 		}
 		o := m.objects[k]
-		page.Objects = append(page.Objects, ObjectInfo{Key: k, Size: int64(len(o.data)), ETag: o.etag, LastModified: o.modTime})
+		page.Objects = append(page.Objects, s3backend.ObjectInfo{Key: k, Size: int64(len(o.data)), ETag: o.etag, LastModified: o.modTime})
 	}
 	return page, nil
 }
 
 // lastToken is the largest key or prefix on a page: the next page starts
 // after it (a prefix token skips everything under the prefix).
-func lastToken(p ListPage) string {
+func lastToken(p s3backend.ListPage) string {
 	last := ""
 	if n := len(p.Objects); n > 0 {
 		last = p.Objects[n-1].Key
@@ -122,20 +118,20 @@ func lastToken(p ListPage) string {
 	return last
 }
 
-// ReadAt implements ObjectStore.
-func (m *MemStore) ReadAt(ctx context.Context, v Version, off int64, bufs ...[]byte) (int, error) {
+// ReadAt implements s3backend.ObjectStore.
+func (m *Store) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
 	m.mu.Lock()
 	o, ok := m.objects[v.Key]
 	m.mu.Unlock()
-	have := Version{Key: v.Key, ETag: o.etag, Size: int64(len(o.data)), LastModified: o.modTime}
+	have := s3backend.Version{Key: v.Key, ETag: o.etag, Size: int64(len(o.data)), LastModified: o.modTime}
 	if v.ETag == "" {
 		have.ETag = ""
 	}
 	switch {
 	case !ok:
-		return 0, fmt.Errorf("get %q: %w", v.Key, ErrStale)
+		return 0, fmt.Errorf("get %q: %w", v.Key, s3backend.ErrStale)
 	case !have.Same(v):
-		return 0, fmt.Errorf("get %q: version %s, want %s: %w", v.Key, have.Tag(), v.Tag(), ErrStale)
+		return 0, fmt.Errorf("get %q: version %s, want %s: %w", v.Key, have.Tag(), v.Tag(), s3backend.ErrStale)
 	case off >= int64(len(o.data)):
 		return 0, io.EOF
 	}
@@ -150,16 +146,4 @@ func (m *MemStore) ReadAt(ctx context.Context, v Version, off int64, bufs ...[]b
 		}
 	}
 	return n, nil
-}
-
-// Keys returns the stored keys in order, for test assertions.
-func (m *MemStore) Keys() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	keys := make([]string, 0, len(m.objects))
-	for k := range m.objects {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
