@@ -308,9 +308,6 @@ func TestMethodChecks(t *testing.T) {
 	if _, err := BuildIndex(r, dir.Members[0], 0, 0); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("BuildIndex of a stored member: %v", err)
 	}
-	if _, err := OpenStored(r, dir.Members[1]); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("OpenStored of a deflated member: %v", err)
-	}
 }
 
 func TestIndexSpans(t *testing.T) {

@@ -3,7 +3,7 @@
 // through the block cache).
 //
 // ReadDirectory reads an archive's directory in one read of its tail.
-// A stored member is then read in place with OpenStored. A deflated
+// A stored member is read in place, from Member.DataOffset on. A deflated
 // member is inflated once by BuildIndex, which records an access point
 // (a block boundary's bit offset and the 32 KiB of output before it)
 // about every span bytes of output, as zlib's zran example does; a later
@@ -379,41 +379,6 @@ func (m Member) DataOffset(r io.ReaderAt) (int64, error) {
 		return 0, fmt.Errorf("%w: data of %q, %d bytes at offset %d, runs into the central directory at %d", ErrFormat, m.Name, m.CompressedSize, off, m.dirOffset)
 	}
 	return off, nil
-}
-
-// StoredReader reads a stored member in place.
-type StoredReader struct {
-	r    io.ReaderAt
-	off  int64
-	size int64
-}
-
-// OpenStored returns a reader of the stored member m of r. Its reads are
-// not checked against the CRC-32, which needs the whole member.
-func OpenStored(r io.ReaderAt, m Member) (*StoredReader, error) {
-	if m.Method != Stored {
-		return nil, fmt.Errorf("%w: %q is not stored (method %d)", ErrUnsupported, m.Name, m.Method)
-	}
-	off, err := m.DataOffset(r)
-	if err != nil {
-		return nil, err
-	}
-	return &StoredReader{r: r, off: off, size: m.UncompressedSize}, nil
-}
-
-// Size returns the member's size.
-func (s *StoredReader) Size() int64 { return s.size }
-
-// ReadAt implements io.ReaderAt over the member's content.
-func (s *StoredReader) ReadAt(p []byte, off int64) (int, error) {
-	p, err := clip(p, off, s.size)
-	if len(p) == 0 {
-		return 0, err
-	}
-	if rerr := readFull(s.r, p, s.off+off, "stored data"); rerr != nil {
-		return 0, rerr
-	}
-	return len(p), err
 }
 
 // clip limits a read of p at off to a content of size bytes, returning

@@ -49,10 +49,11 @@ func checkArchive(t *testing.T, arch []byte, span int64, wantMembers int) {
 		}
 		switch m.Method {
 		case Stored:
-			s, err := OpenStored(r, m)
+			off, err := m.DataOffset(r)
 			if err != nil {
 				t.Fatal(err)
 			}
+			s := io.NewSectionReader(r, off, m.UncompressedSize)
 			for i := range 50 {
 				off := rng.Int64N(int64(len(data)) + 1)
 				n := rng.IntN(len(data) + 10)
@@ -61,7 +62,8 @@ func checkArchive(t *testing.T, arch []byte, span int64, wantMembers int) {
 				}
 				p := make([]byte, n)
 				got, err := s.ReadAt(p, off)
-				if !bytes.Equal(p[:got], data[off:off+int64(got)]) || (got < n && err != io.EOF) || (got == n && err != nil) || int64(got) != min(int64(n), int64(len(data))-off) {
+				// A section reader says io.EOF for an empty read at the end.
+				if !bytes.Equal(p[:got], data[off:off+int64(got)]) || (got < n && err != io.EOF) || (got == n && n > 0 && err != nil) || int64(got) != min(int64(n), int64(len(data))-off) {
 					t.Fatalf("%s: stored ReadAt(%d at %d) = %d, %v", m.Name, n, off, got, err)
 				}
 			}
@@ -288,7 +290,7 @@ func TestCorruptArchives(t *testing.T) {
 				if m.Method == Deflated {
 					_, err = BuildIndex(r, m, 0, 0)
 				} else {
-					_, err = OpenStored(r, m)
+					_, err = m.DataOffset(r)
 				}
 				merr = errors.Join(merr, err)
 			}

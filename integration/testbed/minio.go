@@ -129,13 +129,6 @@ func (m *MinIO) Restart() error {
 	return m.Start()
 }
 
-// Running reports whether the server process is alive.
-func (m *MinIO) Running() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.proc != nil && !m.proc.exited()
-}
-
 // Admin returns an admin client with the root credentials.
 func (m *MinIO) Admin() *S3Admin {
 	return NewS3Admin(m.Endpoint, m.AccessKey, m.SecretKey)
