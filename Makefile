@@ -35,7 +35,7 @@ unit:
 # delays a worker at the deadline (golang/go#75804); a count only takes
 # longer. Run one longer with e.g. FUZZTIME=5m.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzNameProblem$$' -fuzztime $(or $(FUZZTIME),80000x) ./fs
+	$(GO) test -run '^$$' -fuzz '^FuzzProblem$$' -fuzztime $(or $(FUZZTIME),20000x) ./fs/fsname
 	$(GO) test -run '^$$' -fuzz '^FuzzMergeListing$$' -fuzztime $(or $(FUZZTIME),80000x) ./fs
 	$(GO) test -run '^$$' -fuzz '^FuzzReadAt$$' -fuzztime $(or $(FUZZTIME),10000x) ./cache
 	$(GO) test -run '^$$' -fuzz '^FuzzInflate$$' -fuzztime $(or $(FUZZTIME),30000x) ./fs/npz

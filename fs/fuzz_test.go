@@ -5,25 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbfs/bgbfs/fs/fsname"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
-
-// FuzzNameProblem checks that every name accepted as a file name is one
-// the kernel can hold and cannot leave its directory.
-func FuzzNameProblem(f *testing.F) {
-	for _, s := range []string{"a.npz", "", ".", "..", "...", "a/b", "a\x00", strings.Repeat("x", 256), "ümlaut", " "} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, name string) {
-		if nameProblem(name) != "" {
-			return
-		}
-		if name == "" || name == "." || name == ".." || len(name) > maxNameLen ||
-			strings.ContainsAny(name, "/\x00") {
-			t.Fatalf("accepted %q", name)
-		}
-	})
-}
 
 // FuzzMergeListing feeds listings built from arbitrary text: lines are
 // keys, a line starting with "P:" is a common prefix, "--" starts a new
@@ -51,7 +35,7 @@ func FuzzMergeListing(f *testing.F) {
 		pages = append(pages, page)
 		entries, _ := mergeListing(prefix, pages)
 		for i, e := range entries {
-			if why := nameProblem(e.name); why != "" {
+			if why := fsname.Problem(e.name); why != "" {
 				t.Fatalf("entry %q shown: %s", e.name, why)
 			}
 			if i > 0 && entries[i-1].name >= e.name {

@@ -1,16 +1,16 @@
 package fs
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/bgbfs/bgbfs/fs/fsname"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // maxNameLen is Linux's NAME_MAX: longer components cannot be file names.
-const maxNameLen = 255
+const maxNameLen = fsname.MaxLen
 
 // dirEntry is one visible child of a directory.
 type dirEntry struct {
@@ -68,23 +68,6 @@ func (l *listing) lookup(name string) (dirEntry, bool) {
 	return l.entries[i], true
 }
 
-// nameProblem says why a path component cannot be a file name, or "".
-func nameProblem(name string) string {
-	switch {
-	case name == "":
-		return "empty path component"
-	case name == "." || name == "..":
-		return fmt.Sprintf("%q path component", name)
-	case len(name) > maxNameLen:
-		return fmt.Sprintf("component of %d bytes is over %d", len(name), maxNameLen)
-	case strings.IndexByte(name, 0) >= 0:
-		return "NUL byte in name"
-	case strings.IndexByte(name, '/') >= 0:
-		return "slash in name"
-	}
-	return ""
-}
-
 // mergeListing turns the pages of a delimited listing of prefix into the
 // directory's entries. Pages may repeat keys or come out of order (a
 // misbehaving server); the result is still sorted and free of duplicates.
@@ -99,7 +82,7 @@ func mergeListing(prefix string, pages []s3backend.ListPage) (entries []dirEntry
 				continue
 			}
 			name := cp[len(prefix) : len(cp)-1]
-			if why := nameProblem(name); why != "" {
+			if why := fsname.Problem(name); why != "" {
 				hidden = append(hidden, hiddenKey{cp, why})
 				continue
 			}
@@ -114,7 +97,7 @@ func mergeListing(prefix string, pages []s3backend.ListPage) (entries []dirEntry
 			if name == "" {
 				continue // this directory's own marker object
 			}
-			if why := nameProblem(name); why != "" {
+			if why := fsname.Problem(name); why != "" {
 				hidden = append(hidden, hiddenKey{o.Key, why})
 				continue
 			}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbfs/bgbfs/fs/fsname"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -135,8 +136,8 @@ func TestNameProblem(t *testing.T) {
 		{" spaced name ", true},
 	}
 	for _, tt := range tests {
-		if got := nameProblem(tt.name) == ""; got != tt.ok {
-			t.Errorf("nameProblem(%q) ok = %v, want %v", tt.name, got, tt.ok)
+		if got := fsname.Problem(tt.name) == ""; got != tt.ok {
+			t.Errorf("fsname.Problem(%q) ok = %v, want %v", tt.name, got, tt.ok)
 		}
 	}
 }

@@ -16,7 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
+
+	"github.com/bgbfs/bgbfs/fs/fsname"
 )
 
 // Compression methods.
@@ -62,7 +63,7 @@ const (
 	// input byte: a 258-byte match coded in 2 bits.
 	maxDeflateRatio = 1032
 
-	maxNameLen = 255 // longest file name the kernel accepts
+	maxNameLen = fsname.MaxLen
 )
 
 // Member is one entry of an archive's central directory.
@@ -217,7 +218,7 @@ func ReadDirectory(r io.ReaderAt, size int64) (*Directory, error) {
 		}
 		cd = rest
 		if problem == "" {
-			problem = nameProblem(m.Name)
+			problem = fsname.Problem(m.Name)
 		}
 		if problem == "" {
 			if j, dup := seen[m.Name]; dup {
@@ -342,19 +343,6 @@ func parseCentral(b []byte, cdOff int64) (m Member, rest []byte, problem string,
 		problem = fmt.Sprintf("compression method %d", m.Method)
 	}
 	return m, rest, problem, nil
-}
-
-// nameProblem says why name cannot be a file name in a directory, or "".
-func nameProblem(name string) string {
-	switch {
-	case name == "" || name == "." || name == "..":
-		return fmt.Sprintf("name %q is not a file name", name)
-	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Sprintf("name %q is not a plain file name", name)
-	case len(name) > maxNameLen:
-		return fmt.Sprintf("name of %d bytes is too long", len(name))
-	}
-	return ""
 }
 
 // DataOffset reads m's local file header and returns the archive offset
