@@ -17,6 +17,16 @@ import (
 	"time"
 )
 
+// The areas of a Dir: bgbfs writes, trims and counts files only under
+// these subdirectories, so a --cache-dir shared with other files (a
+// user's ~/.cache) loses none of them.
+const (
+	BlocksArea  = "blocks/"
+	IndexesArea = "indexes/"
+)
+
+var dirAreas = []string{BlocksArea, IndexesArea}
+
 // ErrDirNotWritable is a store into a Dir whose writes are off: an
 // earlier write failed (a full disk, a read-only file system, no
 // permission), and files are kept in memory only from then on.
@@ -39,8 +49,8 @@ const (
 	dirTempAge    = time.Hour
 )
 
-// Dir keeps files across runs in a local directory, within a bound of
-// bytes: the files least recently used (by modification time, which
+// Dir keeps files across runs in a local directory (under its areas),
+// within a bound of bytes: the files least recently used (by modification time, which
 // loads refresh) are removed first. Each file is written to a temporary
 // name and renamed, so a reader sees a whole file or none; several
 // processes may share one Dir, each trimming it. Opening it does not
@@ -129,7 +139,8 @@ func (d *Dir) writesOff(err error) {
 }
 
 func (d *Dir) path(name string) (string, error) {
-	if !filepath.IsLocal(name) || strings.HasPrefix(filepath.Base(name), dirTempPrefix) {
+	inArea := slices.ContainsFunc(dirAreas, func(a string) bool { return strings.HasPrefix(name, a) && len(name) > len(a) })
+	if !inArea || !filepath.IsLocal(name) || strings.HasPrefix(filepath.Base(name), dirTempPrefix) {
 		return "", fmt.Errorf("cache dir: bad file name %q", name)
 	}
 	return filepath.Join(d.root, name), nil
@@ -290,7 +301,7 @@ type dirFile struct {
 func (d *Dir) trim() error {
 	var files []dirFile
 	var total int64
-	err := filepath.WalkDir(d.root, func(p string, e iofs.DirEntry, err error) error {
+	visit := func(p string, e iofs.DirEntry, err error) error {
 		if d.life.Err() != nil {
 			return d.life.Err()
 		}
@@ -316,9 +327,11 @@ func (d *Dir) trim() error {
 		files = append(files, dirFile{p, fi.Size(), fi.ModTime()})
 		total += fi.Size()
 		return nil
-	})
-	if err != nil {
-		return err
+	}
+	for _, a := range dirAreas {
+		if err := filepath.WalkDir(filepath.Join(d.root, a), visit); err != nil {
+			return err
+		}
 	}
 	excess := int64(0)
 	if d.limit > 0 {

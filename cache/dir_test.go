@@ -50,18 +50,18 @@ func TestDirStoreAndLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if _, err := d.Load(ctx, "a/b.idx"); !errors.Is(err, iofs.ErrNotExist) {
+	if _, err := d.Load(ctx, "indexes/a/b.idx"); !errors.Is(err, iofs.ErrNotExist) {
 		t.Errorf("load of a missing file: %v, want ErrNotExist", err)
 	}
 	for _, data := range []string{"first", "second, longer"} {
-		if err := d.Store(ctx, "a/b.idx", []byte(data)); err != nil {
+		if err := d.Store(ctx, "indexes/a/b.idx", []byte(data)); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := d.Load(ctx, "a/b.idx"); err != nil || string(got) != data {
+		if got, err := d.Load(ctx, "indexes/a/b.idx"); err != nil || string(got) != data {
 			t.Errorf("load = %q, %v; want %q", got, err, data)
 		}
 	}
-	for _, name := range []string{"../x", "/etc/passwd", "a/../../x", ".tmp-1", "a/.tmp-x", ""} {
+	for _, name := range []string{"../x", "/etc/passwd", "indexes/../../x", "indexes/.tmp-1", "blocks/a/.tmp-x", "", "elsewhere/x", "indexes/", "indexesx"} {
 		if err := d.Store(ctx, name, []byte("x")); err == nil {
 			t.Errorf("store of %q succeeded; want refused", name)
 		}
@@ -69,24 +69,27 @@ func TestDirStoreAndLoad(t *testing.T) {
 			t.Errorf("load of %q: %v; want refused", name, err)
 		}
 	}
-	if got := files(t, root); !slices.Equal(got, []string{"a/b.idx"}) {
-		t.Errorf("dir holds %q; want only a/b.idx (no temporary files)", got)
+	if got := files(t, root); !slices.Equal(got, []string{"indexes/a/b.idx"}) {
+		t.Errorf("dir holds %q; want only indexes/a/b.idx (no temporary files)", got)
 	}
 }
 
 // TestDirTrims: over its bound, a dir removes the files least recently
 // used (stored or loaded) until it is 90% of the bound; temporary files a
-// dead writer left are removed once an hour old.
+// dead writer left are removed once an hour old; files outside its areas
+// are neither counted nor removed.
 func TestDirTrims(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
 	old := time.Now().Add(-2 * time.Hour)
-	for _, name := range []string{".tmp-dead", "x/.tmp-young"} {
+	for _, name := range []string{"blocks/.tmp-dead", "indexes/x/.tmp-young", "notes.txt", "blocksx/y"} {
 		p := filepath.Join(root, name)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte("partial"), 0o644)
 	}
-	os.Chtimes(filepath.Join(root, ".tmp-dead"), old, old)
+	for _, name := range []string{"blocks/.tmp-dead", "notes.txt", "blocksx/y"} {
+		os.Chtimes(filepath.Join(root, name), old.Add(-time.Hour), old.Add(-time.Hour))
+	}
 	d, err := OpenDir(root, 1000, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +99,7 @@ func TestDirTrims(t *testing.T) {
 	// Ten files of 100 bytes fill the bound; file i was used i minutes
 	// after the first, except that file 0 is loaded (used) last.
 	for i := range 10 {
-		name := fmt.Sprintf("f/%d", i)
+		name := fmt.Sprintf("blocks/f/%d", i)
 		if err := d.Store(ctx, name, make([]byte, 100)); err != nil {
 			t.Fatal(err)
 		}
@@ -104,14 +107,16 @@ func TestDirTrims(t *testing.T) {
 		os.Chtimes(filepath.Join(root, name), at, at)
 	}
 	waitTrim(t, d)
-	if _, err := d.Load(ctx, "f/0"); err != nil {
+	if _, err := d.Load(ctx, "blocks/f/0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Store(ctx, "f/10", make([]byte, 100)); err != nil {
+	if err := d.Store(ctx, "blocks/f/10", make([]byte, 100)); err != nil {
 		t.Fatal(err)
 	}
 	waitTrim(t, d)
-	want := []string{"f/0", "f/10", "f/3", "f/4", "f/5", "f/6", "f/7", "f/8", "f/9", "x/.tmp-young"}
+	// Files outside the dir's areas are not its own: older than all,
+	// they stay.
+	want := []string{"blocks/f/0", "blocks/f/10", "blocks/f/3", "blocks/f/4", "blocks/f/5", "blocks/f/6", "blocks/f/7", "blocks/f/8", "blocks/f/9", "blocksx/y", "indexes/x/.tmp-young", "notes.txt"}
 	if got := files(t, root); !slices.Equal(got, want) {
 		t.Errorf("after a trim the dir holds %q; want %q (the least recently used gone down to 900 bytes)", got, want)
 	}
@@ -143,15 +148,15 @@ func TestDirKeepsSpaceFree(t *testing.T) {
 	}
 	defer d.Close()
 	for i := range 6 {
-		if err := d.Store(ctx, fmt.Sprintf("f/%d", i), make([]byte, 100)); err != nil {
+		if err := d.Store(ctx, fmt.Sprintf("blocks/f/%d", i), make([]byte, 100)); err != nil {
 			t.Fatal(err)
 		}
 		at := time.Now().Add(time.Duration(i-10) * time.Minute)
-		os.Chtimes(filepath.Join(root, fmt.Sprintf("f/%d", i)), at, at)
+		os.Chtimes(filepath.Join(root, fmt.Sprintf("blocks/f/%d", i)), at, at)
 		waitTrim(t, d)
 	}
 	// 600 stored would leave 400 free (4%): the trim frees to 600 (6%).
-	if got := files(t, root); !slices.Equal(got, []string{"f/2", "f/3", "f/4", "f/5"}) {
+	if got := files(t, root); !slices.Equal(got, []string{"blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}) {
 		t.Errorf("dir holds %q; want the 4 most recent files", got)
 	}
 }
@@ -161,23 +166,24 @@ func TestDirKeepsSpaceFree(t *testing.T) {
 func TestDirWritesOffAfterAFailure(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	os.WriteFile(filepath.Join(root, "kept"), []byte("k"), 0o644)
-	os.WriteFile(filepath.Join(root, "blocker"), nil, 0o644) // a file where a directory must go
+	os.MkdirAll(filepath.Join(root, "indexes"), 0o755)
+	os.WriteFile(filepath.Join(root, "indexes/kept"), []byte("k"), 0o644)
+	os.WriteFile(filepath.Join(root, "blocks"), nil, 0o644) // a file where a directory must go
 	d, err := OpenDir(root, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if err := d.Store(ctx, "blocker/x", []byte("x")); !errors.Is(err, ErrDirNotWritable) {
+	if err := d.Store(ctx, "blocks/x", []byte("x")); !errors.Is(err, ErrDirNotWritable) {
 		t.Fatalf("store under a file: %v, want ErrDirNotWritable", err)
 	}
-	if err := d.Store(ctx, "fine/y", []byte("y")); !errors.Is(err, ErrDirNotWritable) || d.WriteErr() == nil {
+	if err := d.Store(ctx, "indexes/fine/y", []byte("y")); !errors.Is(err, ErrDirNotWritable) || d.WriteErr() == nil {
 		t.Fatalf("store after a failure: %v, want ErrDirNotWritable", err)
 	}
-	if _, err := os.Stat(filepath.Join(root, "fine")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(root, "indexes/fine")); !os.IsNotExist(err) {
 		t.Errorf("a store after writes went off wrote something: %v", err)
 	}
-	if got, err := d.Load(ctx, "kept"); err != nil || string(got) != "k" {
+	if got, err := d.Load(ctx, "indexes/kept"); err != nil || string(got) != "k" {
 		t.Errorf("load after writes went off = %q, %v", got, err)
 	}
 }

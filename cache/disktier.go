@@ -61,7 +61,6 @@ const diskWriters = 16
 const (
 	blockMagic   = "BGBFSBK1"
 	blockTrailer = len(blockMagic) + 16 + 8 + 4
-	blockDir     = "blocks/"
 )
 
 // NewDiskTier keeps the blocks of blockSize bytes of bucket read through
@@ -124,7 +123,7 @@ func (t *DiskTier) versionHash(v s3backend.Version) []byte {
 
 func blockName(vh []byte, idx int64) string {
 	s := hex.EncodeToString(vh)
-	return blockDir + s[:2] + "/" + s + "-" + strconv.FormatInt(idx, 10)
+	return BlocksArea + s[:2] + "/" + s + "-" + strconv.FormatInt(idx, 10)
 }
 
 // ReadAt implements ObjectStore. A read of whole blocks (as the memory

@@ -49,7 +49,7 @@ var ErrIndexFileBad = errors.New("npz index file ignored")
 
 const (
 	indexFileMagic  = "BGBFSNX\n"
-	indexFileDir    = "npz-index/"
+	indexFileDir    = cache.IndexesArea + "npz/"
 	indexFileSuffix = ".idx"
 	// archiveDoneSuffix names the file "bgbfs index" writes once every
 	// compressed member of an archive version is indexed: a later run

@@ -7,6 +7,7 @@ import (
 	"io"
 	iofs "io/fs"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -336,7 +337,7 @@ func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 	case errors.Is(err, iofs.ErrNotExist):
 	case errors.Is(err, ErrIndexFileBad):
 		v.filesIgnored.Add(1)
-		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", m.Name, "reason", err.Error(), "dir", v.files.Dir)
+		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", m.Name, "reason", strings.TrimPrefix(err.Error(), ErrIndexFileBad.Error()+": "), "dir", v.files.Dir)
 	case v.life.Err() == nil:
 		// An unreachable s3:// dir would say so for every archive:
 		// once at warn, then at debug.

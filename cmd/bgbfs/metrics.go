@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,14 +24,14 @@ import (
 
 // daemonMetrics is every metric of one daemon, in one registry.
 type daemonMetrics struct {
-	reg     *prometheus.Registry
+	reg     *namedRegistry
 	s3      *s3backend.Metrics
 	fuse    *bgfs.Metrics
 	windows prometheus.Histogram
 }
 
 func newDaemonMetrics() *daemonMetrics {
-	reg := prometheus.NewRegistry()
+	reg := &namedRegistry{Registry: prometheus.NewRegistry()}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := &daemonMetrics{
 		reg:  reg,
@@ -43,6 +45,57 @@ func newDaemonMetrics() *daemonMetrics {
 	}
 	reg.MustRegister(m.windows)
 	return m
+}
+
+// namedRegistry is a registry that can list the names of the metrics
+// registered, samples or not: README's table of them is tested against it.
+type namedRegistry struct {
+	*prometheus.Registry
+	mu         sync.Mutex
+	collectors []prometheus.Collector
+}
+
+func (r *namedRegistry) Register(c prometheus.Collector) error {
+	if err := r.Registry.Register(c); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.collectors = append(r.collectors, c)
+	return nil
+}
+
+func (r *namedRegistry) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// fqName finds a metric's name in its description, which has no getter.
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// names returns the names of the metrics registered, sorted.
+func (r *namedRegistry) names() []string {
+	r.mu.Lock()
+	collectors := slices.Clone(r.collectors)
+	r.mu.Unlock()
+	descs := make(chan *prometheus.Desc)
+	go func() {
+		for _, c := range collectors {
+			c.Describe(descs)
+		}
+		close(descs)
+	}()
+	var out []string
+	for d := range descs {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			out = append(out, m[1])
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // watchCache exposes the block cache's own counters.
@@ -90,7 +143,7 @@ type stat[S any] struct {
 	get        func(S) int64
 }
 
-func registerStats[S any](reg *prometheus.Registry, snapshot func() S, stats ...stat[S]) {
+func registerStats[S any](reg prometheus.Registerer, snapshot func() S, stats ...stat[S]) {
 	for _, st := range stats {
 		read := func() float64 { return float64(st.get(snapshot())) }
 		if st.gauge {

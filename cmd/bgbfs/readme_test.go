@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/bgbfs/bgbfs/cache"
+	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
+)
+
+// readmeSection returns the part of README.md under the heading that
+// starts with heading, up to the next heading of its level or above
+// (lines in code blocks are not headings).
+func readmeSection(t *testing.T, heading string) string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	level := strings.IndexByte(heading, ' ')
+	var out []string
+	in, code := false, false
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "```") {
+			code = !code
+		}
+		if !code && strings.HasPrefix(line, "#") {
+			l := strings.IndexByte(line, ' ')
+			if in && l > 0 && l <= level {
+				break
+			}
+			if strings.HasPrefix(line, heading) {
+				in = true
+			}
+		}
+		if in {
+			out = append(out, line)
+		}
+	}
+	if !in {
+		t.Fatalf("README.md has no heading %q", heading)
+	}
+	return strings.Join(out, "\n")
+}
+
+// flagNames are the long flags a --help text lists.
+func flagNames(help string) []string {
+	var out []string
+	for _, m := range regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z0-9-]+)`).FindAllStringSubmatch(help, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+// TestReadmeListsEveryFlag: every flag of "bgbfs mount" has a row in
+// README's flag table, and every flag of "bgbfs index" is named in its
+// section.
+func TestReadmeListsEveryFlag(t *testing.T) {
+	var help bytes.Buffer
+	parseMountArgs([]string{"--help"}, func(string) string { return "" }, &help, false)
+	mountFlags := flagNames(help.String())
+	if len(mountFlags) < 20 {
+		t.Fatalf("found %d flags in mount --help:\n%s", len(mountFlags), help.String())
+	}
+	table := readmeSection(t, "### Flags of `bgbfs mount`")
+	for _, f := range mountFlags {
+		if f != "help" && !regexp.MustCompile("(?m)^\\|[^|]*`--"+regexp.QuoteMeta(f)+"[ =`]").MatchString(table) {
+			t.Errorf("README's flag table has no row for --%s", f)
+		}
+	}
+	help.Reset()
+	parseIndexArgs([]string{"--help"}, func(string) string { return "" }, &help)
+	indexFlags := flagNames(help.String())
+	if len(indexFlags) < 10 {
+		t.Fatalf("found %d flags in index --help:\n%s", len(indexFlags), help.String())
+	}
+	section := readmeSection(t, "### Indexes kept across runs")
+	for _, f := range indexFlags {
+		if f != "help" && !strings.Contains(section, "--"+f) && !slicesContains(mountFlags, f) {
+			t.Errorf("README's section on bgbfs index does not name --%s", f)
+		}
+	}
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestReadmeListsEveryMetric: every metric the daemon registers, with
+// every component watched, is named in README's metrics table.
+func TestReadmeListsEveryMetric(t *testing.T) {
+	m := newDaemonMetrics()
+	blocks, err := cache.New(memstore.New(), cache.Options{CacheSize: 8 << 20, BlockSize: 1 << 20, PartSize: 1 << 20, MaxReadAhead: 2 << 20, MaxParallel: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocks.Close()
+	m.watchCache(blocks)
+	view, err := bgfs.NewNPZView(1<<20, bgfs.MinNPZIndexBytes, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer view.Close()
+	m.watchNPZ(view)
+	dir, err := cache.OpenDir(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	m.watchDisk(cache.NewDiskTier(memstore.New(), dir, 1<<20, "b", nil))
+	table := readmeSection(t, "## Metrics")
+	n := 0
+	for _, name := range m.reg.names() {
+		if !strings.HasPrefix(name, "bgbfs_") {
+			continue // the Go runtime's and the process's
+		}
+		n++
+		if !strings.Contains(table, "`"+name+"`") && !strings.Contains(table, "`"+name+"{") {
+			t.Errorf("README's metrics table does not name %s", name)
+		}
+	}
+	if n < 25 {
+		t.Errorf("only %d bgbfs metrics registered: %v", n, m.reg.names())
+	}
+}
