@@ -170,33 +170,6 @@ func TestParseMountArgs(t *testing.T) {
 	}
 }
 
-func TestParseMountinfoLine(t *testing.T) {
-	tests := []struct {
-		line string
-		want mountEntry
-		ok   bool
-	}{
-		{
-			line: `42 27 0:39 / /tmp/mnt\0401 ro,nosuid,nodev,relatime - fuse.bgbfs s3://b/p/ ro,user_id=0`,
-			want: mountEntry{mountpoint: "/tmp/mnt 1", fstype: "fuse.bgbfs", source: "s3://b/p/"},
-			ok:   true,
-		},
-		{
-			line: `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue`,
-			want: mountEntry{mountpoint: "/mnt2", fstype: "ext3", source: "/dev/root"},
-			ok:   true,
-		},
-		{line: `garbage`, ok: false},
-		{line: `1 2 3 4 5 6 -`, ok: false},
-	}
-	for _, tt := range tests {
-		got, ok := parseMountinfoLine(tt.line)
-		if ok != tt.ok || got != tt.want {
-			t.Errorf("parseMountinfoLine(%q) = %+v, %v; want %+v, %v", tt.line, got, ok, tt.want, tt.ok)
-		}
-	}
-}
-
 func TestParseLimit(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bgbfs/bgbfs/internal/mountinfo"
 )
 
 // bgbfsProc is a running `bgbfs mount` subprocess.
@@ -164,35 +165,6 @@ func exitErr(err error) error {
 // mountFSType returns the fstype of the topmost mount at dir according to
 // /proc/self/mountinfo, or "" if dir is not a mountpoint.
 func mountFSType(dir string) (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("read mount table: %w", err)
-	}
-	defer f.Close()
-	fstype := ""
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// Format: id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescapeMountinfo(fields[4]) != dir {
-			continue
-		}
-		for i := 5; i+1 < len(fields); i++ {
-			if fields[i] == "-" {
-				// Later lines are mounted on top of earlier ones.
-				fstype = fields[i+1]
-				break
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read mount table: %w", err)
-	}
-	return fstype, nil
-}
-
-// unescapeMountinfo undoes the kernel's octal escaping of space, tab,
-// newline and backslash in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+	m, _, err := mountinfo.Top(dir)
+	return m.FSType, err
 }

@@ -1,75 +1,19 @@
 package testbed
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
+
+	"github.com/bgbfs/bgbfs/internal/mountinfo"
 )
 
 // MountInfo is one line of /proc/self/mountinfo.
-type MountInfo struct {
-	ID           string
-	Mountpoint   string
-	Options      []string // per-mount options: rw/ro, nosuid, ...
-	FSType       string   // fuse.bgbfs for a bgbfs mount
-	Source       string
-	SuperOptions []string
-}
-
-// ReadOnly reports "ro" among the per-mount options.
-func (m MountInfo) ReadOnly() bool { return slices.Contains(m.Options, "ro") }
+type MountInfo = mountinfo.Mount
 
 // Mounts parses /proc/self/mountinfo.
-func Mounts() ([]MountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []MountInfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		sep := slices.Index(fields, "-")
-		if sep < 6 || len(fields) < sep+4 {
-			return nil, fmt.Errorf("mountinfo: cannot parse %q", sc.Text())
-		}
-		out = append(out, MountInfo{
-			ID:           fields[0],
-			Mountpoint:   unescapeMountinfo(fields[4]),
-			Options:      strings.Split(fields[5], ","),
-			FSType:       fields[sep+1],
-			Source:       unescapeMountinfo(fields[sep+2]),
-			SuperOptions: strings.Split(fields[sep+3], ","),
-		})
-	}
-	return out, sc.Err()
-}
-
-// unescapeMountinfo undoes the kernel's \ooo octal escapes.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
+func Mounts() ([]MountInfo, error) { return mountinfo.Read() }
 
 // MountsAt returns the mounts on mountpoint, bottom first (the last one is
 // what path lookups see).

@@ -83,12 +83,6 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	if got := unescapeMountinfo(`/tmp/a\040b\134c`); got != `/tmp/a b\c` {
-		t.Errorf("got %q", got)
-	}
-}
-
 // TestMinIOAndProxy starts MinIO, reaches it through the counting proxy
 // with SigV4 intact, counts operations and bytes, and survives a restart.
 func TestMinIOAndProxy(t *testing.T) {

@@ -1,0 +1,108 @@
+// Package mountinfo reads the kernel's mount table, /proc/self/mountinfo:
+// the one parser of it for the command, the test bed and the demo.
+package mountinfo
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+)
+
+// Mount is one line of the table (proc(5)): "id parent maj:min root
+// mountpoint options [optional...] - fstype source superoptions".
+type Mount struct {
+	ID           string
+	Mountpoint   string
+	Options      []string // per-mount options: rw/ro, nosuid, ...
+	FSType       string   // fuse.bgbfs for a bgbfs mount
+	Source       string
+	SuperOptions []string
+}
+
+// ReadOnly reports "ro" among the per-mount options.
+func (m Mount) ReadOnly() bool { return slices.Contains(m.Options, "ro") }
+
+// ParseLine reads one line of the table.
+func ParseLine(line string) (Mount, bool) {
+	fields := strings.Fields(line)
+	sep := -1
+	for i, f := range fields {
+		if f == "-" && i >= 6 {
+			sep = i
+			break
+		}
+	}
+	if sep < 0 || sep+3 >= len(fields) {
+		return Mount{}, false
+	}
+	return Mount{
+		ID:           fields[0],
+		Mountpoint:   unescape(fields[4]),
+		Options:      strings.Split(fields[5], ","),
+		FSType:       fields[sep+1],
+		Source:       unescape(fields[sep+2]),
+		SuperOptions: strings.Split(fields[sep+3], ","),
+	}, true
+}
+
+// Read returns every mount, in the table's order: of mounts on one
+// mountpoint, the last is on top.
+func Read() ([]Mount, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	var out []Mount
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		m, ok := ParseLine(sc.Text())
+		if !ok {
+			return nil, fmt.Errorf("read mount table: cannot parse %q", sc.Text())
+		}
+		out = append(out, m)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	return out, nil
+}
+
+// Top returns the mount on top of mountpoint (as the kernel names it:
+// absolute, symlinks resolved), if any.
+func Top(mountpoint string) (Mount, bool, error) {
+	all, err := Read()
+	if err != nil {
+		return Mount{}, false, err
+	}
+	var top Mount
+	found := false
+	for _, m := range all {
+		if m.Mountpoint == mountpoint {
+			top, found = m, true
+		}
+	}
+	return top, found, nil
+}
+
+// unescape undoes the kernel's \ooo octal escapes (\040 for a space).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
