@@ -118,9 +118,9 @@ func TestExecForwardsSignal(t *testing.T) {
 
 	if !pollUntil(30*time.Second, func() bool {
 		_, err := os.Stat(marker)
-		return err == nil || p.wait(0)
-	}) || p.wait(0) {
-		t.Fatalf("the command did not start within 30 s (bgbfs exited: %v, status %d); stderr:\n%s", p.wait(0), p.exitCode(), stderr.String())
+		return err == nil || p.Wait(0)
+	}) || p.Wait(0) {
+		t.Fatalf("the command did not start within 30 s (bgbfs exited: %v, status %d); stderr:\n%s", p.Wait(0), p.ExitCode(), stderr.String())
 	}
 	if _, ok := testbed.MountedAt(mp); !ok {
 		t.Fatalf("%s is not mounted while the command runs", mp)
@@ -128,10 +128,10 @@ func TestExecForwardsSignal(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if !p.wait(15 * time.Second) {
+	if !p.Wait(15 * time.Second) {
 		t.Fatalf("bgbfs exec still running 15 s after SIGTERM; stdout %q; stderr:\n%s", stdout.String(), stderr.String())
 	}
-	if code := p.exitCode(); code != 5 {
+	if code := p.ExitCode(); code != 5 {
 		t.Errorf("exit status %d after SIGTERM, want 5 (the trap's); stderr:\n%s", code, lastBytes(stderr.String(), 4000))
 	}
 	if !strings.Contains(stdout.String(), "got-term") {

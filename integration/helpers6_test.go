@@ -256,57 +256,21 @@ func checkOneErrorLine(t testing.TB, stderr string, keywords ...string) {
 	}
 }
 
-// bgCmd is a command started by a test, in its own process group, with
-// its exit collected by one goroutine.
-type bgCmd struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-}
+// bgCmd is a command a test started in the background.
+type bgCmd = testbed.Process
 
 // startBgCmd starts cmd in its own process group (SIGKILLed if the test
 // process dies) and kills the group at the end of the test if it is
 // still running.
 func startBgCmd(t testing.TB, cmd *exec.Cmd) *bgCmd {
 	t.Helper()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
+	p, err := testbed.StartProcess(cmd, syscall.SIGKILL)
+	if err != nil {
 		t.Fatal(err)
 	}
-	s := &bgCmd{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		s.err = cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		if !s.wait(0) {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			s.wait(5 * time.Second)
-		}
-	})
-	return s
-}
-
-// wait reports whether the command exited within timeout.
-func (s *bgCmd) wait(timeout time.Duration) bool {
-	select {
-	case <-s.done:
-		return true
-	case <-time.After(timeout):
-		return false
-	}
-}
-
-// exitCode is the exit status (-1: killed by a signal); only after wait.
-func (s *bgCmd) exitCode() int {
-	if s.err == nil {
-		return 0
-	}
-	if ee, ok := s.err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	return -1
+	t.Cleanup(p.Kill)
+	return p
 }
 
 // metricsSnapshot is one scrape of /metrics: the value of every series,

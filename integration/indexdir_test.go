@@ -730,7 +730,7 @@ func TestIndexDirSharedByTwoMountsAndIndexRun(t *testing.T) {
 		go func() {
 			defer func() { readers <- struct{}{} }()
 			rng := rand.New(rand.NewPCG(uint64(r), 1414))
-			for k := 0; k < minReads || !run.wait(0); k++ {
+			for k := 0; k < minReads || !run.Wait(0); k++ {
 				if time.Now().After(deadline) {
 					t.Errorf("reader %d: still reading at the deadline (the index run did not end?)", r)
 					return
@@ -752,12 +752,12 @@ func TestIndexDirSharedByTwoMountsAndIndexRun(t *testing.T) {
 	for range 4 {
 		<-readers
 	}
-	if !run.wait(time.Until(deadline)) {
+	if !run.Wait(time.Until(deadline)) {
 		t.Fatalf("bgbfs index did not finish; stderr:\n%s", lastBytes(run.stderr.String(), 3000))
 	}
-	t.Logf("%d reads on two mounts while bgbfs index ran; index: exit %d, stdout %q", reads.Load(), run.exitCode(), run.stdout.String())
-	if run.exitCode() != 0 {
-		t.Errorf("bgbfs index exited %d; stderr:\n%s", run.exitCode(), lastBytes(run.stderr.String(), 3000))
+	t.Logf("%d reads on two mounts while bgbfs index ran; index: exit %d, stdout %q", reads.Load(), run.ExitCode(), run.stdout.String())
+	if run.ExitCode() != 0 {
+		t.Errorf("bgbfs index exited %d; stderr:\n%s", run.ExitCode(), lastBytes(run.stderr.String(), 3000))
 	}
 	logs := map[string]string{"bgbfs index": run.stderr.String()}
 	for i, m := range mounts {

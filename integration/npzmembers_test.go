@@ -1038,7 +1038,7 @@ func TestNPZMemberWindowBytes(t *testing.T) {
 			t.Helper()
 			if !lines.Scan() {
 				stdin.Close()
-				bg.wait(5 * time.Second)
+				bg.Wait(5 * time.Second)
 				t.Fatalf("the numpy probe stopped: %v\n%s", lines.Err(), stderr.String())
 			}
 			return strings.Fields(lines.Text())
@@ -1085,7 +1085,7 @@ func TestNPZMemberWindowBytes(t *testing.T) {
 			least += unit
 		}
 		stdin.Close()
-		if !bg.wait(10 * time.Second) {
+		if !bg.Wait(10 * time.Second) {
 			t.Errorf("the numpy probe did not exit")
 		}
 		t.Logf("%d windows: %d bytes from S3 in all, %.2fx %s each on average", len(indices), sum, float64(sum)/float64(len(indices))/float64(unit), unitName)

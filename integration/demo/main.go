@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
 const (
@@ -74,9 +76,9 @@ func run(ctx context.Context, o options) (err error) {
 	if err := checkPrereqs(ctx); err != nil {
 		return err
 	}
-	root, err := repoRoot()
+	root, err := testbed.RepoRoot()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: run the demo inside the bgbfs repository", err)
 	}
 
 	dataDir, err := os.MkdirTemp("", "bgbfs-demo-data-")
@@ -149,8 +151,8 @@ func run(ctx context.Context, o options) (err error) {
 	case <-ctx.Done():
 		fmt.Println()
 		return nil
-	case <-p.exited:
-		return fmt.Errorf("bgbfs exited while mounted: %w", exitErr(p.err))
+	case <-p.proc.Done():
+		return fmt.Errorf("bgbfs exited while mounted: %w", exitErr(p.proc.Err()))
 	}
 }
 
@@ -166,23 +168,6 @@ func checkPrereqs(ctx context.Context) error {
 		return fmt.Errorf("fusermount3 not found; %s", hint)
 	}
 	return nil
-}
-
-// repoRoot finds the directory holding go.mod at or above the working
-// directory, so the demo runs from anywhere inside the repository.
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		if dir == filepath.Dir(dir) {
-			return "", fmt.Errorf("no go.mod at or above %s: run the demo inside the bgbfs repository", wd)
-		}
-	}
 }
 
 // generate has numpy itself write the .npz files, so the bytes bgbfs serves

@@ -10,15 +10,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bgbfs/bgbfs/integration/testbed"
 	"github.com/bgbfs/bgbfs/internal/mountinfo"
 )
 
 // bgbfsProc is a running `bgbfs mount` subprocess.
 type bgbfsProc struct {
-	cmd    *exec.Cmd
-	dir    string        // mountpoint, symlinks resolved, as mountinfo shows it
-	exited chan struct{} // closed once cmd.Wait returns
-	err    error         // cmd.Wait's result; read only after exited is closed
+	proc *testbed.Process
+	dir  string // mountpoint, symlinks resolved, as mountinfo shows it
 }
 
 // startBgbfs runs `bgbfs mount` against the in-process endpoint. It is not
@@ -31,46 +30,19 @@ func startBgbfs(bin, endpointURL, dir string) (*bgbfsProc, error) {
 		"--npz-members",
 		"s3://"+bucket+"/"+prefix,
 		dir)
-	cmd.Env = demoEnv()
+	// A developer's AWS_PROFILE, AWS_CA_BUNDLE or region must not leak
+	// into a mount of a loopback endpoint, nor may ~/.aws files.
+	cmd.Env = append(testbed.CleanEnv(&testbed.Creds{AccessKey: "bgbfs-demo", SecretKey: "bgbfs-demo-secret"}), "AWS_REGION=us-east-1")
 	cmd.Stdout = os.Stderr // bgbfs output is diagnostics, not the demo's story
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// A terminal Ctrl-C goes to the whole foreground process group. In its
-		// own group bgbfs is not interrupted behind our back and we choose when
-		// to unmount.
-		Setpgid: true,
-		// If the demo itself is killed, bgbfs still gets a chance to unmount.
-		Pdeathsig: syscall.SIGTERM,
-	}
-	if err := cmd.Start(); err != nil {
+	// In its own process group, a terminal's Ctrl-C does not interrupt
+	// bgbfs behind our back: we choose when to unmount. If the demo itself
+	// is killed, bgbfs still gets SIGTERM and a chance to unmount.
+	proc, err := testbed.StartProcess(cmd, syscall.SIGTERM)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &bgbfsProc{cmd: cmd, dir: dir, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-// demoEnv is the inherited environment minus every AWS_* variable, plus
-// demo credentials. A developer's AWS_PROFILE, AWS_CA_BUNDLE or region must
-// not leak into a mount of a loopback endpoint, nor may ~/.aws files.
-func demoEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AWS_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env,
-		"AWS_ACCESS_KEY_ID=bgbfs-demo",
-		"AWS_SECRET_ACCESS_KEY=bgbfs-demo-secret",
-		"AWS_REGION=us-east-1",
-		"AWS_EC2_METADATA_DISABLED=true",
-		"AWS_CONFIG_FILE="+os.DevNull,
-		"AWS_SHARED_CREDENTIALS_FILE="+os.DevNull,
-	)
+	return &bgbfsProc{proc: proc, dir: dir}, nil
 }
 
 // waitMounted polls /proc/self/mountinfo until the mount shows up with
@@ -92,8 +64,8 @@ func (p *bgbfsProc) waitMounted(ctx context.Context, timeout time.Duration) erro
 			seen = fstype
 		}
 		select {
-		case <-p.exited:
-			return fmt.Errorf("bgbfs exited before the mount appeared: %w", exitErr(p.err))
+		case <-p.proc.Done():
+			return fmt.Errorf("bgbfs exited before the mount appeared: %w", exitErr(p.proc.Err()))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline:
@@ -112,28 +84,22 @@ func (p *bgbfsProc) waitMounted(ctx context.Context, timeout time.Duration) erro
 // call whether or not bgbfs is still running.
 func (p *bgbfsProc) stop() error {
 	var errs []error
-	select {
-	case <-p.exited:
-		// Whoever noticed the exit has reported it; only the mount is left.
-	default:
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if !p.proc.Exited() {
+		// Whoever noticed an exit has reported it; only the mount is left.
+		if err := p.proc.Signal(syscall.SIGTERM); err != nil {
 			errs = append(errs, fmt.Errorf("signal bgbfs: %w", err))
 		}
-		select {
-		case <-p.exited:
-			if p.err != nil {
-				errs = append(errs, fmt.Errorf("bgbfs on SIGTERM: %w", exitErr(p.err)))
+		if p.proc.Wait(10 * time.Second) {
+			if err := p.proc.Err(); err != nil {
+				errs = append(errs, fmt.Errorf("bgbfs on SIGTERM: %w", exitErr(err)))
 			}
-		case <-time.After(10 * time.Second):
+		} else {
 			errs = append(errs, errors.New("bgbfs did not exit within 10s of SIGTERM"))
 			// Detaching the mount makes a healthy FUSE server see the
 			// session end and return; a wedged one is killed below.
 			errs = append(errs, lazyUnmount(p.dir))
-			select {
-			case <-p.exited:
-			case <-time.After(5 * time.Second):
-				errs = append(errs, p.cmd.Process.Kill())
-				<-p.exited
+			if !p.proc.Wait(5 * time.Second) {
+				p.proc.Kill()
 			}
 		}
 	}

@@ -32,7 +32,7 @@ type MinIO struct {
 	consoleAddr string
 
 	mu   sync.Mutex
-	proc *process
+	proc *Process
 }
 
 // StartMinIO starts bin as a single-drive server with data in dir/data and
@@ -72,7 +72,7 @@ func StartMinIO(bin, dir string) (*MinIO, error) {
 func (m *MinIO) Start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.proc != nil && !m.proc.exited() {
+	if m.proc != nil && !m.proc.Exited() {
 		return errors.New("minio is already running")
 	}
 	logf, err := os.OpenFile(m.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -88,7 +88,7 @@ func (m *MinIO) Start() error {
 		"MINIO_UPDATE=off",
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	p, err := startProcess(cmd, syscall.SIGKILL)
+	p, err := StartProcess(cmd, syscall.SIGKILL)
 	if err != nil {
 		return fmt.Errorf("start minio: %w", err)
 	}
@@ -97,7 +97,7 @@ func (m *MinIO) Start() error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(MinIOStartTimeout)
 	for time.Now().Before(deadline) {
-		if p.exited() {
+		if p.Exited() {
 			return fmt.Errorf("minio exited during start-up (%v); log:\n%s", p.err, tail(m.LogPath, 4000))
 		}
 		resp, err := client.Get(m.Endpoint + "/minio/health/live")
@@ -109,7 +109,7 @@ func (m *MinIO) Start() error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	p.kill()
+	p.Kill()
 	return fmt.Errorf("minio not live at %s after %v; log:\n%s", m.Endpoint, MinIOStartTimeout, tail(m.LogPath, 4000))
 }
 
@@ -119,7 +119,7 @@ func (m *MinIO) Stop() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.proc != nil {
-		m.proc.kill()
+		m.proc.Kill()
 	}
 }
 

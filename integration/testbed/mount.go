@@ -89,7 +89,7 @@ type Mounted struct {
 	LogPath    string
 	Args       []string
 
-	proc       *process
+	proc       *Process
 	mountID    string // this mount's ID in mountinfo
 	removeLog  bool
 	mu         sync.Mutex
@@ -142,7 +142,7 @@ func Mount(o MountOptions) (*Mounted, error) {
 	cmd.Env = append(CleanEnv(o.Creds), o.Env...)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	// If the test binary dies, SIGTERM lets bgbfs unmount itself.
-	m.proc, err = startProcess(cmd, syscall.SIGTERM)
+	m.proc, err = StartProcess(cmd, syscall.SIGTERM)
 	if err != nil {
 		return nil, fmt.Errorf("start bgbfs: %w", err)
 	}
@@ -157,15 +157,15 @@ func Mount(o MountOptions) (*Mounted, error) {
 			m.mountID = info.ID
 			return m, nil
 		}
-		if m.proc.exited() {
+		if m.proc.Exited() {
 			err := fmt.Errorf("bgbfs %s exited with status %d before mounting; stderr:\n%s",
-				strings.Join(m.Args, " "), m.proc.exitCode(), tail(m.LogPath, 8000))
+				strings.Join(m.Args, " "), m.proc.ExitCode(), tail(m.LogPath, 8000))
 			_ = ForceUnmount(mp)
 			m.cleanupLogs()
 			return nil, err
 		}
 		if time.Now().After(deadline) {
-			m.proc.kill()
+			m.proc.Kill()
 			_ = ForceUnmount(mp)
 			err := fmt.Errorf("bgbfs %s: mount did not appear within %v; stderr:\n%s",
 				strings.Join(m.Args, " "), timeout, tail(m.LogPath, 8000))
@@ -198,10 +198,10 @@ func (m *Mounted) cleanupLogs() {
 }
 
 // Pid is the daemon's process id.
-func (m *Mounted) Pid() int { return m.proc.pid() }
+func (m *Mounted) Pid() int { return m.proc.Pid() }
 
 // Alive reports whether the daemon is still running.
-func (m *Mounted) Alive() bool { return !m.proc.exited() }
+func (m *Mounted) Alive() bool { return !m.proc.Exited() }
 
 // Stderr returns what the daemon has written to stderr so far.
 func (m *Mounted) Stderr() string {
@@ -219,7 +219,7 @@ func (m *Mounted) Stderr() string {
 func (m *Mounted) WaitMounted(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(m.Stderr(), "msg=mounted ") {
-		if m.proc.exited() || time.Now().After(deadline) {
+		if m.proc.Exited() || time.Now().After(deadline) {
 			return fmt.Errorf("bgbfs did not log msg=mounted within %v; stderr:\n%s", timeout, tail(m.LogPath, 4000))
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -232,7 +232,7 @@ func (m *Mounted) Signal(sig os.Signal) error {
 	m.mu.Lock()
 	m.signaled = true
 	m.mu.Unlock()
-	return m.proc.signal(sig)
+	return m.proc.Signal(sig)
 }
 
 // Kill sends SIGKILL and waits, leaving the FUSE mount dead in place.
@@ -240,16 +240,16 @@ func (m *Mounted) Kill() {
 	m.mu.Lock()
 	m.signaled = true
 	m.mu.Unlock()
-	m.proc.kill()
+	m.proc.Kill()
 }
 
 // WaitExit waits up to timeout for the daemon to exit and returns its exit
 // status (-1: killed by a signal).
 func (m *Mounted) WaitExit(timeout time.Duration) (code int, exited bool) {
-	if !m.proc.wait(timeout) {
+	if !m.proc.Wait(timeout) {
 		return 0, false
 	}
-	return m.proc.exitCode(), true
+	return m.proc.ExitCode(), true
 }
 
 // Unmount stops the daemon with SIGTERM and checks that it exits 0 within
@@ -266,22 +266,22 @@ func (m *Mounted) Unmount() error {
 	m.unmounted = true
 	var errs []error
 	switch {
-	case m.proc.exited() && !m.signaled:
-		errs = append(errs, fmt.Errorf("bgbfs had exited on its own with status %d", m.proc.exitCode()))
-	case !m.proc.exited():
+	case m.proc.Exited() && !m.signaled:
+		errs = append(errs, fmt.Errorf("bgbfs had exited on its own with status %d", m.proc.ExitCode()))
+	case !m.proc.Exited():
 		m.signaled = true
-		if err := m.proc.signal(syscall.SIGTERM); err != nil {
+		if err := m.proc.Signal(syscall.SIGTERM); err != nil {
 			errs = append(errs, fmt.Errorf("SIGTERM: %w", err))
 		}
-		if !m.proc.wait(UnmountTimeout) {
+		if !m.proc.Wait(UnmountTimeout) {
 			errs = append(errs, fmt.Errorf("bgbfs did not exit within %v of SIGTERM; killed", UnmountTimeout))
-			m.proc.kill()
-		} else if code := m.proc.exitCode(); code != 0 {
+			m.proc.Kill()
+		} else if code := m.proc.ExitCode(); code != 0 {
 			errs = append(errs, fmt.Errorf("bgbfs exited with status %d after SIGTERM", code))
 		}
 	}
 	if m.stillMounted() {
-		if m.proc.exitCode() == 0 {
+		if m.proc.ExitCode() == 0 {
 			errs = append(errs, errors.New("bgbfs exited 0 but left its mount in place"))
 		}
 		if err := ForceUnmount(m.Mountpoint); err != nil {
@@ -345,23 +345,23 @@ func Run(bin string, args, env []string, timeout time.Duration) RunResult {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 2 * time.Second
 	start := time.Now()
-	p, err := startProcess(cmd, syscall.SIGTERM)
+	p, err := StartProcess(cmd, syscall.SIGTERM)
 	if err != nil {
 		return RunResult{ExitCode: -1, Stderr: err.Error()}
 	}
 	res := RunResult{}
-	if !p.wait(timeout) {
+	if !p.Wait(timeout) {
 		res.TimedOut = true
-		_ = p.signal(syscall.SIGTERM)
-		if !p.wait(5 * time.Second) {
-			p.kill()
+		_ = p.Signal(syscall.SIGTERM)
+		if !p.Wait(5 * time.Second) {
+			p.Kill()
 		}
 	}
 	res.Elapsed = time.Since(start)
-	res.ExitCode = p.exitCode()
-	if syscall.Kill(-p.pid(), 0) == nil {
+	res.ExitCode = p.ExitCode()
+	if syscall.Kill(-p.Pid(), 0) == nil {
 		res.LeftBehind = true
-		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+		_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 	}
 	res.Stdout, res.Stderr = stdout.String(), stderr.String()
 	return res

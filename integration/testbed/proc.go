@@ -9,22 +9,24 @@ import (
 	"time"
 )
 
-// process is a started child whose exit is collected by one goroutine, so
-// any number of callers can poll or wait for it with a bound.
-type process struct {
+// Process is a started child whose exit is collected by one goroutine, so
+// any number of callers can poll or wait for it with a bound: the one way
+// the test bed, the tests, the demo and the benchmark run a child.
+type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error // cmd.Wait's result; read only after done is closed
 }
 
-// startProcess starts cmd in its own process group, with deathSig sent to
-// it if the test process dies first.
-func startProcess(cmd *exec.Cmd, deathSig syscall.Signal) (*process, error) {
+// StartProcess starts cmd in its own process group (a terminal's Ctrl-C
+// does not reach it behind its starter's back), with deathSig sent to it
+// if the starting process dies first.
+func StartProcess(cmd *exec.Cmd, deathSig syscall.Signal) (*Process, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSig}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
+	p := &Process{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -32,9 +34,17 @@ func startProcess(cmd *exec.Cmd, deathSig syscall.Signal) (*process, error) {
 	return p, nil
 }
 
-func (p *process) pid() int { return p.cmd.Process.Pid }
+// Done is closed once the child has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
 
-func (p *process) exited() bool {
+// Err is the child's exit as exec.Cmd.Wait reports it; only once Done.
+func (p *Process) Err() error { return p.err }
+
+// Pid is the child's process id, and its process group's.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the child has exited.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -43,8 +53,8 @@ func (p *process) exited() bool {
 	}
 }
 
-// wait reports whether the process exited within timeout.
-func (p *process) wait(timeout time.Duration) bool {
+// Wait reports whether the process exited within timeout.
+func (p *Process) Wait(timeout time.Duration) bool {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -55,10 +65,10 @@ func (p *process) wait(timeout time.Duration) bool {
 	}
 }
 
-// exitCode is the exit status, -1 if killed by a signal, or -2 while
+// ExitCode is the exit status, -1 if killed by a signal, or -2 while
 // still running.
-func (p *process) exitCode() int {
-	if !p.exited() {
+func (p *Process) ExitCode() int {
+	if !p.Exited() {
 		return -2
 	}
 	return exitCodeOf(p.err)
@@ -75,8 +85,9 @@ func exitCodeOf(err error) int {
 	return -1
 }
 
-func (p *process) signal(sig os.Signal) error {
-	if p.exited() {
+// Signal sends sig to the child, if it is still running.
+func (p *Process) Signal(sig os.Signal) error {
+	if p.Exited() {
 		return nil
 	}
 	err := p.cmd.Process.Signal(sig)
@@ -86,12 +97,12 @@ func (p *process) signal(sig os.Signal) error {
 	return err
 }
 
-// kill sends SIGKILL to the whole process group and waits for the exit.
-func (p *process) kill() {
-	if p.exited() {
+// Kill sends SIGKILL to the whole process group and waits for the exit.
+func (p *Process) Kill() {
+	if p.Exited() {
 		return
 	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }
