@@ -394,21 +394,6 @@ func TestCorruptMembers(t *testing.T) {
 	}
 }
 
-func TestNPZViewOptions(t *testing.T) {
-	for _, tt := range []struct {
-		span, bytes int64
-		ok          bool
-	}{{1 << 20, 1 << 20, true}, {32 << 10, 1 << 20, false}, {128 << 20, 1 << 20, false}, {1 << 20, 0, false}} {
-		v, err := NewNPZView(tt.span, tt.bytes, 4*tt.span)
-		if (err == nil) != tt.ok {
-			t.Errorf("NewNPZView(%d, %d): %v", tt.span, tt.bytes, err)
-		}
-		if v != nil {
-			v.Close()
-		}
-	}
-}
-
 // An interrupted member read must leave the caller's buffer alone once it
 // has returned: go-fuse reuses the buffer for the next request's reply. A
 // read over the tail of one span (inflated in a goroutine) and the head

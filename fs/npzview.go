@@ -136,14 +136,10 @@ func NPZSpanBytes(span int64) int64 { return npzHeldSpans * span }
 // NewNPZView returns a member view whose compressed members get an
 // access point every span bytes of output, holding indexes of at most
 // indexBytes bytes together and decoded spans of at most spanBytes bytes,
-// all open member files together.
+// all open member files together. The command validates the sizes
+// (--npz-checkpoint-span from 64 KiB to 64 MiB, --npz-index-size at least
+// MinNPZIndexBytes); the view trusts them.
 func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
-	if span < 64<<10 || span > 64<<20 {
-		return nil, fmt.Errorf("npz checkpoint span %d must be from 64KiB to 64MiB", span)
-	}
-	if indexBytes < MinNPZIndexBytes {
-		return nil, fmt.Errorf("npz members need at least %d bytes of cache for indexes, not %d", MinNPZIndexBytes, indexBytes)
-	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
 		// An index of an 85 MB member of EEG windows is about 23 KB,
 		// of its labels member 1 KB; ristretto wants ten counters per

@@ -258,3 +258,14 @@ func TestSkipBytes(t *testing.T) {
 		t.Error("skipBytes changed its input")
 	}
 }
+
+// TestEndpointWithoutRegion: a client for an endpoint with no region
+// configured signs for us-east-1, which S3-compatible servers accept.
+func TestEndpointWithoutRegion(t *testing.T) {
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	if got := newTestClient(t, "http://127.0.0.1:9").Region(); got != "us-east-1" {
+		t.Errorf("region %q, want us-east-1", got)
+	}
+}

@@ -34,22 +34,27 @@ func addS3Flags(fs *pflag.FlagSet, getenv func(string) string) func() (s3Options
 	maxAttempts := fs.String("max-attempts", firstNonEmpty(getenv("AWS_MAX_ATTEMPTS"), strconv.Itoa(s3backend.DefaultMaxAttempts)), "attempts at one S3 request, retries of 5xx, throttling, resets, broken and stalled bodies included (env AWS_MAX_ATTEMPTS)")
 	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
 	return func() (s3Options, error) {
-		o := s3Options{endpoint: *endpoint, region: *region, forcePathStyle: *pathStyle, profile: *profile, noSignRequest: *noSign}
-		if o.endpoint != "" && !strings.HasPrefix(o.endpoint, "http://") && !strings.HasPrefix(o.endpoint, "https://") {
-			return o, usageError{fmt.Sprintf("--endpoint-url %q: want an http:// or https:// URL", o.endpoint)}
-		}
-		if o.region == "" && o.endpoint != "" {
-			o.region = "us-east-1"
-		}
+		o := s3Options{endpoint: *endpoint, region: *region, forcePathStyle: *pathStyle, profile: *profile, noSignRequest: *noSign, requestTimeout: *requestTimeout}
 		var err error
-		if o.maxAttempts, err = strconv.Atoi(*maxAttempts); err != nil || o.maxAttempts < 1 || o.maxAttempts > 100 {
+		if o.maxAttempts, err = strconv.Atoi(*maxAttempts); err != nil {
 			return o, usageError{fmt.Sprintf("--max-attempts %q: want a number from 1 to 100", *maxAttempts)}
-		}
-		if o.requestTimeout = *requestTimeout; o.requestTimeout <= 0 {
-			return o, usageError{fmt.Sprintf("--request-timeout %v: want a positive duration", o.requestTimeout)}
 		}
 		return o, nil
 	}
+}
+
+// validate checks the S3 options. An endpoint without a region is left
+// to s3backend, which signs for us-east-1 then.
+func (o s3Options) validate() error {
+	switch {
+	case o.endpoint != "" && !strings.HasPrefix(o.endpoint, "http://") && !strings.HasPrefix(o.endpoint, "https://"):
+		return usageError{fmt.Sprintf("--endpoint-url %q: want an http:// or https:// URL", o.endpoint)}
+	case o.maxAttempts < 1 || o.maxAttempts > 100:
+		return usageError{fmt.Sprintf("--max-attempts %d: want a number from 1 to 100", o.maxAttempts)}
+	case o.requestTimeout <= 0:
+		return usageError{fmt.Sprintf("--request-timeout %v: want a positive duration", o.requestTimeout)}
+	}
+	return nil
 }
 
 // clientConfig is the s3backend configuration for bucket.

@@ -65,6 +65,9 @@ func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if o.s3Options, err = readS3(); err != nil {
 		return o, err
 	}
+	if err := o.s3Options.validate(); err != nil {
+		return o, err
+	}
 	if o.logOptions, err = readLog(); err != nil {
 		return o, err
 	}
@@ -81,8 +84,8 @@ func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if span, err = parseSize("npz-checkpoint-span", *npzSpan); err != nil {
 		return o, err
 	}
-	if span < 64<<10 || span > 64<<20 {
-		return o, usageError{fmt.Sprintf("--npz-checkpoint-span %q: want a size from 64KiB to 64MiB", *npzSpan)}
+	if err := validateNPZSpan(span); err != nil {
+		return o, err
 	}
 	if ra, err = parseSize("kernel-read-ahead", *kernelReadAhead); err != nil {
 		return o, err

@@ -53,8 +53,22 @@ const mountSynopsis = "bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT"
 const execSynopsis = "bgbfs exec [mount flags] s3://BUCKET[/PREFIX/] MOUNTPOINT -- COMMAND [ARGS...]"
 
 // parseMountArgs reads the command line and environment of "bgbfs mount"
-// (or, with exec set, of "bgbfs exec"). getenv is os.Getenv outside tests.
+// (or, with exec set, of "bgbfs exec") in three steps: parse the flags
+// into values, derive the defaults that depend on other flags, and
+// validate the whole. getenv is os.Getenv outside tests. The layers below
+// trust what it returns.
 func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer, exec bool) (mountOptions, error) {
+	o, changed, err := parseMountFlags(args, getenv, stdout, exec)
+	if err != nil {
+		return o, err
+	}
+	o.derive(changed)
+	return o, o.validate(exec)
+}
+
+// parseMountFlags turns the flags into values, refusing only what cannot
+// be read (a size that is not a size); changed reports the flags given.
+func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer, exec bool) (o mountOptions, changed func(string) bool, err error) {
 	synopsis := mountSynopsis
 	if exec {
 		synopsis = execSynopsis
@@ -73,91 +87,53 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
 	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
 	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks, read-ahead and blocks being fetched, all files together; 0 turns caching and read-ahead off")
-	blockSize := fs.String("block-size", "1MiB", "unit of caching")
+	blockSize := fs.String("block-size", "1MiB", "unit of caching (128KiB with --npz-members)")
 	partSize := fs.String("part-size", "8MiB", "largest ranged GET of read-ahead")
 	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
 	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
-	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's)")
+	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's; 128KiB with --npz-members)")
 	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; memory beside --cache-size: --npz-index-size for indexes and 64 checkpoint spans for decoded stretches of members; --block-size and --kernel-read-ahead default to 128KiB and 128KiB")
 	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
 	npzIndexSize := fs.String("npz-index-size", "256MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 23KB per archive of 73 EEG windows written by numpy, so the default holds the indexes of about 11,000 such archives; an index evicted is built again by inflating its member whole")
 	readCacheDir := addCacheDirFlags(fs, "keep fetched blocks and (with --npz-members) member indexes in this local directory across runs, so later epochs, restarts and other mounts on the machine read them from disk; or s3://BUCKET/PREFIX/ to read member indexes \"bgbfs index\" wrote there")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
-		return mountOptions{}, err
+		return o, nil, err
 	}
 	if err := applyFuseOptions(fs, *fuseOpts); err != nil {
-		return mountOptions{}, err
+		return o, nil, err
 	}
 	positional := fs.Args()
-	var command []string
 	if exec {
 		dash := fs.ArgsLenAtDash()
 		if dash < 0 || dash == len(positional) {
-			return mountOptions{}, usageError{"exec needs a command after --"}
+			return o, nil, usageError{"exec needs a command after --"}
 		}
-		positional, command = positional[:dash], positional[dash:]
+		positional, o.command = positional[:dash], positional[dash:]
 	}
 	if len(positional) != 2 {
-		return mountOptions{}, usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
+		return o, nil, usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
 	}
-	o := mountOptions{
-		command:    command,
-		daemon:     *daemon,
-		mountpoint: positional[1],
-		allowOther: *allowOther,
-	}
-	var err error
+	o.mountpoint, o.daemon, o.allowOther, o.npzMembers, o.metricsAddr = positional[1], *daemon, *allowOther, *npzMembers, *metricsAddr
+	o.cache.MaxParallel = *maxParallel
 	if o.bucket, o.prefix, err = parseS3URL(positional[0]); err != nil {
-		return o, err
+		return o, nil, err
 	}
-	if o.s3Options, err = readS3(); err != nil {
-		return o, err
+	steps := []func() error{
+		func() (err error) { o.s3Options, err = readS3(); return },
+		func() (err error) { o.uid, err = parseID("uid", *uid); return },
+		func() (err error) { o.gid, err = parseID("gid", *gid); return },
+		func() (err error) { o.fileMode, err = parseMode("file-mode", *fileMode); return },
+		func() (err error) { o.dirMode, err = parseMode("dir-mode", *dirMode); return },
+		func() (err error) { o.metadataTTL, err = parseTTL(*ttl); return },
+		func() (err error) { o.logOptions, err = readLog(); return },
+		func() (err error) { o.cacheDir, err = readCacheDir(); return },
+		func() (err error) {
+			o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern)
+			return
+		},
 	}
-	if o.uid, err = parseID("uid", *uid); err != nil {
-		return o, err
-	}
-	if o.gid, err = parseID("gid", *gid); err != nil {
-		return o, err
-	}
-	if o.fileMode, err = parseMode("file-mode", *fileMode); err != nil {
-		return o, err
-	}
-	if o.dirMode, err = parseMode("dir-mode", *dirMode); err != nil {
-		return o, err
-	}
-	if o.metadataTTL, err = parseTTL(*ttl); err != nil {
-		return o, err
-	}
-	if o.logOptions, err = readLog(); err != nil {
-		return o, err
-	}
-	if o.cacheDir, err = readCacheDir(); err != nil {
-		return o, err
-	}
-	if exec && o.daemon {
-		return o, usageError{"--daemon does not go with exec: exec stays until its command ends"}
-	}
-	if o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern); err != nil {
-		return o, err
-	}
-	if *npzMembers {
-		// The member view reads a window here and a window there: each
-		// byte the kernel reads around a window, and each byte of a block
-		// beyond what is needed, is fetched and inflated for nothing.
-		// Sequential reads keep their speed: the cache's own read-ahead
-		// fetches in whole parts regardless. Workload i, side by side
-		// (100 archives, 8 loaders, 64 MiB cache): 128 KiB blocks and
-		// kernel read-ahead fetched 1.56 MB per 1.03 MB compressed window
-		// at 88-97 samples/s; 256 KiB and 256 KiB, 2.00 MB at 70-73.
-		if !fs.Changed("block-size") {
-			*blockSize = "128KiB"
-		}
-		if !fs.Changed("kernel-read-ahead") {
-			*kernelReadAhead = "128KiB"
-		}
-	}
-	sizes := []struct {
+	for _, sz := range []struct {
 		name string
 		in   string
 		out  *int64
@@ -169,48 +145,79 @@ func parseMountArgs(args []string, getenv func(string) string, stdout io.Writer,
 		{"kernel-read-ahead", *kernelReadAhead, &o.kernelReadAhead},
 		{"npz-checkpoint-span", *npzSpan, &o.npzSpan},
 		{"npz-index-size", *npzIndexSize, &o.npzIndexBytes},
+	} {
+		steps = append(steps, func() (err error) { *sz.out, err = parseSize(sz.name, sz.in); return })
 	}
-	for _, sz := range sizes {
-		if *sz.out, err = parseSize(sz.name, sz.in); err != nil {
-			return o, err
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return o, nil, err
 		}
 	}
-	o.cache.MaxParallel = *maxParallel
-	if err := o.cache.Validate(); err != nil {
-		return o, usageError{"cache flags: " + err.Error()}
-	}
-	o.npzMembers = *npzMembers
-	if o.npzSpan < 64<<10 || o.npzSpan > 64<<20 {
-		return o, usageError{fmt.Sprintf("--npz-checkpoint-span %q: want a size from 64KiB to 64MiB", *npzSpan)}
-	}
-	if o.npzMembers && o.cache.CacheSize == 0 {
-		return o, usageError{"--npz-members needs a --cache-size above 0: compressed bytes and decoded stretches of members are held in the cache"}
-	}
-	if o.npzMembers {
-		// Checked here, before anything touches the network: a size that
-		// only fails once split would otherwise fail after the probe.
-		if err := o.checkNPZSizes(); err != nil {
-			return o, err
-		}
-	}
-	o.metricsAddr = *metricsAddr
-	return o, nil
+	return o, fs.Changed, nil
 }
 
-// checkNPZSizes checks that the sizes --npz-members works with do their
-// job: the index bound holds an index, the blocks hold a span's
-// compressed bytes. Decoded spans have a bound of their own, derived from
-// the span (bgfs.NPZSpanBytes).
-func (o *mountOptions) checkNPZSizes() error {
-	o.npzSpanBytes = bgfs.NPZSpanBytes(o.npzSpan)
+// derive sets the values that follow from others, where the flag was not
+// given.
+func (o *mountOptions) derive(changed func(string) bool) {
+	if o.npzMembers {
+		// The member view reads a window here and a window there: each
+		// byte the kernel reads around a window, and each byte of a block
+		// beyond what is needed, is fetched and inflated for nothing.
+		// Sequential reads keep their speed: the cache's own read-ahead
+		// fetches in whole parts regardless. Workload i, side by side
+		// (100 archives, 8 loaders, 64 MiB cache): 128 KiB blocks and
+		// kernel read-ahead fetched 1.56 MB per 1.03 MB compressed window
+		// at 88-97 samples/s; 256 KiB and 256 KiB, 2.00 MB at 70-73.
+		if !changed("block-size") {
+			o.cache.BlockSize = 128 << 10
+		}
+		if !changed("kernel-read-ahead") {
+			o.kernelReadAhead = 128 << 10
+		}
+		o.npzSpanBytes = bgfs.NPZSpanBytes(o.npzSpan)
+	}
+}
+
+// validate checks the options together, before anything touches the
+// network: a size that only fails once split would otherwise fail after
+// the probe.
+func (o *mountOptions) validate(exec bool) error {
+	if exec && o.daemon {
+		return usageError{"--daemon does not go with exec: exec stays until its command ends"}
+	}
+	if err := o.s3Options.validate(); err != nil {
+		return err
+	}
+	if err := o.cache.Validate(); err != nil {
+		return usageError{"cache flags: " + err.Error()}
+	}
+	if err := validateNPZSpan(o.npzSpan); err != nil {
+		return err
+	}
+	if !o.npzMembers {
+		return nil
+	}
 	size := func(n int64) string { return humanize.IBytes(uint64(n)) }
 	switch {
+	case o.cache.CacheSize == 0:
+		return usageError{"--npz-members needs a --cache-size above 0: compressed bytes and decoded stretches of members are held in the cache"}
 	case o.npzIndexBytes < bgfs.MinNPZIndexBytes:
+		// The index bound must hold an index, and the blocks a span's
+		// compressed bytes; decoded spans have a bound of their own,
+		// derived from the span (bgfs.NPZSpanBytes).
 		return usageError{fmt.Sprintf("--npz-index-size %s cannot hold one member index; use %s or more",
 			size(o.npzIndexBytes), size(bgfs.MinNPZIndexBytes))}
 	case o.npzSpan > o.cache.CacheSize:
 		return usageError{fmt.Sprintf("--npz-checkpoint-span %s is larger than --cache-size %s: a read inflates up to a span, whose compressed bytes would not stay cached; use a smaller span or --cache-size %s or more",
 			size(o.npzSpan), size(o.cache.CacheSize), size(o.npzSpan))}
+	}
+	return nil
+}
+
+// validateNPZSpan checks --npz-checkpoint-span, for mount and index.
+func validateNPZSpan(span int64) error {
+	if span < 64<<10 || span > 64<<20 {
+		return usageError{fmt.Sprintf("--npz-checkpoint-span %s: want a size from 64KiB to 64MiB", humanize.IBytes(uint64(span)))}
 	}
 	return nil
 }

@@ -52,11 +52,11 @@ func TestParseMountArgs(t *testing.T) {
 			},
 		},
 		{
-			name: "endpoint from the environment implies us-east-1",
+			name: "endpoint from the environment; the region is left to s3backend",
 			args: []string{"s3://bucket/", "/mnt"},
 			env:  map[string]string{"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"},
 			check: func(t *testing.T, o mountOptions) {
-				if o.endpoint != "http://127.0.0.1:9000" || o.region != "us-east-1" {
+				if o.endpoint != "http://127.0.0.1:9000" || o.region != "" {
 					t.Errorf("endpoint %q region %q", o.endpoint, o.region)
 				}
 			},
@@ -118,6 +118,7 @@ func TestParseMountArgs(t *testing.T) {
 			}
 		}},
 		{name: "npz span too small", args: []string{"--npz-checkpoint-span", "4KiB", "s3://bucket/", "/m"}, wantErr: "--npz-checkpoint-span"},
+		{name: "npz span too large", args: []string{"--npz-checkpoint-span", "128MiB", "s3://bucket/", "/m"}, wantErr: "want a size from 64KiB to 64MiB"},
 		{name: "npz span not a size", args: []string{"--npz-checkpoint-span", "lots", "s3://bucket/", "/m"}, wantErr: "npz-checkpoint-span"},
 		{name: "npz members without a cache", args: []string{"--npz-members", "--cache-size", "0", "s3://bucket/", "/m"}, wantErr: "--cache-size"},
 		// --npz-members bounds indexes by --npz-index-size and decoded
