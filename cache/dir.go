@@ -65,15 +65,19 @@ type Dir struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	// used is the bytes the dir held at the last walk plus those stored
-	// since: an estimate that each walk corrects.
-	used     atomic.Int64
+	// walked is what the dir held at the end of the last walk, and
+	// stored what was stored since that walk began: their sum is an
+	// estimate that each walk corrects (a store made during a walk may be
+	// counted twice, never missed).
+	walked, stored atomic.Int64
 	trimming atomic.Bool
 	// writeErr is the write failure that turned writes off.
 	writeErr atomic.Pointer[error]
 	statfs   func(path string) (free, total int64, err error)
 	// removed counts the files this process removed: trimmed or damaged.
 	removed atomic.Int64
+	// onWalk, if set, is told each file a walk counts (tests).
+	onWalk func(path string)
 }
 
 // OpenDir returns the Dir at root, creating it if it can; limit bounds
@@ -214,7 +218,7 @@ func (d *Dir) Store(ctx context.Context, name string, data []byte) error {
 		d.writesOff(err)
 		return fmt.Errorf("%w: %w", ErrDirNotWritable, err)
 	}
-	if d.used.Add(int64(len(data))) > d.bound() || d.lowOnSpace() {
+	if d.walked.Load()+d.stored.Add(int64(len(data))) > d.bound() || d.lowOnSpace() {
 		d.startTrim()
 	}
 	return nil
@@ -299,6 +303,8 @@ type dirFile struct {
 }
 
 func (d *Dir) trim() error {
+	// Stores from now on may land in directories the walk has passed.
+	d.stored.Store(0)
 	var files []dirFile
 	var total int64
 	visit := func(p string, e iofs.DirEntry, err error) error {
@@ -326,6 +332,9 @@ func (d *Dir) trim() error {
 		}
 		files = append(files, dirFile{p, fi.Size(), fi.ModTime()})
 		total += fi.Size()
+		if d.onWalk != nil {
+			d.onWalk(p)
+		}
 		return nil
 	}
 	for _, a := range dirAreas {
@@ -361,7 +370,7 @@ func (d *Dir) trim() error {
 		total -= removed
 		d.logger.Debug("cache dir trimmed", "dir", d.root, "files_removed", n, "bytes_removed", removed, "bytes_kept", total)
 	}
-	d.used.Store(total)
+	d.walked.Store(total)
 	return nil
 }
 
@@ -371,4 +380,4 @@ func (d *Dir) Removed() int64 { return d.removed.Load() }
 
 // Used returns the bytes the dir holds, as far as this process knows:
 // the last walk plus its own stores since.
-func (d *Dir) Used() int64 { return d.used.Load() }
+func (d *Dir) Used() int64 { return d.walked.Load() + d.stored.Load() }

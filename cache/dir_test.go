@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -185,5 +186,33 @@ func TestDirWritesOffAfterAFailure(t *testing.T) {
 	}
 	if got, err := d.Load(ctx, "indexes/kept"); err != nil || string(got) != "k" {
 		t.Errorf("load after writes went off = %q, %v", got, err)
+	}
+}
+
+// TestDirCountsStoresDuringAWalk: a file stored while a walk runs, into a
+// directory the walk has passed, is still counted.
+func TestDirCountsStoresDuringAWalk(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := OpenDir(root, 1<<30, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	waitTrim(t, d)
+	for _, name := range []string{"blocks/a/1", "blocks/b/1"} {
+		if err := d.Store(ctx, name, make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.onWalk = func(p string) {
+		if strings.HasSuffix(p, "b/1") {
+			d.Store(ctx, "blocks/a/2", make([]byte, 100)) // a/ is walked already
+		}
+	}
+	d.startTrim()
+	waitTrim(t, d)
+	if d.Used() < 300 {
+		t.Errorf("Used = %d; the dir holds 300 bytes", d.Used())
 	}
 }

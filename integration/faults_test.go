@@ -243,7 +243,7 @@ func TestFaultsReads(t *testing.T) {
 			}
 			for dir, want := range dirs {
 				t0 := time.Now()
-				got, err := readDirNames(filepath.Join(m.Mountpoint, filepath.FromSlash(dir)))
+				got, err := dirNames(filepath.Join(m.Mountpoint, filepath.FromSlash(dir)))
 				slowestList = max(slowestList, time.Since(t0))
 				listings++
 				if err != nil || !slices.Equal(got, want) {
@@ -353,18 +353,6 @@ func childNames(d *dataset, dir string) []string {
 	return out
 }
 
-// readDirNames lists a directory, sorted.
-func readDirNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	sort.Strings(names)
-	return names, err
-}
-
 // sdkRetryWorst is the longest the AWS SDK's standard retryer, as bgbfs
 // sets it up (50 ms base delay, 5 s cap, full jitter, no quota), waits
 // between attempts at one request that keeps failing with a non-throttling
@@ -459,7 +447,7 @@ func TestOutage(t *testing.T) {
 	const readers = 4 // reads in flight per mount while S3 is down
 	const inOrderFile = 4
 	for _, mt := range mounts {
-		if got, err := readDirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
+		if got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
 			t.Fatalf("%s: ls data: %q, %v", mt.name, got, err)
 		}
 		for i := range readers {
@@ -578,7 +566,7 @@ func TestOutage(t *testing.T) {
 				}
 				time.Sleep(1500 * time.Millisecond) // past the TTL
 				t0 := time.Now()
-				got, err := readDirNames(filepath.Join(mt.m.Mountpoint, "data"))
+				got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data"))
 				if err == nil {
 					_, err = os.Stat(filepath.Join(mt.m.Mountpoint, "data", "file-5.bin"))
 				}
@@ -660,7 +648,7 @@ func TestOutage(t *testing.T) {
 				}
 			}
 		}
-		if got, err := readDirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
+		if got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
 			t.Errorf("%s: ls data after S3 came back: %q, %v", mt.name, got, errnoOf(err))
 		}
 		last := files[len(files)-1]
@@ -715,7 +703,7 @@ func TestListingBodyFaults(t *testing.T) {
 			defer faults.SetRate(0)
 			proxy.Reset()
 			start := time.Now()
-			got, err := readDirNames(filepath.Join(m.Mountpoint, string(k)))
+			got, err := dirNames(filepath.Join(m.Mountpoint, string(k)))
 			took := time.Since(start)
 			c := proxy.Counts()
 			t.Logf("ls after one %s: %q, %v in %v; %d ListObjectsV2 requests", k, got, errnoOf(err), took.Round(time.Millisecond), c.ListObjectsV2)

@@ -275,8 +275,8 @@ func TestMetricsAddrBusy(t *testing.T) {
 			checkOneErrorLine(t, res.Stderr, "metrics-addr")
 			requireNotMounted(t, mp)
 			requireNoDaemon(t, mp, 2*time.Second)
-			if got := bgbfsMounts(t); !slices.Equal(got, mountsBefore) {
-				t.Errorf("fuse.bgbfs mounts changed from %v to %v", mountsBefore, got)
+			if added := addedMounts(bgbfsMounts(t), mountsBefore); len(added) > 0 {
+				t.Errorf("fuse.bgbfs mounts %v appeared (before: %v)", added, mountsBefore)
 			}
 		})
 	}

@@ -1,15 +1,10 @@
 package integration
 
+// Helpers that mount bgbfs for a test.
+
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +26,9 @@ type mountSpec struct {
 	Mountpoint string   // "" means a fresh directory
 	Env        []string // added to the clean environment, e.g. BGB_LIMIT_FILES=3
 	Bin        string   // "" means the binary under test
+	// Timeout bounds the wait for the mount to appear; 0 means
+	// testbed.MountTimeout (a race build starts slower).
+	Timeout time.Duration
 }
 
 // newMountpoint makes an empty directory DIR/mnt in a fresh DIR, so the
@@ -65,6 +63,7 @@ func mount(t testing.TB, s mountSpec) *testbed.Mounted {
 		Args:       s.Args,
 		Env:        s.Env,
 		LogPath:    logPath,
+		Timeout:    s.Timeout,
 	})
 	if err != nil {
 		t.Fatalf("mount (env %q): %v", s.Env, err)
@@ -81,11 +80,6 @@ func mount(t testing.TB, s mountSpec) *testbed.Mounted {
 	return m
 }
 
-// rootCreds are the MinIO root credentials.
-func rootCreds(srv *testbed.MinIO) *testbed.Creds {
-	return &testbed.Creds{AccessKey: srv.AccessKey, SecretKey: srv.SecretKey}
-}
-
 // mountData mounts s3://bgbfs-e2e/<prefix> from MinIO with root
 // credentials (prefix "" mounts the whole bucket).
 func mountData(t testing.TB, prefix string, args ...string) *testbed.Mounted {
@@ -98,90 +92,6 @@ func mountData(t testing.TB, prefix string, args ...string) *testbed.Mounted {
 		Creds:    rootCreds(srv),
 		Args:     args,
 	})
-}
-
-// newProxy starts a CountingProxy in front of target for this test.
-func newProxy(t testing.TB, target string) *testbed.CountingProxy {
-	t.Helper()
-	p, err := testbed.NewCountingProxy(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	return p
-}
-
-// entry is what a walk of the mount saw at one path.
-type entry struct {
-	IsDir bool
-	Size  int64
-	Mode  fs.FileMode
-	Mtime time.Time
-}
-
-// walkTree walks root with lstat on every entry and returns the entries
-// by slash-separated relative path (root itself excluded). It fails the
-// test on walk errors, on names a directory should never return and on
-// duplicates within a directory.
-func walkTree(t testing.TB, root string) map[string]entry {
-	t.Helper()
-	out := map[string]entry{}
-	var walk func(rel string)
-	walk = func(rel string) {
-		dir := filepath.Join(root, filepath.FromSlash(rel))
-		f, err := os.Open(dir)
-		if err != nil {
-			t.Errorf("open %s: %v", dir, err)
-			return
-		}
-		names, err := f.Readdirnames(-1)
-		f.Close()
-		if err != nil {
-			t.Errorf("readdir %s: %v", dir, err)
-			return
-		}
-		sort.Strings(names)
-		for i, name := range names {
-			if name == "" || name == "." || name == ".." || strings.Contains(name, "/") || len(name) > 255 {
-				t.Errorf("readdir %s returned the invalid name %q", dir, name)
-				continue
-			}
-			if i > 0 && names[i-1] == name {
-				t.Errorf("readdir %s returned %q twice", dir, name)
-				continue
-			}
-			p := name
-			if rel != "" {
-				p = rel + "/" + name
-			}
-			fi, err := os.Lstat(filepath.Join(dir, name))
-			if err != nil {
-				t.Errorf("lstat %s: %v", p, err)
-				continue
-			}
-			out[p] = entry{IsDir: fi.IsDir(), Size: fi.Size(), Mode: fi.Mode(), Mtime: fi.ModTime()}
-			if fi.IsDir() {
-				walk(p)
-			}
-		}
-	}
-	walk("")
-	return out
-}
-
-// hashFile returns the hex SHA-256 and length of a file.
-func hashFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
-	if err != nil {
-		return "", n, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // dropDentries makes the kernel forget cached dentries and inodes, so the
@@ -208,15 +118,6 @@ func lastBytes(s string, n int) string {
 		return s
 	}
 	return "..." + s[len(s)-n:]
-}
-
-// errnoOf describes err with its errno, for messages.
-func errnoOf(err error) string {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		return fmt.Sprintf("%v (errno %d)", err, int(errno))
-	}
-	return fmt.Sprint(err)
 }
 
 // parallel runs fn(i) for i in [0, n) on workers goroutines.
