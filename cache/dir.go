@@ -70,7 +70,7 @@ type Dir struct {
 	// estimate that each walk corrects (a store made during a walk may be
 	// counted twice, never missed).
 	walked, stored atomic.Int64
-	trimming atomic.Bool
+	trimming       atomic.Bool
 	// writeErr is the write failure that turned writes off.
 	writeErr atomic.Pointer[error]
 	statfs   func(path string) (free, total int64, err error)
