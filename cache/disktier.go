@@ -13,9 +13,10 @@ import (
 	iofs "io/fs"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/bgbfs/bgbfs/s3backend"
 )
@@ -33,8 +34,8 @@ import (
 // checked on every read; a file that fails is removed, logged and counted,
 // and the block is fetched again. Blocks fetched from S3 are written in
 // the background, from copies: a read never waits for the disk, and when
-// the writers are busy a block is not written (it is fetched again next
-// time). A write that fails (full disk, read-only, I/O error) turns the
+// DiskWriteBacklog bytes already wait to be written a block is not
+// written (it is fetched again next time). A write that fails (full disk, read-only, I/O error) turns the
 // Dir's writes off; a read that fails other than by a missing or damaged
 // file turns the tier off: reads go on from S3.
 type DiskTier struct {
@@ -43,17 +44,28 @@ type DiskTier struct {
 	blockSize int64
 	bucket    string
 	logger    *slog.Logger
-	// writes runs the background writes, at most diskWriters at once.
-	writes errgroup.Group
+	// pending bounds the bytes of block copies waiting to be written;
+	// writers bounds the writes under way, so that a burst queues
+	// instead of opening hundreds of files at once.
+	pending *Budget
+	writers *semaphore.Weighted
+	writes  sync.WaitGroup
 	// off is set once a read from the disk failed.
 	off atomic.Bool
 
 	hits, misses, checksumFailures, bytesWritten, writesSkipped atomic.Int64
 }
 
-// diskWriters bounds the blocks being written at once, and so the copies
-// they hold: 16 blocks of up to 1 MiB, or 2 MiB of 128 KiB.
-const diskWriters = 16
+// diskWriters bounds the block files being written at once;
+// DiskWriteBacklog the bytes of copies waiting for them. A read that
+// finds the backlog full does not wait: its blocks are not written, and
+// are fetched again next time (counted as writes skipped). 64 MiB holds
+// a burst of read-ahead at 1 GB/s for longer than a disk takes to catch
+// up; it is memory beside --cache-size.
+const (
+	diskWriters      = 8
+	DiskWriteBacklog = 64 << 20
+)
 
 // blockTrailer is what a block file holds after the block: a magic, the
 // hash of the object version, the block index, and the CRC-32C of all
@@ -69,9 +81,8 @@ func NewDiskTier(next s3backend.ObjectStore, dir *Dir, blockSize int64, bucket s
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	t := &DiskTier{next: next, dir: dir, blockSize: blockSize, bucket: bucket, logger: logger}
-	t.writes.SetLimit(diskWriters)
-	return t
+	return &DiskTier{next: next, dir: dir, blockSize: blockSize, bucket: bucket, logger: logger,
+		pending: NewBudget(max(DiskWriteBacklog, 4*blockSize)), writers: semaphore.NewWeighted(diskWriters)}
 }
 
 // DiskStats is a snapshot of the disk tier's counters.
@@ -258,16 +269,25 @@ func (t *DiskTier) writeBlocks(vh []byte, first int64, bufs [][]byte, n int) {
 			continue
 		}
 		idx := first + int64(i)
+		size := int64(len(b) + blockTrailer)
+		if !t.pending.TryTake(size) {
+			t.writesSkipped.Add(1)
+			continue
+		}
 		tr := makeTrailer(vh, idx, b)
-		data := make([]byte, 0, len(b)+blockTrailer)
+		data := make([]byte, 0, size)
 		data = append(append(data, b...), tr[:]...)
-		if !t.writes.TryGo(func() error {
+		t.writes.Add(1)
+		go func() {
+			defer t.writes.Done()
+			defer t.pending.Give(size)
+			_ = t.writers.Acquire(context.Background(), 1) // cannot fail
+			defer t.writers.Release(1)
 			if t.dir.Store(context.Background(), blockName(vh, idx), data) == nil {
 				t.bytesWritten.Add(int64(len(b)))
+			} else {
+				t.writesSkipped.Add(1)
 			}
-			return nil
-		}) {
-			t.writesSkipped.Add(1)
-		}
+		}()
 	}
 }

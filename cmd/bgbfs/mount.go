@@ -89,9 +89,12 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 
 	// The cache is the bulk of the heap: keep the Go runtime's garbage
 	// from growing the process far beyond it.
-	cacheSize, npzBytes := o.cache.CacheSize, int64(0)
+	cacheSize, npzBytes := o.cache.CacheSize, int64(0) // npzBytes: all beside the cache
 	if o.npzMembers {
 		npzBytes = o.npzIndexBytes + o.npzSpanBytes
+	}
+	if o.cacheDir.local != "" && cacheSize > 0 {
+		npzBytes += cache.DiskWriteBacklog // block copies waiting for the disk
 	}
 	if cacheSize > 0 {
 		debug.SetMemoryLimit(cacheSize + npzBytes + runtimeHeadroom)
