@@ -397,7 +397,7 @@ func TestCorruptMembers(t *testing.T) {
 // An interrupted member read must leave the caller's buffer alone once it
 // has returned: go-fuse reuses the buffer for the next request's reply. A
 // read over the tail of one span (inflated in a goroutine) and the head
-// of the next (read directly, and failing fast when interrupted) used to
+// of the next (read directly, and failing fast when interrupted) could
 // return while the goroutine still had its copy to do.
 func TestMemberReadLeavesBufferAfterReturn(t *testing.T) {
 	const storeDelay = 100 * time.Millisecond

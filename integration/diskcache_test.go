@@ -1,6 +1,6 @@
 package integration
 
-// The disk tier (issue 15): with a local --cache-dir DIR, the blocks
+// The disk tier: with a local --cache-dir DIR, the blocks
 // fetched from S3 are kept in DIR/blocks/XX/<32 hex>-<block index>, each
 // file the block's bytes and a 36-byte trailer (magic BGBFSBK1, a hash of
 // the object version, the block index, a CRC-32C of all before it).
@@ -35,8 +35,8 @@ import (
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
-// The block file format and the log lines of the disk tier (BRIEF, the
-// surface of issue 15).
+// The block file format and the log lines of the disk tier
+// (cache/disktier.go, SEMANTICS.md).
 const (
 	diskBlockMagic   = "BGBFSBK1"
 	diskBlockTrailer = len(diskBlockMagic) + 16 + 8 + 4

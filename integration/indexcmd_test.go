@@ -1,6 +1,6 @@
 package integration
 
-// `bgbfs index` (issue 14): builds the index of every deflated member of
+// `bgbfs index`: builds the index of every deflated member of
 // every .npz under a prefix into a --cache-dir (a local directory or an
 // s3:// prefix), one summary line on stdout, exit 1 naming the archives
 // that failed; archives already indexed are skipped without a GET; a

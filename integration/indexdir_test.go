@@ -1,6 +1,6 @@
 package integration
 
-// Member indexes kept in --cache-dir (issue 14): a mount with
+// Member indexes kept in --cache-dir: a mount with
 // --npz-members --cache-dir DIR saves the index of every compressed
 // member it builds and loads it after a restart instead of inflating the
 // member whole again. Checked through real mounts of archives numpy
@@ -46,7 +46,7 @@ const (
 	idxWindows = 6
 	// idxLabelRow is one row of labels.npy (15360 float32).
 	idxLabelRow = 15360 * 4
-	// The index file format (BRIEF of issue 14).
+	// The index file format (fs/indexfiles.go, SEMANTICS.md).
 	idxMagic   = "BGBFSNX\n"
 	idxVersion = 1
 	// How long a daemon gets to write the indexes it built.

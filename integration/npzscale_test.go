@@ -1,8 +1,9 @@
 package integration
 
 // The .npz member view at the real bucket's ratio: many archives (100)
-// and memory far smaller than per-archive state used to be, EEG-like data
-// (float32 random walks, deflate 1.13x) written by numpy, eight loaders.
+// and memory far smaller than whole 32 KiB windows per access point would
+// need, EEG-like data (float32 random walks, deflate 1.13x) written by
+// numpy, eight loaders.
 
 import (
 	"archive/zip"
@@ -154,8 +155,8 @@ func TestNPZMemberShapesWithoutIndex(t *testing.T) {
 
 // TestNPZMemberManyArchivesSmallMemory reads every window of 100 archives
 // twice, in shuffled order, with eight loaders, through a mount whose
-// memory is far smaller than the indexes used to be (32 KiB of history
-// per access point and a 64 KiB head: over 20 MiB for these archives,
+// memory is far smaller than indexes with whole windows would take (32 KiB
+// of history per access point and a 64 KiB head: over 20 MiB for these archives,
 // against --npz-index-size 1MiB and --cache-size 8MiB). Every window must
 // be right; every index is built once, in the first pass, and none again
 // in the second (counted by the daemon's metrics); and the second pass

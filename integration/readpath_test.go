@@ -623,8 +623,8 @@ func TestReadPathNumpyHeadTail(t *testing.T) {
 		// on goroutines: the read-ahead of np.load's first read (at offset
 		// 0) may send one GET for the stretch after the head to S3 before
 		// the head's or the tail's GET is on the wire (seen in about one
-		// run in six on 2 loaded cores, before and after 2026-11-29's
-		// changes). One such GET before either is tolerated; the
+		// run in six on 2 loaded cores). One such GET before either is
+		// tolerated; the
 		// open_alone case checks that the open itself makes just these two.
 		switch {
 		case head < 0 || tail < 0:

@@ -1,6 +1,6 @@
 package main
 
-// Workload i: the member view at the real bucket's scale (issue 13). The
+// Workload i: the member view at the real bucket's scale. The
 // real bucket holds ~6,500 archives of EEG windows; a trainer reads one
 // shuffled window at a time from any of them, reopening the file for
 // every sample. Whether the view helps there depends on what it keeps per
@@ -483,7 +483,7 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 	}
 }
 
-// eegTargets are issue 13's targets for workload i under profile p.
+// eegTargets are the targets of workload i under profile p.
 func (b *bench) eegTargets(p string) []target {
 	e := b.eeg
 	if e == nil {
