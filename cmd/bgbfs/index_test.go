@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestForwardReaderAt: reads at increasing offsets are served from one
+// stream, skipping what lies between; a read behind the stream fails
+// instead of returning other bytes; the end is io.EOF.
+func TestForwardReaderAt(t *testing.T) {
+	data := []byte("0123456789abcdefghij")
+	r := &forwardReaderAt{r: bytes.NewReader(data[5:]), pos: 5} // a stream from offset 5
+	for _, tt := range []struct {
+		off     int64
+		n       int
+		want    string
+		wantErr string
+	}{
+		{5, 3, "567", ""},
+		{8, 2, "89", ""},
+		{12, 3, "cde", ""}, // skips ab
+		{10, 1, "", "behind the stream"},
+		{18, 5, "ij", "EOF"},
+	} {
+		p := make([]byte, tt.n)
+		n, err := r.ReadAt(p, tt.off)
+		if string(p[:n]) != tt.want || (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("ReadAt(%d bytes at %d) = %q, %v; want %q, %q", tt.n, tt.off, p[:n], err, tt.want, tt.wantErr)
+		}
+		if tt.wantErr == "EOF" && err != io.EOF {
+			t.Errorf("short read at the end: %v, want io.EOF", err)
+		}
+	}
+}
+
+// TestIndexProgressLine: the terminal's progress line says archives,
+// bytes, rate and time left; the summary line the counts.
+func TestIndexProgressLine(t *testing.T) {
+	r := &indexRun{total: 10, totalBytes: 10 << 20, start: time.Now().Add(-10 * time.Second)}
+	r.archivesDone.Store(5)
+	r.bytesDone.Store(5 << 20)
+	r.compressedBytes.Store(5 << 20)
+	r.indexed.Store(4)
+	r.current.Store(1)
+	r.members.Store(8)
+	line := r.progressLine()
+	for _, want := range []string{"[============            ]", "5/10 archives", "5.2 MB/10 MB", "524 kB/s", "ETA 10s", "(1 current, 0 failed)"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("progress line %q lacks %q", line, want)
+		}
+	}
+	if s := r.summary(); !strings.HasPrefix(s, "indexed 4 archives (8 members, 5.2 MB compressed) in 10") || !strings.HasSuffix(s, "; 1 current; 0 failed") {
+		t.Errorf("summary %q", s)
+	}
+}
