@@ -39,6 +39,10 @@ func (b *Blobs) String() string { return "s3://" + b.bucket + "/" + b.prefix }
 // io/fs.ErrNotExist (and ErrNotFound) if there is none.
 func (b *Blobs) Load(ctx context.Context, name string) ([]byte, error) {
 	key := path.Join(b.prefix, name)
+	// A state file is small: a GET of it that takes longer than a
+	// request may go without progress has stalled (its body too).
+	ctx, cancel := context.WithTimeout(ctx, b.c.requestTimeout)
+	defer cancel()
 	out, err := b.c.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
 	if err != nil {
 		err = classify(err)
