@@ -49,24 +49,7 @@ func (c *BlockCache) Open(obj Object) *Reader {
 // as one of a zip archive, which readers open at the end first and then
 // read from the start: fetched at open, both ends arrive in one round
 // trip, and read-ahead through the archive does not fetch the tail again.
-func (r *Reader) Hold(off, n int64) {
-	off, end := max(off, 0), min(off+n, r.obj.Size)
-	if r.c.blocks == nil || off >= end {
-		return
-	}
-	bs := r.c.opt.BlockSize
-	first, last := off/bs, (end-1)/bs
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.dropFailedLocked()
-	r.prefetchLocked(first, last, max(1, prefetchGET/bs))
-	for i, h := range r.held {
-		if !h.pinned && h.f.first <= last && h.f.end() > first {
-			r.held[i].pinned = true
-			r.pinnedBytes += h.charge
-		}
-	}
-}
+func (r *Reader) Hold(off, n int64) { r.prefetch(off, n, true) }
 
 // OpenRandom returns a Reader that never reads ahead: each read fetches
 // just the blocks it covers. It is for readers that know their reads are
@@ -86,7 +69,10 @@ func (c *BlockCache) OpenRandom(obj Object) *Reader {
 // will read next (the compressed bytes behind the next stretch of an .npz
 // member) and would otherwise pay a round trip for each request the
 // kernel sends, one after the other.
-func (r *Reader) Prefetch(off, n int64) {
+func (r *Reader) Prefetch(off, n int64) { r.prefetch(off, n, false) }
+
+// prefetch is Prefetch, and with pin set, Hold.
+func (r *Reader) prefetch(off, n int64, pin bool) {
 	off, end := max(off, 0), min(off+n, r.obj.Size)
 	if r.c.blocks == nil || off >= end {
 		return
@@ -97,6 +83,15 @@ func (r *Reader) Prefetch(off, n int64) {
 	defer r.mu.Unlock()
 	r.dropFailedLocked()
 	r.prefetchLocked(first, last, max(1, prefetchGET/bs))
+	if !pin {
+		return
+	}
+	for i, h := range r.held {
+		if !h.pinned && h.f.first <= last && h.f.end() > first {
+			r.held[i].pinned = true
+			r.pinnedBytes += h.charge
+		}
+	}
 }
 
 // prefetchGET is the largest GET Prefetch makes. Measured with four

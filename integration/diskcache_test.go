@@ -445,12 +445,7 @@ func TestDiskCacheKeptAcrossRestart(t *testing.T) {
 		}
 
 		m, addr = mountDisk(t, "", s, "", proxy.URL, dir, "--cache-dir-size", "1GiB")
-		dropPageCache(t)
-		proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-		proxy.Reset()
-		s.readAll(t, m.Mountpoint, "")
-		proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-		c, reqs := proxy.Take()
+		c, reqs := coldRead(t, proxy, func() { s.readAll(t, m.Mountpoint, "") })
 		checkDiskBytes(t, addr, dir, s)
 		second := scrapeMetrics(t, addr)
 		t.Logf("after the restart: %v; disk hits %v, misses %v", c, second.Sum("bgbfs_disk_hits_total"), second.Sum("bgbfs_disk_misses_total"))
@@ -518,12 +513,7 @@ func TestDiskCacheKeptAcrossRestart(t *testing.T) {
 		}
 
 		m, addr = mountDisk(t, "", s, memberDataPrefix, proxy.URL, dir, args...)
-		dropPageCache(t)
-		proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-		proxy.Reset()
-		readMembers(m.Mountpoint)
-		proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-		c, reqs := proxy.Take()
+		c, reqs := coldRead(t, proxy, func() { readMembers(m.Mountpoint) })
 		second := scrapeMetrics(t, addr)
 		t.Logf("after the restart: %v; disk hits %v, misses %v; index loads %v, builds %v", c,
 			second.Sum("bgbfs_disk_hits_total"), second.Sum("bgbfs_disk_misses_total"),
@@ -602,12 +592,7 @@ func TestDiskCacheObjectOverwritten(t *testing.T) {
 	}
 
 	m, addr := mountDisk(t, "", fresh, "", proxy.URL, dir, "--cache-dir-size", "1GiB")
-	dropPageCache(t)
-	proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-	proxy.Reset()
-	fresh.readAll(t, m.Mountpoint, "")
-	proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-	c, reqs := proxy.Take()
+	c, reqs := coldRead(t, proxy, func() { fresh.readAll(t, m.Mountpoint, "") })
 	met := scrapeMetrics(t, addr)
 	unmountDisk(t, m)
 	t.Logf("reading the new versions: %v; disk hits %v, misses %v", c, met.Sum("bgbfs_disk_hits_total"), met.Sum("bgbfs_disk_misses_total"))
@@ -717,12 +702,7 @@ func TestDiskCacheDamagedBlock(t *testing.T) {
 	}
 
 	m, addr := mountDisk(t, "", s, "", proxy.URL, dir, "--cache-dir-size", "1GiB")
-	dropPageCache(t)
-	proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-	proxy.Reset()
-	s.readAll(t, m.Mountpoint, "")
-	proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-	c, reqs := proxy.Take()
+	c, reqs := coldRead(t, proxy, func() { s.readAll(t, m.Mountpoint, "") })
 	met := scrapeMetrics(t, addr)
 	t.Logf("reading after the damage: %v; checksum failures %v, disk hits %v", c, met.Sum("bgbfs_disk_checksum_failures_total"), met.Sum("bgbfs_disk_hits_total"))
 
@@ -865,12 +845,7 @@ func TestDiskCacheFull(t *testing.T) {
 		}
 
 		m, addr := mountDisk(t, "", s, "", proxy.URL, dir)
-		dropPageCache(t)
-		proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-		proxy.Reset()
-		s.readAll(t, m.Mountpoint, "")
-		proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
-		c, reqs := proxy.Take()
+		c, reqs := coldRead(t, proxy, func() { s.readAll(t, m.Mountpoint, "") })
 		met := scrapeMetrics(t, addr)
 		t.Logf("reading through the read-only dir: %v; disk hits %v", c, met.Sum("bgbfs_disk_hits_total"))
 		fetched := getBlocks(t, reqs, s)
@@ -1033,12 +1008,7 @@ func TestDiskCacheSharedByTwoMounts(t *testing.T) {
 
 	proxy3 := newProxy(t, srv.Endpoint)
 	m3, _ := mountDisk(t, "", s, "", proxy3.URL, dir, args...)
-	dropPageCache(t)
-	proxy3.WaitQuiet(300*time.Millisecond, 30*time.Second)
-	proxy3.Reset()
-	s.readAll(t, m3.Mountpoint, "")
-	proxy3.WaitQuiet(300*time.Millisecond, 30*time.Second)
-	c, reqs := proxy3.Take()
+	c, reqs := coldRead(t, proxy3, func() { s.readAll(t, m3.Mountpoint, "") })
 	t.Logf("third mount: %v", c)
 	checkRestartGETs(t, s, held, skipped, reqs)
 	if skipped == 0 && c.GetObject != 0 {
@@ -1135,4 +1105,16 @@ func TestDiskCacheBound(t *testing.T) {
 			t.Errorf("the user's file %s in the cache dir: %v, or changed: bgbfs trims only its own files", rel, err)
 		}
 	}
+}
+
+// coldRead drops the page cache, lets the proxy settle, runs read, and
+// returns what the proxy saw during it.
+func coldRead(t testing.TB, proxy *testbed.CountingProxy, read func()) (testbed.Counts, []testbed.Request) {
+	t.Helper()
+	dropPageCache(t)
+	proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
+	proxy.Reset()
+	read()
+	proxy.WaitQuiet(300*time.Millisecond, 30*time.Second)
+	return proxy.Take()
 }
