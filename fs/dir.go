@@ -13,6 +13,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/bgbfs/bgbfs/s3backend"
 )
@@ -52,8 +53,10 @@ type dirState struct {
 	loading chan struct{} // closed when the running refresh ends
 	loadErr error
 	retryAt time.Time
-	// beyond caches lookups of names a partial listing does not settle.
-	beyond map[string]*dirEntry
+	// beyond caches lookups of names a partial listing does not settle;
+	// lookingBeyond makes concurrent lookups of one such name share one.
+	beyond        map[string]*dirEntry
+	lookingBeyond singleflight.Group
 
 	// Kept by the tree's listingCache, under its lock.
 	cost   int64         // bytes accounted for this state
@@ -433,23 +436,43 @@ func (st *dirState) lookupBeyond(ctx context.Context, l *listing, name string) (
 	st.mu.Lock()
 	cached, known := st.beyond[name]
 	st.mu.Unlock()
-	if known {
-		if cached == nil {
-			return dirEntry{}, false, nil
+	if !known {
+		// The LISTs are shared by every lookup of the name, so they do
+		// not stop when the first one is interrupted (each LIST is bounded
+		// by the client's timeouts); an interrupted lookup stops waiting.
+		looked := st.lookingBeyond.DoChan(name, func() (any, error) {
+			return st.listBeyond(context.WithoutCancel(ctx), l, name)
+		})
+		select {
+		case r := <-looked:
+			if r.Err != nil {
+				return dirEntry{}, false, r.Err
+			}
+			cached = r.Val.(*dirEntry)
+		case <-ctx.Done():
+			return dirEntry{}, false, ctx.Err()
 		}
-		return *cached, true, nil
 	}
+	if cached == nil {
+		return dirEntry{}, false, nil
+	}
+	return *cached, true, nil
+}
+
+// listBeyond makes lookupBeyond's LISTs and remembers the answer, nil
+// for none.
+func (st *dirState) listBeyond(ctx context.Context, l *listing, name string) (*dirEntry, error) {
 	var found *dirEntry
 	sub, err := st.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: st.prefix + name + "/", MaxKeys: 1})
 	if err != nil {
-		return dirEntry{}, false, fmt.Errorf("look up %q: %w", st.prefix+name, err)
+		return nil, fmt.Errorf("look up %q: %w", st.prefix+name, err)
 	}
 	if len(sub.Objects) > 0 || len(sub.CommonPrefixes) > 0 {
 		found = &dirEntry{name: name, isDir: true}
 	} else if !st.tree.Limit.matches(name) {
 		page, err := st.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: st.prefix + name, Delimiter: "/", MaxKeys: 1})
 		if err != nil {
-			return dirEntry{}, false, fmt.Errorf("look up %q: %w", st.prefix+name, err)
+			return nil, fmt.Errorf("look up %q: %w", st.prefix+name, err)
 		}
 		if len(page.Objects) > 0 && page.Objects[0].Key == st.prefix+name {
 			o := page.Objects[0]
@@ -465,8 +488,5 @@ func (st *dirState) lookupBeyond(ctx context.Context, l *listing, name string) (
 		st.tree.listings.resize(st, l.bytes+int64(len(st.beyond))*beyondEntryBytes)
 	}
 	st.mu.Unlock()
-	if found == nil {
-		return dirEntry{}, false, nil
-	}
-	return *found, true, nil
+	return found, nil
 }

@@ -2,11 +2,14 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/bgbfs/bgbfs/s3backend"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
@@ -265,4 +269,86 @@ func TestSmokeViewIndependentOfPageSize(t *testing.T) {
 		t.Error("no listing stopped early: the test never looked beyond a partial listing")
 	}
 	t.Logf("%d of %d listings were partial", partials, 400*4)
+}
+
+// gatedLister holds the one-key LISTs of lookups beyond a partial
+// listing until released, and counts them.
+type gatedLister struct {
+	*memstore.Store
+	small   atomic.Int64
+	release chan struct{}
+}
+
+func (g *gatedLister) List(ctx context.Context, req s3backend.ListRequest) (s3backend.ListPage, error) {
+	if req.MaxKeys == 1 {
+		g.small.Add(1)
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return s3backend.ListPage{}, ctx.Err()
+		}
+	}
+	return g.Store.List(ctx, req)
+}
+
+// TestLookupBeyondShared: concurrent lookups of one name past a partial
+// listing share its LISTs, and one interrupted lookup neither stops them
+// for the others nor waits for them itself.
+func TestLookupBeyondShared(t *testing.T) {
+	mem := memstore.New()
+	for i := range 5000 {
+		mem.Put(fmt.Sprintf("p/train/f%05d.npz", i), []byte("x"))
+	}
+	mem.Put("p/train/manifest.json", []byte("[]"))
+	lister := &gatedLister{Store: mem, release: make(chan struct{})}
+	tr := &tree{Config: Config{
+		Lister: lister, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
+		Limit: Limit{Default: 3, HasDefault: true, Pattern: "*.npz"},
+	}}
+	d := tr.newDirNode("p/train/")
+	ctx := context.Background()
+	l, err := d.getListing(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interrupted, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	found := make([]bool, 8)
+	errs := make([]error, 8)
+	firstDone := make(chan struct{})
+	for i := range 8 {
+		c := ctx
+		if i == 0 {
+			c = interrupted
+		}
+		wg.Go(func() {
+			_, found[i], errs[i] = d.state().find(c, l, "manifest.json")
+			if i == 0 {
+				close(firstDone)
+			}
+		})
+	}
+	for lister.small.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // the others join the LIST under way
+	cancel()
+	select {
+	case <-firstDone: // returned while the LIST is still held
+	case <-time.After(5 * time.Second):
+		t.Error("the interrupted lookup waited for the LIST")
+	}
+	close(lister.release)
+	wg.Wait()
+	if !errors.Is(errs[0], context.Canceled) {
+		t.Errorf("interrupted lookup: %v, want context.Canceled", errs[0])
+	}
+	for i := 1; i < 8; i++ {
+		if errs[i] != nil || !found[i] {
+			t.Errorf("lookup %d: found %v, %v", i, found[i], errs[i])
+		}
+	}
+	if n := lister.small.Load(); n != 2 {
+		t.Errorf("8 concurrent lookups of one name made %d one-key LISTs, want 2 (a directory probe, then the file)", n)
+	}
 }

@@ -407,7 +407,7 @@ func TestMemberReadLeavesBufferAfterReturn(t *testing.T) {
 	x := f.index(t, h)
 	h.Release(context.Background())
 	// A span boundary well past the index's head, and the read across it.
-	_, boundary := x.Span(x.HeadLen() + 256<<10)
+	_, boundary := x.Span(int64(len(x.Head())) + 256<<10)
 	next, nextStop := x.Span(boundary)
 	off := boundary - 8<<10
 	n := int(8<<10 + (nextStop-next)/8)
@@ -456,7 +456,7 @@ func TestFailingMemberReadAnswers(t *testing.T) {
 	x := f.index(t, h)
 	h.Release(context.Background())
 	const n = 256 << 10
-	off := x.HeadLen() + 100<<10
+	off := int64(len(x.Head())) + 100<<10
 	spans := 0
 	for pos := off; pos < off+n; {
 		_, stop := x.Span(pos)

@@ -571,10 +571,6 @@ func (x *Index) keepHead(base int64, out []byte, at int) {
 	}
 }
 
-// HeadLen is how much of the start of the content the index keeps: reads
-// that end there read nothing from the archive.
-func (x *Index) HeadLen() int64 { return int64(len(x.head)) }
-
 // Head returns the start of the content the index keeps. It must not be
 // modified.
 func (x *Index) Head() []byte { return x.head }

@@ -192,8 +192,8 @@ func TestIndexKeepsTheHead(t *testing.T) {
 			if c.reads.Load() != 0 {
 				t.Errorf("size %d: ReadAt(%d at %d) read the archive %d times", size, r.n, r.off, c.reads.Load())
 			}
-			if want := int64(min(size, headKeep)); x.HeadLen() != want {
-				t.Errorf("size %d: HeadLen %d, want %d", size, x.HeadLen(), want)
+			if want := int64(min(size, headKeep)); int64(len(x.Head())) != want {
+				t.Errorf("size %d: HeadLen %d, want %d", size, int64(len(x.Head())), want)
 			}
 		}
 	}
