@@ -89,15 +89,17 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 
 	// The cache is the bulk of the heap: keep the Go runtime's garbage
 	// from growing the process far beyond it.
-	cacheSize, npzBytes := o.cache.CacheSize, int64(0) // npzBytes: all beside the cache
+	cacheSize, beside := o.cache.CacheSize, int64(0) // memory bounded apart from the cache
 	if o.npzMembers {
-		npzBytes = o.npzIndexBytes + o.npzSpanBytes
+		beside = o.npzIndexBytes + o.npzSpanBytes
 	}
+	// The headroom holds the default listings; more is counted beside.
+	beside += max(0, o.listingMemory-bgfs.DefaultListingMemory)
 	if o.cacheDir.local != "" && cacheSize > 0 {
-		npzBytes += cache.DiskWriteBacklog // block copies waiting for the disk
+		beside += cache.DiskWriteBacklog // block copies waiting for the disk
 	}
 	if cacheSize > 0 {
-		debug.SetMemoryLimit(cacheSize + npzBytes + runtimeHeadroom)
+		debug.SetMemoryLimit(cacheSize + beside + runtimeHeadroom)
 	}
 	metrics := newDaemonMetrics()
 	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, o.cache.MaxParallel, metrics.s3, logger))
@@ -181,6 +183,8 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		Limit:       o.limit,
 		Metrics:     metrics.fuse,
 		NPZ:         npzView,
+		// Validated: at least 1 MiB.
+		ListingMemory: o.listingMemory,
 	}
 	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
 	if err != nil {

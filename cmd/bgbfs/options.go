@@ -42,6 +42,8 @@ type mountOptions struct {
 	npzIndexBytes, npzSpanBytes int64
 	// cacheDir keeps member indexes across runs.
 	cacheDir cacheDirOptions
+	// listingMemory bounds the directory listings kept.
+	listingMemory int64
 
 	daemon bool
 	// command is what "bgbfs exec" runs with the mount live.
@@ -96,6 +98,7 @@ func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer
 	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
 	npzIndexSize := fs.String("npz-index-size", "256MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 23KB per archive of 73 EEG windows written by numpy, so the default holds the indexes of about 11,000 such archives; an index evicted is built again by inflating its member whole")
 	readCacheDir := addCacheDirFlags(fs, "keep fetched blocks and (with --npz-members) member indexes in this local directory across runs, so later epochs, restarts and other mounts on the machine read them from disk; or s3://BUCKET/PREFIX/ to read member indexes \"bgbfs index\" wrote there")
+	listingMemory := fs.String("listing-memory", "32MiB", "memory for directory listings (about 200 bytes an entry), least recently used dropped first; the listing of a directory in use is kept even when larger")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
 	if err := parseFlags(fs, args); err != nil {
 		return o, nil, err
@@ -145,6 +148,7 @@ func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer
 		{"kernel-read-ahead", *kernelReadAhead, &o.kernelReadAhead},
 		{"npz-checkpoint-span", *npzSpan, &o.npzSpan},
 		{"npz-index-size", *npzIndexSize, &o.npzIndexBytes},
+		{"listing-memory", *listingMemory, &o.listingMemory},
 	} {
 		steps = append(steps, func() (err error) { *sz.out, err = parseSize(sz.name, sz.in); return })
 	}
@@ -193,6 +197,9 @@ func (o *mountOptions) validate(exec bool) error {
 	}
 	if err := validateNPZSpan(o.npzSpan); err != nil {
 		return err
+	}
+	if o.listingMemory < 1<<20 {
+		return usageError{fmt.Sprintf("--listing-memory %s: want 1MiB or more", humanize.IBytes(uint64(o.listingMemory)))}
 	}
 	if !o.npzMembers {
 		return nil

@@ -154,6 +154,12 @@ func TestParseMountArgs(t *testing.T) {
 		}},
 		{name: "cache dir, other scheme", args: []string{"--cache-dir", "gs://x/", "s3://b-1/", "/mnt"}, wantErr: "want a local directory or s3://"},
 		{name: "cache dir, bad bucket", args: []string{"--cache-dir", "s3://x/", "s3://b-1/", "/mnt"}, wantErr: "--cache-dir"},
+		{name: "listing memory", args: []string{"--listing-memory", "64MiB", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
+			if o.listingMemory != 64<<20 {
+				t.Errorf("listing memory %d", o.listingMemory)
+			}
+		}},
+		{name: "listing memory too small", args: []string{"--listing-memory", "4KiB", "s3://b-1/", "/mnt"}, wantErr: "--listing-memory"},
 		{name: "cache dir size", args: []string{"--cache-dir-size", "lots", "s3://b-1/", "/mnt"}, wantErr: "--cache-dir-size"},
 	}
 	for _, tt := range tests {
