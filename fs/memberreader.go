@@ -228,22 +228,31 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 	return g.Wait()
 }
 
-// readHead fills p, which ends within headRegion, by inflating from the
-// start of the stream, with or without an index: a loader that opens an
-// array only to read its shape costs one small read of the archive, not a
-// full inflate. Its header tells where rows lie for the reads to come.
-// These bytes may be returned before the member's CRC-32 has been
+// readHead fills p, which ends within headRegion, from the index if one
+// is kept (in memory or in the cache dir), else by inflating from the
+// start of the stream without building one: a loader that opens an array
+// only to read its shape costs one small read of the archive, not a full
+// inflate. Its header tells where rows lie for the reads to come. Without
+// an index these bytes may be returned before the member's CRC-32 has been
 // checked (SEMANTICS.md says so); an undecodable stream still fails.
 func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error {
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
-	dataOff, err := r.dataOffset(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := npz.ReadFromStart(readerAt{ctx, r.src}, r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
-		return err
+	if x := r.keptIndex(ctx); x != nil {
+		// An index keeps the .npy header: numpy's header read of every
+		// np.load then costs no request, and is checked.
+		if _, err := x.ReadAt(readerAt{ctx, r.src}, p, off); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+	} else {
+		dataOff, err := r.dataOffset(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := npz.ReadFromStart(readerAt{ctx, r.src}, r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {
@@ -253,6 +262,19 @@ func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		}
 	}
 	return nil
+}
+
+// keptIndex returns the member's index if this open holds it, the view
+// has it in memory, or the cache dir keeps it; it builds nothing.
+func (r *memberReader) keptIndex(ctx context.Context) *npz.Index {
+	if x := r.heldIndex(); x != nil {
+		return x
+	}
+	x := r.view.keptIndex(ctx, r.obj, r.member)
+	if x != nil {
+		r.keepIndex(x)
+	}
+	return x
 }
 
 // heldIndex returns the member's index if this open holds it or the
