@@ -73,16 +73,24 @@ type eegSet struct {
 	// The windows members, summed over the archives.
 	compressed, uncompressed float64
 	archives                 float64 // bytes of all the archives
-	srv                      *testbed.MinIO
-	counting                 *testbed.CountingProxy
-	ceilingDone              bool
+	// Every deflated member (windows and labels): what `bgbfs index`
+	// inflates.
+	deflated        float64
+	deflatedMembers int
+	srv             *testbed.MinIO
+	counting        *testbed.CountingProxy
+	ceilingDone     bool
 	// daemon is what each row's daemon said (at /stats), by row key.
 	daemon map[string]daemonStats
+	// index is issue 14's part: `bgbfs index` runs and the view after a
+	// restart with their output.
+	index *eegIndexSet
 }
 
 // daemonStats are a row's member-index counters from the daemon: builds
-// during the row, and the index memory held at its end.
-type daemonStats struct{ builds, indexBytes int64 }
+// and loads from --cache-dir during the row, and the index memory held at
+// its end.
+type daemonStats struct{ builds, loads, indexBytes int64 }
 
 func eegKey(profile, system string) string { return profile + "\x00" + system }
 
@@ -235,6 +243,10 @@ func (e *eegSet) measureArchives() error {
 				e.compressed += float64(f.CompressedSize64)
 				e.uncompressed += float64(f.UncompressedSize64)
 			}
+			if f.Method == zip.Deflate {
+				e.deflated += float64(f.CompressedSize64)
+				e.deflatedMembers++
+			}
 		}
 		z.Close()
 		fi, err := d.Info()
@@ -352,17 +364,25 @@ func (m *eegMounted) daemonCounters() (map[string]int64, error) {
 	return out, sc.Err()
 }
 
-// eegMeasure runs one row of workload i, counting at its proxy; m is nil
-// for the local ceiling. The counts are taken once the proxy is quiet, so
-// fetches the daemon makes after the loaders return count too.
+// eegMeasure runs one row of workload i with the page cache dropped
+// first, counting at its proxy; m is nil for the local ceiling. The counts
+// are taken once the proxy is quiet, so fetches the daemon makes after the
+// loaders return count too.
 func (b *bench) eegMeasure(profile, system string, m *eegMounted, f func() (measurement, error)) {
+	b.eegRow(profile, system, m, true, f)
+}
+
+// eegRow is eegMeasure, dropping the page cache first only if drop.
+func (b *bench) eegRow(profile, system string, m *eegMounted, drop bool, f func() (measurement, error)) {
 	e := b.eeg
 	fmt.Fprintf(os.Stderr, "bench: %s i %s\n", profile, system)
 	r := row{workload: "i", profile: profile, system: system}
-	if err := dropCaches(); err != nil {
-		r.err = err.Error()
-		b.rows = append(b.rows, r)
-		return
+	if drop {
+		if err := dropCaches(); err != nil {
+			r.err = err.Error()
+			b.rows = append(b.rows, r)
+			return
+		}
 	}
 	var before map[string]int64
 	var rss *testbed.RSSSampler
@@ -384,6 +404,7 @@ func (b *bench) eegMeasure(profile, system string, m *eegMounted, f func() (meas
 		if after, err := m.daemonCounters(); err == nil && before != nil {
 			e.daemon[eegKey(profile, system)] = daemonStats{
 				builds:     after["npz_index_builds"] - before["npz_index_builds"],
+				loads:      after["npz_index_loads"] - before["npz_index_loads"],
 				indexBytes: after["npz_index_bytes"],
 			}
 		}
@@ -481,6 +502,7 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		s.rows(m)
 		m.stop()
 	}
+	b.runEEGIndex(ctx, profile, endpoint, view, verify)
 }
 
 // eegTargets are the targets of workload i under profile p.
@@ -519,7 +541,7 @@ func (b *bench) eegTargets(p string) []target {
 			target{"(i) dataset pass: ≤ 3 GETs per archive", p, fmt.Sprintf("%.2f", gets), verdict(gets <= 3)},
 			target{"(i) dataset pass: ≤ 1 MiB fetched per archive", p, fmt.Sprintf("%.2f MiB", mib), verdict(mib <= 1)})
 	}
-	return out
+	return append(out, b.eegIndexTargets(p)...)
 }
 
 // eegSection describes workload i and details its rows: per window read,
@@ -542,18 +564,18 @@ func (b *bench) eegSection() string {
 		eegLoaders, c.eegCache, c.eegIndexSize, e.files, c.eegWindows, float64(e.files*c.eegWindows*rawHistory)/(1<<20), c.eegCache,
 		c.eegSamples, relPath(b.repo(), e.dir))
 
-	s.WriteString("| profile | path | samples | samples/s | GETs | fetched per window | ÷ compressed window | index builds | index memory held |\n|---|---|---|---|---|---|---|---|---|\n")
+	s.WriteString("| profile | path | samples | samples/s | GETs | fetched per window | ÷ compressed window | index builds | index loads | index memory held |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range b.rows {
-		if r.workload != "i" || r.err != "" || r.m.bytesRead == 0 {
+		if r.workload != "i" || r.err != "" || r.m.bytesRead == 0 || r.m.unit != "samples/s" {
 			continue
 		}
 		windows := float64(r.m.bytesRead) / windowBytes
 		perWindow := float64(r.fetched) / windows
-		builds, held := "", ""
+		builds, loads, held := "", "", ""
 		if d, ok := e.daemon[eegKey(r.profile, r.system)]; ok {
-			builds, held = strconv.FormatInt(d.builds, 10), fmt.Sprintf("%.0f KiB", float64(d.indexBytes)/1024)
+			builds, loads, held = strconv.FormatInt(d.builds, 10), strconv.FormatInt(d.loads, 10), fmt.Sprintf("%.0f KiB", float64(d.indexBytes)/1024)
 		}
-		fmt.Fprintf(&s, "| %s | %s | %.0f | %.1f | %d | %.2f MB | %.2f× | %s | %s |\n", r.profile, r.system, windows, r.m.value, r.gets, perWindow/1e6, perWindow/cw, builds, held)
+		fmt.Fprintf(&s, "| %s | %s | %.0f | %.1f | %d | %.2f MB | %.2f× | %s | %s | %s |\n", r.profile, r.system, windows, r.m.value, r.gets, perWindow/1e6, perWindow/cw, builds, loads, held)
 	}
 
 	s.WriteString("\nThe dataset pass: `np.load(p + \".d/windows.npy\", mmap_mode=\"r\").shape[0]` for every archive, 8 processes, a new daemon.\n\n")
@@ -586,6 +608,7 @@ func (b *bench) eegSection() string {
 			p, d.builds, float64(d.indexBytes)/1024, perArchive/1024, c.eegWindows, perWindow, realArchives, realWindows, real/(1<<20), old/(1<<30))
 		break
 	}
+	s.WriteString(b.eegIndexSection())
 	return s.String()
 }
 

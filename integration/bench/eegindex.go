@@ -1,0 +1,544 @@
+package main
+
+// Workload i, issue 14: member indexes kept in --cache-dir and built
+// ahead by `bgbfs index`. Beside workload i's rows, under each profile:
+//
+//   - `bgbfs index` over the workload's bucket into a fresh local dir,
+//     with --jobs as many as the cores and with --jobs 1, and into a fresh
+//     prefix of a second bucket of the same MinIO (s3:// dir); its rate is
+//     the compressed bytes of every deflated member over the wall time of
+//     the process. Beside it what bounds it: whole-archive GETs of the
+//     same bytes through the same profile, as many streams as jobs (the
+//     network), and npz.BuildIndex in this process over the archives in
+//     memory on one core (the inflater). MinIO's files are read into the
+//     page cache first, so that both GET rows see the network path and not
+//     the virtual disk.
+//   - the view after a restart with a filled dir: a new daemon mounted
+//     with --cache-dir (the local dir `bgbfs index --jobs CORES` filled,
+//     then the s3:// one), page cache dropped, the trainer's first touch
+//     (one window of every archive: every sample needs an index it has to
+//     load), then steady on the same daemon. Workload i's "first touch"
+//     row is the same without a dir. Then the first touch again on a new
+//     daemon after a dataset pass, to tell the index loads from the zip
+//     directory and .npy header reads every first open of an archive
+//     makes.
+//
+// The index rows also say how busy the whole machine was: on 2 cores
+// MinIO and the proxies serving 2.5 GB compete with the inflating, and
+// so do other tenants of a shared machine.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/errgroup"
+
+	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/integration/testbed"
+)
+
+const (
+	// eegIndexBucket holds the s3:// dirs, a prefix per run and profile.
+	eegIndexBucket = "eeg-idx"
+	// What `bgbfs index` places access points for by default, as the
+	// view rows' mounts read them: --npz-checkpoint-span 1MiB,
+	// --kernel-read-ahead 128KiB.
+	eegIndexSpan      = 1 << 20
+	eegIndexReadAhead = 128 << 10
+
+	eegInflater         = "npz.BuildIndex in-process, 1 core (the inflater)"
+	eegRestartLocal     = "bgbfs view, restart with a filled local dir: first touch"
+	eegRestartLocalWarm = "bgbfs view, restart with a filled local dir: steady"
+	eegRestartS3        = "bgbfs view, restart with a filled s3:// dir: first touch"
+	eegRestartS3Warm    = "bgbfs view, restart with a filled s3:// dir: steady"
+	// After the dataset pass (every archive's zip directory and .npy
+	// header read first), the first touch pays only for its index load.
+	eegRestartLocalPass = "bgbfs view, restart with a filled local dir: first touch after the dataset pass"
+	eegRestartS3Pass    = "bgbfs view, restart with a filled s3:// dir: first touch after the dataset pass"
+)
+
+func eegIndexLocal(jobs int) string { return fmt.Sprintf("bgbfs index --jobs %d, local dir", jobs) }
+func eegIndexS3(jobs int) string    { return fmt.Sprintf("bgbfs index --jobs %d, s3:// dir", jobs) }
+func eegRawGets(streams int) string {
+	if streams == 1 {
+		return "raw S3: whole-archive GETs, 1 stream"
+	}
+	return fmt.Sprintf("raw S3: whole-archive GETs, %d streams", streams)
+}
+
+// eegIndexSet is what issue 14's rows of workload i found besides the
+// row itself, by row key.
+type eegIndexSet struct {
+	runs         map[string]eegIndexRun
+	inflaterDone bool
+}
+
+// eegIndexRun is one `bgbfs index` run or one of its references.
+type eegIndexRun struct {
+	jobs    int     // --jobs, or GET streams; 1 for the inflater
+	seconds float64 // wall time
+	// CPU seconds of the process (bgbfs index, or this one for the
+	// inflater), and of the whole machine (every process, other
+	// tenants' too) over the row.
+	cpu, machineCPU float64
+	// The dir after a run: its bytes and its index files.
+	dirBytes int64
+	idxFiles int
+}
+
+// runEEGIndex adds issue 14's rows of workload i under profile, whose
+// endpoint is endpoint; view are the view rows' mount flags.
+func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view, verify []string) {
+	e := b.eeg
+	if e.index == nil {
+		e.index = &eegIndexSet{runs: map[string]eegIndexRun{}}
+	}
+	x := e.index
+	fail := func(system string, err error) {
+		b.rows = append(b.rows, row{workload: "i", profile: profile, system: system, err: err.Error()})
+	}
+	cores := runtime.NumCPU()
+	jobsList := []int{cores}
+	if cores > 1 {
+		jobsList = append(jobsList, 1)
+	}
+
+	if !x.inflaterDone {
+		x.inflaterDone = true
+		b.eegRow("local", eegInflater, nil, false, func() (measurement, error) {
+			m, run, err := e.inflaterSpeed()
+			x.runs[eegKey("local", eegInflater)] = run
+			return m, err
+		})
+	}
+	if ctx.Err() != nil {
+		return
+	}
+
+	keys, sizes, err := e.archiveObjects()
+	if err != nil {
+		fail(eegRawGets(cores), err)
+		return
+	}
+	if err := readAll(filepath.Join(e.srv.DataDir, eegBucket)); err != nil {
+		fail(eegRawGets(cores), fmt.Errorf("reading MinIO's files into the page cache: %w", err))
+		return
+	}
+	raw := &rawClient{s3: testbed.NewS3Admin(endpoint, e.srv.AccessKey, e.srv.SecretKey).Client, bucket: eegBucket}
+	for _, streams := range jobsList {
+		system := eegRawGets(streams)
+		b.eegRow(profile, system, nil, false, func() (measurement, error) {
+			machineBefore := machineCPU()
+			start := time.Now()
+			n, err := raw.wholeObjects(ctx, keys, sizes, streams)
+			elapsed := time.Since(start)
+			x.runs[eegKey(profile, system)] = eegIndexRun{jobs: streams, seconds: elapsed.Seconds(), machineCPU: machineCPU() - machineBefore}
+			return mbps(n, elapsed), err
+		})
+	}
+
+	localDirs := map[int]string{}
+	for _, jobs := range jobsList {
+		dir := filepath.Join(b.work, fmt.Sprintf("idx-%s-jobs%d", profile, jobs))
+		localDirs[jobs] = dir
+		system := eegIndexLocal(jobs)
+		b.eegRow(profile, system, nil, false, func() (measurement, error) {
+			return b.eegIndex(ctx, profile, system, endpoint, dir, jobs, func() (int64, int, error) { return dirSize(dir) })
+		})
+	}
+	admin := testbed.NewS3Admin(e.srv.Endpoint, e.srv.AccessKey, e.srv.SecretKey)
+	if err := admin.CreateBucket(ctx, eegIndexBucket); err != nil {
+		var owned *types.BucketAlreadyOwnedByYou
+		var exists *types.BucketAlreadyExists
+		if !errors.As(err, &owned) && !errors.As(err, &exists) {
+			fail(eegIndexS3(cores), err)
+			return
+		}
+	}
+	// A prefix of its own per run and profile: fresh, and nothing to
+	// delete between runs.
+	s3Prefix := filepath.Base(b.work) + "/" + profile + "/"
+	s3Dir := "s3://" + eegIndexBucket + "/" + s3Prefix
+	b.eegRow(profile, eegIndexS3(cores), nil, false, func() (measurement, error) {
+		return b.eegIndex(ctx, profile, eegIndexS3(cores), endpoint, s3Dir, cores, func() (int64, int, error) {
+			objs, err := admin.ListAll(ctx, eegIndexBucket, s3Prefix)
+			var n int64
+			files := 0
+			for _, o := range objs {
+				n += o.Size
+				if strings.HasSuffix(o.Key, ".idx") {
+					files++
+				}
+			}
+			return n, files, err
+		})
+	})
+
+	train := func(m *eegMounted) string { return filepath.Join(m.mp, "train") }
+	for _, restart := range []struct {
+		first, steady, afterPass, dir string
+		filledBy                      string
+	}{
+		{eegRestartLocal, eegRestartLocalWarm, eegRestartLocalPass, localDirs[cores], eegIndexLocal(cores)},
+		{eegRestartS3, eegRestartS3Warm, eegRestartS3Pass, s3Dir, eegIndexS3(cores)},
+	} {
+		if ctx.Err() != nil {
+			return
+		}
+		if _, ok := b.find("i", profile, restart.filledBy); !ok {
+			fail(restart.first, fmt.Errorf("no filled dir: %s failed", restart.filledBy))
+			continue
+		}
+		m, err := b.eegMount(endpoint, append(slices.Clone(view), "--cache-dir", restart.dir)...)
+		if err != nil {
+			fail(restart.first, err)
+			continue
+		}
+		b.eegMeasure(profile, restart.first, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
+		b.eegMeasure(profile, restart.steady, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", strconv.Itoa(b.cfg.eegSamples)}, verify...)...))
+		m.stop()
+
+		// Again on a new daemon, with the dataset pass first (not
+		// measured): what is left of the first touch is the index loads.
+		m, err = b.eegMount(endpoint, append(slices.Clone(view), "--cache-dir", restart.dir)...)
+		if err != nil {
+			fail(restart.afterPass, err)
+			continue
+		}
+		if _, _, err := b.runTrainer(ctx, train(m), "--workers", strconv.Itoa(eegLoaders), "--view", "--shapes"); err != nil {
+			fail(restart.afterPass, err)
+		} else {
+			b.eegMeasure(profile, restart.afterPass, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
+		}
+		m.stop()
+	}
+}
+
+// machineCPU is the CPU time every core of the machine has spent busy
+// since boot, in seconds (/proc/stat: all but idle and iowait), or 0 if
+// it cannot be read.
+func machineCPU() float64 {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 9 || fields[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	// user nice system idle iowait irq softirq steal
+	for i, f := range fields[1:9] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			return 0
+		}
+		busy += n
+	}
+	const userHZ = 100 // the kernel's USER_HZ: /proc/stat counts in 1/100 s
+	return busy / userHZ
+}
+
+// eegIndex runs `bgbfs index --jobs jobs` of the workload's bucket into
+// cacheDir and measures it: compressed bytes of every deflated member per
+// second of the process's wall time. size says how big the dir is after.
+func (b *bench) eegIndex(ctx context.Context, profile, system, endpoint, cacheDir string, jobs int, size func() (int64, int, error)) (measurement, error) {
+	e := b.eeg
+	cmd := exec.CommandContext(ctx, b.bin, "index", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1",
+		"--cache-dir", cacheDir, "--jobs", strconv.Itoa(jobs), "s3://"+eegBucket+"/train/")
+	cmd.Env = testbed.CleanEnv(&testbed.Creds{AccessKey: e.srv.AccessKey, SecretKey: e.srv.SecretKey})
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	machineBefore := machineCPU()
+	start := time.Now()
+	err := cmd.Run()
+	elapsed := time.Since(start)
+	machine := machineCPU() - machineBefore
+	if err != nil {
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		return measurement{}, fmt.Errorf("bgbfs index: %w: %s", err, lines[len(lines)-1])
+	}
+	summary := strings.TrimSpace(stdout.String())
+	// Every archive indexed in this run: the dir was fresh.
+	if want := fmt.Sprintf("indexed %d archives (%d members,", e.files, e.deflatedMembers); !strings.HasPrefix(summary, want) {
+		return measurement{}, fmt.Errorf("bgbfs index said %q, want %q…", summary, want)
+	}
+	run := eegIndexRun{jobs: jobs, seconds: elapsed.Seconds(), cpu: (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(), machineCPU: machine}
+	if run.dirBytes, run.idxFiles, err = size(); err != nil {
+		return measurement{}, err
+	}
+	if run.idxFiles != e.deflatedMembers {
+		return measurement{}, fmt.Errorf("%s holds %d index files, want one per deflated member (%d)", cacheDir, run.idxFiles, e.deflatedMembers)
+	}
+	e.index.runs[eegKey(profile, system)] = run
+	return mbps(int64(e.deflated), elapsed), nil
+}
+
+// inflaterSpeed indexes every deflated member of every archive with
+// npz.BuildIndex on one core (GOMAXPROCS 1, nothing else running in this
+// process meanwhile), each archive read into memory first: the rate, in
+// compressed bytes per second of the time spent indexing; the run has
+// that time and the process's CPU time meanwhile (indexing and its
+// garbage collection, with reading the archives in).
+func (e *eegSet) inflaterSpeed() (measurement, eegIndexRun, error) {
+	run := eegIndexRun{jobs: 1}
+	entries, err := os.ReadDir(e.src)
+	if err != nil {
+		return measurement{}, run, err
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	rowLead := bgfs.RowLead(eegIndexReadAhead)
+	var compressed int64
+	var spent time.Duration
+	cpuBefore, machineBefore := processCPU(), machineCPU()
+	for _, d := range entries {
+		if !strings.HasSuffix(d.Name(), ".npz") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(e.src, d.Name()))
+		if err != nil {
+			return measurement{}, run, err
+		}
+		archive := bytes.NewReader(data)
+		dir, err := npz.ReadDirectory(archive, int64(len(data)))
+		if err != nil {
+			return measurement{}, run, fmt.Errorf("%s: %w", d.Name(), err)
+		}
+		for _, m := range dir.Members {
+			if m.Method != npz.Deflated {
+				continue
+			}
+			start := time.Now()
+			if _, err := npz.BuildIndex(archive, m, eegIndexSpan, rowLead); err != nil {
+				return measurement{}, run, fmt.Errorf("%s: %w", d.Name(), err)
+			}
+			spent += time.Since(start)
+			compressed += m.CompressedSize
+		}
+	}
+	run.cpu, run.machineCPU = processCPU()-cpuBefore, machineCPU()-machineBefore
+	if spent == 0 {
+		return measurement{}, run, fmt.Errorf("no deflated members in %s", e.src)
+	}
+	run.seconds = spent.Seconds()
+	return mbps(compressed, spent), run, nil
+}
+
+// processCPU is the CPU time this process has used, in seconds.
+func processCPU() float64 {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		return 0
+	}
+	return time.Duration(u.Utime.Nano() + u.Stime.Nano()).Seconds()
+}
+
+// archiveObjects are the keys and sizes of the workload's archives.
+func (e *eegSet) archiveObjects() ([]string, []int64, error) {
+	entries, err := os.ReadDir(e.src)
+	if err != nil {
+		return nil, nil, err
+	}
+	var keys []string
+	var sizes []int64
+	for _, d := range entries {
+		if !strings.HasSuffix(d.Name(), ".npz") {
+			continue
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil, nil, err
+		}
+		keys, sizes = append(keys, "train/"+d.Name()), append(sizes, fi.Size())
+	}
+	return keys, sizes, nil
+}
+
+// wholeObjects GETs each object whole, in one request, streams at a time:
+// what `bgbfs index` asks of the network, without the inflating.
+func (r *rawClient) wholeObjects(ctx context.Context, keys []string, sizes []int64, streams int) (int64, error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(streams)
+	got := make([]int64, len(keys))
+	for i, key := range keys {
+		g.Go(func() error {
+			n, err := r.get(gctx, key, 0, sizes[i]-1, make([]byte, 256<<10))
+			got[i] = n
+			if err == nil && n != sizes[i] {
+				err = fmt.Errorf("GET %s: %d bytes, want %d", key, n, sizes[i])
+			}
+			return err
+		})
+	}
+	err := g.Wait()
+	var total int64
+	for _, n := range got {
+		total += n
+	}
+	return total, err
+}
+
+// readAll reads every file under dir once.
+func readAll(dir string) error {
+	buf := make([]byte, 1<<20)
+	return filepath.WalkDir(dir, func(path string, d iofs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.CopyBuffer(io.Discard, f, buf)
+		return err
+	})
+}
+
+// dirSize is the bytes of every regular file under dir, and how many are
+// index files (*.idx).
+func dirSize(dir string) (int64, int, error) {
+	var n int64
+	files := 0
+	err := filepath.WalkDir(dir, func(path string, d iofs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += fi.Size()
+		if strings.HasSuffix(d.Name(), ".idx") {
+			files++
+		}
+		return nil
+	})
+	return n, files, err
+}
+
+// eegIndexBound is what should bound `bgbfs index --jobs jobs` under
+// profile: the rate of the same compressed bytes at the GET rate of as
+// many streams, and jobs inflaters (at most one per core); with both
+// rates in MB/s of compressed member bytes.
+func (b *bench) eegIndexBound(profile string, jobs int) (network, inflating float64, ok bool) {
+	e := b.eeg
+	raw, ok1 := b.find("i", profile, eegRawGets(jobs))
+	inf, ok2 := b.find("i", "local", eegInflater)
+	if !ok1 || !ok2 {
+		return 0, 0, false
+	}
+	// The GET rows move whole archives; the index's rate counts only
+	// the members' compressed bytes, a little less.
+	network = raw.m.value * e.deflated / e.archives
+	inflating = float64(min(jobs, runtime.NumCPU())) * inf.m.value
+	return network, inflating, true
+}
+
+// eegIndexTargets are issue 14's targets for workload i under profile p.
+func (b *bench) eegIndexTargets(p string) []target {
+	e := b.eeg
+	if e == nil || e.index == nil {
+		return nil
+	}
+	var out []target
+	cores := runtime.NumCPU()
+	for _, system := range []string{eegIndexLocal(cores), eegIndexLocal(1), eegIndexS3(cores)} {
+		r, ok := b.find("i", p, system)
+		if !ok {
+			continue
+		}
+		run := e.index.runs[eegKey(p, system)]
+		network, inflating, ok := b.eegIndexBound(p, run.jobs)
+		if !ok {
+			continue
+		}
+		bound := min(network, inflating)
+		ratio := r.m.value / bound
+		out = append(out, target{fmt.Sprintf("(i) %s ≥ 0.8× min(raw GETs, jobs × inflater)", system), p,
+			fmt.Sprintf("%.2f× (%.1f vs min(%.1f, %d × %.1f) MB/s)", ratio, r.m.value, network, min(run.jobs, cores), inflating/float64(min(run.jobs, cores))),
+			verdict(ratio >= 0.8)})
+	}
+	without, okWithout := b.find("i", p, eegFirst)
+	for _, restart := range [][2]string{{eegRestartLocal, eegRestartLocalWarm}, {eegRestartS3, eegRestartS3Warm}} {
+		first, ok1 := b.find("i", p, restart[0])
+		steady, ok2 := b.find("i", p, restart[1])
+		if !ok1 || !ok2 {
+			continue
+		}
+		ratio := first.m.value / steady.m.value
+		measured := fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s", ratio, first.m.value, steady.m.value)
+		if okWithout {
+			measured += fmt.Sprintf("; first touch without a dir %.1f", without.m.value)
+		}
+		out = append(out, target{fmt.Sprintf("(i) %s ≥ 0.9× steady", restart[0]), p, measured + ")", verdict(ratio >= 0.9)})
+		if d, ok := e.daemon[eegKey(p, restart[0])]; ok {
+			// First touch reads the windows member of every archive.
+			out = append(out, target{fmt.Sprintf("(i) %s: 0 index builds, an index load per archive", restart[0]), p,
+				fmt.Sprintf("%d builds, %d loads, %d archives", d.builds, d.loads, e.files),
+				verdict(d.builds == 0 && d.loads == int64(e.files))})
+		}
+	}
+	return out
+}
+
+// eegIndexSection details `bgbfs index` and its references.
+func (b *bench) eegIndexSection() string {
+	e := b.eeg
+	if e.index == nil {
+		return ""
+	}
+	var s strings.Builder
+	cores := runtime.NumCPU()
+	fmt.Fprintf(&s, "\n`bgbfs index` over workload i's bucket (issue 14): every deflated member of the %d archives (%d members, %.1f MB compressed of %.1f MB of archives), into a fresh local dir with `--jobs %d` (the cores) and `--jobs 1`, and into a fresh prefix of a second bucket of the same MinIO (`--cache-dir s3://%s/…`); "+
+		"MB/s are compressed member bytes over the process's wall time, per core over min(jobs, cores), cores busy its CPU time over its wall time. "+
+		"Beside them what bounds them: whole-archive GETs of the same archives through the same profile, one GET per archive, as many streams as jobs (MB/s of archive bytes), and `npz.BuildIndex` in the benchmark's process on one core (GOMAXPROCS 1) over each archive read into memory first (the inflater alone). "+
+		"MinIO's files are read into the page cache before these rows, so that the GETs see the network path and not the disk. "+
+		"MB per CPU-s is the compressed bytes over the CPU time of the process that inflated (bgbfs index; the benchmark's own process for the inflater); machine cores busy is the CPU time of every process on the machine over the row's wall time (MinIO, the proxies, and other tenants of a shared machine too): near the number of cores, the row was short of CPU, not waiting. "+
+		"The view after a restart (rows in the table above) mounts a new daemon with the view's flags and `--cache-dir` the dir `--jobs %d` filled, drops the page cache, and reads one window of every archive (first touch: every sample needs its archive's index, and its zip directory and .npy header), then %d samples on the same daemon (steady); \"first touch after the dataset pass\" is the same first touch on another new daemon after an unmeasured dataset pass, which reads every archive's zip directory and .npy header: what is left is the index loads.\n\n",
+		e.files, e.deflatedMembers, e.deflated/1e6, e.archives/1e6, cores, eegIndexBucket, cores, b.cfg.eegSamples)
+	s.WriteString("| profile | run | jobs or streams | seconds | MB/s | per core | CPU s | MB per CPU-s | machine cores busy | GETs | fetched ÷ compressed | dir size | per archive |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range b.rows {
+		run, ok := e.index.runs[eegKey(r.profile, r.system)]
+		if r.workload != "i" || r.err != "" || !ok {
+			continue
+		}
+		perCore := r.m.value / float64(min(run.jobs, cores))
+		cpu, perCPU, busy, dir, perArchive := "", "", "", "", ""
+		if run.cpu > 0 {
+			cpu, perCPU = fmt.Sprintf("%.1f", run.cpu), fmt.Sprintf("%.1f", e.deflated/1e6/run.cpu)
+		}
+		if run.machineCPU > 0 {
+			busy = fmt.Sprintf("%.2f", run.machineCPU/run.seconds)
+		}
+		if run.dirBytes > 0 {
+			dir, perArchive = fmt.Sprintf("%.0f KiB", float64(run.dirBytes)/1024), fmt.Sprintf("%.1f KiB", float64(run.dirBytes)/float64(e.files)/1024)
+		}
+		fetched := ""
+		if r.profile != "local" {
+			fetched = fmt.Sprintf("%.3f", float64(r.fetched)/e.deflated)
+		}
+		fmt.Fprintf(&s, "| %s | %s | %d | %.1f | %.1f | %.1f | %s | %s | %s | %d | %s | %s | %s |\n",
+			r.profile, r.system, run.jobs, run.seconds, r.m.value, perCore, cpu, perCPU, busy, r.gets, fetched, dir, perArchive)
+	}
+	return s.String()
+}
