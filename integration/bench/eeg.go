@@ -82,7 +82,7 @@ type eegSet struct {
 	ceilingDone     bool
 	// daemon is what each row's daemon said (at /stats), by row key.
 	daemon map[string]daemonStats
-	// index is issue 14's part: `bgbfs index` runs and the view after a
+	// index is the part about kept indexes: `bgbfs index` runs and the view after a
 	// restart with their output.
 	index *eegIndexSet
 }

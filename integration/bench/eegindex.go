@@ -1,6 +1,6 @@
 package main
 
-// Workload i, issue 14: member indexes kept in --cache-dir and built
+// Workload i, kept indexes: member indexes kept in --cache-dir and built
 // ahead by `bgbfs index`. Beside workload i's rows, under each profile:
 //
 //   - `bgbfs index` over the workload's bucket into a fresh local dir,
@@ -81,7 +81,7 @@ func eegRawGets(streams int) string {
 	return fmt.Sprintf("raw S3: whole-archive GETs, %d streams", streams)
 }
 
-// eegIndexSet is what issue 14's rows of workload i found besides the
+// eegIndexSet is what the index rows of workload i found besides the
 // row itself, by row key.
 type eegIndexSet struct {
 	runs         map[string]eegIndexRun
@@ -112,7 +112,7 @@ func eegIndexJobs() []int {
 	return append(out, 2*cores)
 }
 
-// runEEGIndex adds issue 14's rows of workload i under profile, whose
+// runEEGIndex adds the index rows of workload i under profile, whose
 // endpoint is endpoint; view are the view rows' mount flags.
 func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view, verify []string) {
 	e := b.eeg
@@ -474,7 +474,7 @@ func (b *bench) eegIndexBound(profile string, jobs int) (network, inflating floa
 	return network, inflating, true
 }
 
-// eegIndexTargets are issue 14's targets for workload i under profile p.
+// eegIndexTargets are the index targets for workload i under profile p.
 func (b *bench) eegIndexTargets(p string) []target {
 	e := b.eeg
 	if e == nil || e.index == nil {
@@ -540,7 +540,7 @@ func (b *bench) eegIndexSection() string {
 	}
 	var s strings.Builder
 	cores := runtime.NumCPU()
-	fmt.Fprintf(&s, "\n`bgbfs index` over workload i's bucket (issue 14): every deflated member of the %d archives (%d members, %.1f MB compressed of %.1f MB of archives), into a fresh local dir with `--jobs %d` (the cores, the default), `--jobs 1` and `--jobs %d`, and into a fresh prefix of a second bucket of the same MinIO (`--cache-dir s3://%s/…`) with `--jobs %d` and `--jobs %d`; "+
+	fmt.Fprintf(&s, "\n`bgbfs index` over workload i's bucket: every deflated member of the %d archives (%d members, %.1f MB compressed of %.1f MB of archives), into a fresh local dir with `--jobs %d` (the cores, the default), `--jobs 1` and `--jobs %d`, and into a fresh prefix of a second bucket of the same MinIO (`--cache-dir s3://%s/…`) with `--jobs %d` and `--jobs %d`; "+
 		"MB/s are compressed member bytes over the process's wall time, per core over min(jobs, cores). "+
 		"Beside them what bounds them: whole-archive GETs of the same archives through the same profile, one GET per archive, as many streams as jobs (MB/s of archive bytes), and `npz.BuildIndex` in the benchmark's process on one core (GOMAXPROCS 1) over each archive read into memory first (the inflater alone). "+
 		"MinIO's files are read into the page cache before these rows, so that the GETs see the network path and not the disk. "+
