@@ -40,6 +40,21 @@ type StateDir interface {
 type IndexFiles struct {
 	Dir    StateDir
 	Bucket string
+	// Known, if set, says which names the dir holds (from one listing),
+	// so that a name it does not hold is not asked for.
+	Known map[string]bool
+}
+
+// IndexArea is where in a StateDir the index files are (relative names
+// start with it), for a listing of them.
+const IndexArea = indexFileDir
+
+// load reads the file name unless Known says the dir lacks it.
+func (f IndexFiles) load(ctx context.Context, name string) ([]byte, error) {
+	if f.Known != nil && !f.Known[name] {
+		return nil, fmt.Errorf("%s: %w", name, iofs.ErrNotExist)
+	}
+	return f.Dir.Load(ctx, name)
 }
 
 // ErrIndexFileBad wraps the reason an index file in the dir was not
@@ -137,7 +152,7 @@ func (id indexID) decode(b []byte) ([]byte, error) {
 // the file is not to be trusted, or another error if it cannot be read.
 func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
 	id := indexID{f.Bucket, obj, m.Name}
-	b, err := f.Dir.Load(ctx, id.name(indexFileSuffix))
+	b, err := f.load(ctx, id.name(indexFileSuffix))
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +200,7 @@ func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlace
 // look.
 func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement) (bool, error) {
 	id := indexID{f.Bucket, obj, ""}
-	b, err := f.Dir.Load(ctx, id.name(archiveDoneSuffix))
+	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if errors.Is(err, iofs.ErrNotExist) {
 		return false, nil
 	}

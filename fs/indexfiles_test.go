@@ -180,3 +180,36 @@ func TestArchiveDone(t *testing.T) {
 		}
 	}
 }
+
+// countingDir counts the loads that reach the dir.
+type countingDir struct {
+	memDir
+	loads int
+}
+
+func (d *countingDir) Load(ctx context.Context, name string) ([]byte, error) {
+	d.loads++
+	return d.memDir.Load(ctx, name)
+}
+
+// TestIndexFilesKnown: with the dir's names known from a listing, a name
+// it lacks is not asked for, and one it holds is read.
+func TestIndexFilesKnown(t *testing.T) {
+	ctx := context.Background()
+	dir := &countingDir{}
+	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
+	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
+	files := IndexFiles{Dir: dir, Bucket: "b", Known: map[string]bool{}}
+	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
+		t.Fatalf("done %v, %v, %d loads; want not done and no load", done, err, dir.loads)
+	}
+	if err := files.MarkDone(ctx, obj, p); err != nil {
+		t.Fatal(err)
+	}
+	for name := range dir.files {
+		files.Known[name] = true
+	}
+	if done, err := files.Done(ctx, obj, p); !done || err != nil || dir.loads != 1 {
+		t.Errorf("done %v, %v, %d loads; want done after one load", done, err, dir.loads)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	iofs "io/fs"
 	"path"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -76,4 +77,22 @@ func (b *Blobs) Store(ctx context.Context, name string, data []byte) error {
 		return fmt.Errorf("put s3://%s/%s: %w", b.bucket, key, classify(err))
 	}
 	return nil
+}
+
+// Names returns the names of the objects under the prefix whose names
+// start with sub: one listing instead of a GET per name, for a writer
+// that wants to skip what is there.
+func (b *Blobs) Names(ctx context.Context, sub string) (map[string]bool, error) {
+	names := map[string]bool{}
+	pages := s3.NewListObjectsV2Paginator(b.c.s3, &s3.ListObjectsV2Input{Bucket: aws.String(b.bucket), Prefix: aws.String(path.Join(b.prefix, sub) + "/")})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list s3://%s/%s: %w", b.bucket, path.Join(b.prefix, sub), classify(err))
+		}
+		for _, o := range page.Contents {
+			names[strings.TrimPrefix(aws.ToString(o.Key), strings.TrimSuffix(b.prefix, "/")+"/")] = true
+		}
+	}
+	return names, nil
 }

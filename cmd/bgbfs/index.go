@@ -124,7 +124,13 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	files := bgfs.IndexFiles{Bucket: o.bucket}
 	if o.cacheDir.s3Bucket != "" {
-		files.Dir = client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
+		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
+		files.Dir = blobs
+		// One listing of what is there instead of a GET per archive and
+		// member, each a round trip before the archive's stream starts.
+		if files.Known, err = blobs.Names(ctx, strings.TrimSuffix(bgfs.IndexArea, "/")); err != nil {
+			return fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
+		}
 	} else {
 		dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
 		if err != nil {
@@ -301,16 +307,26 @@ func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error 
 		stream := r.client.Stream(ctx, a, from, to-from)
 		defer stream.Close()
 		src := &forwardReaderAt{r: stream, pos: from}
+		// Each index is saved while the next member inflates: with an
+		// s3:// dir a save is a round trip.
+		var saves errgroup.Group
 		for _, m := range todo {
 			x, err := npz.BuildIndex(src, m, r.o.placement.Span, r.o.placement.RowLead)
 			if err != nil {
+				saves.Wait()
 				return err
 			}
-			if err := r.files.Save(ctx, a, m, x); err != nil {
-				return fmt.Errorf("saving the index of %q: %w", m.Name, err)
-			}
-			r.members.Add(1)
-			r.compressedBytes.Add(m.CompressedSize)
+			saves.Go(func() error {
+				if err := r.files.Save(ctx, a, m, x); err != nil {
+					return fmt.Errorf("saving the index of %q: %w", m.Name, err)
+				}
+				r.members.Add(1)
+				r.compressedBytes.Add(m.CompressedSize)
+				return nil
+			})
+		}
+		if err := saves.Wait(); err != nil {
+			return err
 		}
 	}
 	if err := r.files.MarkDone(ctx, a, r.o.placement); err != nil {
