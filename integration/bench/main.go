@@ -35,7 +35,6 @@ type config struct {
 	profiles, systems, workloads []string
 	out                          string
 	keep                         bool
-	cacheSize                    string
 }
 
 func main() {
@@ -62,7 +61,6 @@ func main() {
 	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,i,j,l", "workloads to run (h or i alone, with --systems bgbfs: only the .npz member view rows; j: np.load of i's archives by 8 processes; l: ls -l of 100,000 objects, bgbfs and the SDK)")
 	flag.StringVar(&c.out, "out", "", "write the results into this markdown file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the generated data")
-	flag.StringVar(&c.cacheSize, "small-cache", "256MiB", "bgbfs --cache-size for the memory-bound rows of b and e")
 	flag.Parse()
 	c.profiles = strings.Split(profiles, ",")
 	c.systems = strings.Split(systems, ",")

@@ -65,20 +65,16 @@ func startDaemon(cmd *exec.Cmd, mp string, env []string) (*mounted, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	proc, err := testbed.StartProcess(cmd, syscall.SIGTERM)
+	if err != nil {
 		log.Close()
 		return nil, fmt.Errorf("%s: %w", cmd.Path, err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
 	stop := func() {
 		_ = exec.Command("fusermount3", "-u", "-z", mp).Run()
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
+		_ = proc.Signal(syscall.SIGTERM)
+		if !proc.Wait(10 * time.Second) {
+			proc.Kill()
 		}
 		log.Close()
 		os.Remove(log.Name())
@@ -87,10 +83,10 @@ func startDaemon(cmd *exec.Cmd, mp string, env []string) (*mounted, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, ok := testbed.MountedAt(mp); ok {
-			return &mounted{mp: mp, pid: cmd.Process.Pid, stop: stop}, nil
+			return &mounted{mp: mp, pid: proc.Pid(), stop: stop}, nil
 		}
 		select {
-		case <-exited:
+		case <-proc.Done():
 			out, _ := os.ReadFile(log.Name())
 			stop()
 			return nil, fmt.Errorf("%s exited before mounting: %s", filepath.Base(cmd.Path), strings.TrimSpace(string(out)))
