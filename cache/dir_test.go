@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -111,54 +112,96 @@ func TestDirTrims(t *testing.T) {
 	if _, err := d.Load(ctx, "blocks/f/0"); err != nil {
 		t.Fatal(err)
 	}
+	// No room: the block is refused, and a trim removes the idle files
+	// least recently used, down to 900 bytes; then it is taken.
+	if err := d.Store(ctx, "blocks/f/10", make([]byte, 100)); !errors.Is(err, ErrDirFull) {
+		t.Fatalf("store past the bound: %v, want ErrDirFull", err)
+	}
+	waitTrim(t, d)
 	if err := d.Store(ctx, "blocks/f/10", make([]byte, 100)); err != nil {
 		t.Fatal(err)
 	}
 	waitTrim(t, d)
 	// Files outside the dir's areas are not its own: older than all,
 	// they stay.
-	want := []string{"blocks/f/0", "blocks/f/10", "blocks/f/3", "blocks/f/4", "blocks/f/5", "blocks/f/6", "blocks/f/7", "blocks/f/8", "blocks/f/9", "blocksx/y", "indexes/x/.tmp-young", "notes.txt"}
+	want := []string{"blocks/f/0", "blocks/f/10", "blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5", "blocks/f/6", "blocks/f/7", "blocks/f/8", "blocks/f/9", "blocksx/y", "indexes/x/.tmp-young", "notes.txt"}
 	if got := files(t, root); !slices.Equal(got, want) {
-		t.Errorf("after a trim the dir holds %q; want %q (the least recently used gone down to 900 bytes)", got, want)
+		t.Errorf("after a trim the dir holds %q; want %q (the least recently used gone, then the new block)", got, want)
 	}
-	if d.Used() != 900 {
-		t.Errorf("Used = %d, want 900", d.Used())
+	if d.Used() != 1000 {
+		t.Errorf("Used = %d, want 1000", d.Used())
 	}
 }
 
 // TestDirKeepsSpaceFree: without a bound, a dir trims when its file
-// system has less than 5% free, to 6%.
+// system has less than 5% free, to 6%, removing idle files only; with
+// every file in use it takes no more blocks (indexes still); below 3% free
+// it removes files in use too, least recently used first.
 func TestDirKeepsSpaceFree(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
 	const capacity = 10000
-	statfs := func(string) (int64, int64, error) {
-		var used int64
-		filepath.WalkDir(root, func(p string, e iofs.DirEntry, err error) error {
-			if err == nil && e.Type().IsRegular() {
-				fi, _ := e.Info()
-				used += fi.Size()
+	for _, tt := range []struct {
+		name     string
+		age      time.Duration // of the oldest file; each next one a minute younger
+		others   int64         // bytes of the file system used by others after the stores
+		want     []string
+		wantFull bool
+	}{
+		{"idle files make room", 3 * time.Hour, 9000, []string{"blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}, false},
+		{"files in use are kept", 10 * time.Minute, 9000, []string{"blocks/f/0", "blocks/f/1", "blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}, true},
+		// 100 bytes short of the file system: 400 go to leave 3% free.
+		{"below 3% free, files in use go too", 10 * time.Minute, 9500, []string{"blocks/f/4", "blocks/f/5"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			var others atomic.Int64
+			others.Store(9000)
+			statfs := func(string) (int64, int64, error) {
+				var used int64
+				filepath.WalkDir(root, func(p string, e iofs.DirEntry, err error) error {
+					if err != nil || !e.Type().IsRegular() {
+						return nil
+					}
+					if fi, err := e.Info(); err == nil { // a temporary file may be gone
+						used += fi.Size()
+					}
+					return nil
+				})
+				return capacity - others.Load() - used, capacity, nil
 			}
-			return nil
+			d, err := openDir(root, 0, nil, statfs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			for i := range 6 {
+				err := d.Store(ctx, fmt.Sprintf("blocks/f/%d", i), make([]byte, 100))
+				if err != nil && !errors.Is(err, ErrDirFull) {
+					t.Fatal(err)
+				}
+				at := time.Now().Add(-tt.age + time.Duration(i)*time.Minute)
+				os.Chtimes(filepath.Join(root, fmt.Sprintf("blocks/f/%d", i)), at, at)
+				waitTrim(t, d)
+			}
+			others.Store(tt.others)
+			d.trimmedAt.Store(0)
+			d.startTrim()
+			waitTrim(t, d)
+			if got := files(t, root); !slices.Equal(got, tt.want) {
+				t.Errorf("dir holds %q; want %q", got, tt.want)
+			}
+			if d.full.Load() != tt.wantFull {
+				t.Errorf("full = %v, want %v", d.full.Load(), tt.wantFull)
+			}
+			if tt.wantFull {
+				if err := d.Store(ctx, "blocks/g/0", []byte("x")); !errors.Is(err, ErrDirFull) {
+					t.Errorf("a block stored into a full dir: %v, want ErrDirFull", err)
+				}
+				if err := d.Store(ctx, "indexes/x.idx", []byte("x")); err != nil {
+					t.Errorf("an index stored into a full dir: %v", err)
+				}
+			}
 		})
-		return capacity - 9000 - used, capacity, nil // 9000 bytes used by others
-	}
-	d, err := openDir(root, 0, nil, statfs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	for i := range 6 {
-		if err := d.Store(ctx, fmt.Sprintf("blocks/f/%d", i), make([]byte, 100)); err != nil {
-			t.Fatal(err)
-		}
-		at := time.Now().Add(time.Duration(i-10) * time.Minute)
-		os.Chtimes(filepath.Join(root, fmt.Sprintf("blocks/f/%d", i)), at, at)
-		waitTrim(t, d)
-	}
-	// 600 stored would leave 400 free (4%): the trim frees to 600 (6%).
-	if got := files(t, root); !slices.Equal(got, []string{"blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}) {
-		t.Errorf("dir holds %q; want the 4 most recent files", got)
 	}
 }
 

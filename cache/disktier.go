@@ -264,7 +264,9 @@ func (t *DiskTier) writeBlocks(vh []byte, first int64, bufs [][]byte, n int) {
 			return
 		}
 		n -= len(b)
-		if t.dir.WriteErr() != nil {
+		// A full dir keeps a stable part of the data; the rest comes from
+		// S3 each time (see Dir).
+		if t.dir.WriteErr() != nil || !t.dir.TakesBlocks() {
 			t.writesSkipped.Add(1)
 			continue
 		}
