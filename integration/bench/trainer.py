@@ -3,6 +3,9 @@ for shuffled (file, i) pairs, the file reopened for every sample. With
 --view, the loader reads through bgbfs's member view instead (one line
 changed): np.array(np.load(path + ".d/windows.npy", mmap_mode="r")[i]).
 With --each-file-once, the samples are one random window of every file.
+With --epoch, the samples are every window of every file once, shuffled
+(--seed picks the order: one seed per epoch).
+With --files N, only the first N files (by name) are read.
 With --forget, each sample drops the file it read from the page cache
 (POSIX_FADV_DONTNEED), as a dataset far larger than memory would: no
 sample is served from pages an earlier one left behind.
@@ -112,6 +115,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--view", action="store_true")
     p.add_argument("--each-file-once", action="store_true")
+    p.add_argument("--epoch", action="store_true")
+    p.add_argument("--files", type=int, default=0)
     p.add_argument("--forget", action="store_true")
     p.add_argument("--verify", metavar="LOCALDIR")
     p.add_argument("--shapes", action="store_true")
@@ -124,6 +129,9 @@ def main():
     with open(os.path.join(a.dir, "manifest.json")) as f:
         manifest = json.load(f)
     pairs = [(os.path.join(a.dir, e["cache_file"]), e["window_idx"]) for e in manifest]
+    if a.files:
+        kept = set(sorted({path for path, _ in pairs})[:a.files])
+        pairs = [(path, i) for path, i in pairs if path in kept]
     rnd = random.Random(a.seed)
     if a.shapes:
         want = {}
@@ -143,6 +151,9 @@ def main():
         for path, i in pairs:
             by_file.setdefault(path, []).append(i)
         todo = [(path, rnd.choice(by_file[path])) for path in sorted(by_file)]
+        rnd.shuffle(todo)
+    elif a.epoch:
+        todo = list(pairs)
         rnd.shuffle(todo)
     else:
         todo = [rnd.choice(pairs) for _ in range(a.samples)]
