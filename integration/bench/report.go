@@ -20,6 +20,7 @@ var workloadNames = map[string]string{
 	"h": "h. trainer, one window per sample: whole member vs NAME.npz.d view",
 	"i": "i. member view at bucket scale: 8 loaders, shuffled windows of many archives",
 	"j": "j. 8 processes np.load()[\"windows\"] of many archives at once",
+	"k": "k. disk tier (--cache-dir): epochs 1 and 2, and a re-read evicted from memory",
 	"l": "l. ls -l of 100,000 objects",
 }
 
@@ -71,6 +72,7 @@ func (b *bench) report(started time.Time) string {
 	s.WriteString(b.npzPerWindow())
 	s.WriteString(b.bigDirSection())
 	s.WriteString(b.eegSection())
+	s.WriteString(b.diskSection())
 	s.WriteString("\n## Targets\n\nRatios from this run; higher is better unless it says otherwise.\n\n| target | profile | measured | verdict |\n|---|---|---|---|\n")
 	for _, t := range b.targets() {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", t.name, t.profile, t.measured, t.verdict)
@@ -135,6 +137,7 @@ func (b *bench) targets() []target {
 		out = append(out, b.npzTargets(p)...)
 		out = append(out, b.eegTargets(p)...)
 		out = append(out, b.ampTargets(p)...)
+		out = append(out, b.diskTargets(p)...)
 		for _, sys := range []struct {
 			label string
 			cache float64

@@ -35,6 +35,9 @@ type bench struct {
 	bigDirReady   bool
 	bigDirResults []bigDirResult
 	eeg           *eegSet // workload i's archives and their MinIO, once made
+
+	// disk is workload k's disk counters, once run.
+	disk *diskSet
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -101,6 +104,7 @@ func (b *bench) runAll(ctx context.Context) error {
 			b.runBigDir(ctx, profile, endpoint)
 			b.runEEG(ctx, profile)
 			b.runAmp(ctx, profile)
+			b.runDiskTier(ctx, profile, endpoint)
 		}
 	}
 	return nil
