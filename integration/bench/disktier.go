@@ -81,6 +81,7 @@ var diskCounters = []string{"disk_hits", "disk_misses", "disk_written_bytes", "d
 type diskSet struct {
 	daemon                map[string]map[string]int64
 	data                  map[string]float64
+	cpu                   map[string]rowCPU
 	wholeFiles, viewFiles int
 	halfSize              int64
 }
@@ -110,7 +111,7 @@ func (b *bench) runDiskTier(ctx context.Context, profile, endpoint string) {
 		fail(diskWhole, err)
 		return
 	}
-	d := &diskSet{daemon: map[string]map[string]int64{}, data: map[string]float64{}, wholeFiles: len(sizes), viewFiles: min(diskViewFiles, len(sizes))}
+	d := &diskSet{daemon: map[string]map[string]int64{}, data: map[string]float64{}, cpu: map[string]rowCPU{}, wholeFiles: len(sizes), viewFiles: min(diskViewFiles, len(sizes))}
 	b.disk = d
 	var wholeData, viewData float64
 	for i, s := range sizes {
@@ -354,7 +355,13 @@ func (b *bench) diskMeasure(profile, system string, counting *testbed.CountingPr
 	}
 	counting.WaitQuiet(300*time.Millisecond, 10*time.Second)
 	counting.Reset()
+	pid := 0
+	if m != nil {
+		pid = m.pid
+	}
+	cpuBefore := sampleCPU(pid)
 	meas, err := f()
+	cpu := sampleCPU(pid).since(cpuBefore)
 	counting.WaitQuiet(300*time.Millisecond, 30*time.Second)
 	c := counting.Counts()
 	r.m, r.gets, r.fetched = meas, c.GetObject, c.GetObjectBytes
@@ -363,6 +370,7 @@ func (b *bench) diskMeasure(profile, system string, counting *testbed.CountingPr
 	}
 	key := eegKey(profile, system)
 	b.disk.data[key] = data
+	b.disk.cpu[key] = cpu
 	if m != nil {
 		r.rss, _ = rss.Stop()
 		if after := waitDiskWrites(m, time.Minute); after != nil && before != nil {
@@ -416,7 +424,7 @@ func (b *bench) diskTargets(p string) []target {
 	if ok1 && ok2 && ok3 {
 		between := half1.m.value < half2.m.value && half2.m.value < full2.m.value
 		out = append(out, target{"(k) half the data on disk: epoch 2 between epoch 1 (S3) and epoch 2 with all on disk", p,
-			fmt.Sprintf("%.1f < %.1f < %.1f samples/s", half1.m.value, half2.m.value, full2.m.value), verdict(between)})
+			fmt.Sprintf("%.2f, %.2f, %.2f samples/s", half1.m.value, half2.m.value, full2.m.value), verdict(between)})
 	}
 	if ok1 {
 		data := d.data[eegKey(p, epochLabel(diskHalf, 2))]
@@ -446,7 +454,7 @@ func (b *bench) diskSection() string {
 		"The sequential rows read a %d MiB file (1 MiB reads) from S3, then a %d MiB file to push it out of memory, then it again; the local row reads the same file on local disk. "+
 		"Fetched ÷ data is the bytes fetched from S3 (at the proxy) over the bytes of the archives (or file) the row covers; the disk columns are the daemon's /stats over the row (disk bytes: held at its end).\n\n",
 		diskCacheSize, eegLoaders, d.wholeFiles, d.viewFiles, b.cfg.eegIndexSize, sizeMB(d.halfSize), diskBigFile>>20, diskEvictFile>>20)
-	s.WriteString("| profile | row | samples | result | GETs | fetched | fetched ÷ data | disk hits | disk misses | disk written | writes skipped | disk evictions | disk bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	s.WriteString("| profile | row | samples | result | GETs | fetched | fetched ÷ data | disk hits | disk misses | disk written | writes skipped | disk evictions | disk bytes | daemon CPU user + sys | machine CPU busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range b.rows {
 		if r.workload != "k" || r.err != "" {
 			continue
@@ -471,9 +479,76 @@ func (b *bench) diskSection() string {
 		} else {
 			cols = make([]string, 6)
 		}
+		c := d.cpu[key]
+		daemonCPU := ""
+		if c.daemonUser+c.daemonSys > 0 {
+			daemonCPU = fmt.Sprintf("%.1f + %.1f s", c.daemonUser, c.daemonSys)
+		}
+		cols = append(cols, daemonCPU, fmt.Sprintf("%.0f%% of %.1f s", 100*c.busy, c.seconds))
 		fmt.Fprintf(&s, "| %s | %s | %s | %.1f %s | %d | %s | %s | %s |\n", r.profile, r.system, samples, r.m.value, r.m.unit, r.gets, sizeMB(r.fetched), ratio, strings.Join(cols, " | "))
 	}
 	return s.String()
 }
 
 func sizeMB(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
+// rowCPU is where a row's CPU time went: the daemon's user and system
+// seconds, and the share of the machine's CPUs busy over the row's
+// seconds. On 2 cores a loader that inflates competes with the daemon.
+type rowCPU struct {
+	daemonUser, daemonSys float64
+	busy, seconds         float64
+}
+
+// cpuSample is the CPU counters at one moment: the machine's busy and
+// total jiffies (/proc/stat), and a process's user and system ones.
+type cpuSample struct {
+	at                     time.Time
+	busy, total, user, sys int64
+}
+
+// clockTicks is USER_HZ, the unit of /proc CPU times (100 on Linux).
+const clockTicks = 100
+
+// sampleCPU reads the counters now; pid 0 reads the machine's only.
+// Counters it cannot read stay 0.
+func sampleCPU(pid int) cpuSample {
+	s := cpuSample{at: time.Now()}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		line, _, _ := strings.Cut(string(b), "\n")
+		fields := strings.Fields(line)[1:]
+		for i, f := range fields[:min(8, len(fields))] { // guest time is in user already
+			n, _ := strconv.ParseInt(f, 10, 64)
+			s.total += n
+			if i != 3 && i != 4 { // idle, iowait
+				s.busy += n
+			}
+		}
+	}
+	if pid > 0 {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			// Fields after the command name (which may hold spaces): state is
+			// field 3, utime 14, stime 15.
+			if i := strings.LastIndexByte(string(b), ')'); i >= 0 {
+				f := strings.Fields(string(b[i+1:]))
+				if len(f) > 12 {
+					s.user, _ = strconv.ParseInt(f[11], 10, 64)
+					s.sys, _ = strconv.ParseInt(f[12], 10, 64)
+				}
+			}
+		}
+	}
+	return s
+}
+
+func (s cpuSample) since(before cpuSample) rowCPU {
+	r := rowCPU{
+		daemonUser: float64(s.user-before.user) / clockTicks,
+		daemonSys:  float64(s.sys-before.sys) / clockTicks,
+		seconds:    s.at.Sub(before.at).Seconds(),
+	}
+	if total := s.total - before.total; total > 0 {
+		r.busy = float64(s.busy-before.busy) / float64(total)
+	}
+	return r
+}
