@@ -41,6 +41,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -500,40 +501,27 @@ type rowCPU struct {
 	busy, seconds         float64
 }
 
-// cpuSample is the CPU counters at one moment: the machine's busy and
-// total jiffies (/proc/stat), and a process's user and system ones.
+// cpuSample is the CPU counters at one moment: the machine's busy
+// seconds (all cores) and a process's user and system seconds.
 type cpuSample struct {
-	at                     time.Time
-	busy, total, user, sys int64
+	at              time.Time
+	busy, user, sys float64
 }
-
-// clockTicks is USER_HZ, the unit of /proc CPU times (100 on Linux).
-const clockTicks = 100
 
 // sampleCPU reads the counters now; pid 0 reads the machine's only.
 // Counters it cannot read stay 0.
 func sampleCPU(pid int) cpuSample {
-	s := cpuSample{at: time.Now()}
-	if b, err := os.ReadFile("/proc/stat"); err == nil {
-		line, _, _ := strings.Cut(string(b), "\n")
-		fields := strings.Fields(line)[1:]
-		for i, f := range fields[:min(8, len(fields))] { // guest time is in user already
-			n, _ := strconv.ParseInt(f, 10, 64)
-			s.total += n
-			if i != 3 && i != 4 { // idle, iowait
-				s.busy += n
-			}
-		}
-	}
+	s := cpuSample{at: time.Now(), busy: machineCPU()}
 	if pid > 0 {
 		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
 			// Fields after the command name (which may hold spaces): state is
-			// field 3, utime 14, stime 15.
+			// field 3, utime 14, stime 15, in USER_HZ (1/100 s).
 			if i := strings.LastIndexByte(string(b), ')'); i >= 0 {
 				f := strings.Fields(string(b[i+1:]))
 				if len(f) > 12 {
-					s.user, _ = strconv.ParseInt(f[11], 10, 64)
-					s.sys, _ = strconv.ParseInt(f[12], 10, 64)
+					user, _ := strconv.ParseFloat(f[11], 64)
+					sys, _ := strconv.ParseFloat(f[12], 64)
+					s.user, s.sys = user/100, sys/100
 				}
 			}
 		}
@@ -542,13 +530,9 @@ func sampleCPU(pid int) cpuSample {
 }
 
 func (s cpuSample) since(before cpuSample) rowCPU {
-	r := rowCPU{
-		daemonUser: float64(s.user-before.user) / clockTicks,
-		daemonSys:  float64(s.sys-before.sys) / clockTicks,
-		seconds:    s.at.Sub(before.at).Seconds(),
-	}
-	if total := s.total - before.total; total > 0 {
-		r.busy = float64(s.busy-before.busy) / float64(total)
+	r := rowCPU{daemonUser: s.user - before.user, daemonSys: s.sys - before.sys, seconds: s.at.Sub(before.at).Seconds()}
+	if r.seconds > 0 {
+		r.busy = (s.busy - before.busy) / (r.seconds * float64(runtime.NumCPU()))
 	}
 	return r
 }
