@@ -49,7 +49,8 @@ demo: build
 	$(GO) run ./integration/demo --bgbfs $(CURDIR)/bin/bgbfs
 
 # Side by side with raw S3, s3fs and rclone (when installed); writes
-# BENCHMARKS.md. Needs root (mounts, drop_caches); about 10 minutes.
+# BENCHMARKS.md. Needs root (mounts, drop_caches); about 20 minutes, plus
+# about 4 minutes and 7.3 GB the first time (workload i's archives).
 BENCHFLAGS ?=
 bench: tools build
 	BGBFS_BIN=$(CURDIR)/bin/bgbfs $(GO) run ./integration/bench --out BENCHMARKS.md $(BENCHFLAGS)
