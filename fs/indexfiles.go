@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -189,10 +190,35 @@ func (p IndexPlacement) encode() []byte {
 }
 
 // MarkDone records that every compressed member of archive obj is
-// indexed in the dir, with placement p.
-func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlacement) error {
+// indexed in the dir, with placement p, in one file that also holds the
+// archive's zip directory and its members' indexes: a mount reads that one
+// file at the archive's first open instead of the archive's tail and each
+// index.
+func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlacement, dir *npz.Directory, indexes map[string]*npz.Index) error {
+	body := p.encode()
+	db, err := dir.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	body = binary.AppendUvarint(body, uint64(len(db)))
+	body = append(body, db...)
+	body = binary.AppendUvarint(body, uint64(len(indexes)))
+	for _, m := range dir.Members {
+		x := indexes[m.Name]
+		if x == nil {
+			continue
+		}
+		xb, err := x.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		body = binary.AppendUvarint(body, uint64(len(m.Name)))
+		body = append(body, m.Name...)
+		body = binary.AppendUvarint(body, uint64(len(xb)))
+		body = append(body, xb...)
+	}
 	id := indexID{f.Bucket, obj, ""}
-	return f.Dir.Store(ctx, id.name(archiveDoneSuffix), id.encode(p.encode()))
+	return f.Dir.Store(ctx, id.name(archiveDoneSuffix), id.encode(body))
 }
 
 // Done reports whether MarkDone recorded archive obj with placement p. A
@@ -208,7 +234,72 @@ func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement
 		return false, err
 	}
 	body, err := id.decode(b)
-	return err == nil && string(body) == string(p.encode()), nil
+	return err == nil && bytes.HasPrefix(body, p.encode()), nil
+}
+
+// LoadArchive returns the zip directory and the member indexes MarkDone
+// kept for archive obj: an error wrapping io/fs.ErrNotExist if there are
+// none, ErrIndexFileBad if the file is not to be trusted.
+func (f IndexFiles) LoadArchive(ctx context.Context, obj cache.Object) (*npz.Directory, map[string]*npz.Index, error) {
+	id := indexID{f.Bucket, obj, ""}
+	b, err := f.load(ctx, id.name(archiveDoneSuffix))
+	if err != nil {
+		return nil, nil, err
+	}
+	body, err := id.decode(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	bad := func(why string, args ...any) error {
+		return fmt.Errorf("%w: archive file: %s", ErrIndexFileBad, fmt.Sprintf(why, args...))
+	}
+	r := bytes.NewReader(body)
+	next := func() []byte {
+		n, err := binary.ReadUvarint(r)
+		if err != nil || n > uint64(r.Len()) {
+			return nil
+		}
+		v := make([]byte, n)
+		r.Read(v)
+		return v
+	}
+	for range 2 { // the placement
+		if _, err := binary.ReadUvarint(r); err != nil {
+			return nil, nil, bad("no placement")
+		}
+	}
+	if r.Len() == 0 {
+		return nil, nil, fmt.Errorf("archive file without a directory: %w", iofs.ErrNotExist)
+	}
+	dir, err := npz.UnmarshalDirectory(next(), obj.Size)
+	if err != nil {
+		return nil, nil, bad("%v", err)
+	}
+	count, err := binary.ReadUvarint(r)
+	if err != nil || count > uint64(len(dir.Members)) {
+		return nil, nil, bad("index count")
+	}
+	members := map[string]npz.Member{}
+	for _, m := range dir.Members {
+		members[m.Name] = m
+	}
+	indexes := map[string]*npz.Index{}
+	for range count {
+		name := string(next())
+		m, ok := members[name]
+		if !ok || indexes[name] != nil {
+			return nil, nil, bad("index of %q, not a member", name)
+		}
+		x, err := npz.UnmarshalIndex(next(), m)
+		if err != nil {
+			return nil, nil, bad("index of %q: %v", name, err)
+		}
+		indexes[name] = x
+	}
+	if r.Len() != 0 {
+		return nil, nil, bad("%d bytes after the indexes", r.Len())
+	}
+	return dir, indexes, nil
 }
 
 // RowLead is where an index puts each row's access point for a mount

@@ -159,7 +159,7 @@ func TestArchiveDone(t *testing.T) {
 	if done, err := files.Done(ctx, obj, p); done || err != nil {
 		t.Fatalf("done before MarkDone: %v, %v", done, err)
 	}
-	if err := files.MarkDone(ctx, obj, p); err != nil {
+	if err := files.MarkDone(ctx, obj, p, &npz.Directory{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	v2 := obj
@@ -203,7 +203,7 @@ func TestIndexFilesKnown(t *testing.T) {
 	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
 		t.Fatalf("done %v, %v, %d loads; want not done and no load", done, err, dir.loads)
 	}
-	if err := files.MarkDone(ctx, obj, p); err != nil {
+	if err := files.MarkDone(ctx, obj, p, &npz.Directory{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for name := range dir.files {
@@ -211,5 +211,51 @@ func TestIndexFilesKnown(t *testing.T) {
 	}
 	if done, err := files.Done(ctx, obj, p); !done || err != nil || dir.loads != 1 {
 		t.Errorf("done %v, %v, %d loads; want done after one load", done, err, dir.loads)
+	}
+}
+
+// TestArchiveFile: the archive file keeps the zip directory and the
+// member indexes, which read as the originals; an archive file of
+// placement only (no directory) is as good as none.
+func TestArchiveFile(t *testing.T) {
+	ctx := context.Background()
+	archive, m, x := indexedArchive(t)
+	dir, err := npz.ReadDirectory(bytes.NewReader(archive), int64(len(archive)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
+	files := IndexFiles{Dir: &memDir{}, Bucket: "b"}
+	if _, _, err := files.LoadArchive(ctx, obj); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatalf("no archive file: %v, want ErrNotExist", err)
+	}
+	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
+	if err := files.MarkDone(ctx, obj, p, dir, map[string]*npz.Index{m.Name: x}); err != nil {
+		t.Fatal(err)
+	}
+	gotDir, indexes, err := files.LoadArchive(ctx, obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gotDir.Members) != 1 || gotDir.Members[0].Name != m.Name || gotDir.Members[0].CRC32 != m.CRC32 {
+		t.Errorf("directory %+v, want %+v", gotDir.Members, dir.Members)
+	}
+	y := indexes[m.Name]
+	if y == nil {
+		t.Fatal("no index of the member")
+	}
+	got, want := make([]byte, 8192), make([]byte, 8192)
+	y.ReadAt(bytes.NewReader(archive), got, 1<<20)
+	x.ReadAt(bytes.NewReader(archive), want, 1<<20)
+	if !bytes.Equal(got, want) {
+		t.Error("the kept index reads other bytes")
+	}
+	if done, _ := files.Done(ctx, obj, p); !done {
+		t.Error("not done after MarkDone")
+	}
+	other := obj
+	other.Size++
+	if _, _, err := files.LoadArchive(ctx, other); !errors.Is(err, iofs.ErrNotExist) {
+		t.Errorf("archive of another size: %v, want ErrNotExist", err)
 	}
 }

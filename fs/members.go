@@ -102,9 +102,11 @@ func (a *memberDirNode) loadDirectory() (*npz.Directory, error) {
 		a.keepDirectory(dir, nil)
 		return dir, nil
 	}
-	r := a.tree.Blocks.OpenRandom(a.object())
-	defer r.Close()
-	dir, err = npz.ReadDirectory(readerAt{a.tree.NPZ.life, r}, a.archive.size)
+	if dir = a.tree.NPZ.keptArchive(a.object()); dir == nil {
+		r := a.tree.Blocks.OpenRandom(a.object())
+		defer r.Close()
+		dir, err = npz.ReadDirectory(readerAt{a.tree.NPZ.life, r}, a.archive.size)
+	}
 	if err != nil {
 		err = fmt.Errorf("reading the zip directory of %q: %w", a.archive.key, err)
 		if isDataError(err) {

@@ -296,6 +296,35 @@ func (v *NPZView) keptIndex(ctx context.Context, obj cache.Object, m npz.Member)
 	}
 }
 
+// keptArchive returns the zip directory of archive obj that "bgbfs index"
+// kept in the cache dir, and holds the member indexes kept with it in
+// memory; nil if there is none (or it is not to be trusted, logged).
+func (v *NPZView) keptArchive(obj cache.Object) *npz.Directory {
+	if v.files == nil {
+		return nil
+	}
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return nil
+	}
+	v.running.Add(1) // keep Sets into indexes before Close
+	v.mu.Unlock()
+	defer v.running.Done()
+	dir, indexes, err := v.files.LoadArchive(v.life, obj)
+	if err != nil {
+		v.fileError(obj, "", err)
+		return nil
+	}
+	for _, m := range dir.Members {
+		if x := indexes[m.Name]; x != nil {
+			v.keep(indexKey(obj, m), x)
+			v.loads.Add(1)
+		}
+	}
+	return dir
+}
+
 func (v *NPZView) brokenMember(key string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -365,24 +394,31 @@ func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 		return nil
 	}
 	x, err := v.files.Load(v.life, obj, m)
+	if err != nil {
+		v.fileError(obj, m.Name, err)
+		return nil
+	}
+	v.loads.Add(1)
+	return x
+}
+
+// fileError says why a file of the cache dir was not used: nothing if
+// there is none, a warning if it is not to be trusted, and if the dir
+// cannot be read, a warning the first time (an unreachable s3:// dir
+// would say so for every archive) and then debug lines.
+func (v *NPZView) fileError(obj cache.Object, member string, err error) {
 	switch {
-	case err == nil:
-		v.loads.Add(1)
-		return x
 	case errors.Is(err, iofs.ErrNotExist):
 	case errors.Is(err, ErrIndexFileBad):
 		v.filesIgnored.Add(1)
-		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", m.Name, "reason", strings.TrimPrefix(err.Error(), ErrIndexFileBad.Error()+": "), "dir", v.files.Dir)
+		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", member, "reason", strings.TrimPrefix(err.Error(), ErrIndexFileBad.Error()+": "), "dir", v.files.Dir)
 	case v.life.Err() == nil:
-		// An unreachable s3:// dir would say so for every archive:
-		// once at warn, then at debug.
 		level := slog.LevelDebug
 		if v.loadFailed.CompareAndSwap(false, true) {
 			level = slog.LevelWarn
 		}
-		v.logger.Log(v.life, level, "npz index file unreadable; building the index", "archive", obj.Key, "member", m.Name, "err", err, "dir", v.files.Dir)
+		v.logger.Log(v.life, level, "npz index file unreadable; building the index", "archive", obj.Key, "member", member, "err", err, "dir", v.files.Dir)
 	}
-	return nil
 }
 
 // saveIndex writes x into the cache dir. The first failure turns saving

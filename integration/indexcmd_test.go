@@ -9,7 +9,9 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -170,6 +172,32 @@ func TestIndexCommand(t *testing.T) {
 		}
 		if mc.Loads < float64(2*n) {
 			t.Errorf("the mount loaded %v indexes, want at least %d (both members of every archive were read)", mc.Loads, 2*n)
+		}
+		m.Unmount(t)
+
+		// The archive file bgbfs index wrote holds each zip directory: a
+		// mount reading the first window of every archive (far from its
+		// end) never reads an archive's tail. Its dir holds what bgbfs
+		// index wrote and no blocks (the mount above kept some).
+		indexOnly := t.TempDir()
+		if out, err := exec.Command("cp", "-r", filepath.Join(dir, "indexes"), indexOnly).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v: %s", err, out)
+		}
+		m = mountIdx(t, idxMountSpec{CacheDir: indexOnly, Endpoint: proxy.URL})
+		proxy.WaitQuiet(300*time.Millisecond, 10*time.Second)
+		proxy.Reset()
+		readRows(t, m.Mountpoint, d.Archives, "windows.npy", func(int) int64 { return 0 })
+		proxy.WaitQuiet(300*time.Millisecond, 10*time.Second)
+		_, mreqs := proxy.Take()
+		gets := getsOf(mreqs, d.Bucket)
+		t.Logf("first windows of %d archives after bgbfs index: %d GETs", n, len(gets))
+		for _, r := range gets {
+			for _, a := range d.Archives {
+				path, _, _ := strings.Cut(r.URI, "?")
+				if strings.HasSuffix(path, "/"+a.Name) && strings.HasSuffix(r.Range, fmt.Sprintf("-%d", len(a.Data)-1)) {
+					t.Errorf("the mount read the tail of %s (%s): its zip directory is in the dir", a.Name, r.Range)
+				}
+			}
 		}
 	})
 

@@ -281,19 +281,22 @@ func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
 
 // indexArchive reads the zip directory of a, builds the index of every
 // deflated member that has none in the dir, reading the members' bytes in
-// one streaming GET, saves them, and marks the archive done.
+// one streaming GET, saves them, and marks the archive done with its
+// directory and indexes in one file, which a mount reads at first open.
 func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error {
 	dir, err := npz.ReadDirectory(objectReaderAt{ctx, r.client, a}, a.Size)
 	if err != nil {
 		return fmt.Errorf("reading the zip directory: %w", err)
 	}
 	var todo []npz.Member
+	indexes := map[string]*npz.Index{}
 	for _, m := range dir.Members {
 		if m.Method != npz.Deflated {
 			continue
 		}
-		if _, err := r.files.Load(ctx, a, m); err == nil {
-			continue // a mount built it already
+		if x, err := r.files.Load(ctx, a, m); err == nil {
+			indexes[m.Name] = x // a mount built it already
+			continue
 		}
 		todo = append(todo, m)
 	}
@@ -316,6 +319,7 @@ func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error 
 				saves.Wait()
 				return err
 			}
+			indexes[m.Name] = x
 			saves.Go(func() error {
 				if err := r.files.Save(ctx, a, m, x); err != nil {
 					return fmt.Errorf("saving the index of %q: %w", m.Name, err)
@@ -329,7 +333,7 @@ func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error 
 			return err
 		}
 	}
-	if err := r.files.MarkDone(ctx, a, r.o.placement); err != nil {
+	if err := r.files.MarkDone(ctx, a, r.o.placement, dir, indexes); err != nil {
 		return fmt.Errorf("marking the archive indexed: %w", err)
 	}
 	return nil

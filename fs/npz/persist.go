@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/bgbfs/bgbfs/fs/fsname"
 )
 
 // IndexFormat is the version of the encoding MarshalBinary writes. It
@@ -176,4 +179,80 @@ func (d *decoder) bytes(max int64) []byte {
 	v := d.b[:n:n]
 	d.b = d.b[n:]
 	return append([]byte(nil), v...)
+}
+
+// MarshalBinary encodes the directory: each member's name, method, sizes,
+// CRC-32 and local header offset, where the central directory starts, and
+// the names of the unusable entries with why. A mount that keeps it does
+// not read the archive's tail again.
+func (d *Directory) MarshalBinary() ([]byte, error) {
+	var b []byte
+	b = binary.AppendUvarint(b, uint64(len(d.Members)))
+	for _, m := range d.Members {
+		b = binary.AppendUvarint(b, uint64(len(m.Name)))
+		b = append(b, m.Name...)
+		b = binary.AppendUvarint(b, uint64(m.Method))
+		b = binary.AppendUvarint(b, uint64(m.CompressedSize))
+		b = binary.AppendUvarint(b, uint64(m.UncompressedSize))
+		b = binary.LittleEndian.AppendUint32(b, m.CRC32)
+		b = binary.AppendUvarint(b, uint64(m.HeaderOffset))
+		b = binary.AppendUvarint(b, uint64(m.dirOffset))
+	}
+	b = binary.AppendUvarint(b, uint64(len(d.Unusable)))
+	for _, u := range d.Unusable {
+		for _, s := range []string{u.Name, strings.TrimPrefix(u.Err.Error(), ErrUnsupported.Error()+": ")} {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
+	}
+	return b, nil
+}
+
+// UnmarshalDirectory decodes a directory MarshalBinary encoded, of an
+// archive of size bytes, checking what ReadDirectory checks of each
+// member: a usable name, a method this package reads, and data that lies
+// inside the archive before the central directory.
+func UnmarshalDirectory(b []byte, size int64) (*Directory, error) {
+	d := decoder{b: b}
+	n := d.int()
+	if d.err == nil && n > int64(len(b)) {
+		d.fail("%d members in %d bytes", n, len(b))
+	}
+	dir := &Directory{}
+	seen := map[string]bool{}
+	for i := int64(0); i < n && d.err == nil; i++ {
+		m := Member{Name: string(d.bytes(maxNameLen))}
+		m.Method = uint16(d.int())
+		m.CompressedSize, m.UncompressedSize = d.int(), d.int()
+		m.CRC32 = d.uint32()
+		m.HeaderOffset, m.dirOffset = d.int(), d.int()
+		switch {
+		case d.err != nil:
+		case fsname.Problem(m.Name) != "" || seen[m.Name]:
+			d.fail("member name %q", m.Name)
+		case m.Method != Stored && m.Method != Deflated:
+			d.fail("member %q has method %d", m.Name, m.Method)
+		case m.dirOffset > size || m.HeaderOffset+localLen+int64(len(m.Name)) > m.dirOffset || m.CompressedSize > m.dirOffset:
+			d.fail("member %q at %d (%d bytes) does not fit before the directory at %d of %d", m.Name, m.HeaderOffset, m.CompressedSize, m.dirOffset, size)
+		case m.Method == Stored && m.CompressedSize != m.UncompressedSize:
+			d.fail("stored member %q of %d bytes stores %d", m.Name, m.UncompressedSize, m.CompressedSize)
+		}
+		seen[m.Name] = true
+		dir.Members = append(dir.Members, m)
+	}
+	u := d.int()
+	if d.err == nil && u > int64(len(d.b)) {
+		d.fail("%d unusable entries in %d bytes", u, len(d.b))
+	}
+	for i := int64(0); i < u && d.err == nil; i++ {
+		name, why := string(d.bytes(1<<16)), string(d.bytes(1<<16))
+		dir.Unusable = append(dir.Unusable, &MemberError{Name: name, Err: fmt.Errorf("%w: %s", ErrUnsupported, why)})
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d bytes after the directory", len(d.b))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return dir, nil
 }

@@ -89,3 +89,45 @@ func TestIndexDecodingRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectoryEncodingRoundTrip: a directory decodes to what was
+// encoded, unusable entries included, and a decoded member reads as the
+// original (its data offset is checked against the directory's start).
+func TestDirectoryEncodingRoundTrip(t *testing.T) {
+	arch := buildZip(t, []zipEntry{
+		{name: "windows.npy", method: Deflated, data: npyContent(4, 64<<10, 1), level: 6},
+		{name: "labels.npy", method: Stored, data: []byte("labels")},
+		{name: "a/b", method: Stored, data: []byte("x")},
+	}, zipOpts{zip64End: true})
+	dir, err := ReadDirectory(bytes.NewReader(arch), int64(len(arch)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := dir.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := UnmarshalDirectory(b, int64(len(arch)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got.Members, dir.Members) {
+		t.Errorf("members %+v, want %+v", got.Members, dir.Members)
+	}
+	if len(got.Unusable) != 1 || got.Unusable[0].Name != "a/b" || got.Unusable[0].Error() != dir.Unusable[0].Error() || !errors.Is(got.Unusable[0], ErrUnsupported) {
+		t.Errorf("unusable %v, want %v", got.Unusable, dir.Unusable)
+	}
+	for _, m := range got.Members {
+		if _, err := m.DataOffset(bytes.NewReader(arch)); err != nil {
+			t.Errorf("decoded member %q: %v", m.Name, err)
+		}
+	}
+	for n := range len(b) {
+		if _, err := UnmarshalDirectory(b[:n], int64(len(arch))); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("encoding cut to %d of %d bytes: %v, want ErrCorrupt", n, len(b), err)
+		}
+	}
+	if _, err := UnmarshalDirectory(b, dir.Members[0].dirOffset-1); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("directory of an archive larger than this one: %v, want ErrCorrupt", err)
+	}
+}
