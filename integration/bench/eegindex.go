@@ -523,10 +523,12 @@ func (b *bench) eegIndexTargets(p string) []target {
 		}
 		out = append(out, target{fmt.Sprintf("(i) %s ≥ 0.9× steady", restart[0]), p, measured + ")", verdict(ratio >= 0.9)})
 		if d, ok := e.daemon[eegKey(p, restart[0])]; ok {
-			// First touch reads the windows member of every archive.
-			out = append(out, target{fmt.Sprintf("(i) %s: 0 index builds, an index load per archive", restart[0]), p,
+			// First touch reads the windows member of every archive; an
+			// archive file bgbfs index wrote loads all its members'
+			// indexes at once (windows and labels).
+			out = append(out, target{fmt.Sprintf("(i) %s: 0 index builds, at least an index load per archive", restart[0]), p,
 				fmt.Sprintf("%d builds, %d loads, %d archives", d.builds, d.loads, e.files),
-				verdict(d.builds == 0 && d.loads == int64(e.files))})
+				verdict(d.builds == 0 && d.loads >= int64(e.files))})
 		}
 	}
 	return out
