@@ -288,10 +288,10 @@ func readTimed(path string) (measurement, uint32, error) {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// mountWithStats mounts source with its metrics served, as eegMount does
-// for workload i's bucket.
+// mountWithStats mounts source with its metrics served (eegMount is it
+// for workload i's bucket).
 func (b *bench) mountWithStats(source, endpoint string, creds *testbed.Creds, args ...string) (*eegMounted, error) {
-	mp, err := os.MkdirTemp(b.work, "mnt-disk-")
+	mp, err := os.MkdirTemp(b.work, "mnt-")
 	if err != nil {
 		return nil, err
 	}

@@ -313,28 +313,7 @@ type eegMounted struct {
 }
 
 func (b *bench) eegMount(endpoint string, args ...string) (*eegMounted, error) {
-	mp, err := os.MkdirTemp(b.work, "mnt-eeg-")
-	if err != nil {
-		return nil, err
-	}
-	port, err := testbed.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	m, err := testbed.Mount(testbed.MountOptions{
-		Bin: b.bin, Source: "s3://" + eegBucket + "/", Mountpoint: mp, Endpoint: endpoint,
-		Creds: &testbed.Creds{AccessKey: b.eeg.srv.AccessKey, SecretKey: b.eeg.srv.SecretKey},
-		Args:  append([]string{"--metrics-addr", addr}, args...),
-	})
-	if err != nil {
-		os.Remove(mp)
-		return nil, err
-	}
-	return &eegMounted{
-		mounted: &mounted{mp: m.Mountpoint, pid: m.Pid(), stop: func() { _ = m.Unmount(); os.Remove(mp) }},
-		stats:   "http://" + addr + "/stats",
-	}, nil
+	return b.mountWithStats("s3://"+eegBucket+"/", endpoint, &testbed.Creds{AccessKey: b.eeg.srv.AccessKey, SecretKey: b.eeg.srv.SecretKey}, args...)
 }
 
 // daemonCounters reads the daemon's /stats ("name value" lines).
