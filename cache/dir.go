@@ -2,6 +2,7 @@ package cache
 
 import (
 	"cmp"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -364,8 +365,61 @@ type dirFile struct {
 func (d *Dir) trim() error {
 	// Stores from now on may land in directories the walk has passed.
 	d.stored.Store(0)
-	var files []dirFile
 	var total int64
+	err := d.walk(func(f dirFile) {
+		total += f.size
+		if d.onWalk != nil {
+			d.onWalk(f.path)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	// soft is what to remove, idle files only, to get back under a
+	// target a little under the bound, so that the next stores do not
+	// trim again at once; a dir above that target without idle files to
+	// remove takes no new blocks. hard is what must go whatever it costs
+	// (the bound itself, or the file system's last few percent).
+	var soft, hard int64
+	if d.limit > 0 {
+		soft = total - int64(float64(d.limit)*dirTrimTo)
+		hard = total - d.limit
+	} else if free, size, err := d.statfs(d.root); err == nil {
+		soft = int64((dirMinFree+0.01)*float64(size)) - free
+		hard = int64(dirHardFree*float64(size)) - free
+	}
+	removed, n := int64(0), 0
+	if need := max(soft, hard, 0); need > 0 {
+		files, err := d.oldest(need)
+		if err != nil {
+			return err
+		}
+		idle := time.Now().Add(-dirIdleAge)
+		for _, f := range files {
+			if removed >= need || (removed >= hard && f.mtime.After(idle)) {
+				break
+			}
+			if err := os.Remove(f.path); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+			removed += f.size
+			n++
+			d.removed.Add(1)
+		}
+	}
+	total -= removed
+	if n > 0 {
+		d.logger.Debug("cache dir trimmed", "dir", d.root, "files_removed", n, "bytes_removed", removed, "bytes_kept", total)
+	}
+	d.full.Store(removed < soft)
+	d.trimmedAt.Store(time.Now().UnixNano())
+	d.walked.Store(total)
+	return nil
+}
+
+// walk calls fn with each file of the dir's areas, and removes the
+// temporary files that writers which died left.
+func (d *Dir) walk(fn func(dirFile)) error {
 	visit := func(p string, e iofs.DirEntry, err error) error {
 		if d.life.Err() != nil {
 			return d.life.Err()
@@ -385,15 +439,11 @@ func (d *Dir) trim() error {
 		}
 		if strings.HasPrefix(e.Name(), dirTempPrefix) {
 			if time.Since(fi.ModTime()) > dirTempAge {
-				os.Remove(p) // left by a writer that died
+				os.Remove(p)
 			}
 			return nil
 		}
-		files = append(files, dirFile{p, fi.Size(), fi.ModTime()})
-		total += fi.Size()
-		if d.onWalk != nil {
-			d.onWalk(p)
-		}
+		fn(dirFile{p, fi.Size(), fi.ModTime()})
 		return nil
 	}
 	for _, a := range dirAreas {
@@ -401,42 +451,39 @@ func (d *Dir) trim() error {
 			return err
 		}
 	}
-	// soft is what to remove to get back under the bound, idle files
-	// only; hard what must go whatever it costs (the bound itself, or the
-	// file system's last few percent).
-	// soft is measured against a target a little under the bound, so
-	// that the next stores do not trim again at once; a dir above that
-	// target without idle files to remove takes no new blocks.
-	var soft, hard int64
-	if d.limit > 0 {
-		soft = total - int64(float64(d.limit)*dirTrimTo)
-		hard = total - d.limit
-	} else if free, size, err := d.statfs(d.root); err == nil {
-		soft = int64((dirMinFree+0.01)*float64(size)) - free
-		hard = int64(dirHardFree*float64(size)) - free
-	}
-	slices.SortFunc(files, func(a, b dirFile) int { return cmp.Compare(a.mtime.UnixNano(), b.mtime.UnixNano()) })
-	idle := time.Now().Add(-dirIdleAge)
-	removed, n := int64(0), 0
-	for _, f := range files {
-		if removed >= max(soft, hard, 0) || (removed >= hard && f.mtime.After(idle)) {
-			break
-		}
-		if err := os.Remove(f.path); err != nil && !os.IsNotExist(err) {
-			return err
-		}
-		removed += f.size
-		n++
-		d.removed.Add(1)
-	}
-	total -= removed
-	if n > 0 {
-		d.logger.Debug("cache dir trimmed", "dir", d.root, "files_removed", n, "bytes_removed", removed, "bytes_kept", total)
-	}
-	d.full.Store(removed < soft)
-	d.trimmedAt.Store(time.Now().UnixNano())
-	d.walked.Store(total)
 	return nil
+}
+
+// oldest returns, least recently used first, the oldest files whose sizes
+// add up to at least need (all of them if they add up to less). It walks
+// the dir a second time and keeps only those: a trim of millions of block
+// files holds little more than what it removes.
+func (d *Dir) oldest(need int64) ([]dirFile, error) {
+	var h newestFirst
+	var sum int64
+	err := d.walk(func(f dirFile) {
+		heap.Push(&h, f)
+		sum += f.size
+		for h.Len() > 1 && sum-h[0].size >= need {
+			sum -= heap.Pop(&h).(dirFile).size
+		}
+	})
+	slices.SortFunc(h, func(a, b dirFile) int { return cmp.Compare(a.mtime.UnixNano(), b.mtime.UnixNano()) })
+	return h, err
+}
+
+// newestFirst is a heap of files, the most recently used on top.
+type newestFirst []dirFile
+
+func (h newestFirst) Len() int           { return len(h) }
+func (h newestFirst) Less(i, j int) bool { return h[i].mtime.After(h[j].mtime) }
+func (h newestFirst) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *newestFirst) Push(x any)        { *h = append(*h, x.(dirFile)) }
+func (h *newestFirst) Pop() any {
+	old := *h
+	f := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return f
 }
 
 // Removed counts the files this process removed from the dir: the least

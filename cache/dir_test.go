@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	iofs "io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -257,5 +258,44 @@ func TestDirCountsStoresDuringAWalk(t *testing.T) {
 	waitTrim(t, d)
 	if d.Used() < 300 {
 		t.Errorf("Used = %d; the dir holds 300 bytes", d.Used())
+	}
+}
+
+// TestDirOldestKeepsOnlyWhatGoes: the trim's second walk keeps only the
+// oldest files that add up to what must go, not every file of the dir.
+func TestDirOldestKeepsOnlyWhatGoes(t *testing.T) {
+	root := t.TempDir()
+	d, err := OpenDir(root, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	waitTrim(t, d)
+	base := time.Now().Add(-10 * time.Hour)
+	for i, at := range rand.Perm(200) { // written in shuffled order of age
+		p := filepath.Join(root, fmt.Sprintf("blocks/%02d/%d", i%7, at))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, make([]byte, 100), 0o644)
+		mt := base.Add(time.Duration(at) * time.Minute)
+		os.Chtimes(p, mt, mt)
+	}
+	for _, tt := range []struct {
+		need int64
+		want int
+	}{{1, 1}, {100, 1}, {101, 2}, {950, 10}, {1 << 30, 200}} {
+		files, err := d.oldest(tt.need)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(files) != tt.want {
+			t.Errorf("oldest(%d): %d files, want %d", tt.need, len(files), tt.want)
+			continue
+		}
+		for i, f := range files {
+			if want := base.Add(time.Duration(i) * time.Minute); !f.mtime.Equal(want) {
+				t.Errorf("oldest(%d)[%d] is of %v, want %v", tt.need, i, f.mtime, want)
+				break
+			}
+		}
 	}
 }
