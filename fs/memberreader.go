@@ -229,19 +229,21 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 }
 
 // readHead fills p, which ends within headRegion, from the index if one
-// is kept (in memory or in the cache dir), else by inflating from the
-// start of the stream without building one: a loader that opens an array
-// only to read its shape costs one small read of the archive, not a full
-// inflate. Its header tells where rows lie for the reads to come. Without
+// is held in memory, else by inflating from the start of the stream
+// without building one: a loader that opens an array only to read its
+// shape costs one small read of the archive, not a full inflate. Its header tells where rows lie for the reads to come. Without
 // an index these bytes may be returned before the member's CRC-32 has been
 // checked (SEMANTICS.md says so); an undecodable stream still fails.
 func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error {
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
-	if x := r.keptIndex(ctx); x != nil {
+	if x := r.heldIndex(); x != nil {
 		// An index keeps the .npy header: numpy's header read of every
-		// np.load then costs no request, and is checked.
+		// np.load then costs no request, and is checked. (Only one in
+		// memory: the archive file bgbfs index writes put its indexes
+		// there when the directory was read; asking an s3:// dir for a
+		// member's own file on every header read would cost a GET each.)
 		if _, err := x.ReadAt(readerAt{ctx, r.src}, p, off); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
@@ -262,19 +264,6 @@ func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		}
 	}
 	return nil
-}
-
-// keptIndex returns the member's index if this open holds it, the view
-// has it in memory, or the cache dir keeps it; it builds nothing.
-func (r *memberReader) keptIndex(ctx context.Context) *npz.Index {
-	if x := r.heldIndex(); x != nil {
-		return x
-	}
-	x := r.view.keptIndex(ctx, r.obj, r.member)
-	if x != nil {
-		r.keepIndex(x)
-	}
-	return x
 }
 
 // heldIndex returns the member's index if this open holds it or the

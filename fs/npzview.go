@@ -257,45 +257,6 @@ func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache
 	}
 }
 
-// keptIndex returns the index of member m of archive obj if memory or the
-// cache dir holds it, or nil; it builds nothing. Concurrent callers share
-// one load; a caller whose request is interrupted stops waiting.
-func (v *NPZView) keptIndex(ctx context.Context, obj cache.Object, m npz.Member) *npz.Index {
-	key := indexKey(obj, m)
-	if x, ok := v.indexes.Get(key); ok {
-		v.hits.Add(1)
-		return x
-	}
-	if v.files == nil {
-		return nil
-	}
-	loaded := v.building.DoChan("kept\x00"+key, func() (any, error) {
-		v.mu.Lock()
-		if v.closed {
-			v.mu.Unlock()
-			return (*npz.Index)(nil), errViewClosed
-		}
-		v.running.Add(1) // keep Sets into indexes before Close
-		v.mu.Unlock()
-		defer v.running.Done()
-		if x, ok := v.indexes.Get(key); ok {
-			return x, nil
-		}
-		x := v.loadIndex(obj, m)
-		if x != nil {
-			v.keep(key, x)
-		}
-		return x, nil
-	})
-	select {
-	case r := <-loaded:
-		x, _ := r.Val.(*npz.Index)
-		return x
-	case <-ctx.Done():
-		return nil
-	}
-}
-
 // keptArchive returns the zip directory of archive obj that "bgbfs index"
 // kept in the cache dir, and holds the member indexes kept with it in
 // memory; nil if there is none (or it is not to be trusted, logged).
