@@ -21,26 +21,35 @@ import (
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
-func TestLimitedListingStopsEarly(t *testing.T) {
+// smokeTrain is p/train/ of 5,000 .npz files and the keys extra, listed
+// through the lister wrap makes of the store, in a smoke view of 3 files:
+// its node and its (partial) listing.
+func smokeTrain(t *testing.T, wrap func(*memstore.Store) s3backend.ObjectStore, extra ...string) (*dirNode, *listing) {
+	t.Helper()
 	mem := memstore.New()
 	for i := range 5000 {
 		mem.Put(fmt.Sprintf("p/train/f%05d.npz", i), []byte("x"))
 	}
-	mem.Put("p/train/_dataset_index.json", []byte("{}"))
-	mem.Put("p/train/manifest.json", []byte("[]"))
-	mem.Put("p/train/sub/inner.npz", []byte("y"))
-	mem.Put("p/train/zz.npz/inner.npz", []byte("z"))
-	lister := &countingLister{Store: mem}
+	for _, k := range extra {
+		mem.Put(k, []byte("e"))
+	}
 	tr := &tree{Config: Config{
-		Lister: lister, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
+		Lister: wrap(mem), Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
 		Limit: Limit{Default: 3, HasDefault: true, Pattern: "*.npz"},
 	}}
 	d := tr.newDirNode("p/train/")
-	ctx := context.Background()
-	l, err := d.getListing(ctx)
+	l, err := d.getListing(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return d, l
+}
+
+func TestLimitedListingStopsEarly(t *testing.T) {
+	var lister *countingLister
+	d, l := smokeTrain(t, func(mem *memstore.Store) s3backend.ObjectStore { lister = &countingLister{Store: mem}; return lister },
+		"p/train/_dataset_index.json", "p/train/manifest.json", "p/train/sub/inner.npz", "p/train/zz.npz/inner.npz")
+	ctx := context.Background()
 	if got := names(l.entries); got != "_dataset_index.json f00000.npz f00001.npz f00002.npz" {
 		t.Errorf("limited listing shows %q", got)
 	}
@@ -295,22 +304,12 @@ func (g *gatedLister) List(ctx context.Context, req s3backend.ListRequest) (s3ba
 // listing share its LISTs, and one interrupted lookup neither stops them
 // for the others nor waits for them itself.
 func TestLookupBeyondShared(t *testing.T) {
-	mem := memstore.New()
-	for i := range 5000 {
-		mem.Put(fmt.Sprintf("p/train/f%05d.npz", i), []byte("x"))
-	}
-	mem.Put("p/train/manifest.json", []byte("[]"))
-	lister := &gatedLister{Store: mem, release: make(chan struct{})}
-	tr := &tree{Config: Config{
-		Lister: lister, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
-		Limit: Limit{Default: 3, HasDefault: true, Pattern: "*.npz"},
-	}}
-	d := tr.newDirNode("p/train/")
+	var lister *gatedLister
+	d, l := smokeTrain(t, func(mem *memstore.Store) s3backend.ObjectStore {
+		lister = &gatedLister{Store: mem, release: make(chan struct{})}
+		return lister
+	}, "p/train/manifest.json")
 	ctx := context.Background()
-	l, err := d.getListing(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	interrupted, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	found := make([]bool, 8)
