@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbfs/bgbfs/cmd/bgbfs/mountinfo"
+
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
@@ -39,7 +41,7 @@ func addedMounts(now, before []string) []string {
 // bgbfsMounts lists the IDs of all fuse.bgbfs mounts.
 func bgbfsMounts(t testing.TB) []string {
 	t.Helper()
-	all, err := testbed.Mounts()
+	all, err := mountinfo.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +144,12 @@ func TestFailFast(t *testing.T) {
 	for _, c := range cases {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
 			mp := c.mountpoint(t)
-			before, _ := testbed.MountsAt(mp)
+			before, _ := mountinfo.At(mp)
 			mountsBefore := bgbfsMounts(t)
 			res := testbed.Run(env.bgbfs, c.args(mp), testbed.CleanEnv(c.creds), 2*failFastLimit)
 			t.Cleanup(func() {
 				// If bgbfs wrongly mounted, take it down so the rest can run.
-				if after, _ := testbed.MountsAt(mp); len(after) > len(before) {
+				if after, _ := mountinfo.At(mp); len(after) > len(before) {
 					_ = testbed.ForceUnmount(mp)
 				}
 			})
@@ -175,7 +177,7 @@ func TestFailFast(t *testing.T) {
 					t.Errorf("stderr line %q names none of %q", line, c.keywords)
 				}
 			}
-			after, _ := testbed.MountsAt(mp)
+			after, _ := mountinfo.At(mp)
 			if len(after) != len(before) {
 				t.Errorf("mounts on %s went from %d to %d", mp, len(before), len(after))
 			}

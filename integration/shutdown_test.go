@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbfs/bgbfs/cmd/bgbfs/mountinfo"
+
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
@@ -161,10 +163,10 @@ func TestSecondMountRefused(t *testing.T) {
 	}
 	refuse := func(t *testing.T, mp string, keywords ...string) {
 		t.Helper()
-		before, _ := testbed.MountsAt(mp)
+		before, _ := mountinfo.At(mp)
 		res := testbed.Run(env.bgbfs, args(mp), testbed.CleanEnv(rootCreds(srv)), 2*failFastLimit)
 		t.Cleanup(func() {
-			if after, _ := testbed.MountsAt(mp); len(after) > len(before) {
+			if after, _ := mountinfo.At(mp); len(after) > len(before) {
 				_ = testbed.ForceUnmount(mp) // wrongly mounted on top
 			}
 		})
@@ -181,7 +183,7 @@ func TestSecondMountRefused(t *testing.T) {
 		} else if l := strings.ToLower(lines[0]); !slices.ContainsFunc(keywords, func(k string) bool { return strings.Contains(l, k) }) {
 			t.Errorf("second mount: %q names none of %q", lines[0], keywords)
 		}
-		if after, _ := testbed.MountsAt(mp); len(after) != len(before) {
+		if after, _ := mountinfo.At(mp); len(after) != len(before) {
 			t.Errorf("mounts on %s went from %d to %d", mp, len(before), len(after))
 		}
 	}

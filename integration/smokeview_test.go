@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbfs/bgbfs/cmd/bgbfs/mountinfo"
+
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
@@ -599,9 +601,9 @@ func TestSmokeViewBadEnv(t *testing.T) {
 		t.Run(value, func(t *testing.T) {
 			mp := newMountpoint(t)
 			args := slices.Concat([]string{"mount"}, endpointArgs(srv.Endpoint), []string{"s3://" + s.Bucket + "/", mp})
-			before, _ := testbed.MountsAt(mp)
+			before, _ := mountinfo.At(mp)
 			t.Cleanup(func() {
-				if after, _ := testbed.MountsAt(mp); len(after) > len(before) {
+				if after, _ := mountinfo.At(mp); len(after) > len(before) {
 					_ = testbed.ForceUnmount(mp)
 				}
 			})
@@ -619,7 +621,7 @@ func TestSmokeViewBadEnv(t *testing.T) {
 			} else if !strings.Contains(lines[0], "BGB_LIMIT_FILES") || !strings.Contains(lines[0], value) {
 				t.Errorf("stderr line %q does not name BGB_LIMIT_FILES and %q", lines[0], value)
 			}
-			if after, _ := testbed.MountsAt(mp); len(after) != len(before) {
+			if after, _ := mountinfo.At(mp); len(after) != len(before) {
 				t.Errorf("mounts on %s went from %d to %d", mp, len(before), len(after))
 			}
 		})

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/bgbfs/bgbfs/internal/mountinfo"
+	"github.com/bgbfs/bgbfs/cmd/bgbfs/mountinfo"
 )
 
 // checkMountpoint resolves the mountpoint and refuses one that cannot take

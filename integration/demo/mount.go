@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bgbfs/bgbfs/cmd/bgbfs/mountinfo"
 	"github.com/bgbfs/bgbfs/integration/testbed"
-	"github.com/bgbfs/bgbfs/internal/mountinfo"
 )
 
 // bgbfsProc is a running `bgbfs mount` subprocess.

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/bgbfs/bgbfs/cmd/bgbfs/mountinfo"
 )
 
 // Bounds used by the mount runner.
@@ -134,7 +136,7 @@ func Mount(o MountOptions) (*Mounted, error) {
 	}
 	defer stdout.Close()
 
-	before, err := MountsAt(mp)
+	before, err := mountinfo.At(mp)
 	if err != nil {
 		return nil, err
 	}
@@ -177,17 +179,17 @@ func Mount(o MountOptions) (*Mounted, error) {
 }
 
 // newMount finds a mount on mp that is not among before.
-func newMount(mp string, before []MountInfo) (MountInfo, bool) {
-	now, err := MountsAt(mp)
+func newMount(mp string, before []mountinfo.Mount) (mountinfo.Mount, bool) {
+	now, err := mountinfo.At(mp)
 	if err != nil {
-		return MountInfo{}, false
+		return mountinfo.Mount{}, false
 	}
 	for i := len(now) - 1; i >= 0; i-- {
-		if !slices.ContainsFunc(before, func(b MountInfo) bool { return b.ID == now[i].ID }) {
+		if !slices.ContainsFunc(before, func(b mountinfo.Mount) bool { return b.ID == now[i].ID }) {
 			return now[i], true
 		}
 	}
-	return MountInfo{}, false
+	return mountinfo.Mount{}, false
 }
 
 func (m *Mounted) cleanupLogs() {
@@ -297,19 +299,19 @@ func (m *Mounted) Unmount() error {
 
 // stillMounted reports whether this daemon's mount is still in mountinfo.
 func (m *Mounted) stillMounted() bool {
-	ms, _ := MountsAt(m.Mountpoint)
-	return slices.ContainsFunc(ms, func(i MountInfo) bool { return m.mountID == "" || i.ID == m.mountID })
+	ms, _ := mountinfo.At(m.Mountpoint)
+	return slices.ContainsFunc(ms, func(i mountinfo.Mount) bool { return m.mountID == "" || i.ID == m.mountID })
 }
 
 // Info returns this mount's mountinfo line, if it is still mounted.
-func (m *Mounted) Info() (MountInfo, bool) {
-	ms, _ := MountsAt(m.Mountpoint)
+func (m *Mounted) Info() (mountinfo.Mount, bool) {
+	ms, _ := mountinfo.At(m.Mountpoint)
 	for _, i := range ms {
 		if i.ID == m.mountID {
 			return i, true
 		}
 	}
-	return MountInfo{}, false
+	return mountinfo.Mount{}, false
 }
 
 // RunResult is the outcome of one short bgbfs command.

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -71,21 +72,45 @@ func Read() ([]Mount, error) {
 	return out, nil
 }
 
-// Top returns the mount on top of mountpoint (as the kernel names it:
-// absolute, symlinks resolved), if any.
-func Top(mountpoint string) (Mount, bool, error) {
+// At returns the mounts on mountpoint, bottom first: the last is what
+// path lookups see. mountpoint is made absolute and its parent's symlinks
+// resolved, as the kernel reports it; the mountpoint itself is not
+// resolved, since it may be a dead FUSE mount that cannot be.
+func At(mountpoint string) ([]Mount, error) {
 	all, err := Read()
 	if err != nil {
-		return Mount{}, false, err
+		return nil, err
 	}
-	var top Mount
-	found := false
+	mp := Clean(mountpoint)
+	var out []Mount
 	for _, m := range all {
-		if m.Mountpoint == mountpoint {
-			top, found = m, true
+		if m.Mountpoint == mp {
+			out = append(out, m)
 		}
 	}
-	return top, found, nil
+	return out, nil
+}
+
+// Top returns the mount on top of mountpoint, if any.
+func Top(mountpoint string) (Mount, bool, error) {
+	ms, err := At(mountpoint)
+	if err != nil || len(ms) == 0 {
+		return Mount{}, false, err
+	}
+	return ms[len(ms)-1], true, nil
+}
+
+// Clean names mountpoint as the kernel's table does: absolute, with the
+// symlinks of its parent resolved.
+func Clean(mountpoint string) string {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return filepath.Clean(mountpoint)
+	}
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		return filepath.Join(parent, filepath.Base(abs))
+	}
+	return abs
 }
 
 // unescape undoes the kernel's \ooo octal escapes (\040 for a space).
