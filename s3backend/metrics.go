@@ -68,10 +68,11 @@ func (s *InstrumentedStore) ReadAt(ctx context.Context, v Version, off int64, bu
 	start := time.Now()
 	n, err := s.next.ReadAt(ctx, v, off, bufs...)
 	s.m.bytes.Add(float64(n))
-	if errors.Is(err, io.EOF) {
-		err = nil
+	recorded := err
+	if err == io.EOF {
+		recorded = nil // the end of the object, read up to it
 	}
-	s.record("GetObject", start, err)
+	s.record("GetObject", start, recorded)
 	return n, err
 }
 
