@@ -32,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"op"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgbfs_s3_retries_total",
-			Help: "HTTP attempts beyond the first: retries of throttling, 5xx and connection errors, and resumed bodies.",
+			Help: "HTTP attempts beyond the first: retries of throttling, 5xx, connection errors and stalled attempts, and resumed bodies.",
 		}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgbfs_s3_bytes_fetched_total",
