@@ -6,7 +6,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -97,15 +96,4 @@ func outcome(err error) string {
 		return "unreachable"
 	}
 	return "error"
-}
-
-// countingRetryer counts the SDK's retries.
-type countingRetryer struct {
-	aws.RetryerV2
-	retries prometheus.Counter
-}
-
-func (r countingRetryer) RetryDelay(attempt int, err error) (time.Duration, error) {
-	r.retries.Inc()
-	return r.RetryerV2.RetryDelay(attempt, err)
 }
