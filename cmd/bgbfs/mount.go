@@ -265,7 +265,23 @@ func (m *liveMount) done() <-chan struct{} {
 // for the kernel to let go.
 func (m *liveMount) unmount() error {
 	done := m.done()
-	if err := m.server.Unmount(); err != nil {
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- m.server.Unmount() }()
+	var err error
+	select {
+	case err = <-unmounted:
+	case <-time.After(unmountGrace):
+		// The mount is gone from here, but go-fuse waits for the kernel
+		// to end the filesystem, which it keeps while a copy of the mount
+		// lives in another mount namespace (a container or a build
+		// started while it was up). Exiting closes the FUSE connection:
+		// that copy becomes a dead mount.
+		m.logger.Warn("the kernel keeps the filesystem after the unmount (mounted in another mount namespace too?); exiting anyway", "mountpoint", m.mp)
+		m.abandoned = true
+		m.logger.Info("unmounted", "source", m.source, "mountpoint", m.mp)
+		return nil
+	}
+	if err != nil {
 		// Busy: files are open. Detach the mount so new lookups fail,
 		// and let the kernel drop it when the last file closes.
 		m.logger.Warn("unmount failed; detaching lazily", "mountpoint", m.mp, "err", err)
