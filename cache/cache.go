@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
 	"golang.org/x/sync/semaphore"
@@ -42,6 +43,13 @@ type Options struct {
 	MaxReadAhead int64
 	// MaxParallel bounds the GETs in flight, all readers together.
 	MaxParallel int
+	// FetchTimeout bounds a fetch from its start (its wait for memory
+	// and for a request slot included): past it, the fetch fails and the
+	// next read that needs its blocks fetches them again. A fetch may be
+	// shared by readers and by read-ahead that nobody waits for, so it
+	// does not end with a reader's deadline, only with its own. 0 means
+	// no bound.
+	FetchTimeout time.Duration
 	// ReorderWindow is how far apart reads of one sequential stream may
 	// arrive out of order: the kernel sends its read-ahead as parallel
 	// requests, so this should be at least the kernel's read-ahead. Reads
@@ -67,6 +75,8 @@ func (o Options) Validate() error {
 		return errors.New("max read-ahead must not be negative")
 	case o.MaxParallel < 1:
 		return errors.New("max parallel requests must be at least 1")
+	case o.FetchTimeout < 0:
+		return errors.New("fetch timeout must not be negative")
 	case o.CacheSize > 0 && o.CacheSize < 4*o.BlockSize:
 		return fmt.Errorf("cache size %d must be 0 or at least 4 blocks (%d)", o.CacheSize, 4*o.BlockSize)
 	}
@@ -307,34 +317,35 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 	return out, started
 }
 
+// ErrFetchTimeout is a fetch that did not end within Options.FetchTimeout.
+var ErrFetchTimeout = errors.New("not fetched within the fetch timeout")
+
 // run performs one fetch. It does not depend on any reader's context
-// (other readers may be waiting for the same blocks), only on the cache's.
+// (other readers may be waiting for the same blocks, and read-ahead has
+// none), only on the cache's and its own deadline: a reader that gives up
+// stops waiting, the fetch goes on for the others, and nobody's fetch
+// runs forever.
 func (c *BlockCache) run(f *fetch) {
 	defer c.fetching.Done()
-	if f.demand {
-		// The budget before the request slot: a fetch that holds a slot
-		// never waits for budget, so the slots always come free. One
-		// fetch larger than the whole budget goes alone.
-		n := min(f.size, c.demandBytes)
-		_ = c.demand.Acquire(context.Background(), n) // cannot fail
-		// Released once the blocks are in the cache (or refused by it).
-		defer c.demand.Release(n)
+	ctx, cancel := c.life, context.CancelFunc(func() {})
+	if c.opt.FetchTimeout > 0 {
+		ctx, cancel = context.WithTimeoutCause(c.life, c.opt.FetchTimeout, ErrFetchTimeout)
 	}
-	c.requests <- struct{}{}
-	f.blocks = make([][]byte, f.count)
-	for i := range f.blocks {
-		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
-	}
-	n, err := c.store.ReadAt(c.life, f.obj, f.first*c.opt.BlockSize, f.blocks...)
-	<-c.requests
-	if err != nil && c.life.Err() != nil {
+	defer cancel()
+	n, release, err := c.fetchBytes(ctx, f)
+	defer release()
+	switch {
+	case err == nil:
+	case c.life.Err() != nil:
 		err = ErrClosed // cancelled by Close
+	case context.Cause(ctx) == ErrFetchTimeout:
+		err = fmt.Errorf("%q bytes %d-%d: %w (%v): %w", f.obj.Key, f.first*c.opt.BlockSize, f.first*c.opt.BlockSize+f.size-1, ErrFetchTimeout, c.opt.FetchTimeout, err)
 	}
-	if errors.Is(err, io.EOF) {
+	if (err == nil || err == io.EOF) && int64(n) != f.size {
+		// Blocks are never cached short: their buffers are zeros past n.
+		err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", f.obj.Key, f.first*c.opt.BlockSize+int64(n), f.obj.Size)
+	} else if err == io.EOF {
 		err = nil
-		if int64(n) != f.size {
-			err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", f.obj.Key, f.first*c.opt.BlockSize+int64(n), f.obj.Size)
-		}
 	}
 	f.err = err
 	if err != nil {
@@ -360,4 +371,34 @@ func (c *BlockCache) run(f *fetch) {
 	}
 	c.mu.Unlock()
 	close(f.done)
+}
+
+// fetchBytes waits for the fetch's memory (for a read's fetch: read-ahead
+// has paid already) and a request slot, then makes its GET into buffers
+// of its own. It returns with the slot given back and the memory still
+// taken: release gives it back, once the blocks are in the cache.
+func (c *BlockCache) fetchBytes(ctx context.Context, f *fetch) (n int, release func(), err error) {
+	release = func() {}
+	if f.demand {
+		// The budget before the request slot: a fetch that holds a slot
+		// never waits for budget, so the slots always come free. One
+		// fetch larger than the whole budget goes alone.
+		size := min(f.size, c.demandBytes)
+		if err := c.demand.Acquire(ctx, size); err != nil {
+			return 0, release, err
+		}
+		release = func() { c.demand.Release(size) }
+	}
+	select {
+	case c.requests <- struct{}{}:
+	case <-ctx.Done():
+		return 0, release, ctx.Err()
+	}
+	defer func() { <-c.requests }()
+	f.blocks = make([][]byte, f.count)
+	for i := range f.blocks {
+		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
+	}
+	n, err = c.store.ReadAt(ctx, f.obj, f.first*c.opt.BlockSize, f.blocks...)
+	return n, release, err
 }

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -118,8 +119,13 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	c := r.c
 	if c.blocks == nil {
 		n, err := c.store.ReadAt(ctx, r.obj, off, p)
-		if errors.Is(err, io.EOF) && n == len(p) {
+		switch {
+		case n == len(p):
 			err = nil
+		case err == nil || err == io.EOF:
+			// p ends within the listed size: a read that ends before
+			// is no end of file (an error wrapping io.EOF is not either).
+			err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", r.obj.Key, off+int64(n), r.obj.Size)
 		}
 		return n, err
 	}

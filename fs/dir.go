@@ -203,11 +203,14 @@ func (st *dirState) listAll(ctx context.Context) (pages []s3backend.ListPage, pa
 	seen := map[string]bool{}
 	token := ""
 	for range maxListPages {
-		page, err := st.tree.Lister.List(ctx, s3backend.ListRequest{
+		pctx, cancel := st.tree.listPage(ctx)
+		page, err := st.tree.Lister.List(pctx, s3backend.ListRequest{
 			Prefix:            st.prefix,
 			Delimiter:         "/",
 			ContinuationToken: token,
 		})
+		err = timedOut(pctx, err)
+		cancel()
 		if err != nil {
 			return nil, false, fmt.Errorf("list %q: %w", st.prefix, err)
 		}
@@ -463,14 +466,20 @@ func (st *dirState) lookupBeyond(ctx context.Context, l *listing, name string) (
 // for none.
 func (st *dirState) listBeyond(ctx context.Context, l *listing, name string) (*dirEntry, error) {
 	var found *dirEntry
-	sub, err := st.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: st.prefix + name + "/", MaxKeys: 1})
+	pctx, cancel := st.tree.listPage(ctx)
+	sub, err := st.tree.Lister.List(pctx, s3backend.ListRequest{Prefix: st.prefix + name + "/", MaxKeys: 1})
+	err = timedOut(pctx, err)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("look up %q: %w", st.prefix+name, err)
 	}
 	if len(sub.Objects) > 0 || len(sub.CommonPrefixes) > 0 {
 		found = &dirEntry{name: name, isDir: true}
 	} else if !st.tree.Limit.matches(name) {
-		page, err := st.tree.Lister.List(ctx, s3backend.ListRequest{Prefix: st.prefix + name, Delimiter: "/", MaxKeys: 1})
+		pctx, cancel := st.tree.listPage(ctx)
+		page, err := st.tree.Lister.List(pctx, s3backend.ListRequest{Prefix: st.prefix + name, Delimiter: "/", MaxKeys: 1})
+		err = timedOut(pctx, err)
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("look up %q: %w", st.prefix+name, err)
 		}

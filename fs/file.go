@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"io"
 	"strings"
 	"syscall"
@@ -54,8 +53,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 
 // fileHandle is one open of a file; all its reads see the version of open.
 type fileHandle struct {
-	node   *fileNode
-	reader *cache.Reader
+	node      *fileNode
+	reader    *cache.Reader
+	deadlines readDeadlines
 }
 
 var (
@@ -68,12 +68,21 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	if off < 0 { // an offset past 2^63 from the kernel
 		return nil, syscall.EINVAL
 	}
+	ctx, cancel, deadline := h.deadlines.start(ctx, h.node.tree.ReadTimeout, off, len(dest))
+	defer cancel()
 	n, err := h.reader.ReadAt(ctx, dest, off)
-	if err != nil && !errors.Is(err, io.EOF) {
+	// Only the reader's own io.EOF ends the file: a short answer is all
+	// the kernel caches of those pages, zeros after it. An error that
+	// wraps io.EOF (a connection closed early) is an error.
+	if err != nil && err != io.EOF {
 		if isStale(err) {
 			h.node.parent.expire()
 		}
-		return nil, h.node.tree.errno(ctx, "read", h.node.entry.key, err)
+		errno := h.node.tree.errno(ctx, "read", h.node.entry.key, err)
+		if errno == syscall.EIO {
+			h.deadlines.fail(off, len(dest), deadline)
+		}
+		return nil, errno
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -214,8 +213,9 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 
 // memberHandle is one open of a member file.
 type memberHandle struct {
-	node   *memberNode
-	reader *memberReader
+	node      *memberNode
+	reader    *memberReader
+	deadlines readDeadlines
 }
 
 const memberBlksize = 16 << 10
@@ -231,12 +231,21 @@ func (h *memberHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 	if off < 0 {
 		return nil, syscall.EINVAL
 	}
+	ctx, cancel, deadline := h.deadlines.start(ctx, t.ReadTimeout, off, len(dest))
+	defer cancel()
 	n, err := h.reader.ReadAt(ctx, dest, off)
-	if err != nil && !errors.Is(err, io.EOF) {
+	// Only the reader's own io.EOF ends the file: a short answer is all
+	// the kernel caches of those pages, zeros after it. An error that
+	// wraps io.EOF (a connection closed early) is an error.
+	if err != nil && err != io.EOF {
 		if isStale(err) {
 			h.node.dir.parent.expire()
 		}
-		return nil, t.errno(ctx, "read", h.node.path(), err)
+		errno := t.errno(ctx, "read", h.node.path(), err)
+		if errno == syscall.EIO {
+			h.deadlines.fail(off, len(dest), deadline)
+		}
+		return nil, errno
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }

@@ -49,6 +49,10 @@ type Config struct {
 	// NPZ, if set, shows the members of every .npz archive as files in
 	// a NAME.npz.d directory beside it.
 	NPZ *NPZView
+	// ReadTimeout bounds how long a read waits for S3, and each page of
+	// a directory's listing; past it the reader gets EIO. 0 means no
+	// bound but the S3 client's attempts.
+	ReadTimeout time.Duration
 }
 
 // tree is the state shared by every node of one mount.
@@ -150,6 +154,9 @@ func (t *tree) errno(ctx context.Context, op, path string, err error) syscall.Er
 	switch {
 	case err == nil:
 		return 0
+	case context.Cause(ctx) == errReadTimeout:
+		t.Logger.Error("read timed out: no answer from S3 within --read-timeout", "op", op, "path", path, "read_timeout", t.ReadTimeout.String(), "err", err)
+		return syscall.EIO
 	case ctx.Err() != nil:
 		t.Logger.Debug("request interrupted", "op", op, "path", path, "err", err)
 		return syscall.EINTR

@@ -66,6 +66,9 @@ func TestFailFast(t *testing.T) {
 	}
 	good := "s3://" + pol.Bucket + "/public/"
 	root := rootCreds(srv)
+	// An endpoint that accepts connections and never answers.
+	silent := newProxy(t, srv.Endpoint)
+	silent.SetSilent(true)
 	wrong := &testbed.Creds{AccessKey: srv.AccessKey, SecretKey: "wrong-" + srv.SecretKey}
 	ep := endpointArgs(srv.Endpoint)
 
@@ -82,6 +85,15 @@ func TestFailFast(t *testing.T) {
 			mountpoint: emptyDir,
 			args: func(mp string) []string {
 				return slices.Concat([]string{"mount"}, endpointArgs(fmt.Sprintf("http://127.0.0.1:%d", closedPort)), []string{good, mp})
+			},
+			creds:    root,
+			keywords: []string{"endpoint"},
+		},
+		{
+			name:       "endpoint silent",
+			mountpoint: emptyDir,
+			args: func(mp string) []string {
+				return slices.Concat([]string{"mount"}, endpointArgs(silent.URL), []string{good, mp})
 			},
 			creds:    root,
 			keywords: []string{"endpoint"},

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +37,28 @@ func dropPageCache(t testing.TB) {
 	syscall.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
 		t.Fatalf("drop caches: %v", err)
+	}
+}
+
+// dropPageCacheEvery drops the kernel's clean page cache every interval
+// until the returned function is called, so that a load that reads the
+// same ranges again reaches the daemon.
+func dropPageCacheEvery(interval time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(interval):
+				_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("1\n"), 0)
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
 	}
 }
 

@@ -203,20 +203,7 @@ func runLoad(t *testing.T, name, bin, bucket string, files [][]byte, plans [][]l
 
 	// Keep the kernel's page cache from answering repeated ranges, so the
 	// load reaches bgbfs.
-	stopDrops := make(chan struct{})
-	var dropper sync.WaitGroup
-	dropper.Add(1)
-	go func() {
-		defer dropper.Done()
-		for {
-			select {
-			case <-stopDrops:
-				return
-			case <-time.After(3 * time.Second):
-				_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("1\n"), 0)
-			}
-		}
-	}()
+	stopDrops := dropPageCacheEvery(3 * time.Second)
 
 	ctx, cancel := context.WithTimeout(context.Background(), loadDeadline)
 	defer cancel()
@@ -285,8 +272,7 @@ func runLoad(t *testing.T, name, bin, bucket string, files [][]byte, plans [][]l
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	close(stopDrops)
-	dropper.Wait()
+	stopDrops()
 	if ctx.Err() != nil {
 		t.Errorf("%s: the readers did not finish within %v (deadlock?): sending SIGQUIT for a goroutine dump", name, loadDeadline)
 		_ = m.Signal(syscall.SIGQUIT)

@@ -8,13 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
 // memberLogLine returns the first ERROR line of log that names name and
@@ -256,5 +260,86 @@ func TestNPZMemberCorrupt(t *testing.T) {
 		if strings.Contains(stderr, bad) {
 			t.Errorf("the daemon's log mentions %q:\n%s", bad, lastBytes(stderr, 4000))
 		}
+	}
+}
+
+// readmeFunction returns the Python code block of README.md that defines
+// the function name, as the README shows it.
+func readmeFunction(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(env.repo, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range strings.Split(string(b), "```python\n")[1:] {
+		code, _, _ := strings.Cut(block, "```")
+		if strings.Contains(code, "def "+name+"(") {
+			return code
+		}
+	}
+	t.Fatalf("README.md has no python block defining %s", name)
+	return ""
+}
+
+// TestNPZMemberCorruptLoaders runs the two loaders README.md shows for one
+// window of a member, on the last window of a member whose deflate data is
+// corrupt: through a memory map (the recommended one-line change) the read
+// fails on a page fault and the process is killed by SIGBUS (exit status
+// 135 in a shell); README's load_window, run as the README has it, raises
+// OSError with EIO, and the process goes on to read a window of the intact
+// copy right. The daemon's log names the member and the reason.
+func TestNPZMemberCorruptLoaders(t *testing.T) {
+	d := memberFixture(t)
+	dropPageCache(t)
+	m := mountMembers(t, d, env.server(t).Endpoint, memberCorruptPrefix, nil, "--npz-members")
+	w := d.CorruptSrc.Member("windows.npy")
+	hdr, err := npyDataOffset(w.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := (w.Size-hdr)/memberWindowBytes - 1
+	corrupt := filepath.Join(m.Mountpoint, "flip_late.npz"+memberDirSuffix, "windows.npy")
+	good := filepath.Join(m.Mountpoint, "good.npz"+memberDirSuffix, "windows.npy")
+
+	mmapLoader := `
+import sys
+import numpy as np
+path, i = sys.argv[1], int(sys.argv[2])
+window = np.array(np.load(path, mmap_mode="r")[i])
+print("read", window.shape)
+`
+	cmd := exec.Command(testbed.Python, "-c", mmapLoader, corrupt, strconv.FormatInt(last, 10))
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGBUS {
+		t.Errorf("the mmap loader on a corrupt member: %v, output %q; want it killed by SIGBUS", err, out)
+	} else {
+		t.Logf("the mmap loader on a corrupt member: %v", err)
+	}
+
+	preadLoader := readmeFunction(t, "load_window") + `
+import hashlib, sys
+corrupt, good, i = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    load_window(corrupt, i)
+    print("no error")
+except OSError as e:
+    print("OSError", e.errno)
+window = load_window(good, i)
+print("good", hashlib.sha256(window.tobytes()).hexdigest())
+`
+	out, err = exec.Command(testbed.Python, "-c", preadLoader, corrupt, good, strconv.FormatInt(last, 10)).CombinedOutput()
+	want := fmt.Sprintf("OSError %d\ngood %s\n", syscall.EIO, sha256Hex(w.Data[hdr+last*memberWindowBytes:hdr+(last+1)*memberWindowBytes]))
+	if err != nil || string(out) != want {
+		t.Errorf("README's load_window on the corrupt member, then on the intact one: %v, output %q; want %q", err, out, want)
+	} else {
+		t.Logf("README's load_window: %q", out)
+	}
+
+	reasons := []string{"checksum", "crc", "corrupt", "invalid", "deflate", "inflate", "mismatch"}
+	if line, ok := memberLogLine(m.Stderr(), "flip_late.npz"+memberDirSuffix+"/windows.npy", reasons); !ok {
+		t.Errorf("no ERROR line names flip_late.npz%s/windows.npy and why it failed; log:\n%s", memberDirSuffix, lastBytes(m.Stderr(), 3000))
+	} else {
+		t.Logf("logged: %s", line)
 	}
 }

@@ -40,25 +40,27 @@ func (b *Blobs) String() string { return "s3://" + b.bucket + "/" + b.prefix }
 // io/fs.ErrNotExist (and ErrNotFound) if there is none.
 func (b *Blobs) Load(ctx context.Context, name string) ([]byte, error) {
 	key := path.Join(b.prefix, name)
-	// A state file is small: a GET of it that takes longer than a
-	// request may go without progress has stalled (its body too).
-	ctx, cancel := context.WithTimeout(ctx, b.c.requestTimeout)
-	defer cancel()
-	out, err := b.c.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
-	if err != nil {
-		err = classify(err)
-		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("get s3://%s/%s: %w: %w", b.bucket, key, err, iofs.ErrNotExist)
+	var data []byte
+	err := b.c.do(ctx, "GetObject", key, b.c.budget(), func(ctx context.Context) error {
+		out, err := b.c.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(b.bucket), Key: aws.String(key)})
+		if err != nil {
+			return classify(err)
 		}
-		return nil, fmt.Errorf("get s3://%s/%s: %w", b.bucket, key, err)
+		defer out.Body.Close()
+		if n := aws.ToInt64(out.ContentLength); n > maxBlobSize {
+			return fmt.Errorf("%d bytes, more than the %d a state file may have", n, maxBlobSize)
+		}
+		data, err = io.ReadAll(io.LimitReader(out.Body, maxBlobSize+1))
+		if err != nil {
+			return &bodyError{fmt.Errorf("read body: %w", err)}
+		}
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("get s3://%s/%s: %w: %w", b.bucket, key, err, iofs.ErrNotExist)
 	}
-	defer out.Body.Close()
-	if n := aws.ToInt64(out.ContentLength); n > maxBlobSize {
-		return nil, fmt.Errorf("get s3://%s/%s: %d bytes, more than the %d a state file may have", b.bucket, key, n, maxBlobSize)
-	}
-	data, err := io.ReadAll(io.LimitReader(out.Body, maxBlobSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("get s3://%s/%s: read body: %w", b.bucket, key, err)
+		return nil, fmt.Errorf("get s3://%s/%s: %w", b.bucket, key, err)
 	}
 	return data, nil
 }
@@ -67,14 +69,20 @@ func (b *Blobs) Load(ctx context.Context, name string) ([]byte, error) {
 // any: S3 makes a whole new object visible at once.
 func (b *Blobs) Store(ctx context.Context, name string, data []byte) error {
 	key := path.Join(b.prefix, name)
-	_, err := b.c.s3.PutObject(ctx, &s3.PutObjectInput{
-		Bucket:        aws.String(b.bucket),
-		Key:           aws.String(key),
-		Body:          bytes.NewReader(data),
-		ContentLength: aws.Int64(int64(len(data))),
+	err := b.c.do(ctx, "PutObject", key, b.c.budget(), func(ctx context.Context) error {
+		_, err := b.c.s3.PutObject(ctx, &s3.PutObjectInput{
+			Bucket:        aws.String(b.bucket),
+			Key:           aws.String(key),
+			Body:          bytes.NewReader(data),
+			ContentLength: aws.Int64(int64(len(data))),
+		})
+		if err != nil {
+			return classify(err)
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("put s3://%s/%s: %w", b.bucket, key, classify(err))
+		return fmt.Errorf("put s3://%s/%s: %w", b.bucket, key, err)
 	}
 	return nil
 }
@@ -84,15 +92,18 @@ func (b *Blobs) Store(ctx context.Context, name string, data []byte) error {
 // that wants to skip what is there.
 func (b *Blobs) Names(ctx context.Context, sub string) (map[string]bool, error) {
 	names := map[string]bool{}
-	pages := s3.NewListObjectsV2Paginator(b.c.s3, &s3.ListObjectsV2Input{Bucket: aws.String(b.bucket), Prefix: aws.String(path.Join(b.prefix, sub) + "/")})
-	for pages.HasMorePages() {
-		page, err := pages.NextPage(ctx)
+	req := ListRequest{Prefix: path.Join(b.prefix, sub) + "/"}
+	for {
+		page, err := b.c.list(ctx, b.bucket, req, b.c.budget())
 		if err != nil {
-			return nil, fmt.Errorf("list s3://%s/%s: %w", b.bucket, path.Join(b.prefix, sub), classify(err))
+			return nil, fmt.Errorf("list s3://%s/%s: %w", b.bucket, path.Join(b.prefix, sub), err)
 		}
-		for _, o := range page.Contents {
-			names[strings.TrimPrefix(aws.ToString(o.Key), strings.TrimSuffix(b.prefix, "/")+"/")] = true
+		for _, o := range page.Objects {
+			names[strings.TrimPrefix(o.Key, strings.TrimSuffix(b.prefix, "/")+"/")] = true
 		}
+		if page.NextContinuationToken == "" {
+			return names, nil
+		}
+		req.ContinuationToken = page.NextContinuationToken
 	}
-	return names, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,8 +15,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
-	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -42,28 +39,39 @@ type Config struct {
 	// MaxAttempts bounds the attempts at one request, retries included;
 	// 0 means DefaultMaxAttempts.
 	MaxAttempts int
-	// RequestTimeout is how long a request may make no progress (no
-	// response headers, or no body bytes) before it is abandoned and
-	// retried; 0 means DefaultRequestTimeout.
+	// RequestTimeout is how long an attempt at a request may make no
+	// progress (no response headers, or no body bytes) before it is
+	// abandoned, logged and retried like a refused one; 0 means
+	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// MaxConnsPerHost sizes the connection pool to the endpoint.
 	MaxConnsPerHost int
 	// Metrics, if set, counts retries; wrap the client with Instrument to
 	// record requests.
 	Metrics *Metrics
-	// Logger receives the SDK's own messages, at debug level.
+	// Logger receives a line for each request that stalls (at most one a
+	// second) and the SDK's own messages, at debug level.
 	Logger *slog.Logger
 }
 
 const (
-	DefaultMaxAttempts    = 10
-	DefaultRequestTimeout = 30 * time.Second
+	DefaultMaxAttempts = 10
+	// DefaultRequestTimeout is long for S3, whose answers start within
+	// tens of milliseconds (it advises retrying a request that has not
+	// answered in a few seconds), and short enough that a read has
+	// several attempts within the deadline of a FUSE read.
+	DefaultRequestTimeout = 10 * time.Second
 	// maxBackoff caps the wait between two attempts: with 10 attempts a
-	// read against a dead endpoint fails within about a minute.
+	// read against a refusing endpoint fails within about 20 s.
 	maxBackoff = 5 * time.Second
-	// probeAttempts bounds the start-up check's attempts.
-	probeAttempts = 3
 )
+
+// The budgets of requests: reads and listings get the configured
+// attempts; the start-up check a few quick ones, for a passing fault, not
+// the seconds that reads may spend, and says itself why it failed.
+var probeBudget = budget{attempts: 3, maxBackoff: time.Second, quiet: true}
+
+func (c *Client) budget() budget { return budget{attempts: c.maxAttempts, maxBackoff: maxBackoff} }
 
 // Client is the ObjectStore backed by a real S3 endpoint.
 type Client struct {
@@ -73,7 +81,10 @@ type Client struct {
 	maxAttempts    int
 	requestTimeout time.Duration
 	metrics        *Metrics // may be nil
-	listHTTP       aws.HTTPClient
+	// retryer holds the SDK's rules of what to retry and how long to
+	// wait; the retries are made in do.
+	retryer aws.RetryerV2
+	stalls  *stallReports
 }
 
 // defaultRegion is used when an endpoint is given and no region is known:
@@ -96,10 +107,12 @@ func New(ctx context.Context, c Config) (*Client, error) {
 		// The SDK's default dialer waits 30 s; an unreachable endpoint
 		// should be reported well before that.
 		t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-		t.ResponseHeaderTimeout = c.RequestTimeout
 	})
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),
+		// One HTTP attempt per SDK call: do retries, so that stalls,
+		// broken bodies and refusals share one budget of attempts.
+		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
 		config.WithLogger(sdkLogger{c.Logger}),
 		// MinIO and other servers do not send the checksums the SDK looks
 		// for by default; validating only when required avoids a warning per GET.
@@ -115,29 +128,6 @@ func New(ctx context.Context, c Config) (*Client, error) {
 	if c.NoSignRequest {
 		opts = append(opts, config.WithCredentialsProvider(aws.AnonymousCredentials{}))
 	}
-	// The SDK retries 5xx, throttling (SlowDown) and connection errors with
-	// exponential backoff and jitter. Its client-side retry quota is off:
-	// under a long run of faults it would turn retries into failures.
-	opts = append(opts, config.WithRetryer(func() aws.Retryer {
-		std := retry.NewStandard(func(o *retry.StandardOptions) {
-			o.MaxAttempts = c.MaxAttempts
-			o.MaxBackoff = maxBackoff
-			o.RateLimiter = ratelimit.None
-			// A listing whose body breaks off or times out fails while
-			// it is decoded, which the SDK does not retry by itself.
-			o.Retryables = append(o.Retryables, retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
-				var ne net.Error
-				if errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout()) {
-					return aws.TrueTernary
-				}
-				return aws.UnknownTernary
-			}))
-		})
-		if c.Metrics == nil {
-			return std
-		}
-		return countingRetryer{RetryerV2: std, retries: c.Metrics.retries}
-	}))
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
@@ -147,19 +137,21 @@ func New(ctx context.Context, c Config) (*Client, error) {
 		cfg.Region = defaultRegion
 		discover = c.Endpoint == ""
 	}
-	// A listing page is small: one that takes longer than the request
-	// timeout has stalled. (GETs have their own no-progress timer.)
-	listHTTP := awshttp.NewBuildableClient().WithTimeout(c.RequestTimeout).WithTransportOptions(func(t *http.Transport) {
-		t.MaxIdleConnsPerHost = 8
-		t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	})
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
 		}
 		o.UsePathStyle = c.ForcePathStyle
+		// Each attempt's watchdog sees its headers and body arrive.
+		// (Wrapped here, not in the configuration: loading it sets up
+		// the transport, for AWS_CA_BUNDLE.)
+		o.HTTPClient = watchedHTTP{o.HTTPClient}
 	})
-	return &Client{s3: client, bucket: c.Bucket, discoverRegion: discover, maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout, metrics: c.Metrics, listHTTP: listHTTP}, nil
+	return &Client{
+		s3: client, bucket: c.Bucket, discoverRegion: discover,
+		maxAttempts: c.MaxAttempts, requestTimeout: c.RequestTimeout, metrics: c.Metrics,
+		retryer: newRetryer(), stalls: &stallReports{logger: c.Logger},
+	}, nil
 }
 
 // Region reports the region requests are signed for.
@@ -167,13 +159,23 @@ func (c *Client) Region() string { return c.s3.Options().Region }
 
 // List implements ObjectStore.
 func (c *Client) List(ctx context.Context, req ListRequest) (ListPage, error) {
-	return c.list(ctx, req)
+	return c.list(ctx, c.bucket, req, c.budget())
 }
 
-func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.Options)) (ListPage, error) {
-	optFns = append([]func(*s3.Options){func(o *s3.Options) { o.HTTPClient = c.listHTTP }}, optFns...)
+// list returns one page of a listing of bucket, retried within b.
+func (c *Client) list(ctx context.Context, bucket string, req ListRequest, b budget) (ListPage, error) {
+	var page ListPage
+	err := c.do(ctx, "ListObjectsV2", req.Prefix, b, func(ctx context.Context) (err error) {
+		page, err = c.listOnce(ctx, bucket, req)
+		return err
+	})
+	return page, err
+}
+
+// listOnce makes one attempt at a page of a listing.
+func (c *Client) listOnce(ctx context.Context, bucket string, req ListRequest) (ListPage, error) {
 	in := &s3.ListObjectsV2Input{
-		Bucket: aws.String(c.bucket),
+		Bucket: aws.String(bucket),
 		Prefix: aws.String(req.Prefix),
 		// XML 1.0 cannot carry most control characters: one key holding
 		// U+0001 would make the whole page undecodable. URL-encoded keys
@@ -189,7 +191,7 @@ func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.O
 	if req.MaxKeys > 0 {
 		in.MaxKeys = aws.Int32(req.MaxKeys)
 	}
-	out, err := c.s3.ListObjectsV2(ctx, in, optFns...)
+	out, err := c.s3.ListObjectsV2(ctx, in)
 	if err != nil {
 		return ListPage{}, classify(err)
 	}
@@ -232,68 +234,51 @@ func (c *Client) list(ctx context.Context, req ListRequest, optFns ...func(*s3.O
 
 // ReadAt implements ObjectStore with one ranged GET pinned to the version
 // (If-Match, or If-Unmodified-Since for an object listed without an ETag).
-// The SDK retries failed requests; a body that breaks off or stalls is
-// resumed here with a GET of the rest, up to the same number of attempts.
+// A GET that fails, stalls or whose body breaks off is tried again (for
+// the rest of the range), up to the client's attempts in all.
 func (c *Client) ReadAt(ctx context.Context, v Version, off int64, bufs ...[]byte) (int, error) {
-	total := 0
-	for _, b := range bufs {
-		total += len(b)
-	}
 	done := 0
-	var lastErr error
-	for attempt := 0; done < total; attempt++ {
-		if attempt > 0 {
-			if attempt >= c.maxAttempts {
-				return done, fmt.Errorf("get %q: gave up after %d attempts: %w", v.Key, attempt, lastErr)
-			}
-			wait := min(maxBackoff, 100*time.Millisecond<<min(attempt, 10))
-			select {
-			case <-time.After(rand.N(wait) + wait/2):
-			case <-ctx.Done():
-				return done, ctx.Err()
-			}
-		}
+	var end error // io.EOF once the object ended
+	err := c.do(ctx, "GetObject", v.Key, c.budget(), func(ctx context.Context) error {
 		n, err := c.get(ctx, v, off+int64(done), skipBytes(bufs, done))
 		done += n
-		var broken *bodyError
-		if err == nil || errors.Is(err, io.EOF) || !errors.As(err, &broken) || ctx.Err() != nil {
-			return done, err
+		// Only get's own io.EOF is the end of the object: a connection
+		// closed before an answer is an error that wraps io.EOF.
+		if err == io.EOF {
+			end, err = err, nil
 		}
-		lastErr = err
-		if c.metrics != nil {
-			c.metrics.retries.Inc()
-		}
+		return err
+	})
+	if err == nil {
+		err = end
 	}
-	return done, nil
+	return done, err
 }
 
-// get makes one GET of the range bufs cover, abandoning it when its body
-// makes no progress for the request timeout.
+// get makes one GET of the range bufs cover.
 func (c *Client) get(ctx context.Context, v Version, off int64, bufs [][]byte) (int, error) {
 	total := 0
 	for _, b := range bufs {
 		total += len(b)
 	}
-	reqCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	out, err := c.openRange(reqCtx, v, off, int64(total))
+	if total == 0 {
+		return 0, nil
+	}
+	out, err := c.openRange(ctx, v, off, int64(total))
 	if err != nil {
 		return 0, err
 	}
 	defer out.Body.Close()
-	stall := time.AfterFunc(c.requestTimeout, func() { cancel(errStalled) })
-	defer stall.Stop()
-	body := &progressReader{r: out.Body, onProgress: func() { stall.Reset(c.requestTimeout) }}
 	want := aws.ToInt64(out.ContentLength)
 	n := 0
 	for _, b := range bufs {
-		m, err := io.ReadFull(body, b)
+		m, err := io.ReadFull(out.Body, b)
 		n += m
 		switch {
 		case err == nil:
 			continue
-		case context.Cause(reqCtx) == errStalled:
-			return n, &bodyError{fmt.Errorf("get %q: %w after %d of %d bytes", v.Key, errStalled, n, total)}
+		case watchdogOf(ctx).stalled() != nil:
+			return n, fmt.Errorf("get %q: %w after %d of %d bytes", v.Key, watchdogOf(ctx).stalled(), n, total)
 		case (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)) && out.ContentLength != nil && int64(n) == want:
 			// A short body is the end of the object only if the server
 			// said the range was that short.
@@ -406,30 +391,6 @@ func parseContentRange(s string) (first, last, size int64, err error) {
 	return first, last, size, nil
 }
 
-// errStalled marks a transfer abandoned for making no progress.
-var errStalled = errors.New("transfer stalled")
-
-// bodyError is a response body that broke off or stalled: the request
-// itself succeeded (the SDK retries those), so the rest can be asked for.
-type bodyError struct{ err error }
-
-func (e *bodyError) Error() string { return e.err.Error() }
-func (e *bodyError) Unwrap() error { return e.err }
-
-// progressReader calls onProgress whenever bytes arrive.
-type progressReader struct {
-	r          io.Reader
-	onProgress func()
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	if n > 0 {
-		p.onProgress()
-	}
-	return n, err
-}
-
 // skipBytes returns bufs without their first n bytes.
 func skipBytes(bufs [][]byte, n int) [][]byte {
 	for len(bufs) > 0 && n >= len(bufs[0]) {
@@ -500,12 +461,7 @@ func classify(err error) error {
 // naming the bucket's region.
 func (c *Client) Probe(ctx context.Context, prefix string) (ListPage, error) {
 	req := ListRequest{Prefix: prefix, Delimiter: "/"}
-	// A start-up check should fail fast: a few quick retries for a
-	// passing fault, not the minute that reads may spend.
-	fewRetries := func(o *s3.Options) {
-		o.Retryer = retry.AddWithMaxBackoffDelay(retry.AddWithMaxAttempts(o.Retryer, probeAttempts), time.Second)
-	}
-	page, err := c.list(ctx, req, fewRetries)
+	page, err := c.list(ctx, c.bucket, req, probeBudget)
 	if err == nil || !c.discoverRegion {
 		return page, err
 	}
@@ -514,7 +470,7 @@ func (c *Client) Probe(ctx context.Context, prefix string) (ListPage, error) {
 		return page, err
 	}
 	c.s3 = s3.New(c.s3.Options(), func(o *s3.Options) { o.Region = region })
-	return c.list(ctx, req, fewRetries)
+	return c.list(ctx, c.bucket, req, probeBudget)
 }
 
 // bucketRegion reads the region S3 names in a wrong-region answer.

@@ -104,20 +104,24 @@ func (s *faultyServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func newTestClient(t *testing.T, url string) *Client {
+	// Long enough that a loaded machine never trips it by accident; the
+	// stall case waits it out once.
+	return newClientFor(t, Config{Endpoint: url, MaxAttempts: 4, RequestTimeout: 2 * time.Second})
+}
+
+// newClientFor returns a client of bucket "bucket" at c.Endpoint, path
+// style, with test credentials.
+func newClientFor(t *testing.T, c Config) *Client {
 	t.Helper()
 	t.Setenv("AWS_ACCESS_KEY_ID", "test")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	c, err := New(context.Background(), Config{
-		Bucket: "bucket", Endpoint: url, ForcePathStyle: true,
-		// Long enough that a loaded machine never trips it by accident;
-		// the stall case waits it out once.
-		MaxAttempts: 4, RequestTimeout: 2 * time.Second,
-	})
+	c.Bucket, c.ForcePathStyle = "bucket", true
+	client, err := New(context.Background(), c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return client
 }
 
 func TestReadAtRecovers(t *testing.T) {

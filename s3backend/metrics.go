@@ -6,7 +6,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -32,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"op"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgbfs_s3_retries_total",
-			Help: "HTTP attempts beyond the first: retries of throttling, 5xx and connection errors, and resumed bodies.",
+			Help: "HTTP attempts beyond the first: retries of throttling, 5xx, connection errors and stalled attempts, and resumed bodies.",
 		}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgbfs_s3_bytes_fetched_total",
@@ -68,10 +67,11 @@ func (s *InstrumentedStore) ReadAt(ctx context.Context, v Version, off int64, bu
 	start := time.Now()
 	n, err := s.next.ReadAt(ctx, v, off, bufs...)
 	s.m.bytes.Add(float64(n))
-	if errors.Is(err, io.EOF) {
-		err = nil
+	recorded := err
+	if err == io.EOF {
+		recorded = nil // the end of the object, read up to it
 	}
-	s.record("GetObject", start, err)
+	s.record("GetObject", start, recorded)
 	return n, err
 }
 
@@ -96,15 +96,4 @@ func outcome(err error) string {
 		return "unreachable"
 	}
 	return "error"
-}
-
-// countingRetryer counts the SDK's retries.
-type countingRetryer struct {
-	aws.RetryerV2
-	retries prometheus.Counter
-}
-
-func (r countingRetryer) RetryDelay(attempt int, err error) (time.Duration, error) {
-	r.retries.Inc()
-	return r.RetryerV2.RetryDelay(attempt, err)
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 )
@@ -33,23 +31,26 @@ type rangeStream struct {
 	v        Version
 	pos, end int64
 
+	// body is the GET being read, watched by watch (its attempt
+	// attempts): no bytes for the request timeout abandon it.
 	body     io.ReadCloser
-	cancel   context.CancelCauseFunc
-	reqCtx   context.Context
-	stall    *time.Timer
+	watch    *watchdog
 	attempts int
-	lastErr  error
+	// err, once set, ends the stream.
+	err error
 }
 
 func (s *rangeStream) Read(p []byte) (int, error) {
 	for {
+		if s.err != nil {
+			return 0, s.err
+		}
 		if s.pos >= s.end {
 			return 0, io.EOF
 		}
 		if s.body == nil {
-			if err := s.open(); err != nil {
-				return 0, err
-			}
+			s.open()
+			continue
 		}
 		if int64(len(p)) > s.end-s.pos {
 			p = p[:s.end-s.pos]
@@ -57,77 +58,66 @@ func (s *rangeStream) Read(p []byte) (int, error) {
 		n, err := s.body.Read(p)
 		s.pos += int64(n)
 		if n > 0 {
-			s.stall.Reset(s.c.requestTimeout)
 			return n, nil
 		}
 		if err == nil {
 			continue
 		}
-		stalled := context.Cause(s.reqCtx) == errStalled
-		s.closeBody()
-		if s.ctx.Err() != nil {
-			return 0, s.ctx.Err()
-		}
-		if errors.Is(err, io.EOF) && !stalled {
+		if errors.Is(err, io.EOF) {
 			// The answer was checked to cover the range: a body that
 			// ends early broke off.
 			err = io.ErrUnexpectedEOF
 		}
-		if stalled {
-			err = errStalled
-		}
-		s.lastErr = fmt.Errorf("get %q: body broke off at %d: %w", s.v.Key, s.pos, err)
-		if s.c.metrics != nil {
-			s.c.metrics.retries.Inc()
-		}
+		s.failed(&bodyError{fmt.Errorf("get %q: body broke off at %d: %w", s.v.Key, s.pos, err)})
 	}
 }
 
-// open sends the GET of the rest of the range, after a backoff if an
-// earlier body broke off.
-func (s *rangeStream) open() error {
-	if s.attempts > 0 {
-		if s.attempts >= s.c.maxAttempts {
-			return fmt.Errorf("get %q: gave up after %d attempts: %w", s.v.Key, s.attempts, s.lastErr)
-		}
-		wait := min(maxBackoff, 100*time.Millisecond<<min(s.attempts, 10))
-		select {
-		case <-time.After(rand.N(wait) + wait/2):
-		case <-s.ctx.Done():
-			return s.ctx.Err()
-		}
-	}
+// open sends the GET of the rest of the range.
+func (s *rangeStream) open() {
 	s.attempts++
-	s.reqCtx, s.cancel = context.WithCancelCause(s.ctx)
-	out, err := s.c.openRange(s.reqCtx, s.v, s.pos, s.end-s.pos)
+	ctx, w := s.c.watch(s.ctx, "GetObject", s.v.Key, s.attempts, s.c.budget())
+	out, err := s.c.openRange(ctx, s.v, s.pos, s.end-s.pos)
 	if err != nil {
-		s.cancel(nil)
-		if errors.Is(err, io.EOF) {
-			return io.ErrUnexpectedEOF // the object is shorter than the range
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the object is shorter than the range
 		}
-		return err
+		s.watch = w
+		s.failed(err)
+		return
 	}
 	if aws.ToInt64(out.ContentLength) < s.end-s.pos {
 		s.end = s.pos + aws.ToInt64(out.ContentLength) // the object ends first
 	}
-	s.body = out.Body
-	cancel := s.cancel
-	s.stall = time.AfterFunc(s.c.requestTimeout, func() { cancel(errStalled) })
-	return nil
+	s.body, s.watch = out.Body, w
+}
+
+// failed ends the current attempt with err and either waits to try again
+// or ends the stream.
+func (s *rangeStream) failed(err error) {
+	s.closeBody()
+	err = s.watch.stop(err)
+	s.watch = nil
+	if err = s.c.retryAfter(s.ctx, s.attempts, err, s.c.budget()); err != nil {
+		if s.ctx.Err() != nil {
+			err = s.ctx.Err()
+		}
+		s.err = err
+	}
 }
 
 func (s *rangeStream) closeBody() {
-	if s.body == nil {
-		return
+	if s.body != nil {
+		s.body.Close()
+		s.body = nil
 	}
-	s.stall.Stop()
-	s.body.Close()
-	s.cancel(nil)
-	s.body = nil
 }
 
 // Close ends the GET in flight, if any.
 func (s *rangeStream) Close() error {
 	s.closeBody()
+	if s.watch != nil {
+		s.watch.stop(nil)
+		s.watch = nil
+	}
 	return nil
 }

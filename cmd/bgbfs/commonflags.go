@@ -32,7 +32,7 @@ func addS3Flags(fs *pflag.FlagSet, getenv func(string) string) func() (s3Options
 	profile := fs.String("profile", "", "shared config profile for credentials and region (env AWS_PROFILE)")
 	noSign := fs.Bool("no-sign-request", false, "send anonymous requests, for public buckets")
 	maxAttempts := fs.String("max-attempts", firstNonEmpty(getenv("AWS_MAX_ATTEMPTS"), strconv.Itoa(s3backend.DefaultMaxAttempts)), "attempts at one S3 request, retries of 5xx, throttling, resets, broken and stalled bodies included (env AWS_MAX_ATTEMPTS)")
-	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon and retry a request that makes no progress for this long")
+	requestTimeout := fs.Duration("request-timeout", s3backend.DefaultRequestTimeout, "abandon, log and retry an attempt at a request that makes no progress (no response headers, or no body bytes) for this long")
 	return func() (s3Options, error) {
 		o := s3Options{endpoint: *endpoint, region: *region, forcePathStyle: *pathStyle, profile: *profile, noSignRequest: *noSign, requestTimeout: *requestTimeout}
 		var err error

@@ -140,6 +140,8 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		logger.Info("--cache-size 0 keeps no blocks, in memory or on disk")
 	}
 	o.cache.Logger = logger
+	// A fetch lives no longer than a reader would wait for it.
+	o.cache.FetchTimeout = o.readTimeout
 	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
 	var npzView *bgfs.NPZView
@@ -185,6 +187,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		NPZ:         npzView,
 		// Validated: at least 1 MiB.
 		ListingMemory: o.listingMemory,
+		ReadTimeout:   o.readTimeout,
 	}
 	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
 	if err != nil {
@@ -204,7 +207,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
 		"cache_size", cacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
-		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", o.npzIndexBytes, "npz_span_memory", o.npzSpanBytes, "cache_dir", o.cacheDir.String(), "cache_dir_size", o.cacheDir.size, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String())
+		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", o.npzIndexBytes, "npz_span_memory", o.npzSpanBytes, "cache_dir", o.cacheDir.String(), "cache_dir_size", o.cacheDir.size, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String(), "read_timeout", o.readTimeout.String())
 	return m, nil
 }
 
@@ -262,7 +265,23 @@ func (m *liveMount) done() <-chan struct{} {
 // for the kernel to let go.
 func (m *liveMount) unmount() error {
 	done := m.done()
-	if err := m.server.Unmount(); err != nil {
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- m.server.Unmount() }()
+	var err error
+	select {
+	case err = <-unmounted:
+	case <-time.After(unmountGrace):
+		// The mount is gone from here, but go-fuse waits for the kernel
+		// to end the filesystem, which it keeps while a copy of the mount
+		// lives in another mount namespace (a container or a build
+		// started while it was up). Exiting closes the FUSE connection:
+		// that copy becomes a dead mount.
+		m.logger.Warn("the kernel keeps the filesystem after the unmount (mounted in another mount namespace too?); exiting anyway", "mountpoint", m.mp)
+		m.abandoned = true
+		m.logger.Info("unmounted", "source", m.source, "mountpoint", m.mp)
+		return nil
+	}
+	if err != nil {
 		// Busy: files are open. Detach the mount so new lookups fail,
 		// and let the kernel drop it when the last file closes.
 		m.logger.Warn("unmount failed; detaching lazily", "mountpoint", m.mp, "err", err)
@@ -293,7 +312,10 @@ func explainProbe(o s3Options, bucket, prefix string, err error) error {
 	}
 	cause := s3backend.Describe(err)
 	switch {
-	case errors.Is(err, s3backend.ErrUnreachable), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded):
+		// A silent endpoint: connections accepted, nothing said.
+		return fmt.Errorf("cannot reach S3 endpoint %s: no answer within %v", endpoint, probeTimeout)
+	case errors.Is(err, s3backend.ErrUnreachable):
 		return fmt.Errorf("cannot reach S3 endpoint %s: %s", endpoint, cause)
 	case errors.Is(err, s3backend.ErrBadCredentials):
 		return fmt.Errorf("credentials rejected by %s: %s", endpoint, cause)

@@ -28,6 +28,8 @@ type mountOptions struct {
 	fileMode, dirMode uint32
 	allowOther        bool
 	metadataTTL       time.Duration
+	// readTimeout bounds how long a read waits for S3 (0: no bound).
+	readTimeout time.Duration
 
 	limit           bgfs.Limit
 	cache           cache.Options
@@ -49,6 +51,12 @@ type mountOptions struct {
 	// command is what "bgbfs exec" runs with the mount live.
 	command []string
 }
+
+// defaultReadTimeout is long enough for several attempts at a request
+// that stalls (--request-timeout) and for a member's index to be built on
+// a slow link, and short enough that a training loader hears of a silent
+// S3 within a minute, as an error it can retry or skip.
+const defaultReadTimeout = 60 * time.Second
 
 const mountSynopsis = "bgbfs mount [flags] s3://BUCKET[/PREFIX/] MOUNTPOINT"
 
@@ -82,6 +90,7 @@ func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer
 	fileMode := fs.String("file-mode", "0444", "permission bits of files, octal")
 	dirMode := fs.String("dir-mode", "0555", "permission bits of directories, octal")
 	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
+	readTimeout := fs.Duration("read-timeout", defaultReadTimeout, "a read that has waited this long for S3 gets EIO (a lookup or ls: each LIST page); the fetch goes on for other readers no longer than this either; 0 waits as long as --max-attempts take")
 	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
 	readLog := addLogFlags(fs)
 	daemon := fs.Bool("daemon", false, "run in the background; return once the mount is ready (non-zero, with the reason, if it failed)")
@@ -118,6 +127,7 @@ func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer
 		return o, nil, usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
 	}
 	o.mountpoint, o.daemon, o.allowOther, o.npzMembers, o.metricsAddr = positional[1], *daemon, *allowOther, *npzMembers, *metricsAddr
+	o.readTimeout = *readTimeout
 	o.cache.MaxParallel = *maxParallel
 	if o.bucket, o.prefix, err = parseS3URL(positional[0]); err != nil {
 		return o, nil, err
@@ -191,6 +201,9 @@ func (o *mountOptions) validate(exec bool) error {
 	}
 	if err := o.s3Options.validate(); err != nil {
 		return err
+	}
+	if o.readTimeout < 0 {
+		return usageError{fmt.Sprintf("--read-timeout %v: want a duration, 0 or more", o.readTimeout)}
 	}
 	if err := o.cache.Validate(); err != nil {
 		return usageError{"cache flags: " + err.Error()}

@@ -31,7 +31,33 @@ func TestParseMountArgs(t *testing.T) {
 				if o.fileMode != 0o444 || o.dirMode != 0o555 || o.metadataTTL != time.Minute || o.region != "" {
 					t.Errorf("got modes %o %o ttl %v region %q", o.fileMode, o.dirMode, o.metadataTTL, o.region)
 				}
+				if o.readTimeout != time.Minute || o.requestTimeout != 10*time.Second || o.maxAttempts != 10 {
+					t.Errorf("read timeout %v, request timeout %v, attempts %d; want 1m, 10s, 10", o.readTimeout, o.requestTimeout, o.maxAttempts)
+				}
 			},
+		},
+		{
+			name: "read timeout",
+			args: []string{"--read-timeout", "5s", "s3://bucket/", "/mnt"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.readTimeout != 5*time.Second {
+					t.Errorf("read timeout %v", o.readTimeout)
+				}
+			},
+		},
+		{
+			name: "read timeout 0 is none",
+			args: []string{"-o", "read_timeout=0", "s3://bucket/", "/mnt"},
+			check: func(t *testing.T, o mountOptions) {
+				if o.readTimeout != 0 {
+					t.Errorf("read timeout %v", o.readTimeout)
+				}
+			},
+		},
+		{
+			name:    "negative read timeout",
+			args:    []string{"--read-timeout", "-1s", "s3://bucket/", "/mnt"},
+			wantErr: "--read-timeout",
 		},
 		{
 			name: "prefix without trailing slash names a directory",

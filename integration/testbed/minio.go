@@ -68,7 +68,8 @@ func StartMinIO(bin, dir string) (*MinIO, error) {
 }
 
 // Start starts the server (again) on the same ports and data directory
-// and waits until GET /minio/health/live answers 200.
+// and waits until GET /minio/health/live answers 200 and the server does
+// not call itself offline.
 func (m *MinIO) Start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -103,7 +104,10 @@ func (m *MinIO) Start() error {
 		resp, err := client.Get(m.Endpoint + "/minio/health/live")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			// Live is not yet serving: until its object layer is up,
+			// MinIO says so in this header and answers S3 requests 503
+			// XMinioServerNotInitialized (seconds on a loaded machine).
+			if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Minio-Server-Status") != "offline" {
 				return nil
 			}
 		}

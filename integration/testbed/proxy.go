@@ -125,6 +125,8 @@ type CountingProxy struct {
 	srv    *http.Server
 	hook   atomic.Pointer[Hook]
 	edit   atomic.Pointer[ResponseEdit]
+	// silence, while set, is closed when the proxy speaks again.
+	silence atomic.Pointer[chan struct{}]
 
 	mu       sync.Mutex
 	counts   Counts
@@ -177,6 +179,10 @@ func NewCountingProxy(target string) (*CountingProxy, error) {
 			op := Classify(r)
 			p.record(op, r)
 			defer p.finished()
+			if quiet := p.silence.Load(); quiet != nil {
+				p.holdSilent(*quiet, w, r)
+				return
+			}
 			if h := p.hook.Load(); h != nil && (*h)(op, w, r) {
 				return
 			}
@@ -329,6 +335,33 @@ func (p *CountingProxy) SetHook(h Hook) {
 		return
 	}
 	p.hook.Store(&h)
+}
+
+// SetSilent makes the proxy an S3 that has gone silent, as behind a
+// network partition or a stuck load balancer: while on, it accepts
+// connections and requests (and counts them) but answers nothing, not even
+// headers, until the client gives up or the proxy speaks again; then it
+// closes the connection without an answer. Off, it forwards as before.
+func (p *CountingProxy) SetSilent(on bool) {
+	if !on {
+		if quiet := p.silence.Swap(nil); quiet != nil {
+			close(*quiet)
+		}
+		return
+	}
+	quiet := make(chan struct{})
+	if !p.silence.CompareAndSwap(nil, &quiet) {
+		return // silent already
+	}
+}
+
+// holdSilent keeps a request unanswered while the proxy is silent.
+func (p *CountingProxy) holdSilent(quiet <-chan struct{}, w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-quiet:
+	case <-r.Context().Done():
+	}
+	closeConn(w, false)
 }
 
 // Close stops the proxy and drops open connections.

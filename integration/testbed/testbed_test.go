@@ -198,3 +198,58 @@ func TestProxyWaitQuiet(t *testing.T) {
 		t.Errorf("WaitQuiet returned after %v, before the quiet period", waited)
 	}
 }
+
+// TestProxySilent checks that a silent proxy accepts a request and answers
+// nothing while silent, closes it without an answer when it speaks again,
+// and forwards the next request.
+func TestProxySilent(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("answer"))
+	}))
+	defer backend.Close()
+	p, err := NewCountingProxy(backend.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	get := func() (string, error) {
+		resp, err := http.Get(p.URL + "/bucket/key")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	p.SetSilent(true)
+	p.SetSilent(true) // twice is once
+	type result struct {
+		body string
+		err  error
+	}
+	held := make(chan result, 1)
+	go func() {
+		b, err := get()
+		held <- result{b, err}
+	}()
+	select {
+	case r := <-held:
+		t.Fatalf("a silent proxy answered: %q, %v", r.body, r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if n := p.Counts().GetObject; n != 1 {
+		t.Errorf("the silent proxy counted %d GetObject, want 1", n)
+	}
+	p.SetSilent(false)
+	select {
+	case r := <-held:
+		if r.err == nil {
+			t.Errorf("the held request got an answer %q when the proxy spoke again; want its connection closed", r.body)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held request was not let go when the proxy spoke again")
+	}
+	if b, err := get(); err != nil || b != "answer" {
+		t.Errorf("after silence: %q, %v; want the backend's answer", b, err)
+	}
+}
