@@ -168,6 +168,12 @@ func (p *Podman) removeAll() error {
 	if _, err := p.Run(podmanTimeout, "volume", "prune", "--force"); err != nil {
 		errs = append(errs, err)
 	}
+	// Each change of the sources leaves the layers of the images it
+	// replaced; those older than a day go, so the store does not grow
+	// without bound and the day's reruns keep their cache.
+	if _, err := p.Run(podmanTimeout, "image", "prune", "--force", "--filter", "until=24h"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
