@@ -127,8 +127,7 @@ func podmanRun(t *testing.T, p *testbed.Podman, creds *testbed.Creds, args ...st
 	defer cancel()
 	full := slices.Concat([]string{"run", "--rm", "--network", "host",
 		"-e", "AWS_ACCESS_KEY_ID", "-e", "AWS_SECRET_ACCESS_KEY"}, args)
-	cmd := p.Command(ctx, full...)
-	cmd.Env = append(cmd.Env, "AWS_ACCESS_KEY_ID="+creds.AccessKey, "AWS_SECRET_ACCESS_KEY="+creds.SecretKey)
+	cmd := withCreds(p.Command(ctx, full...), creds)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -144,6 +143,13 @@ func podmanRun(t *testing.T, p *testbed.Podman, creds *testbed.Creds, args ...st
 		t.Fatalf("podman %s still running after %v", strings.Join(full, " "), containerLimit)
 	}
 	return out.String(), errb.String(), code
+}
+
+// withCreds puts S3 credentials in a podman command's environment, for
+// its `-e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY` to pass on.
+func withCreds(cmd *exec.Cmd, creds *testbed.Creds) *exec.Cmd {
+	cmd.Env = append(cmd.Env, "AWS_ACCESS_KEY_ID="+creds.AccessKey, "AWS_SECRET_ACCESS_KEY="+creds.SecretKey)
+	return cmd
 }
 
 // shaLines is what `find . -type f | sort | xargs sha256sum` prints in
@@ -250,9 +256,10 @@ func mountsUnder(t testing.TB, dir string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	prefix := mountinfo.Clean(dir) + "/"
 	var out []string
 	for _, m := range all {
-		if strings.HasPrefix(m.Mountpoint, mountinfo.Clean(dir)+"/") {
+		if strings.HasPrefix(m.Mountpoint, prefix) {
 			out = append(out, m.Mountpoint+" "+m.FSType)
 		}
 	}
@@ -521,10 +528,9 @@ func TestContainerNonRoot(t *testing.T) {
 				args = append(args, "--allow-other")
 			}
 			args = slices.Concat(args, endpointArgs(srv.Endpoint), []string{d.Source(), "/cache"})
-			cmd := p.Command(context.Background(), args...)
-			creds := rootCreds(srv)
-			cmd.Env = append(cmd.Env, "AWS_ACCESS_KEY_ID="+creds.AccessKey, "AWS_SECRET_ACCESS_KEY="+creds.SecretKey)
-			if out, err := cmd.CombinedOutput(); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), containerLimit)
+			defer cancel()
+			if out, err := withCreds(p.Command(ctx, args...), rootCreds(srv)).CombinedOutput(); err != nil {
 				t.Fatalf("podman %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
 			t.Cleanup(func() {

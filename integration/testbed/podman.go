@@ -255,7 +255,7 @@ func withoutVars(env []string, names ...string) []string {
 // Command is podman with args on the test bed's store.
 func (p *Podman) Command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "podman", args...)
-	cmd.Env = p.env
+	cmd.Env = slices.Clone(p.env)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }
