@@ -38,6 +38,10 @@ type suite struct {
 	readPath lazy[*readPathData]
 	smoke    lazy[*smokeData]
 	ops      lazy[*opsData]
+
+	// containers is podman on the test bed's store, with the images
+	// built; closed at the end (it holds a shared mount).
+	containers lazy[*testbed.Podman]
 }
 
 // lazy is a fixture built once, on first use; every test that needs it
@@ -107,6 +111,11 @@ func newSuite() (*suite, error) {
 func (s *suite) close() {
 	if s.minio != nil {
 		s.minio.Stop()
+	}
+	if s.containers.v != nil {
+		if err := s.containers.v.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: closing podman's store:", err)
+		}
 	}
 	if err := os.RemoveAll(s.work); err != nil {
 		fmt.Fprintln(os.Stderr, "integration: cleaning up:", err)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -419,4 +420,51 @@ func TestShutdownWithMountHeldElsewhere(t *testing.T) {
 func holderComm(pid int) string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	return string(b)
+}
+
+// TestShutdownWhileMountedElsewhere: a second mount of the same
+// filesystem (a bind of the mountpoint, as a container holds when it
+// bound the mountpoint after bgbfs had mounted) keeps the kernel's side
+// alive after bgbfs unmounts its own. SIGTERM must still end the daemon
+// within shutdownLimit with status 0, its own mount gone; the copy left
+// behind is then dead (ENOTCONN), which the log says may happen.
+func TestShutdownWhileMountedElsewhere(t *testing.T) {
+	d := opsFixture(t)
+	srv := env.server(t)
+	m := mount(t, mountSpec{Source: d.Source(), Endpoint: srv.Endpoint, Creds: rootCreds(srv)})
+	copyAt := newMountpoint(t)
+	if err := syscall.Mount(m.Mountpoint, copyAt, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind %s on %s: %v", m.Mountpoint, copyAt, err)
+	}
+	t.Cleanup(func() {
+		if _, ok := testbed.MountedAt(copyAt); ok {
+			if err := syscall.Unmount(copyAt, syscall.MNT_DETACH); err != nil {
+				t.Errorf("unmount the copy at %s: %v", copyAt, err)
+			}
+		}
+	})
+	const rel = "train/manifest.json"
+	if b, err := os.ReadFile(filepath.Join(copyAt, rel)); err != nil || !bytes.Equal(b, d.File(t, rel)) {
+		t.Fatalf("the copy does not serve %s: %v", rel, err)
+	}
+
+	start := time.Now()
+	err := m.Unmount() // SIGTERM, then up to testbed.UnmountTimeout for exit 0
+	elapsed := time.Since(start)
+	t.Logf("SIGTERM to exit: %v", elapsed.Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("with a copy of the mount elsewhere: %v", err)
+	}
+	if elapsed > shutdownLimit {
+		t.Errorf("SIGTERM took %v to end the daemon, want under %v", elapsed, shutdownLimit)
+	}
+	requireNotMounted(t, m.Mountpoint)
+	if !strings.Contains(m.Stderr(), "still mounted elsewhere") {
+		t.Errorf("the log does not say the filesystem was still mounted elsewhere:\n%s", m.Stderr())
+	}
+	// Listing reaches the daemon (a stat could be answered from the
+	// kernel's attribute cache).
+	if _, err := os.ReadDir(filepath.Join(copyAt, "train")); !errors.Is(err, syscall.ENOTCONN) {
+		t.Errorf("listing through the copy after bgbfs exited: %v, want ENOTCONN", err)
+	}
 }

@@ -265,37 +265,36 @@ func (m *liveMount) done() <-chan struct{} {
 // for the kernel to let go.
 func (m *liveMount) unmount() error {
 	done := m.done()
+	// Server.Unmount returns an error when the kernel refuses (files are
+	// open); otherwise it waits until the kernel ends the filesystem, which
+	// does not happen while another mount of it lives on: a container that
+	// bound the mountpoint after the mount holds one. So its wait is
+	// bounded here by the same grace.
 	unmounted := make(chan error, 1)
 	go func() { unmounted <- m.server.Unmount() }()
-	var err error
+	grace := time.After(unmountGrace)
 	select {
-	case err = <-unmounted:
-	case <-time.After(unmountGrace):
-		// The mount is gone from here, but go-fuse waits for the kernel
-		// to end the filesystem, which it keeps while a copy of the mount
-		// lives in another mount namespace (a container or a build
-		// started while it was up). Exiting closes the FUSE connection:
-		// that copy becomes a dead mount.
-		m.logger.Warn("the kernel keeps the filesystem after the unmount (mounted in another mount namespace too?); exiting anyway", "mountpoint", m.mp)
-		m.abandoned = true
-		m.logger.Info("unmounted", "source", m.source, "mountpoint", m.mp)
-		return nil
-	}
-	if err != nil {
+	case err := <-unmounted:
+		if err == nil {
+			break
+		}
 		// Busy: files are open. Detach the mount so new lookups fail,
 		// and let the kernel drop it when the last file closes.
 		m.logger.Warn("unmount failed; detaching lazily", "mountpoint", m.mp, "err", err)
 		if err := detach(m.mp); err != nil {
 			return fmt.Errorf("unmount %s: %w", m.mp, err)
 		}
-	}
-	select {
-	case <-done:
-	case <-time.After(unmountGrace):
-		// Readers of the detached mount keep it busy. Exiting closes the
-		// FUSE connection (their reads fail with ENOTCONN); waiting for
-		// the cache's fetches would wait for them.
-		m.logger.Warn("files still open after unmount; exiting anyway", "mountpoint", m.mp)
+		select {
+		case <-done:
+		case <-grace:
+			// Readers of the detached mount keep it busy. Exiting closes
+			// the FUSE connection (their reads fail with ENOTCONN);
+			// waiting for the cache's fetches would wait for them.
+			m.logger.Warn("files still open after unmount; exiting anyway", "mountpoint", m.mp)
+			m.abandoned = true
+		}
+	case <-grace:
+		m.logger.Warn("unmounted here, but the filesystem is still mounted elsewhere (a bind of the mountpoint, in a container or another mount namespace); exiting anyway: reads there fail with ENOTCONN", "mountpoint", m.mp)
 		m.abandoned = true
 	}
 	m.logger.Info("unmounted", "source", m.source, "mountpoint", m.mp)

@@ -36,7 +36,7 @@ func runUnmount(ctx context.Context, args []string, stdout io.Writer) error {
 	if m == nil {
 		return fmt.Errorf("%s is not mounted", fs.Arg(0))
 	}
-	if !strings.HasPrefix(m.FSType, "fuse") {
+	if !m.FUSE() {
 		return fmt.Errorf("%s is a %s mount, not bgbfs", fs.Arg(0), m.FSType)
 	}
 	if *lazy {

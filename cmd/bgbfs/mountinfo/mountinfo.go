@@ -25,6 +25,13 @@ type Mount struct {
 // ReadOnly reports "ro" among the per-mount options.
 func (m Mount) ReadOnly() bool { return slices.Contains(m.Options, "ro") }
 
+// FUSE reports a FUSE filesystem: "fuse" or "fuseblk", with or without a
+// subtype ("fuse.bgbfs").
+func (m Mount) FUSE() bool {
+	kind, _, _ := strings.Cut(m.FSType, ".")
+	return kind == "fuse" || kind == "fuseblk"
+}
+
 // ParseLine reads one line of the table.
 func ParseLine(line string) (Mount, bool) {
 	fields := strings.Fields(line)

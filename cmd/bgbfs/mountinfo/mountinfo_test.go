@@ -45,3 +45,25 @@ func TestReadSeesTheRoot(t *testing.T) {
 		t.Fatalf("Top(/) = %+v, %v, %v", m, ok, err)
 	}
 }
+
+func TestFUSE(t *testing.T) {
+	for _, tt := range []struct {
+		fstype string
+		want   bool
+	}{
+		{"fuse", true},
+		{"fuse.bgbfs", true},
+		{"fuse.fuse-overlayfs", true},
+		{"fuseblk", true},
+		{"fuseblk.ntfs", true},
+		{"fusectl", false},
+		{"ext4", false},
+		{"overlay", false},
+		{"tmpfs", false},
+		{"", false},
+	} {
+		if got := (Mount{FSType: tt.fstype}).FUSE(); got != tt.want {
+			t.Errorf("Mount{FSType: %q}.FUSE() = %v, want %v", tt.fstype, got, tt.want)
+		}
+	}
+}
