@@ -104,7 +104,7 @@ func forBenchStreams(b *testing.B, fn func(b *testing.B, s benchStream)) {
 // inflateDiscard decodes a stream without keeping the output, as
 // BuildIndex does.
 func inflateDiscard(stream []byte) (int64, error) {
-	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), outSpace, buildReadSize, buildReadSize)
+	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), buildReadSize, buildReadSize)
 	var n int64
 	for f.state != streamDone {
 		if f.w >= f.stopMax() {
