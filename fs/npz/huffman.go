@@ -367,16 +367,18 @@ func pairLiterals(t *litTable, firsts *literalCodes, single *[1 << litTableBits]
 	copy(single[:1<<(litTableBits-shortest)], t[:])
 	for k := range firsts.n {
 		first := firsts.entry[k]
-		c, n := int(firsts.code[k]), first&63
+		n := first & 63
 		room := litTableBits - n
 		if room < shortest {
 			return // so are the rest: they are no shorter
 		}
 		pair := 2<<litCount | first&0xFF00 | n
-		for j := range 1 << room {
-			if second := single[j]; second>>litCount != 0 && second&63 <= room {
-				t[c|j<<n] = pair + second&63 | (second&0xFF00)<<8
+		i, step := int(firsts.code[k]), 1<<n
+		for _, second := range single[:1<<room] {
+			if second>>litCount != 0 && second&63 <= room {
+				t[i&(1<<litTableBits-1)] = pair + second&63 | (second&0xFF00)<<8
 			}
+			i += step
 		}
 	}
 }
