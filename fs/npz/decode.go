@@ -81,17 +81,6 @@ func (f *inflater) setBit(bit int) {
 	}
 }
 
-// literal writes the one or two literals of entry e at out[w], consumes
-// their code from bits, and looks up the next code's entry. It is inlined
-// into decodeRun's loop.
-func literal(out *outBuffer, lit *litTable, bits uint64, bit, w int, e uint32) (uint64, int, int, uint32) {
-	bits >>= e & 63
-	v := uint16(e >> 8)
-	out[w&outMask] = byte(v)
-	out[w&outMask+1] = byte(v >> 8)
-	return bits, bit + int(uint8(e)), w + int(e>>litCount), lit[bits&(1<<litTableBits-1)]
-}
-
 // decodeRun decodes the block from bit offset bit of in into out until
 // stopAt, the end of the block, an error, or fewer than 8 bytes left in
 // in. It returns the offset of the next bit to decode, why it stopped,
@@ -134,14 +123,40 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, runEnd, int) {
 		// inner loop with few live values keeps them in registers.
 		for e>>litCount != 0 {
 			// Up to four lookups of one or two literals each, and the
-			// code after them, on this refill.
-			bits, bit, w, e = literal(out, lit, bits, bit, w, e)
+			// code after them, on this refill. Written out four times:
+			// a loop, or a function inlined four times, makes the
+			// compiler keep the bit buffer on the stack.
+			bits >>= e & 63
+			bit += int(uint8(e))
+			v := uint16(e >> 8)
+			out[w&outMask] = byte(v)
+			out[w&outMask+1] = byte(v >> 8)
+			w += int(e >> litCount)
+			e = lit[bits&(1<<litTableBits-1)]
 			if e>>litCount != 0 {
-				bits, bit, w, e = literal(out, lit, bits, bit, w, e)
+				bits >>= e & 63
+				bit += int(uint8(e))
+				v := uint16(e >> 8)
+				out[w&outMask] = byte(v)
+				out[w&outMask+1] = byte(v >> 8)
+				w += int(e >> litCount)
+				e = lit[bits&(1<<litTableBits-1)]
 				if e>>litCount != 0 {
-					bits, bit, w, e = literal(out, lit, bits, bit, w, e)
+					bits >>= e & 63
+					bit += int(uint8(e))
+					v := uint16(e >> 8)
+					out[w&outMask] = byte(v)
+					out[w&outMask+1] = byte(v >> 8)
+					w += int(e >> litCount)
+					e = lit[bits&(1<<litTableBits-1)]
 					if e>>litCount != 0 {
-						bits, bit, w, e = literal(out, lit, bits, bit, w, e)
+						bits >>= e & 63
+						bit += int(uint8(e))
+						v := uint16(e >> 8)
+						out[w&outMask] = byte(v)
+						out[w&outMask+1] = byte(v >> 8)
+						w += int(e >> litCount)
+						e = lit[bits&(1<<litTableBits-1)]
 					}
 				}
 			}
