@@ -16,7 +16,8 @@ package main
 // turns, so that process start is noise and a busy moment of a shared
 // machine hits all of them alike. The figure is output MB per CPU-second
 // (user + system: the tools' from their rusage, the inflater's from this
-// process's with GOMAXPROCS 1), the CPU a reader spends inflating.
+// process's with GOMAXPROCS 1), the CPU a reader spends inflating: of the
+// best round (the least disturbed), and over all rounds.
 //
 // libdeflate-gunzip reads its input into memory and inflates into a buffer
 // the size of the output, which costs it page faults (a lot of system time
@@ -48,8 +49,8 @@ const (
 	inflateWorkload = "inflate"
 	inflateWindows  = 73
 	inflateSeed     = 17
-	// 3 rounds of an 85 MB member: 255 MB of output per system.
-	inflateRounds = 3
+	// 5 rounds of an 85 MB member: 426 MB of output per system.
+	inflateRounds = 5
 
 	inflateReadAt     = "bgbfs inflater: npz.ReadFromStart of the member, in-process, 1 core"
 	inflateIndex      = "bgbfs index build: npz.BuildIndex, in-process, 1 core"
@@ -73,13 +74,18 @@ type inflateSet struct {
 	note       string // why a row is missing
 }
 
-// inflateRun is one system's total over the rounds.
+// inflateRun is one system's total over the rounds, and its best round.
 type inflateRun struct {
-	bytes int64
-	cpu   float64 // seconds
+	bytes         int64
+	cpu           float64 // seconds
+	best, bestCPU float64 // the round with the most MB per CPU-second
 }
 
 func (r *inflateRun) mbPerCPU() float64 { return float64(r.bytes) / 1e6 / r.cpu }
+
+// bestMBPerCPU is the figure of the round least disturbed by the rest of
+// a shared machine.
+func (r *inflateRun) bestMBPerCPU() float64 { return r.best / 1e6 / r.bestCPU }
 
 func (b *bench) runInflate(ctx context.Context) {
 	if !b.wants(inflateWorkload) {
@@ -122,6 +128,9 @@ func (b *bench) runInflate(ctx context.Context) {
 			}
 			r.bytes += n
 			r.cpu += cpu
+			if r.best == 0 || float64(n)/cpu > r.best/r.bestCPU {
+				r.best, r.bestCPU = float64(n), cpu
+			}
 		}
 	}
 	for _, system := range inflateSystems {
@@ -131,7 +140,7 @@ func (b *bench) runInflate(ctx context.Context) {
 		}
 		if r := set.runs[system]; r != nil {
 			b.rows = append(b.rows, row{workload: inflateWorkload, profile: "local", system: system,
-				m: measurement{value: r.mbPerCPU(), unit: "MB per CPU-s"}})
+				m: measurement{value: r.bestMBPerCPU(), unit: "MB per CPU-s"}})
 		}
 	}
 }
@@ -341,22 +350,22 @@ func (b *bench) inflateSection() string {
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "\n## Inflating one member (workload inflate)\n\n")
-	fmt.Fprintf(&out, "The windows member of one archive written by `np.savez_compressed` (%d EEG-like windows: %.1f MB, deflate ratio %.2f), inflated %d times by each system in turn; the tools read it as a gzip file wrapping the same deflate stream and write to /dev/null. Output MB per CPU-second: user + system time, the tools' from their rusage (process start, reading the file and writing included), the in-process rows' from this process's with GOMAXPROCS 1. libdeflate-gunzip inflates into a buffer the size of the output, whose page faults cost it system time; the decoder-alone row times only libdeflate's calls, from memory into a buffer it reuses.\n\n",
+	fmt.Fprintf(&out, "The windows member of one archive written by `np.savez_compressed` (%d EEG-like windows: %.1f MB, deflate ratio %.2f), inflated %d times by each system in turn; the tools read it as a gzip file wrapping the same deflate stream and write to /dev/null. Output MB per CPU-second: user + system time, the tools' from their rusage (process start, reading the file and writing included), the in-process rows' from this process's with GOMAXPROCS 1; the ratios are of the best rounds, the least disturbed by the rest of a shared machine. libdeflate-gunzip inflates into a buffer the size of the output, whose page faults cost it system time; the decoder-alone row times only libdeflate's calls, from memory into a buffer it reuses.\n\n",
 		inflateWindows, float64(s.member.UncompressedSize)/1e6, float64(s.member.UncompressedSize)/float64(s.member.CompressedSize), inflateRounds)
-	out.WriteString("| system | output | CPU | MB per CPU-s | ÷ libdeflate-gunzip | ÷ libdeflate's decoder alone |\n|---|---|---|---|---|---|\n")
+	out.WriteString("| system | MB per CPU-s, best round | ÷ libdeflate-gunzip | ÷ libdeflate's decoder alone | all rounds: output, CPU, MB per CPU-s |\n|---|---|---|---|---|\n")
 	gunzip, alone := s.runs[inflateLibdeflate], s.runs[inflateLDMemory]
 	ratio := func(r, base *inflateRun) string {
 		if base == nil {
 			return ""
 		}
-		return fmt.Sprintf("%.2f×", r.mbPerCPU()/base.mbPerCPU())
+		return fmt.Sprintf("%.2f×", r.bestMBPerCPU()/base.bestMBPerCPU())
 	}
 	for _, system := range inflateSystems {
 		r := s.runs[system]
 		if r == nil {
 			continue
 		}
-		fmt.Fprintf(&out, "| %s | %.0f MB | %.2f s | %.1f | %s | %s |\n", system, float64(r.bytes)/1e6, r.cpu, r.mbPerCPU(), ratio(r, gunzip), ratio(r, alone))
+		fmt.Fprintf(&out, "| %s | %.1f | %s | %s | %.0f MB, %.2f s, %.1f |\n", system, r.bestMBPerCPU(), ratio(r, gunzip), ratio(r, alone), float64(r.bytes)/1e6, r.cpu, r.mbPerCPU())
 	}
 	if s.note != "" {
 		fmt.Fprintf(&out, "\nNo decoder-alone row: %s.\n", s.note)
@@ -377,13 +386,13 @@ func (b *bench) inflateTargets() []target {
 	var out []target
 	for _, base := range []string{inflateLibdeflate, inflateLDMemory} {
 		if l := s.runs[base]; l != nil {
-			x := r.mbPerCPU() / l.mbPerCPU()
+			x := r.bestMBPerCPU() / l.bestMBPerCPU()
 			v := verdict(x >= 0.8)
 			if x >= 0.8 && x < 1 {
 				v += " (goal 1.0×)"
 			}
 			out = append(out, target{fmt.Sprintf("(inflate) bgbfs inflater ≥ 0.8× %s, MB per CPU-s", base), "local",
-				fmt.Sprintf("%.2f× (%.1f vs %.1f)", x, r.mbPerCPU(), l.mbPerCPU()), v})
+				fmt.Sprintf("%.2f× (%.1f vs %.1f, best rounds)", x, r.bestMBPerCPU(), l.bestMBPerCPU()), v})
 		}
 	}
 	return out
