@@ -29,7 +29,8 @@ func (f *inflater) huffman(stopAt int) error {
 	// unconsumed bit is still in buf.
 	bit := f.pos*8 - int(f.nbits) + int(f.pad)
 	for {
-		next, end, d := f.decodeRun(f.buf, bit, stopAt)
+		next, w, end, d := f.decodeRun(f.buf, bit, stopAt)
+		f.w = w
 		if end != runInput {
 			f.setBit(next)
 			return f.ended(end, d)
@@ -44,7 +45,7 @@ func (f *inflater) huffman(stopAt int) error {
 		}
 		var tail [8 + 16]byte
 		n := copy(tail[:], f.buf[f.pos:])
-		next, end, d = f.decodeRun(tail[:], next&7, stopAt)
+		next, f.w, end, d = f.decodeRun(tail[:], next&7, stopAt)
 		if next > n*8 {
 			// The block runs past the data.
 			f.pos, f.pad = len(f.buf), 1
@@ -83,8 +84,8 @@ func (f *inflater) setBit(bit int) {
 
 // decodeRun decodes the block from bit offset bit of in into out until
 // stopAt, the end of the block, an error, or fewer than 8 bytes left in
-// in. It returns the offset of the next bit to decode, why it stopped,
-// and for a distance too far back, the distance.
+// in. It returns the offset of the next bit to decode, the new end of the
+// output, why it stopped, and for a distance too far back, the distance.
 //
 // It is the hot path of every read and of every index build, measured by
 // BenchmarkInflate, and is one long function on purpose: the bit buffer,
@@ -110,11 +111,11 @@ func (f *inflater) setBit(bit int) {
 //     checked against stopAt once per group of literals or per match:
 //     out has room past stopMax for the largest group and for match
 //     copies in 8-byte words that overrun the match's end.
-func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, runEnd, int) {
+func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int) {
 	out, w := f.out, f.w
 	lit := f.lit
 	if bit>>3+8 > len(in) {
-		return bit, runInput, 0
+		return bit, w, runInput, 0
 	}
 	bits := binary.LittleEndian.Uint64(in[bit>>3:]) >> (bit & 7)
 	e := lit[bits&(1<<litTableBits-1)]
@@ -161,13 +162,11 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, runEnd, int) {
 				}
 			}
 			if bit>>3+8 > len(in) {
-				f.w = w
-				return bit, runInput, 0
+				return bit, w, runInput, 0
 			}
 			bits = binary.LittleEndian.Uint64(in[bit>>3:]) >> (bit & 7)
 			if w >= stopAt {
-				f.w = w
-				return bit, runStopped, 0
+				return bit, w, runStopped, 0
 			}
 		}
 		if e&exceptFlag != 0 {
@@ -181,20 +180,18 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, runEnd, int) {
 					out[w&outMask] = byte(e >> 8)
 					w++
 					if bit>>3+8 > len(in) {
-						f.w = w
-						return bit, runInput, 0
+						return bit, w, runInput, 0
 					}
 					bits = binary.LittleEndian.Uint64(in[bit>>3:]) >> (bit & 7)
 					e = lit[bits&(1<<litTableBits-1)]
 					continue
 				}
 			}
-			f.w = w
 			if e&eobFlag != 0 {
-				return bit + int(uint8(e)), runBlockEnd, 0
+				return bit + int(uint8(e)), w, runBlockEnd, 0
 			}
 			if e&exceptFlag != 0 {
-				return bit, runBadLitLen, 0
+				return bit, w, runBadLitLen, 0
 			}
 		}
 		// A length: its base, plus the extra bits after the code.
@@ -207,22 +204,19 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, runEnd, int) {
 		e = dist[bits&(1<<distTableBits-1)]
 		if e&exceptFlag != 0 {
 			if e&linkFlag == 0 {
-				f.w = w
-				return bit, runBadDist, 0
+				return bit, w, runBadDist, 0
 			}
 			bits >>= e & 63
 			bit += int(uint8(e))
 			e = dist[int(e>>valueShift)+int(bits&(1<<(e>>8&63)-1))]
 			if e&exceptFlag != 0 {
-				f.w = w
-				return bit, runBadDist, 0
+				return bit, w, runBadDist, 0
 			}
 		}
 		bit += int(uint8(e))
 		d := int(e>>valueShift) + int(bits&(1<<(e&63)-1)>>(e>>8&63))
 		if d > w {
-			f.w = w
-			return bit, runBadDistance, d
+			return bit, w, runBadDistance, d
 		}
 		if refs := f.refs; refs != nil {
 			// refTracker.mark, written out: see above.
@@ -254,12 +248,10 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, runEnd, int) {
 		}
 		w += length
 		if bit>>3+8 > len(in) {
-			f.w = w
-			return bit, runInput, 0
+			return bit, w, runInput, 0
 		}
 		bits = binary.LittleEndian.Uint64(in[bit>>3:]) >> (bit & 7)
 		e = lit[bits&(1<<litTableBits-1)]
 	}
-	f.w = w
-	return bit, runStopped, 0
+	return bit, w, runStopped, 0
 }
