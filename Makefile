@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzMergeListing$$' -fuzztime $(or $(FUZZTIME),80000x) ./fs
 	$(GO) test -run '^$$' -fuzz '^FuzzReadAt$$' -fuzztime $(or $(FUZZTIME),10000x) ./cache
 	$(GO) test -run '^$$' -fuzz '^FuzzInflate$$' -fuzztime $(or $(FUZZTIME),30000x) ./fs/npz
+	$(GO) test -run '^$$' -fuzz '^FuzzInflateCorrupt$$' -fuzztime $(or $(FUZZTIME),30000x) ./fs/npz
 
 integration: tools build
 	BGBFS_BIN=$(CURDIR)/bin/bgbfs MINIO_BIN=$(MINIO) $(GO) test -count=1 -timeout 40m ./integration/...

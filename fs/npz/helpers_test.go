@@ -14,7 +14,7 @@ import (
 // inflateAll decodes a whole raw deflate stream with the package's
 // inflater, as BuildIndex does but keeping all output.
 func inflateAll(stream []byte) ([]byte, error) {
-	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), min(outSpace, 8*len(stream)), 1<<20, 1<<20)
+	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), 1<<20, 1<<20)
 	var out []byte
 	done := 0
 	for f.state != streamDone {

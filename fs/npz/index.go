@@ -20,9 +20,6 @@ const (
 	// BuildIndex reads the compressed data in large chunks: through the
 	// block cache and read-ahead, few large reads are cheapest.
 	buildReadSize = 4 << 20
-	// Output is produced in chunks this large between slides of the
-	// 32 KiB history.
-	outSpace = 256 << 10
 	// ReadAt's first read is its estimate of what it needs plus this
 	// margin; if that falls short it reads on in readChunk steps,
 	// never past the next access point.
@@ -117,7 +114,7 @@ func buildIndexChecked(r io.ReaderAt, m Member, off, span, rowLead int64, spoil 
 	if span <= 0 {
 		span = DefaultSpan
 	}
-	f := newInflater(r, off, m.CompressedSize, int(min(outSpace, m.UncompressedSize+1)), buildReadSize, buildReadSize)
+	f := newInflater(r, off, m.CompressedSize, buildReadSize, buildReadSize)
 	x := &Index{member: m, dataOff: off, span: span, rowLead: rowLead}
 	b := &indexBuilder{f: f, x: x, spoil: spoil}
 	b.chosen = []*pendingPoint{{point: point{}}} // the stream start needs no window
@@ -137,6 +134,7 @@ func buildIndexChecked(r io.ReaderAt, m Member, off, span, rowLead int64, spoil 
 			return nil, err
 		}
 		if f.w >= stop {
+			b.keepHistories()
 			x.keepHead(base, f.out[done:f.w], done)
 			crc = crc32.Update(crc, crc32.IEEETable, f.out[done:f.w])
 			base += int64(f.slide())
@@ -195,10 +193,13 @@ func (x *Index) setMemory() {
 // point, while its window is worked out.
 type pendingPoint struct {
 	point
-	// history is the whole window before out; once 32 KiB of output
+	// history is the whole window before out, histLen bytes, once
+	// copied: until the inflater slides its output (most candidates are
+	// dropped before), historyOf reads it there. Once 32 KiB of output
 	// have passed (sparse set), sparseWindow is it with the bytes no
 	// match copies zeroed.
 	history      []byte
+	histLen      int
 	sparse       bool
 	sparseWindow []byte
 	// checkLen and checkCRC are the length and CRC-32 of the output
@@ -215,9 +216,9 @@ type pendingPoint struct {
 
 // indexBuilder turns the block boundaries BuildIndex passes into access
 // points with sparse windows. Every block boundary near a row start is a
-// candidate until a later one replaces it; a candidate costs a copy of
-// its history and a pass over it, and only chosen points are checked and
-// stored.
+// candidate until a later one replaces it; a candidate that lives until
+// the inflater slides its output costs a copy of its history, and only
+// chosen points get a pass over it, are checked and stored.
 type indexBuilder struct {
 	f *inflater
 	x *Index
@@ -241,11 +242,30 @@ func (b *indexBuilder) here(pos int64) *pendingPoint {
 		// too short for any point never pays for the tracker.
 		f.refs = newRefTracker()
 	}
-	history := f.out[max(0, f.w-windowSize):f.w]
-	pp := &pendingPoint{point: point{out: pos, bit: f.bitPos()}, history: slices.Clone(history)}
+	pp := &pendingPoint{point: point{out: pos, bit: f.bitPos()}, histLen: min(f.w, windowSize)}
 	b.open = append(b.open, pp)
 	b.pinInput()
 	return pp
+}
+
+// historyOf returns the history of pp, from the inflater's output if it
+// is not copied yet.
+func (b *indexBuilder) historyOf(pp *pendingPoint) []byte {
+	if pp.history != nil {
+		return pp.history
+	}
+	end := pp.out - b.f.outBase
+	return b.f.out[end-int64(pp.histLen) : end]
+}
+
+// keepHistories copies the histories of the open boundaries out of the
+// inflater's output, before it slides.
+func (b *indexBuilder) keepHistories() {
+	for _, pp := range b.open {
+		if pp.history == nil && !pp.dropped && !pp.done {
+			pp.history = slices.Clone(b.historyOf(pp))
+		}
+	}
 }
 
 // choose makes pp an access point, if it comes after the last one, and
@@ -328,8 +348,8 @@ func (b *indexBuilder) finishDue(all bool) error {
 // literals: a few hundred of the 32,768 bytes are used.
 func (b *indexBuilder) makeSparse(pp *pendingPoint, upto int64) {
 	f := b.f
-	start := pp.out - int64(len(pp.history))
-	pp.sparseWindow = slices.Clone(pp.history)
+	start := pp.out - int64(pp.histLen)
+	pp.sparseWindow = slices.Clone(b.historyOf(pp))
 	for i := range pp.sparseWindow {
 		if !f.refs.copiedSince(start+int64(i), pp.out) {
 			pp.sparseWindow[i] = 0
@@ -348,7 +368,7 @@ func (b *indexBuilder) store(pp *pendingPoint) error {
 		b.spoil(window)
 	}
 	if !b.decodesAsBuilt(pp, window) {
-		window = pp.history
+		window = b.historyOf(pp)
 		pp.full = 1
 	}
 	b.zbuf.Reset()
@@ -379,7 +399,9 @@ func (b *indexBuilder) decodesAsBuilt(pp *pendingPoint, window []byte) bool {
 	if !ok {
 		return false
 	}
-	v := newInflater(sliceAt{b: in, off: pp.bit >> 3}, 0, f.next, pp.checkLen, len(in), len(in))
+	// The check's output needs about as much input at worst (stored
+	// blocks): read that first, not all the builder holds.
+	v := newInflater(sliceAt{b: in, off: pp.bit >> 3}, 0, f.next, min(len(in), pp.checkLen+4<<10), 64<<10)
 	if v.seek(pp.bit, window) != nil {
 		return false
 	}
@@ -621,10 +643,10 @@ func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	need, limit, first := x.firstRead(i, end)
+	_, limit, first := x.firstRead(i, end)
 	first = min(first, buildReadSize) // a huge p is read in chunks, not one buffer
 
-	f := newInflater(r, x.dataOff, limit, int(min(need, outSpace)), int(first), readChunk)
+	f := newInflater(r, x.dataOff, limit, int(first), readChunk)
 	if err := f.seek(pt.bit, history); err != nil {
 		return 0, err
 	}

@@ -9,7 +9,21 @@ import (
 const (
 	windowSize = 32 << 10 // deflate's maximum distance
 	maxMatch   = 258
+	// out holds the window and the output decoded between slides. Its
+	// size is a power of two, so the decode loop can index it with a
+	// mask instead of a bounds check; the spare bytes past it let a
+	// two-byte store at any masked index stay in bounds.
+	outSize  = 1 << 17
+	outMask  = outSize - 1
+	outSpare = 8
+	// outSlack is the room out keeps past stopMax: the decode loop checks
+	// the output limit once per group of up to four literal lookups (two
+	// literals each) or one match, and copies matches in 8-byte words
+	// that may overrun their end by up to 15 bytes.
+	outSlack = 8 + maxMatch + 16 + 30
 )
+
+type outBuffer [outSize + outSpare]byte
 
 type blockState uint8
 
@@ -52,7 +66,7 @@ type inflater struct {
 	nbits uint
 	pad   uint
 
-	out []byte
+	out *outBuffer
 	w   int
 	// outBase is the content offset of out[0] (for reference tracking).
 	outBase int64
@@ -68,30 +82,36 @@ type inflater struct {
 	final  bool
 	stored int // bytes left in the current stored block
 
-	lit, dist       []uint32
-	dynLit, dynDist []uint32 // storage for dynamic tables, reused across blocks
-	clen            []uint32
-	lengths         [maxLit + maxDist]uint8
+	// lit and dist are the current block's tables: the fixed ones, or
+	// dynLit and dynDist, rebuilt for every dynamic block.
+	lit     *litTable
+	dist    *distTable
+	dynLit  litTable
+	dynDist distTable
+	clen    clenTable
+	firsts  literalCodes              // scratch for pairLiterals
+	single  [1 << litTableBits]uint32 // scratch for pairLiterals
+	lengths [maxLit + maxDist]uint8
 }
 
 // newInflater returns an inflater over the stream at archive offset base,
-// of which it may read limit bytes, with room for outSpace bytes of new
-// output beyond the window. first and after size its reads from src.
-func newInflater(src io.ReaderAt, base, limit int64, outSpace, first, after int) *inflater {
+// of which it may read limit bytes. first and after size its reads from
+// src.
+func newInflater(src io.ReaderAt, base, limit int64, first, after int) *inflater {
 	return &inflater{
 		src:   src,
 		base:  base,
 		limit: limit,
 		chunk: max(first, 1),
 		after: max(after, 1),
-		out:   make([]byte, windowSize+outSpace+maxMatch),
+		out:   new(outBuffer),
 		pin:   -1,
 	}
 }
 
-// stopMax is the largest stopAt step accepts: a match started below it
-// still fits in out.
-func (f *inflater) stopMax() int { return len(f.out) - maxMatch }
+// stopMax is the largest stopAt step accepts: whatever the decode loop
+// starts below it still fits in out.
+func (f *inflater) stopMax() int { return outSize - outSlack }
 
 // seek positions f at a block boundary bit of the stream, with the
 // window of output that precedes it.
@@ -99,7 +119,7 @@ func (f *inflater) seek(bit int64, window []byte) error {
 	f.next = bit >> 3
 	f.buf, f.pos = f.buf[:0], 0
 	f.bits, f.nbits, f.pad = 0, 0, 0
-	f.w = copy(f.out, window)
+	f.w = copy(f.out[:outSize], window)
 	f.outBase = 0
 	f.state, f.final = atHeader, false
 	if skip := uint(bit & 7); skip > 0 {
@@ -128,26 +148,31 @@ func (f *inflater) slide() int {
 	if drop <= 0 {
 		return 0
 	}
-	f.w = copy(f.out, f.out[drop:f.w])
+	f.w = copy(f.out[:], f.out[drop:f.w])
 	f.outBase += int64(drop)
 	return drop
 }
 
-// load moves the unread input to the front of buf and appends the next
-// chunk from src. It reports false at limit or on a read error.
+// load moves the input from the next unconsumed bit on to the front of
+// buf and appends the next chunk from src. It reports false at limit or
+// on a read error.
 func (f *inflater) load() bool {
 	if f.err != nil || f.next >= f.limit {
 		return false
 	}
-	from := f.pos
+	// Keep the bytes the bits held in bits came from too: the decode
+	// loop reads the input from the next unconsumed bit.
+	from := max(0, f.pos-int(f.nbits+7)>>3)
 	if f.pin >= 0 {
-		from = int(max(0, min(int64(f.pos), f.pin-f.bufStart())))
+		from = int(max(0, min(int64(from), f.pin-f.bufStart())))
 	}
 	keep := copy(f.buf[:cap(f.buf)], f.buf[from:])
 	f.pos -= from
 	n := int(min(int64(f.chunk), f.limit-f.next))
 	if cap(f.buf) < keep+n {
-		nb := make([]byte, keep, keep+n)
+		// Room for the kept input to grow a little (a pinned stretch, or
+		// the bytes the bit buffer holds) without a new buffer per read.
+		nb := make([]byte, keep, keep+n+n/4)
 		copy(nb, f.buf[:keep])
 		f.buf = nb
 	}
@@ -290,18 +315,45 @@ func (f *inflater) dynamicHeader() error {
 		f.need(3)
 		cl[clenOrder[i]] = uint8(f.take(3))
 	}
-	var err error
-	if f.clen, err = buildTable(f.clen, cl[:], clenSyms[:], clenRoot); err != nil {
+	if err := buildTable(f.clen[:], cl[:], clenSyms[:], clenTableBits, nil); err != nil {
 		return fmt.Errorf("code length code: %w", err)
 	}
 	lengths := f.lengths[:nlit+ndist]
+	if err := f.readLengths(lengths); err != nil {
+		return err
+	}
+	if lengths[256] == 0 {
+		return fmt.Errorf("%w: dynamic block has no end-of-block code", ErrCorrupt)
+	}
+	if err := buildTable(f.dynLit[:], lengths[:nlit], litSyms[:], litTableBits, &f.firsts); err != nil {
+		return fmt.Errorf("literal/length code: %w", err)
+	}
+	pairLiterals(&f.dynLit, &f.firsts, &f.single)
+	if err := buildTable(f.dynDist[:], lengths[nlit:], distSyms[:], distTableBits, nil); err != nil {
+		return fmt.Errorf("distance code: %w", err)
+	}
+	f.lit, f.dist = &f.dynLit, &f.dynDist
+	return nil
+}
+
+// readLengths reads the code lengths of a dynamic block's codes with the
+// code length code in f.clen.
+func (f *inflater) readLengths(lengths []uint8) error {
+	// The bit buffer in locals: a few hundred codes per block, and
+	// blocks of float data are short.
+	bits, nbits := f.bits, f.nbits
 	for i := 0; i < len(lengths); {
-		f.need(clenRoot + 7)
-		e := f.clen[f.bits&(1<<clenRoot-1)]
-		if e&kindMask == kindBad {
+		if nbits < clenTableBits+7 {
+			f.bits, f.nbits = bits, nbits
+			f.refill()
+			bits, nbits = f.bits, f.nbits
+		}
+		e := f.clen[bits&(clenTableLen-1)]
+		if e&exceptFlag != 0 {
 			return fmt.Errorf("%w: invalid code length code", ErrCorrupt)
 		}
-		f.take(uint(e & entryLenMask))
+		bits >>= e & 63
+		nbits -= uint(e & 63)
 		sym := e >> valueShift
 		if sym < 16 {
 			lengths[i] = uint8(sym)
@@ -315,11 +367,17 @@ func (f *inflater) dynamicHeader() error {
 			if i == 0 {
 				return fmt.Errorf("%w: repeat of a code length with none before it", ErrCorrupt)
 			}
-			rep, val = 3+int(f.take(2)), lengths[i-1]
+			rep, val = 3+int(bits&3), lengths[i-1]
+			bits >>= 2
+			nbits -= 2
 		case 17:
-			rep = 3 + int(f.take(3))
+			rep = 3 + int(bits&7)
+			bits >>= 3
+			nbits -= 3
 		default:
-			rep = 11 + int(f.take(7))
+			rep = 11 + int(bits&0x7F)
+			bits >>= 7
+			nbits -= 7
 		}
 		if i+rep > len(lengths) {
 			return fmt.Errorf("%w: code length repeat runs past the %d lengths", ErrCorrupt, len(lengths))
@@ -329,16 +387,7 @@ func (f *inflater) dynamicHeader() error {
 			i++
 		}
 	}
-	if lengths[256] == 0 {
-		return fmt.Errorf("%w: dynamic block has no end-of-block code", ErrCorrupt)
-	}
-	if f.dynLit, err = buildTable(f.dynLit, lengths[:nlit], litSyms[:], litRoot); err != nil {
-		return fmt.Errorf("literal/length code: %w", err)
-	}
-	if f.dynDist, err = buildTable(f.dynDist, lengths[nlit:], distSyms[:], distRoot); err != nil {
-		return fmt.Errorf("distance code: %w", err)
-	}
-	f.lit, f.dist = f.dynLit, f.dynDist
+	f.bits, f.nbits = bits, nbits
 	return nil
 }
 
@@ -367,122 +416,6 @@ func (f *inflater) copyStored(stopAt int) error {
 		f.state = atHeader
 	}
 	return nil
-}
-
-// huffman decodes a compressed block into out until stopAt or the end of
-// the block. It keeps the bit buffer in locals: the loop is the hot path
-// of every read.
-func (f *inflater) huffman(stopAt int) error {
-	out, w := f.out, f.w
-	bits, nbits := f.bits, f.nbits
-	lit, dist := f.lit, f.dist
-	var err error
-	for w < stopAt {
-		// A refill leaves at least 56 bits: enough for several
-		// literals (at most 15 bits each) before the next one.
-		if nbits < maxCodeLen {
-			if f.pos+8 <= len(f.buf) {
-				bits |= binary.LittleEndian.Uint64(f.buf[f.pos:]) << nbits
-				f.pos += int(63-nbits) >> 3
-				nbits |= 56
-			} else {
-				f.bits, f.nbits = bits, nbits
-				f.refillSlow()
-				bits, nbits = f.bits, f.nbits
-			}
-		}
-		e := lit[bits&(1<<litRoot-1)]
-		if e&kindMask == kindLink {
-			e = lit[e>>valueShift+uint32(bits>>litRoot)&(1<<(e>>extraShift&0xF)-1)]
-		}
-		n := uint(e & entryLenMask)
-		bits >>= n
-		nbits -= n
-		switch e & kindMask {
-		case kindLit:
-			out[w] = byte(e >> valueShift)
-			w++
-			// Literals come in runs (float data is mostly literals):
-			// while the bits for a root-table code are at hand, decode
-			// the next one here. out has room for a match past stopAt,
-			// so a literal past it is safe; callers take what they need.
-			for nbits >= litRoot {
-				e = lit[bits&(1<<litRoot-1)]
-				if e&kindMask != kindLit {
-					break
-				}
-				n = uint(e & entryLenMask)
-				bits >>= n
-				nbits -= n
-				out[w] = byte(e >> valueShift)
-				w++
-			}
-			continue
-		case kindBase:
-		case kindEOB:
-			f.state = atHeader
-			f.bits, f.nbits, f.w = bits, nbits, w
-			return nil
-		default:
-			err = fmt.Errorf("%w: invalid literal/length code", ErrCorrupt)
-		}
-		if err != nil {
-			break
-		}
-		// The rest of the pair: 5 extra length bits, 15+13 of distance.
-		if nbits < 33 {
-			if f.pos+8 <= len(f.buf) {
-				bits |= binary.LittleEndian.Uint64(f.buf[f.pos:]) << nbits
-				f.pos += int(63-nbits) >> 3
-				nbits |= 56
-			} else {
-				f.bits, f.nbits = bits, nbits
-				f.refillSlow()
-				bits, nbits = f.bits, f.nbits
-			}
-		}
-		x := uint(e>>extraShift) & 0xF
-		length := int(e>>valueShift) + int(bits&(1<<x-1))
-		bits >>= x
-		nbits -= x
-
-		e = dist[bits&(1<<distRoot-1)]
-		if e&kindMask == kindLink {
-			e = dist[e>>valueShift+uint32(bits>>distRoot)&(1<<(e>>extraShift&0xF)-1)]
-		}
-		if e&kindMask != kindBase {
-			err = fmt.Errorf("%w: invalid distance code", ErrCorrupt)
-			break
-		}
-		n = uint(e & entryLenMask)
-		bits >>= n
-		nbits -= n
-		x = uint(e>>extraShift) & 0xF
-		d := int(e>>valueShift) + int(bits&(1<<x-1))
-		bits >>= x
-		nbits -= x
-		if d > w {
-			err = fmt.Errorf("%w: distance %d reaches before the %d bytes of history", ErrCorrupt, d, w)
-			break
-		}
-		if f.refs != nil {
-			f.refs.mark(f.outBase+int64(w), d, length)
-		}
-		if d >= length {
-			copy(out[w:w+length], out[w-d:])
-			w += length
-			continue
-		}
-		// Overlapping match: the pattern repeats with period d, so
-		// each copy can take everything written since the source
-		// start, doubling the copied run.
-		end, src := w+length, w-d
-		for w < end {
-			w += copy(out[w:end], out[src:w])
-		}
-	}
-	f.bits, f.nbits, f.w = bits, nbits, w
-	return err
 }
 
 // refRing is how many bytes of output a refTracker remembers: an access

@@ -194,3 +194,142 @@ func TestInflateCrafted(t *testing.T) {
 		})
 	}
 }
+
+// completeLengths returns code lengths of at most 15 bits for n symbols
+// forming a complete code, most of them long, in an order shuffled by
+// seed: symbols of every kind land on long codes that need subtables.
+func completeLengths(n int, seed uint64) []uint8 {
+	l := make([]uint8, n)
+	for i := range l {
+		l[i] = maxCodeLen
+	}
+	// Shorten codes while the code space has room (units of 2^-15).
+	room := 1<<maxCodeLen - n
+	for i := range l {
+		for l[i] > 1 && room >= 1<<(maxCodeLen-l[i]) {
+			room -= 1 << (maxCodeLen - l[i])
+			l[i]--
+		}
+	}
+	rng := rand.New(rand.NewPCG(seed, 9))
+	rng.Shuffle(n, func(i, j int) { l[i], l[j] = l[j], l[i] })
+	return l
+}
+
+// canonical returns the canonical Huffman codes of lengths.
+func canonical(lengths []uint8) []uint64 {
+	var count [maxCodeLen + 1]int
+	for _, l := range lengths {
+		count[l]++
+	}
+	count[0] = 0
+	var next [maxCodeLen + 1]uint64
+	for l, code := 1, uint64(0); l <= maxCodeLen; l++ {
+		code = (code + uint64(count[l-1])) << 1
+		next[l] = code
+	}
+	codes := make([]uint64, len(lengths))
+	for s, l := range lengths {
+		if l > 0 {
+			codes[s] = next[l]
+			next[l]++
+		}
+	}
+	return codes
+}
+
+// everyCode writes a block body that uses every literal, every length
+// code with its smallest and largest extra bits, and every distance code
+// with its smallest and largest extra bits, after 32 KiB of literals so
+// that every distance reaches back into the output.
+func everyCode(w *bitWriter, lit func(int), dist func(int)) {
+	lenBase := []int{3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258}
+	lenExtra := []uint{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0}
+	distExtra := []uint{0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13}
+	for i := range windowSize {
+		lit((i*7 + i/256) & 0xFF)
+	}
+	for s := range lenBase {
+		for _, top := range []bool{false, true} {
+			for d := range distExtra {
+				lit(257 + s)
+				if top {
+					w.bits(1<<lenExtra[s]-1, lenExtra[s])
+				} else {
+					w.bits(0, lenExtra[s])
+				}
+				dist(d)
+				if top {
+					w.bits(1<<distExtra[d]-1, distExtra[d])
+				} else {
+					w.bits(0, distExtra[d])
+				}
+				lit(s + d) // a literal between matches
+			}
+		}
+	}
+	lit(256)
+}
+
+// TestInflateEveryCode decodes blocks using every literal, length and
+// distance code with the extreme extra bits, in a fixed block and in a
+// dynamic block whose codes are mostly 15 bits long (so that literals,
+// lengths, the end of block and distances go through subtables), and
+// compares with compress/flate.
+func TestInflateEveryCode(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		w := (&bitWriter{}).bits(0, 1).bits(1, 2) // not final, fixed
+		everyCode(w, func(s int) { w.fixedLit(s) }, func(d int) { w.code(uint64(d), 5) })
+
+		litLen, distLen := completeLengths(maxLit, seed), completeLengths(maxDist, seed+100)
+		if litLen[256] == 0 {
+			t.Fatal("no end-of-block code")
+		}
+		w.bits(1, 1).bits(2, 2) // final, dynamic
+		w.bits(maxLit-257, 5).bits(maxDist-1, 5).bits(numCLSyms-4, 4)
+		// Code length code: 0-15 all 4 bits long, 16-18 unused.
+		for _, s := range clenOrder {
+			if s < 16 {
+				w.bits(4, 3)
+			} else {
+				w.bits(0, 3)
+			}
+		}
+		for _, l := range append(append([]uint8(nil), litLen...), distLen...) {
+			w.code(uint64(l), 4)
+		}
+		litCodes, distCodes := canonical(litLen), canonical(distLen)
+		everyCode(w, func(s int) { w.code(litCodes[s], uint(litLen[s])) }, func(d int) { w.code(distCodes[d], uint(distLen[d])) })
+		stream := w.bytes()
+
+		want, err := stdInflate(stream)
+		if err != nil {
+			t.Fatalf("seed %d: compress/flate: %v", seed, err)
+		}
+		got, err := inflateAll(stream)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("seed %d: got %d bytes, %v; compress/flate %d bytes", seed, len(got), err, len(want))
+		}
+		x := streamIndex(t, stream, want, 1)
+		checkReadAt(t, x, bytes.NewReader(stream), want, rand.New(rand.NewPCG(seed, 1)), 20)
+	}
+}
+
+// TestInflateTruncated cuts a stream after every byte: the inflater must
+// report each cut as compress/flate does, never panic, and return what
+// compress/flate returns before the error.
+func TestInflateTruncated(t *testing.T) {
+	data := testInputs()["text"][:6<<10]
+	for _, level := range []int{flate.NoCompression, flate.BestSpeed, flate.DefaultCompression} {
+		stream := deflate(t, data, level)
+		for n := range len(stream) {
+			got, err := inflateAll(stream[:n])
+			if err == nil || !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("level %d: %d of %d bytes: %v", level, n, len(stream), err)
+			}
+			if !bytes.HasPrefix(data, got) {
+				t.Fatalf("level %d: %d of %d bytes: output is not a prefix of the content", level, n, len(stream))
+			}
+		}
+	}
+}

@@ -38,6 +38,8 @@ type bench struct {
 
 	// disk is workload k's disk counters, once run.
 	disk *diskSet
+	// inflate is workload inflate's stream and figures, once run.
+	inflate *inflateSet
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -67,6 +69,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	b.counting = counting
 	b.cleanups = append(b.cleanups, func() { counting.Close() })
 	b.runLocal(ctx)
+	b.runInflate(ctx)
 	for _, profile := range b.cfg.profiles {
 		endpoint := counting.URL
 		if profile == "s3like" {
