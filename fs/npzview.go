@@ -59,8 +59,8 @@ type NPZView struct {
 	files     *IndexFiles
 	saveFiles bool
 	logger    *slog.Logger
-	// filesOff is set once a save failed: the dir is full or read-only,
-	// and indexes are kept in memory only.
+	// filesOff is set once a save failed other than by the dir's own
+	// pause: indexes are kept in memory only.
 	filesOff atomic.Bool
 	// loadFailed is set once a dir could not be read (not a missing or
 	// untrusted file: an I/O or S3 failure).
@@ -382,18 +382,18 @@ func (v *NPZView) fileError(obj cache.Object, member string, err error) {
 	}
 }
 
-// saveIndex writes x into the cache dir. The first failure turns saving
-// off, with one log line: a full or read-only dir leaves indexes in
-// memory only.
+// saveIndex writes x into the cache dir. A local dir says itself when
+// its writes pause and resume (a full disk, another user's dir), and
+// tries again later; any other failure turns saving off, with one log
+// line.
 func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
 	defer v.running.Done()
 	err := v.files.Save(v.life, obj, m, x)
-	if err == nil {
+	switch {
+	case err == nil:
 		v.filesSaved.Add(1)
-		return
-	}
-	// A local dir says once itself that it cannot be written.
-	if v.filesOff.CompareAndSwap(false, true) && v.life.Err() == nil && !errors.Is(err, cache.ErrDirNotWritable) {
+	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Err() != nil:
+	case v.filesOff.CompareAndSwap(false, true):
 		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
 	}
 }

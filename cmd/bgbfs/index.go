@@ -121,7 +121,7 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return explainProbe(o.s3Options, o.bucket, o.prefix, err)
 	}
-	files := bgfs.IndexFiles{Bucket: o.bucket}
+	files := bgfs.IndexFiles{Source: o.source(o.bucket)}
 	if o.cacheDir.s3Bucket != "" {
 		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
 		files.Dir = blobs
