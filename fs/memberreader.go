@@ -209,9 +209,14 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			// array's header) costs less inflated alone than the
 			// whole span, unless the kernel is known to read on (the
 			// first read of a window starts near a span's start).
-			// Inflate just what is asked.
+			// Inflate just what is asked, in the background like a
+			// span: inflating up to it may take seconds of CPU, which
+			// an interrupt must not wait for.
 			g.Go(func() error {
-				_, err := x.ReadAt(readerAt{gctx, r.src}, dst, at)
+				data, err := r.inflateOnce(gctx, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
+					return r.inflatePiece(x, at, upto)
+				})
+				copy(dst, data)
 				return err
 			})
 		} else {
@@ -357,7 +362,13 @@ func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 		return data, nil
 	}
 	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
-	inflated := r.inflating.DoChan(key, func() (any, error) { return r.inflate(x, start, stop) })
+	return r.inflateOnce(ctx, key, func() ([]byte, error) { return r.inflate(x, start, stop) })
+}
+
+// inflateOnce runs inflate in the background, once for concurrent
+// requests of one key, and waits for it unless ctx ends first.
+func (r *memberReader) inflateOnce(ctx context.Context, key string, inflate func() ([]byte, error)) ([]byte, error) {
+	inflated := r.inflating.DoChan(key, func() (any, error) { return inflate() })
 	select {
 	case res := <-inflated:
 		if res.Err != nil {
@@ -367,6 +378,24 @@ func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// inflatePiece inflates [at, upto) into a buffer of its own, without
+// keeping it.
+func (r *memberReader) inflatePiece(x *npz.Index, at, upto int64) ([]byte, error) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, errReaderClosed
+	}
+	r.running.Add(1)
+	r.mu.Unlock()
+	defer r.running.Done()
+	data := make([]byte, upto-at)
+	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, at); err != nil {
+		return nil, err
+	}
+	return data, nil
 }
 
 // inflate inflates [start, stop) into a buffer of its own and holds it

@@ -51,8 +51,10 @@ type NPZView struct {
 	broken map[string]error
 	// dirs remembers the zip directories read (a few hundred bytes each
 	// for an .npz), so that a member directory the kernel forgot and
-	// looks up again costs no GET of the archive's tail.
-	dirs map[string]*npz.Directory
+	// looks up again costs no GET of the archive's tail; dirBytes is
+	// about what they take (directoryBytes).
+	dirs     map[string]*npz.Directory
+	dirBytes int64
 
 	// files, if set, keeps indexes across runs: a build first looks
 	// there, and (with saveFiles) writes what it built.
@@ -106,13 +108,29 @@ func (v *NPZView) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64
 // more, so that reading a window inflates from just before it.
 func (v *NPZView) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
 
-// maxBroken and maxDirs bound the memory of the broken-member memo and of
-// the remembered directories (about 5 MB for .npz archives); each is
-// cleared when full, which only costs reading again.
+// maxBroken bounds the broken-member memo, and maxDirBytes the memory of
+// the remembered directories (the bucket's 6,500 archives take about
+// 2 MB); each is cleared when full, which only costs reading again. A
+// directory larger than maxDirBytes/8 (an archive of tens of thousands of
+// members; one may take 16 MiB) is not remembered.
 const (
-	maxBroken = 1024
-	maxDirs   = 16384
+	maxBroken   = 1024
+	maxDirBytes = 8 << 20
 )
+
+// directoryBytes is about what dir takes in memory, remembered under a
+// key of keyLen bytes.
+func directoryBytes(keyLen int, dir *npz.Directory) int64 {
+	const entry = 96 // a Member or a MemberError, its pointers and map share
+	n := int64(keyLen + entry)
+	for _, m := range dir.Members {
+		n += entry + int64(len(m.Name))
+	}
+	for _, u := range dir.Unusable {
+		n += entry + int64(len(u.Name)+len(u.Err.Error()))
+	}
+	return n
+}
 
 // MinNPZIndexBytes is the least memory for indexes that holds one of a
 // few access points at its largest: an index keeps at most 4 KiB of its
@@ -209,12 +227,22 @@ func (v *NPZView) knownDirectory(obj cache.Object) *npz.Directory {
 }
 
 func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
+	key := obj.Key + "\x00" + obj.Tag()
+	n := directoryBytes(len(key), dir)
+	if n > maxDirBytes/8 {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.dirs) >= maxDirs {
-		clear(v.dirs)
+	if _, ok := v.dirs[key]; ok {
+		return
 	}
-	v.dirs[obj.Key+"\x00"+obj.Tag()] = dir
+	if v.dirBytes+n > maxDirBytes {
+		clear(v.dirs)
+		v.dirBytes = 0
+	}
+	v.dirs[key] = dir
+	v.dirBytes += n
 }
 
 func indexKey(obj cache.Object, m npz.Member) string {
