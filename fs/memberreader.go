@@ -214,7 +214,7 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			// an interrupt must not wait for.
 			g.Go(func() error {
 				data, err := r.inflateOnce(gctx, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
-					return r.inflatePiece(x, at, upto)
+					return r.inflate(x, at, upto, false)
 				})
 				copy(dst, data)
 				return err
@@ -362,7 +362,7 @@ func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 		return data, nil
 	}
 	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
-	return r.inflateOnce(ctx, key, func() ([]byte, error) { return r.inflate(x, start, stop) })
+	return r.inflateOnce(ctx, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
 }
 
 // inflateOnce runs inflate in the background, once for concurrent
@@ -380,9 +380,10 @@ func (r *memberReader) inflateOnce(ctx context.Context, key string, inflate func
 	}
 }
 
-// inflatePiece inflates [at, upto) into a buffer of its own, without
-// keeping it.
-func (r *memberReader) inflatePiece(x *npz.Index, at, upto int64) ([]byte, error) {
+// inflate inflates [start, stop) into a buffer of its own and, with
+// keep (a span from its access point), holds it if the view's span
+// budget has room. A failure is not held: the next read tries again.
+func (r *memberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -391,33 +392,18 @@ func (r *memberReader) inflatePiece(x *npz.Index, at, upto int64) ([]byte, error
 	r.running.Add(1)
 	r.mu.Unlock()
 	defer r.running.Done()
-	data := make([]byte, upto-at)
-	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, at); err != nil {
-		return nil, err
-	}
-	return data, nil
-}
-
-// inflate inflates [start, stop) into a buffer of its own and holds it
-// if the view's span budget has room. A failure is not held: the next
-// read tries again.
-func (r *memberReader) inflate(x *npz.Index, start, stop int64) ([]byte, error) {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return nil, errReaderClosed
-	}
-	r.running.Add(1)
-	r.mu.Unlock()
-	defer r.running.Done()
-	if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
-		return data, nil
+	if keep {
+		if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
+			return data, nil
+		}
 	}
 	data := make([]byte, stop-start)
 	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, start); err != nil {
 		return nil, err
 	}
-	r.hold(decodedSpan{start: start, stop: stop, data: data})
+	if keep {
+		r.hold(decodedSpan{start: start, stop: stop, data: data})
+	}
 	return data, nil
 }
 
