@@ -150,7 +150,7 @@ func (o cacheDirOptions) String() string {
 
 func addCacheDirFlags(fs *pflag.FlagSet, what string) func() (cacheDirOptions, error) {
 	dir := fs.String("cache-dir", "", what)
-	size := fs.String("cache-dir-size", "0", "most bytes a local --cache-dir holds: files unused for an hour make room, least recently used first; when all are in use no new block is kept; 0 keeps 5% of its file system free")
+	size := fs.String("cache-dir-size", "0", "most disk space a local --cache-dir takes: files unused for an hour make room, least recently used first; when all are in use no new block is kept; 0 keeps 5% of its file system free")
 	return func() (cacheDirOptions, error) {
 		var o cacheDirOptions
 		var err error

@@ -22,6 +22,7 @@ var workloadNames = map[string]string{
 	"j": "j. 8 processes np.load()[\"windows\"] of many archives at once",
 	"k": "k. disk tier (--cache-dir): epochs 1 and 2, and a re-read evicted from memory",
 	"l": "l. ls -l of 100,000 objects",
+	"m": "m. the cache dir at the bucket's scale",
 }
 
 func (b *bench) find(workload, profile, system string) (row, bool) {
@@ -73,6 +74,7 @@ func (b *bench) report(started time.Time) string {
 	s.WriteString(b.bigDirSection())
 	s.WriteString(b.eegSection())
 	s.WriteString(b.diskSection())
+	s.WriteString(b.dirScaleSection())
 	s.WriteString("\n## Targets\n\nRatios from this run; higher is better unless it says otherwise.\n\n| target | profile | measured | verdict |\n|---|---|---|---|\n")
 	for _, t := range b.targets() {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", t.name, t.profile, t.measured, t.verdict)

@@ -38,6 +38,8 @@ type bench struct {
 
 	// disk is workload k's disk counters, once run.
 	disk *diskSet
+	// dirScale is workload m's results, by layout.
+	dirScale []dirScaleResult
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -105,6 +107,7 @@ func (b *bench) runAll(ctx context.Context) error {
 			b.runEEG(ctx, profile)
 			b.runAmp(ctx, profile)
 			b.runDiskTier(ctx, profile, endpoint)
+			b.runDirScale(ctx, profile, endpoint)
 		}
 	}
 	return nil
