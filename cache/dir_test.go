@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	iofs "io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -82,6 +84,7 @@ func TestDirStoreAndLoad(t *testing.T) {
 // dead writer left are removed once an hour old; files outside its areas
 // are neither counted nor removed.
 func TestDirTrims(t *testing.T) {
+	const page = 4096 // a file of a page takes a page of disk
 	ctx := context.Background()
 	root := t.TempDir()
 	old := time.Now().Add(-2 * time.Hour)
@@ -93,17 +96,17 @@ func TestDirTrims(t *testing.T) {
 	for _, name := range []string{"blocks/.tmp-dead", "notes.txt", "blocksx/y"} {
 		os.Chtimes(filepath.Join(root, name), old.Add(-time.Hour), old.Add(-time.Hour))
 	}
-	d, err := OpenDir(root, 1000, nil)
+	d, err := OpenDir(root, 10*page, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	waitTrim(t, d)
-	// Ten files of 100 bytes fill the bound; file i was used i minutes
+	// Ten files of a page fill the bound; file i was used i minutes
 	// after the first, except that file 0 is loaded (used) last.
 	for i := range 10 {
 		name := fmt.Sprintf("blocks/f/%d", i)
-		if err := d.Store(ctx, name, make([]byte, 100)); err != nil {
+		if err := d.Store(ctx, name, make([]byte, page)); err != nil {
 			t.Fatal(err)
 		}
 		at := old.Add(time.Duration(i) * time.Minute)
@@ -114,12 +117,12 @@ func TestDirTrims(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No room: the block is refused, and a trim removes the idle files
-	// least recently used, down to 900 bytes; then it is taken.
-	if err := d.Store(ctx, "blocks/f/10", make([]byte, 100)); !errors.Is(err, ErrDirFull) {
+	// least recently used, down to 9 pages; then it is taken.
+	if err := d.Store(ctx, "blocks/f/10", make([]byte, page)); !errors.Is(err, ErrDirFull) {
 		t.Fatalf("store past the bound: %v, want ErrDirFull", err)
 	}
 	waitTrim(t, d)
-	if err := d.Store(ctx, "blocks/f/10", make([]byte, 100)); err != nil {
+	if err := d.Store(ctx, "blocks/f/10", make([]byte, page)); err != nil {
 		t.Fatal(err)
 	}
 	waitTrim(t, d)
@@ -129,8 +132,8 @@ func TestDirTrims(t *testing.T) {
 	if got := files(t, root); !slices.Equal(got, want) {
 		t.Errorf("after a trim the dir holds %q; want %q (the least recently used gone, then the new block)", got, want)
 	}
-	if d.Used() != 1000 {
-		t.Errorf("Used = %d, want 1000", d.Used())
+	if d.Used() != 10*page {
+		t.Errorf("Used = %d, want %d", d.Used(), 10*page)
 	}
 }
 
@@ -140,7 +143,8 @@ func TestDirTrims(t *testing.T) {
 // it removes files in use too, least recently used first.
 func TestDirKeepsSpaceFree(t *testing.T) {
 	ctx := context.Background()
-	const capacity = 10000
+	const page = 4096
+	const capacity = 100 * page
 	for _, tt := range []struct {
 		name     string
 		age      time.Duration // of the oldest file; each next one a minute younger
@@ -148,15 +152,15 @@ func TestDirKeepsSpaceFree(t *testing.T) {
 		want     []string
 		wantFull bool
 	}{
-		{"idle files make room", 3 * time.Hour, 9000, []string{"blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}, false},
-		{"files in use are kept", 10 * time.Minute, 9000, []string{"blocks/f/0", "blocks/f/1", "blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}, true},
-		// 100 bytes short of the file system: 400 go to leave 3% free.
-		{"below 3% free, files in use go too", 10 * time.Minute, 9500, []string{"blocks/f/4", "blocks/f/5"}, true},
+		{"idle files make room", 3 * time.Hour, 90 * page, []string{"blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}, false},
+		{"files in use are kept", 10 * time.Minute, 90 * page, []string{"blocks/f/0", "blocks/f/1", "blocks/f/2", "blocks/f/3", "blocks/f/4", "blocks/f/5"}, true},
+		// A page short of the file system: 4 go to leave 3% free.
+		{"below 3% free, files in use go too", 10 * time.Minute, 95 * page, []string{"blocks/f/4", "blocks/f/5"}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			root := t.TempDir()
 			var others atomic.Int64
-			others.Store(9000)
+			others.Store(90 * page)
 			statfs := func(string) (int64, int64, error) {
 				var used int64
 				filepath.WalkDir(root, func(p string, e iofs.DirEntry, err error) error {
@@ -176,7 +180,7 @@ func TestDirKeepsSpaceFree(t *testing.T) {
 			}
 			defer d.Close()
 			for i := range 6 {
-				err := d.Store(ctx, fmt.Sprintf("blocks/f/%d", i), make([]byte, 100))
+				err := d.Store(ctx, fmt.Sprintf("blocks/f/%d", i), make([]byte, page))
 				if err != nil && !errors.Is(err, ErrDirFull) {
 					t.Fatal(err)
 				}
@@ -206,15 +210,18 @@ func TestDirKeepsSpaceFree(t *testing.T) {
 	}
 }
 
-// TestDirWritesOffAfterAFailure: once a write fails, stores fail at once
-// with ErrDirNotWritable and write nothing, and loads go on.
-func TestDirWritesOffAfterAFailure(t *testing.T) {
+// TestDirWritesPauseAndResume: once a write fails, stores fail at once
+// with ErrDirNotWritable and write nothing, loads go on, and one line
+// says so; once the back-off is over, the next store tries again, and
+// when it works writes resume with another line.
+func TestDirWritesPauseAndResume(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "indexes"), 0o755)
 	os.WriteFile(filepath.Join(root, "indexes/kept"), []byte("k"), 0o644)
 	os.WriteFile(filepath.Join(root, "blocks"), nil, 0o644) // a file where a directory must go
-	d, err := OpenDir(root, 0, nil)
+	var log strings.Builder
+	d, err := OpenDir(root, 0, slog.New(slog.NewTextHandler(&log, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,14 +229,219 @@ func TestDirWritesOffAfterAFailure(t *testing.T) {
 	if err := d.Store(ctx, "blocks/x", []byte("x")); !errors.Is(err, ErrDirNotWritable) {
 		t.Fatalf("store under a file: %v, want ErrDirNotWritable", err)
 	}
-	if err := d.Store(ctx, "indexes/fine/y", []byte("y")); !errors.Is(err, ErrDirNotWritable) || d.WriteErr() == nil {
-		t.Fatalf("store after a failure: %v, want ErrDirNotWritable", err)
+	for range 3 {
+		if err := d.Store(ctx, "indexes/fine/y", []byte("y")); !errors.Is(err, ErrDirNotWritable) || d.WriteErr() == nil {
+			t.Fatalf("store after a failure: %v, want ErrDirNotWritable", err)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(root, "indexes/fine")); !os.IsNotExist(err) {
-		t.Errorf("a store after writes went off wrote something: %v", err)
+		t.Errorf("a store while writes were paused wrote something: %v", err)
 	}
 	if got, err := d.Load(ctx, "indexes/kept"); err != nil || string(got) != "k" {
-		t.Errorf("load after writes went off = %q, %v", got, err)
+		t.Errorf("load while writes were paused = %q, %v", got, err)
+	}
+	// The disk is repaired; the back-off ends.
+	os.Remove(filepath.Join(root, "blocks"))
+	d.writes.mu.Lock()
+	d.writes.retryAt = time.Now()
+	d.writes.mu.Unlock()
+	if err := d.Store(ctx, "blocks/x", []byte("x")); err != nil || d.WriteErr() != nil {
+		t.Fatalf("store after the back-off: %v (writes %v), want it written", err, d.WriteErr())
+	}
+	if got := strings.Count(log.String(), `msg="cache dir writes paused"`); got != 1 {
+		t.Errorf("%d lines saying writes paused, want 1:\n%s", got, log.String())
+	}
+	if got := strings.Count(log.String(), `msg="cache dir writes resumed"`); got != 1 {
+		t.Errorf("%d lines saying writes resumed, want 1:\n%s", got, log.String())
+	}
+}
+
+// TestDirRemovedDuringWrites: a dir whose directories are removed while
+// stores run (a user cleaning it, another process's trim) stores again
+// once they stop. (A store that lost the race turned writes off for the
+// rest of the process.)
+func TestDirRemovedDuringWrites(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := OpenDir(root, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stop := make(chan struct{})
+	removed := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				removed <- n
+				return
+			default:
+				os.RemoveAll(filepath.Join(root, "indexes"))
+				n++
+			}
+		}
+	}()
+	failed := 0
+	for i := range 3000 {
+		if err := d.Store(ctx, fmt.Sprintf("indexes/%02d/%d", i%10, i), []byte("x")); err != nil {
+			failed++
+		}
+	}
+	close(stop)
+	t.Logf("%d removals; %d of 3000 stores failed", <-removed, failed)
+	if !pollFor(dirRetryMax+5*time.Second, func() bool { return d.Store(ctx, "indexes/after", []byte("x")) == nil }) {
+		t.Errorf("stores still fail %v after the removals stopped: %v", dirRetryMax+5*time.Second, d.WriteErr())
+	}
+}
+
+// pollFor calls cond every 10 ms until it holds, for up to timeout.
+func pollFor(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// TestDirReadsPauseOnTooManyFiles: a load that gets EMFILE (the process
+// out of file descriptors, for real: its limit lowered) pauses reads
+// with one line, and they resume once descriptors are free again. (EMFILE
+// turned the disk tier off for good.)
+func TestDirReadsPauseOnTooManyFiles(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	var log strings.Builder
+	d, err := OpenDir(root, 0, slog.New(slog.NewTextHandler(&log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	waitTrim(t, d)
+	if err := d.Store(ctx, "indexes/a", []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	withFewFiles(t, func() {
+		if _, err := d.Load(ctx, "indexes/a"); !errors.Is(err, ErrDirNotReadable) || !errors.Is(err, syscall.EMFILE) {
+			t.Errorf("load out of file descriptors: %v, want ErrDirNotReadable wrapping EMFILE", err)
+		}
+	})
+	if !pollFor(dirRetryMax, func() bool { _, err := d.Load(ctx, "indexes/a"); return err == nil }) {
+		t.Fatalf("loads still fail once descriptors are free: %v", d.reads.current())
+	}
+	for _, msg := range []string{`msg="cache dir reads paused"`, `msg="cache dir reads resumed"`} {
+		if got := strings.Count(log.String(), msg); got != 1 {
+			t.Errorf("%d lines %s, want 1:\n%s", got, msg, log.String())
+		}
+	}
+}
+
+// withFewFiles runs fn with the process's soft limit of open files at
+// what it has open now, every descriptor below it taken: any open in fn
+// fails with EMFILE.
+func withFewFiles(t *testing.T, fn func()) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(len(fds))
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	for { // the numbers below the limit that are free
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		defer f.Close()
+	}
+	fn()
+}
+
+// TestDirModesWhateverTheUmask: what a dir makes is readable (and its
+// directories searchable) by every user under a umask of 077, which
+// made 0700 directories. Files are 0644, directories 0755.
+func TestDirModesWhateverTheUmask(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	root := filepath.Join(t.TempDir(), "made")
+	d, err := OpenDir(root, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Store(context.Background(), "indexes/npz/ab/x.idx", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	id := NewObjectID("obj")
+	f, err := d.CreateObject(id.Name(BlocksArea), id, UnitSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	filepath.WalkDir(root, func(p string, e iofs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := e.Info()
+		want := iofs.FileMode(dirFileMode)
+		if fi.IsDir() {
+			want = dirDirMode
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", p, fi.Mode().Perm(), want)
+		}
+		return nil
+	})
+}
+
+// TestDirTrimCountsOnlyItsRemovals: a file another process removed
+// between the trim's listing and its removal is not counted as removed
+// by this one, in files or bytes.
+func TestDirTrimCountsOnlyItsRemovals(t *testing.T) {
+	const page = 4096
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := OpenDir(root, 4*page, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	waitTrim(t, d)
+	old := time.Now().Add(-2 * time.Hour)
+	for i := range 4 {
+		name := fmt.Sprintf("indexes/%d", i)
+		d.Store(ctx, name, make([]byte, page))
+		at := old.Add(time.Duration(i) * time.Minute) // 0 is the least recently used
+		os.Chtimes(filepath.Join(root, name), at, at)
+	}
+	waitTrim(t, d)
+	d.beforeRemove = func(p string) {
+		if strings.HasSuffix(p, "/0") || strings.HasSuffix(p, "/1") {
+			os.Remove(p) // another process's trim, first
+		}
+	}
+	d.Store(ctx, "indexes/4", make([]byte, page)) // over the bound: a trim to 3.6 pages
+	waitTrim(t, d)
+	if got := files(t, root); !slices.Equal(got, []string{"indexes/2", "indexes/3", "indexes/4"}) {
+		t.Errorf("after the trim the dir holds %q", got)
+	}
+	if d.Removed() != 0 {
+		t.Errorf("Removed = %d; this process removed nothing, another did", d.Removed())
+	}
+	if d.Used() != 3*page {
+		t.Errorf("Used = %d, want %d", d.Used(), 3*page)
 	}
 }
 
@@ -264,6 +476,7 @@ func TestDirCountsStoresDuringAWalk(t *testing.T) {
 // TestDirOldestKeepsOnlyWhatGoes: the trim's second walk keeps only the
 // oldest files that add up to what must go, not every file of the dir.
 func TestDirOldestKeepsOnlyWhatGoes(t *testing.T) {
+	const page = 4096 // a file of a page takes a page of disk
 	root := t.TempDir()
 	d, err := OpenDir(root, 0, nil)
 	if err != nil {
@@ -275,14 +488,14 @@ func TestDirOldestKeepsOnlyWhatGoes(t *testing.T) {
 	for i, at := range rand.Perm(200) { // written in shuffled order of age
 		p := filepath.Join(root, fmt.Sprintf("blocks/%02d/%d", i%7, at))
 		os.MkdirAll(filepath.Dir(p), 0o755)
-		os.WriteFile(p, make([]byte, 100), 0o644)
+		os.WriteFile(p, make([]byte, page), 0o644)
 		mt := base.Add(time.Duration(at) * time.Minute)
 		os.Chtimes(p, mt, mt)
 	}
 	for _, tt := range []struct {
 		need int64
 		want int
-	}{{1, 1}, {100, 1}, {101, 2}, {950, 10}, {1 << 30, 200}} {
+	}{{1, 1}, {page, 1}, {page + 1, 2}, {9*page + page/2, 10}, {1 << 30, 200}} {
 		files, err := d.oldest(tt.need)
 		if err != nil {
 			t.Fatal(err)

@@ -1,16 +1,11 @@
 package cache
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	iofs "io/fs"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -27,22 +22,24 @@ import (
 // It sits under the memory cache, which asks it for runs of whole blocks,
 // and over the store that talks to S3.
 //
-// A block file is named by a hash of the bucket, key, version tag (ETag)
-// and size, and the block's index: a block of another version of the
-// object is never looked at. It holds the block's bytes and a trailer
-// that repeats that hash and index and ends in a CRC-32C of the file,
-// checked on every read; a file that fails is removed, logged and counted,
-// and the block is fetched again. Blocks fetched from S3 are written in
-// the background, from copies: a read never waits for the disk, and when
-// DiskWriteBacklog bytes already wait to be written a block is not
-// written (it is fetched again next time). A write that fails (full disk, read-only, I/O error) turns the
-// Dir's writes off; a read that fails other than by a missing or damaged
-// file turns the tier off: reads go on from S3.
+// The bytes of an object version are kept in one object file (see
+// ObjectFile), in units of UnitSize that do not depend on the block
+// size: mounts of other block sizes share the file, each reading what
+// the others wrote. The file is named by a hash of the store (endpoint
+// and bucket), the key, the version tag (ETag) and the size: a block of
+// another version, or of another store, is never looked at. Each unit is
+// checked against its CRC-32C on every read; a unit that fails is
+// dropped, logged and counted, and its block is fetched again. Blocks
+// fetched from S3 are written in the background, from copies: a read
+// never waits for the disk, and when DiskWriteBacklog bytes already wait
+// to be written a block is not written (it is fetched again next time).
+// A failure pauses the dir's reads or writes for a while (Dir): reads go
+// on from S3.
 type DiskTier struct {
 	next      s3backend.ObjectStore
 	dir       *Dir
 	blockSize int64
-	bucket    string
+	source    string
 	logger    *slog.Logger
 	// pending bounds the bytes of block copies waiting to be written;
 	// writers bounds the writes under way, so that a burst queues
@@ -50,14 +47,13 @@ type DiskTier struct {
 	pending *Budget
 	writers *semaphore.Weighted
 	writes  sync.WaitGroup
-	// off is set once a read from the disk failed.
-	off atomic.Bool
 
 	hits, misses, checksumFailures, bytesWritten, writesSkipped atomic.Int64
 }
 
-// diskWriters bounds the block files being written at once;
-// DiskWriteBacklog the bytes of copies waiting for them. A read that
+// diskWriters bounds the object files being written at once;
+// DiskWriteBacklog the bytes of copies waiting for them, whatever the
+// block size (one block of the largest, 64 MiB, fills it). A read that
 // finds the backlog full does not wait: its blocks are not written, and
 // are fetched again next time (counted as writes skipped). 64 MiB holds
 // a burst of read-ahead at 1 GB/s for longer than a disk takes to catch
@@ -67,22 +63,21 @@ const (
 	DiskWriteBacklog = 64 << 20
 )
 
-// blockTrailer is what a block file holds after the block: a magic, the
-// hash of the object version, the block index, and the CRC-32C of all
-// before it.
-const (
-	blockMagic   = "BGBFSBK1"
-	blockTrailer = len(blockMagic) + 16 + 8 + 4
-)
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// NewDiskTier keeps the blocks of blockSize bytes of bucket read through
-// next in dir.
-func NewDiskTier(next s3backend.ObjectStore, dir *Dir, blockSize int64, bucket string, logger *slog.Logger) *DiskTier {
+// NewDiskTier keeps the blocks of blockSize bytes (a multiple of
+// UnitSize) of the objects read through next in dir; source names the
+// store next reads (its endpoint and bucket), which what the dir keeps
+// is of.
+func NewDiskTier(next s3backend.ObjectStore, dir *Dir, blockSize int64, source string, logger *slog.Logger) (*DiskTier, error) {
+	if blockSize <= 0 || blockSize%UnitSize != 0 || blockSize > DiskWriteBacklog {
+		return nil, fmt.Errorf("block size %d is not a multiple of the cache dir's unit, %d bytes, up to %d", blockSize, UnitSize, DiskWriteBacklog)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &DiskTier{next: next, dir: dir, blockSize: blockSize, bucket: bucket, logger: logger,
-		pending: NewBudget(max(DiskWriteBacklog, 4*blockSize)), writers: semaphore.NewWeighted(diskWriters)}
+	return &DiskTier{next: next, dir: dir, blockSize: blockSize, source: source, logger: logger,
+		pending: NewBudget(DiskWriteBacklog), writers: semaphore.NewWeighted(diskWriters)}, nil
 }
 
 // DiskStats is a snapshot of the disk tier's counters.
@@ -90,14 +85,16 @@ type DiskStats struct {
 	// Hits and Misses count blocks asked of the tier: read from disk, or
 	// fetched from S3.
 	Hits, Misses int64
-	// ChecksumFailures counts block files found damaged (and removed).
+	// ChecksumFailures counts damage found: object files not whole, and
+	// units whose CRC-32C failed.
 	ChecksumFailures int64
 	// BytesWritten counts block bytes written to disk; WritesSkipped the
-	// blocks not written because the writers were busy or writes are off.
+	// blocks not written because the backlog was full, the dir full of
+	// files in use, or its writes paused.
 	BytesWritten, WritesSkipped int64
-	// Evictions counts files this process removed from the dir (blocks
-	// and indexes, least recently used or damaged); BytesUsed is what the
-	// dir holds, as far as this process knows.
+	// Evictions counts files this process removed from the dir (object
+	// files and indexes, least recently used or damaged); BytesUsed is
+	// the disk space the dir takes, as far as this process knows.
 	Evictions, BytesUsed int64
 }
 
@@ -122,33 +119,41 @@ func (t *DiskTier) List(ctx context.Context, req s3backend.ListRequest) (s3backe
 	return t.next.List(ctx, req)
 }
 
-// versionHash names an object version among all a dir may hold.
-func (t *DiskTier) versionHash(v s3backend.Version) []byte {
-	h := sha256.New()
-	for _, f := range []string{t.bucket, v.Key, v.Tag(), strconv.FormatInt(v.Size, 10)} {
-		h.Write(binary.AppendUvarint(nil, uint64(len(f))))
-		h.Write([]byte(f))
-	}
-	return h.Sum(nil)[:16]
-}
-
-func blockName(vh []byte, idx int64) string {
-	s := hex.EncodeToString(vh)
-	return BlocksArea + s[:2] + "/" + s + "-" + strconv.FormatInt(idx, 10)
+// objectID names an object version among all a dir may hold.
+func (t *DiskTier) objectID(v s3backend.Version) ObjectID {
+	return NewObjectID(t.source, v.Key, v.Tag(), strconv.FormatInt(v.Size, 10))
 }
 
 // ReadAt implements ObjectStore. A read of whole blocks (as the memory
 // cache makes) is served from disk where the blocks are there, and from
 // next for the runs that are not; any other read goes to next.
 func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
-	if t.off.Load() || !t.wholeBlocks(v, off, bufs) {
+	if !t.wholeBlocks(v, off, bufs) {
 		return t.next.ReadAt(ctx, v, off, bufs...)
 	}
-	vh := t.versionHash(v)
+	id := t.objectID(v)
+	name := id.Name(BlocksArea)
+	f, err := t.dir.OpenObject(name, id, v.Size)
+	if errors.Is(err, ErrDamaged) {
+		t.damaged(err)
+	}
+	if f != nil {
+		defer f.Close()
+	}
 	first := off / t.blockSize
+	onDisk := func(i int) bool {
+		if f == nil {
+			return false
+		}
+		ok, err := f.ReadAt(bufs[i], (first+int64(i))*t.blockSize)
+		if errors.Is(err, ErrDamaged) {
+			t.damaged(err)
+		}
+		return ok
+	}
 	n := 0
 	for i := 0; i < len(bufs); {
-		if t.readBlock(vh, first+int64(i), bufs[i]) {
+		if onDisk(i) {
 			t.hits.Add(1)
 			n += len(bufs[i])
 			i++
@@ -158,7 +163,7 @@ func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, b
 		// it, which is read (into its own buffer) on the way.
 		j, found := i+1, false
 		for ; j < len(bufs); j++ {
-			if found = t.readBlock(vh, first+int64(j), bufs[j]); found {
+			if found = onDisk(j); found {
 				break
 			}
 		}
@@ -168,7 +173,7 @@ func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, b
 		if err != nil && !errors.Is(err, io.EOF) {
 			return n, err
 		}
-		t.writeBlocks(vh, first+int64(i), bufs[i:j], m)
+		t.writeBlocks(v, id, first+int64(i), bufs[i:j], m)
 		if err != nil {
 			return n, err // io.EOF: the object ended before its listed size
 		}
@@ -196,100 +201,67 @@ func (t *DiskTier) wholeBlocks(v s3backend.Version, off int64, bufs [][]byte) bo
 	return true
 }
 
-// readBlock fills buf with block idx from disk if the dir holds it whole
-// and its checksum and trailer are right.
-func (t *DiskTier) readBlock(vh []byte, idx int64, buf []byte) bool {
-	name := blockName(vh, idx)
-	f, size, err := t.dir.Open(name)
-	if errors.Is(err, iofs.ErrNotExist) {
-		return false
-	}
-	if err != nil {
-		t.turnOff(err)
-		return false
-	}
-	defer f.Close()
-	var trailer [blockTrailer]byte
-	if size != int64(len(buf)+blockTrailer) {
-		t.damaged(name, fmt.Sprintf("%d bytes, want %d", size, len(buf)+blockTrailer))
-		return false
-	}
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		t.turnOff(err)
-		return false
-	}
-	if _, err := f.ReadAt(trailer[:], int64(len(buf))); err != nil {
-		t.turnOff(err)
-		return false
-	}
-	sum := crc32.Update(crc32.Checksum(buf, castagnoli), castagnoli, trailer[:blockTrailer-4])
-	want := makeTrailer(vh, idx, buf)
-	if sum != binary.LittleEndian.Uint32(trailer[blockTrailer-4:]) || !bytes.Equal(trailer[:], want[:]) {
-		t.damaged(name, "checksum mismatch")
-		return false
-	}
-	return true
-}
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func makeTrailer(vh []byte, idx int64, data []byte) [blockTrailer]byte {
-	var tr [blockTrailer]byte
-	copy(tr[:], blockMagic)
-	copy(tr[len(blockMagic):], vh)
-	binary.LittleEndian.PutUint64(tr[len(blockMagic)+16:], uint64(idx))
-	sum := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, tr[:blockTrailer-4])
-	binary.LittleEndian.PutUint32(tr[blockTrailer-4:], sum)
-	return tr
-}
-
-// damaged drops a block file that failed its check: it is fetched again.
-func (t *DiskTier) damaged(name, why string) {
+// damaged counts and logs damage found in the dir: what it was is
+// dropped, and fetched again.
+func (t *DiskTier) damaged(err error) {
 	t.checksumFailures.Add(1)
-	t.logger.Warn("cache dir: damaged block file removed; fetching the block again", "file", name, "reason", why)
-	t.dir.Remove(name)
-}
-
-func (t *DiskTier) turnOff(err error) {
-	if t.off.CompareAndSwap(false, true) {
-		t.logger.Warn("cache dir unreadable: blocks read from S3 only", "dir", t.dir, "err", err)
-	}
+	t.logger.Warn("cache dir: damaged data dropped; fetching it again", "dir", t.dir, "reason", err)
 }
 
 // writeBlocks writes the first n bytes' worth of whole blocks of bufs,
-// blocks first.. of the version vh, in the background, from copies.
-func (t *DiskTier) writeBlocks(vh []byte, first int64, bufs [][]byte, n int) {
-	for i, b := range bufs {
-		if n < len(b) {
+// blocks first.. of the version v, in the background, from one copy.
+func (t *DiskTier) writeBlocks(v s3backend.Version, id ObjectID, first int64, bufs [][]byte, n int) {
+	var whole int
+	for whole < len(bufs) && n >= len(bufs[whole]) {
+		n -= len(bufs[whole])
+		whole++
+	}
+	bufs = bufs[:whole]
+	// A full dir keeps a stable part of the data; the rest comes from S3
+	// each time (see Dir).
+	if len(bufs) == 0 || t.dir.WriteErr() != nil || !t.dir.TakesBlocks() {
+		t.writesSkipped.Add(int64(len(bufs)))
+		return
+	}
+	var size int64
+	taken := 0
+	for _, b := range bufs {
+		if !t.pending.TryTake(int64(len(b))) {
+			break
+		}
+		size += int64(len(b))
+		taken++
+	}
+	t.writesSkipped.Add(int64(len(bufs) - taken))
+	if taken == 0 {
+		return
+	}
+	data := make([]byte, 0, size)
+	for _, b := range bufs[:taken] {
+		data = append(data, b...)
+	}
+	t.writes.Add(1)
+	go func() {
+		defer t.writes.Done()
+		defer t.pending.Give(size)
+		_ = t.writers.Acquire(context.Background(), 1) // cannot fail
+		defer t.writers.Release(1)
+		name := id.Name(BlocksArea)
+		f, err := t.dir.CreateObject(name, id, v.Size)
+		if err != nil {
+			t.writesSkipped.Add(int64(taken))
 			return
 		}
-		n -= len(b)
-		// A full dir keeps a stable part of the data; the rest comes from
-		// S3 each time (see Dir).
-		if t.dir.WriteErr() != nil || !t.dir.TakesBlocks() {
-			t.writesSkipped.Add(1)
-			continue
-		}
-		idx := first + int64(i)
-		size := int64(len(b) + blockTrailer)
-		if !t.pending.TryTake(size) {
-			t.writesSkipped.Add(1)
-			continue
-		}
-		tr := makeTrailer(vh, idx, b)
-		data := make([]byte, 0, size)
-		data = append(append(data, b...), tr[:]...)
-		t.writes.Add(1)
-		go func() {
-			defer t.writes.Done()
-			defer t.pending.Give(size)
-			_ = t.writers.Acquire(context.Background(), 1) // cannot fail
-			defer t.writers.Release(1)
-			if t.dir.Store(context.Background(), blockName(vh, idx), data) == nil {
-				t.bytesWritten.Add(int64(len(b)))
-			} else {
-				t.writesSkipped.Add(1)
+		defer f.Close()
+		// Block by block: a dir near its bound takes what fits.
+		for i, b := range bufs[:taken] {
+			at := int64(i) * t.blockSize
+			written, err := f.WriteAt(data[at:at+int64(len(b))], (first+int64(i))*t.blockSize)
+			if err != nil {
+				t.writesSkipped.Add(int64(taken - i))
+				return
 			}
-		}()
-	}
+			t.bytesWritten.Add(written)
+		}
+	}()
 }

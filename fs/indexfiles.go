@@ -3,9 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -32,15 +30,17 @@ type StateDir interface {
 // found instead of inflating every member again.
 //
 // Each index is a file of its own, named by a hash of what it is of: the
-// bucket, the key, the archive version (ETag, or size and modification
+// store (endpoint and bucket), the key, the archive version (ETag, or size and modification
 // time) and size, the member, and the encoding's format version. The
 // file says all of these again and ends in a CRC-32C of the rest; an
 // index is used only if all agree, so a file that is torn, damaged, of
 // another format or of an overwritten archive is never trusted (Load
 // says why, and it is built and written again).
 type IndexFiles struct {
-	Dir    StateDir
-	Bucket string
+	Dir StateDir
+	// Source names the store the archives are read from (its endpoint
+	// and bucket), as the disk tier's does.
+	Source string
 	// Known, if set, says which names the dir holds (from one listing),
 	// so that a name it does not hold is not asked for.
 	Known map[string]bool
@@ -80,26 +80,20 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // indexID is what an index file is of.
 type indexID struct {
-	bucket string
+	source string
 	obj    cache.Object
 	member string
 }
 
 func (id indexID) fields() []string {
-	return []string{id.bucket, id.obj.Key, id.obj.Tag(), strconv.FormatInt(id.obj.Size, 10), id.member}
+	return []string{id.source, id.obj.Key, id.obj.Tag(), strconv.FormatInt(id.obj.Size, 10), id.member}
 }
 
 // name is the file's path in the dir: a hash of the fields and the
 // format version, spread over 256 subdirectories.
 func (id indexID) name(suffix string) string {
-	h := sha256.New()
-	for _, f := range id.fields() {
-		h.Write(binary.AppendUvarint(nil, uint64(len(f))))
-		h.Write([]byte(f))
-	}
-	h.Write(binary.LittleEndian.AppendUint32(nil, npz.IndexFormat))
-	s := hex.EncodeToString(h.Sum(nil)[:16])
-	return indexFileDir + s[:2] + "/" + s + suffix
+	fields := append(id.fields(), "format "+strconv.Itoa(npz.IndexFormat))
+	return cache.NewObjectID(fields...).Name(indexFileDir) + suffix
 }
 
 // encode frames body as a file of id: magic, format version, the id's
@@ -140,7 +134,7 @@ func (id indexID) decode(b []byte) ([]byte, error) {
 			return nil, bad("malformed header")
 		}
 		if got := string(rest[k : k+int(n)]); got != want {
-			what := [...]string{"bucket", "key", "archive version", "archive size", "member"}[i]
+			what := [...]string{"source", "key", "archive version", "archive size", "member"}[i]
 			return nil, bad("of another %s (%q, want %q)", what, got, want)
 		}
 		rest = rest[k+int(n):]
@@ -152,7 +146,7 @@ func (id indexID) decode(b []byte) ([]byte, error) {
 // error wrapping io/fs.ErrNotExist if there is none, ErrIndexFileBad if
 // the file is not to be trusted, or another error if it cannot be read.
 func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
-	id := indexID{f.Bucket, obj, m.Name}
+	id := indexID{f.Source, obj, m.Name}
 	b, err := f.load(ctx, id.name(indexFileSuffix))
 	if err != nil {
 		return nil, err
@@ -174,7 +168,7 @@ func (f IndexFiles) Save(ctx context.Context, obj cache.Object, m npz.Member, x 
 	if err != nil {
 		return err
 	}
-	id := indexID{f.Bucket, obj, m.Name}
+	id := indexID{f.Source, obj, m.Name}
 	return f.Dir.Store(ctx, id.name(indexFileSuffix), id.encode(body))
 }
 
@@ -217,7 +211,7 @@ func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlace
 		body = binary.AppendUvarint(body, uint64(len(xb)))
 		body = append(body, xb...)
 	}
-	id := indexID{f.Bucket, obj, ""}
+	id := indexID{f.Source, obj, ""}
 	return f.Dir.Store(ctx, id.name(archiveDoneSuffix), id.encode(body))
 }
 
@@ -225,7 +219,7 @@ func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlace
 // missing or untrustworthy record is not done; an error is a failure to
 // look.
 func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement) (bool, error) {
-	id := indexID{f.Bucket, obj, ""}
+	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if errors.Is(err, iofs.ErrNotExist) {
 		return false, nil
@@ -241,7 +235,7 @@ func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement
 // kept for archive obj: an error wrapping io/fs.ErrNotExist if there are
 // none, ErrIndexFileBad if the file is not to be trusted.
 func (f IndexFiles) LoadArchive(ctx context.Context, obj cache.Object) (*npz.Directory, map[string]*npz.Index, error) {
-	id := indexID{f.Bucket, obj, ""}
+	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if err != nil {
 		return nil, nil, err

@@ -111,7 +111,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := &memDir{}
-			files := IndexFiles{Dir: dir, Bucket: "bucket"}
+			files := IndexFiles{Dir: dir, Source: "bucket"}
 			if err := files.Save(ctx, obj, m, x); err != nil {
 				t.Fatal(err)
 			}
@@ -137,14 +137,14 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 		})
 	}
 	// Another ETag, bucket or member is another file: not found.
-	files := IndexFiles{Dir: &memDir{}, Bucket: "bucket"}
+	files := IndexFiles{Dir: &memDir{}, Source: "bucket"}
 	files.Save(ctx, obj, m, x)
 	for _, o := range []cache.Object{{Key: obj.Key, ETag: `"v2"`, Size: obj.Size}, {Key: obj.Key, ETag: obj.ETag, Size: obj.Size + 1}, {Key: "train/b.npz", ETag: obj.ETag, Size: obj.Size}} {
 		if _, err := files.Load(ctx, o, m); !errors.Is(err, iofs.ErrNotExist) {
 			t.Errorf("load for %+v: %v, want ErrNotExist", o, err)
 		}
 	}
-	if _, err := (IndexFiles{Dir: files.Dir, Bucket: "other"}).Load(ctx, obj, m); !errors.Is(err, iofs.ErrNotExist) {
+	if _, err := (IndexFiles{Dir: files.Dir, Source: "other"}).Load(ctx, obj, m); !errors.Is(err, iofs.ErrNotExist) {
 		t.Errorf("load for another bucket: %v, want ErrNotExist", err)
 	}
 }
@@ -153,7 +153,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 // indexed with, and only its own version.
 func TestArchiveDone(t *testing.T) {
 	ctx := context.Background()
-	files := IndexFiles{Dir: &memDir{}, Bucket: "bucket"}
+	files := IndexFiles{Dir: &memDir{}, Source: "bucket"}
 	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
 	if done, err := files.Done(ctx, obj, p); done || err != nil {
@@ -199,7 +199,7 @@ func TestIndexFilesKnown(t *testing.T) {
 	dir := &countingDir{}
 	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
-	files := IndexFiles{Dir: dir, Bucket: "b", Known: map[string]bool{}}
+	files := IndexFiles{Dir: dir, Source: "b", Known: map[string]bool{}}
 	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
 		t.Fatalf("done %v, %v, %d loads; want not done and no load", done, err, dir.loads)
 	}
@@ -225,7 +225,7 @@ func TestArchiveFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
-	files := IndexFiles{Dir: &memDir{}, Bucket: "b"}
+	files := IndexFiles{Dir: &memDir{}, Source: "b"}
 	if _, _, err := files.LoadArchive(ctx, obj); !errors.Is(err, iofs.ErrNotExist) {
 		t.Fatalf("no archive file: %v, want ErrNotExist", err)
 	}

@@ -3,6 +3,8 @@ package fs
 import (
 	"path"
 	"strings"
+
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // Limit is the smoke-test view: in a limited directory only the first N
@@ -40,22 +42,66 @@ func (l Limit) Active() bool {
 	return l.HasDefault || len(l.PerDir) > 0
 }
 
-// Shown reports which of the regular files names, sorted by name, of the
-// directory at rel (relative to the mount root) a mount with l shows: the
-// same choice the smoke view makes, for "bgbfs index --limit-files".
-func (l Limit) Shown(rel string, names []string) []bool {
-	n := l.forDir(rel)
-	shown := make([]bool, len(names))
-	seen := 0
-	for i, name := range names {
-		if n < 0 || !l.matches(name) {
-			shown[i] = true
+// ShownFiles returns the files a mount of prefix with limit shows, from
+// a listing without delimiter of every object under prefix: each
+// directory from the root down gets the entries its own listing would
+// (mergeListing: names a file can have, a directory hiding a file of its
+// name) and keeps those of the smoke view (applyLimit), and only the
+// directories shown are entered. "bgbfs index --limit-files" indexes
+// these, so that it indexes what a mount shows.
+func ShownFiles(prefix string, objects []s3backend.ObjectInfo, limit Limit) []s3backend.ObjectInfo {
+	// The page each directory's delimited listing would give.
+	pages := map[string]*s3backend.ListPage{}
+	seen := map[string]bool{} // common prefixes already in a page
+	page := func(dir string) *s3backend.ListPage {
+		if pages[dir] == nil {
+			pages[dir] = &s3backend.ListPage{}
+		}
+		return pages[dir]
+	}
+	for _, o := range objects {
+		rel, ok := strings.CutPrefix(o.Key, prefix)
+		if !ok {
 			continue
 		}
-		shown[i] = seen < n
-		seen++
+		dir := prefix
+		for {
+			i := strings.IndexByte(rel, '/')
+			if i < 0 {
+				break
+			}
+			sub := dir + rel[:i+1]
+			if !seen[sub] {
+				seen[sub] = true
+				p := page(dir)
+				p.CommonPrefixes = append(p.CommonPrefixes, sub)
+			}
+			dir, rel = sub, rel[i+1:]
+		}
+		p := page(dir)
+		p.Objects = append(p.Objects, o)
 	}
-	return shown
+	var out []s3backend.ObjectInfo
+	var visit func(dir string)
+	visit = func(dir string) {
+		p := pages[dir]
+		if p == nil {
+			return
+		}
+		entries, _ := mergeListing(dir, []s3backend.ListPage{*p})
+		if n := limit.forDir(strings.TrimPrefix(dir, prefix)); n >= 0 {
+			entries = applyLimit(entries, n, limit.matches)
+		}
+		for _, e := range entries {
+			if e.isDir {
+				visit(dir + e.name + "/")
+				continue
+			}
+			out = append(out, s3backend.ObjectInfo{Key: e.key, Size: e.size, ETag: e.etag, LastModified: e.mtime})
+		}
+	}
+	visit(prefix)
+	return out
 }
 
 // applyLimit keeps directories, files that do not match, and the first n

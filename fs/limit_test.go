@@ -108,27 +108,69 @@ func TestApplyLimit(t *testing.T) {
 	}
 }
 
-// TestLimitShown: "bgbfs index --limit-files" picks the files the smoke
-// view shows, directory by directory.
-func TestLimitShown(t *testing.T) {
-	entries := []dirEntry{{name: "a.npz"}, {name: "b.json"}, {name: "c.npz"}, {name: "e.npz"}, {name: "f.npz"}}
-	var files []string
-	for _, e := range entries {
-		files = append(files, e.name)
-	}
-	for _, n := range []int{0, 1, 3, 10} {
-		l := Limit{Pattern: "*.npz", PerDir: map[string]int{"train": n}}
-		var shown []string
-		for i, ok := range l.Shown("train", files) {
-			if ok {
-				shown = append(shown, files[i])
+// TestShownFilesIsTheMountsView: the files "bgbfs index --limit-files"
+// picks from one listing of everything under the prefix are those a walk
+// of the mount (readdir of each directory shown, from the root down)
+// finds, for random key sets full of names a mount hides (empty, "." and
+// ".." components, names over 255 bytes, files under a directory's name)
+// and random smoke-view limits.
+func TestShownFilesIsTheMountsView(t *testing.T) {
+	components := []string{"a.npz", "a.npz-1.npz", "b.npz", "m.json", "x", "x.npz", "", ".", "..", strings.Repeat("l", 256) + ".npz"}
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(56, 78))
+	for round := range 300 {
+		keys := []string{"p/train/a.npz", "p/train/a.npz/inner.npz", "p/train/b.npz"}
+		for range rng.IntN(12) {
+			k := "p"
+			for range 1 + rng.IntN(3) {
+				k += "/" + components[rng.IntN(len(components))]
+			}
+			keys = append(keys, k)
+		}
+		mem := memstore.New()
+		var objects []s3backend.ObjectInfo
+		for _, k := range keys {
+			mem.Put(k, []byte("x"))
+		}
+		page, _ := mem.List(ctx, s3backend.ListRequest{Prefix: "p/", MaxKeys: 1000})
+		objects = page.Objects
+		lim := Limit{Pattern: "*.npz"}
+		switch rng.IntN(3) {
+		case 1:
+			lim.Default, lim.HasDefault = rng.IntN(3), true
+		case 2:
+			lim.PerDir = map[string]int{"train": rng.IntN(2)}
+		}
+		tr := &tree{Config: Config{Lister: mem, Prefix: "p/", MetadataTTL: time.Hour, Logger: slog.New(slog.DiscardHandler), Limit: lim}}
+		var walked []string
+		var walk func(prefix string)
+		walk = func(prefix string) {
+			d := tr.newDirNode(prefix)
+			gofs.NewNodeFS(d, nil)
+			stream, errno := d.Readdir(ctx)
+			if errno != 0 {
+				t.Fatalf("readdir %s: %v", prefix, errno)
+			}
+			for stream.HasNext() {
+				e, _ := stream.Next()
+				switch {
+				case e.Name == "." || e.Name == "..":
+				case e.Mode&syscall.S_IFDIR != 0:
+					walk(prefix + e.Name + "/")
+				default:
+					walked = append(walked, prefix+e.Name)
+				}
 			}
 		}
-		if got, want := strings.Join(shown, " "), names(applyLimit(entries, n, l.matches)); got != want {
-			t.Errorf("limit %d: shown %q, the view keeps %q", n, got, want)
+		walk("p/")
+		var shown []string
+		for _, o := range ShownFiles("p/", objects, lim) {
+			shown = append(shown, o.Key)
 		}
-		if all := l.Shown("dev", files); slices.Contains(all, false) {
-			t.Errorf("limit %d on train hides files of dev: %v", n, all)
+		slices.Sort(walked)
+		slices.Sort(shown)
+		if !slices.Equal(shown, walked) {
+			t.Errorf("round %d, keys %q, limit %+v: ShownFiles %q, the mount shows %q", round, keys, lim, shown, walked)
 		}
 	}
 }

@@ -209,9 +209,14 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			// array's header) costs less inflated alone than the
 			// whole span, unless the kernel is known to read on (the
 			// first read of a window starts near a span's start).
-			// Inflate just what is asked.
+			// Inflate just what is asked, in the background like a
+			// span: inflating up to it may take seconds of CPU, which
+			// an interrupt must not wait for.
 			g.Go(func() error {
-				_, err := x.ReadAt(readerAt{gctx, r.src}, dst, at)
+				data, err := r.inflateOnce(gctx, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
+					return r.inflate(x, at, upto, false)
+				})
+				copy(dst, data)
 				return err
 			})
 		} else {
@@ -357,7 +362,13 @@ func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 		return data, nil
 	}
 	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
-	inflated := r.inflating.DoChan(key, func() (any, error) { return r.inflate(x, start, stop) })
+	return r.inflateOnce(ctx, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
+}
+
+// inflateOnce runs inflate in the background, once for concurrent
+// requests of one key, and waits for it unless ctx ends first.
+func (r *memberReader) inflateOnce(ctx context.Context, key string, inflate func() ([]byte, error)) ([]byte, error) {
+	inflated := r.inflating.DoChan(key, func() (any, error) { return inflate() })
 	select {
 	case res := <-inflated:
 		if res.Err != nil {
@@ -369,10 +380,10 @@ func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 	}
 }
 
-// inflate inflates [start, stop) into a buffer of its own and holds it
-// if the view's span budget has room. A failure is not held: the next
-// read tries again.
-func (r *memberReader) inflate(x *npz.Index, start, stop int64) ([]byte, error) {
+// inflate inflates [start, stop) into a buffer of its own and, with
+// keep (a span from its access point), holds it if the view's span
+// budget has room. A failure is not held: the next read tries again.
+func (r *memberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -381,14 +392,18 @@ func (r *memberReader) inflate(x *npz.Index, start, stop int64) ([]byte, error) 
 	r.running.Add(1)
 	r.mu.Unlock()
 	defer r.running.Done()
-	if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
-		return data, nil
+	if keep {
+		if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
+			return data, nil
+		}
 	}
 	data := make([]byte, stop-start)
 	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, start); err != nil {
 		return nil, err
 	}
-	r.hold(decodedSpan{start: start, stop: stop, data: data})
+	if keep {
+		r.hold(decodedSpan{start: start, stop: stop, data: data})
+	}
 	return data, nil
 }
 

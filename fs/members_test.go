@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -557,5 +558,138 @@ func TestNPZViewCloseStopsIndexBuilds(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("view closed: the read waiting for an index build still has no answer after 10 s (the build goes on)")
+	}
+}
+
+// TestRememberedDirectoriesBoundedByBytes: the zip directories the view
+// remembers take at most maxDirBytes however large each is; a directory
+// too large to be worth it is not remembered; small ones are. (They were
+// bounded by count: 16,384 directories of up to 16 MiB each.)
+func TestRememberedDirectoriesBoundedByBytes(t *testing.T) {
+	v, err := NewNPZView(1<<20, MinNPZIndexBytes, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	dir := func(members, nameLen int) *npz.Directory {
+		d := &npz.Directory{}
+		for i := range members {
+			d.Members = append(d.Members, npz.Member{Name: fmt.Sprintf("%0*d.npy", nameLen, i)})
+		}
+		return d
+	}
+	held := func() (n int64) {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		for k, d := range v.dirs {
+			n += directoryBytes(len(k), d)
+		}
+		return n
+	}
+	for i := range 200 {
+		v.rememberDirectory(cache.Object{Key: fmt.Sprintf("big%d.npz", i), ETag: "e", Size: 1}, dir(5000, 100))
+		if n := held(); n > maxDirBytes {
+			t.Fatalf("after %d directories of 5,000 members the view holds %d bytes of them, over %d", i+1, n, maxDirBytes)
+		}
+	}
+	huge := cache.Object{Key: "huge.npz", ETag: "e", Size: 1}
+	v.rememberDirectory(huge, dir(50000, 200))
+	if v.knownDirectory(huge) != nil {
+		t.Error("a directory of 50,000 members (11 MB) was remembered")
+	}
+	small := cache.Object{Key: "small.npz", ETag: "e", Size: 1}
+	v.rememberDirectory(small, dir(2, 10))
+	if v.knownDirectory(small) == nil {
+		t.Error("a directory of 2 members was not remembered")
+	}
+}
+
+// zerosInOneBlock is raw deflate data of n zeros (n-1 a multiple of 258)
+// in one fixed-Huffman block: a literal 0, then matches of 258 bytes at
+// distance 1. Deflate does not bound a block's length, and an index
+// places access points between blocks only: the whole member is one span.
+func zerosInOneBlock(n int) []byte {
+	var out []byte
+	var acc uint64
+	var bits uint
+	put := func(v uint64, n uint) { // LSB first
+		acc |= v << bits
+		for bits += n; bits >= 8; bits -= 8 {
+			out = append(out, byte(acc))
+			acc >>= 8
+		}
+	}
+	code := func(c uint64, n uint) { // a Huffman code, MSB first
+		var r uint64
+		for i := range n {
+			r |= (c >> i & 1) << (n - 1 - i)
+		}
+		put(r, n)
+	}
+	put(1, 1)     // BFINAL
+	put(1, 2)     // fixed Huffman codes
+	code(0x30, 8) // literal 0
+	for range (n - 1) / 258 {
+		code(0xC5, 8) // length 258 (code 285)
+		code(0, 5)    // distance 1
+	}
+	code(0, 7) // end of block
+	put(0, 7)  // flush
+	return out
+}
+
+// hugeFixture is a member fixture whose windows.npy is size zeros in one
+// deflate block (zerosInOneBlock).
+func hugeFixture(t *testing.T, size int) *memberFixture {
+	t.Helper()
+	zeros := make([]byte, size)
+	raw := zerosInOneBlock(size)
+	var buf bytes.Buffer
+	w := zip.NewWriter(&buf)
+	for name, data := range map[string][]byte{"windows.npy": zeros, "labels.npy": nil} {
+		hdr := &zip.FileHeader{Name: name, Method: zip.Deflate, CRC32: crc32.ChecksumIEEE(data), UncompressedSize64: uint64(len(data))}
+		body := raw
+		if data == nil {
+			body = zerosInOneBlock(1)
+			hdr.CRC32, hdr.UncompressedSize64 = crc32.ChecksumIEEE([]byte{0}), 1
+		}
+		hdr.CompressedSize64 = uint64(len(body))
+		f, err := w.CreateRaw(hdr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write(body)
+	}
+	w.Close()
+	return newMemberFixtureOf(t, zip.Store, map[string][]byte{"windows.npy": zeros, "labels.npy": {0}}, func([]byte) []byte { return buf.Bytes() })
+}
+
+// TestMemberReadInterruptedInAHugeBlock: a read deep into one huge
+// deflate block (a span far larger than any kept) inflates from the
+// block's start: tens of milliseconds for 32 MB of zeros, seconds for a
+// crafted member of gigabytes. Interrupted a millisecond in, it answers
+// EINTR without waiting for the inflation, which goes on in the
+// background for a read that asks again. (The read ignored the interrupt
+// and answered once the inflation was done.)
+func TestMemberReadInterruptedInAHugeBlock(t *testing.T) {
+	const size = 1 + 258*(32<<20/258)
+	f := hugeFixture(t, size)
+	h, _ := f.open(t, "windows.npy")
+	defer h.Release(context.Background())
+	x := f.index(t, h)
+	if start, stop := x.Span(size - 1<<20); stop-start < size/2 {
+		t.Fatalf("fixture: the span at the end is [%d, %d): not one huge block", start, stop)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(time.Millisecond, cancel)
+	start := time.Now()
+	_, errno := h.Read(ctx, make([]byte, 128<<10), size-1<<20)
+	t.Logf("the interrupted read answered %v in %v", errno, time.Since(start))
+	if errno != syscall.EINTR {
+		t.Errorf("an interrupted read answered %v; want EINTR", errno)
+	}
+	got, errno := readMember(h, 128<<10, size-1<<20)
+	if errno != 0 || !bytes.Equal(got, make([]byte, 128<<10)) {
+		t.Errorf("the read asked again: %v, or wrong bytes", errno)
 	}
 }

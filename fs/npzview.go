@@ -51,16 +51,18 @@ type NPZView struct {
 	broken map[string]error
 	// dirs remembers the zip directories read (a few hundred bytes each
 	// for an .npz), so that a member directory the kernel forgot and
-	// looks up again costs no GET of the archive's tail.
-	dirs map[string]*npz.Directory
+	// looks up again costs no GET of the archive's tail; dirBytes is
+	// about what they take (directoryBytes).
+	dirs     map[string]*npz.Directory
+	dirBytes int64
 
 	// files, if set, keeps indexes across runs: a build first looks
 	// there, and (with saveFiles) writes what it built.
 	files     *IndexFiles
 	saveFiles bool
 	logger    *slog.Logger
-	// filesOff is set once a save failed: the dir is full or read-only,
-	// and indexes are kept in memory only.
+	// filesOff is set once a save failed other than by the dir's own
+	// pause: indexes are kept in memory only.
 	filesOff atomic.Bool
 	// loadFailed is set once a dir could not be read (not a missing or
 	// untrusted file: an I/O or S3 failure).
@@ -106,13 +108,29 @@ func (v *NPZView) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64
 // more, so that reading a window inflates from just before it.
 func (v *NPZView) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
 
-// maxBroken and maxDirs bound the memory of the broken-member memo and of
-// the remembered directories (about 5 MB for .npz archives); each is
-// cleared when full, which only costs reading again.
+// maxBroken bounds the broken-member memo, and maxDirBytes the memory of
+// the remembered directories (the bucket's 6,500 archives take about
+// 2 MB); each is cleared when full, which only costs reading again. A
+// directory larger than maxDirBytes/8 (an archive of tens of thousands of
+// members; one may take 16 MiB) is not remembered.
 const (
-	maxBroken = 1024
-	maxDirs   = 16384
+	maxBroken   = 1024
+	maxDirBytes = 8 << 20
 )
+
+// directoryBytes is about what dir takes in memory, remembered under a
+// key of keyLen bytes.
+func directoryBytes(keyLen int, dir *npz.Directory) int64 {
+	const entry = 96 // a Member or a MemberError, its pointers and map share
+	n := int64(keyLen + entry)
+	for _, m := range dir.Members {
+		n += entry + int64(len(m.Name))
+	}
+	for _, u := range dir.Unusable {
+		n += entry + int64(len(u.Name)+len(u.Err.Error()))
+	}
+	return n
+}
 
 // MinNPZIndexBytes is the least memory for indexes that holds one of a
 // few access points at its largest: an index keeps at most 4 KiB of its
@@ -209,12 +227,22 @@ func (v *NPZView) knownDirectory(obj cache.Object) *npz.Directory {
 }
 
 func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
+	key := obj.Key + "\x00" + obj.Tag()
+	n := directoryBytes(len(key), dir)
+	if n > maxDirBytes/8 {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.dirs) >= maxDirs {
-		clear(v.dirs)
+	if _, ok := v.dirs[key]; ok {
+		return
 	}
-	v.dirs[obj.Key+"\x00"+obj.Tag()] = dir
+	if v.dirBytes+n > maxDirBytes {
+		clear(v.dirs)
+		v.dirBytes = 0
+	}
+	v.dirs[key] = dir
+	v.dirBytes += n
 }
 
 func indexKey(obj cache.Object, m npz.Member) string {
@@ -382,18 +410,18 @@ func (v *NPZView) fileError(obj cache.Object, member string, err error) {
 	}
 }
 
-// saveIndex writes x into the cache dir. The first failure turns saving
-// off, with one log line: a full or read-only dir leaves indexes in
-// memory only.
+// saveIndex writes x into the cache dir. A local dir says itself when
+// its writes pause and resume (a full disk, another user's dir), and
+// tries again later; any other failure turns saving off, with one log
+// line.
 func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
 	defer v.running.Done()
 	err := v.files.Save(v.life, obj, m, x)
-	if err == nil {
+	switch {
+	case err == nil:
 		v.filesSaved.Add(1)
-		return
-	}
-	// A local dir says once itself that it cannot be written.
-	if v.filesOff.CompareAndSwap(false, true) && v.life.Err() == nil && !errors.Is(err, cache.ErrDirNotWritable) {
+	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Err() != nil:
+	case v.filesOff.CompareAndSwap(false, true):
 		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
 	}
 }

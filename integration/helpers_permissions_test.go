@@ -6,6 +6,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,4 +75,28 @@ func asNobody(timeout time.Duration, name string, args ...string) (stdout []byte
 	cmd.WaitDelay = 2 * time.Second
 	err = cmd.Run()
 	return out.Bytes(), errb.String(), err
+}
+
+// asNobodyRunner runs a command as uid and gid 65534 with no
+// supplementary groups, in a shell script.
+var asNobodyRunner = fmt.Sprintf("/usr/bin/setpriv --reuid %d --regid %d --clear-groups --", nobody, nobody)
+
+// wrapBinary writes pub/name, a script that runs a copy of the binary
+// under test (pub/bgbfs, which every user can run) after the shell lines
+// prelude, through runner (asNobodyRunner, or ""): how tests run bgbfs as
+// another user, or under another umask.
+func wrapBinary(t testing.TB, pub, name, prelude, runner string) string {
+	t.Helper()
+	bin := filepath.Join(pub, "bgbfs")
+	if _, err := os.Stat(bin); err != nil {
+		if err := copyFile(env.bgbfs, bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrapper := filepath.Join(pub, name)
+	script := fmt.Sprintf("#!/bin/sh\n%s\nexec %s %s \"$@\"\n", prelude, runner, bin)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return wrapper
 }

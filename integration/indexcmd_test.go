@@ -162,7 +162,9 @@ func TestIndexCommand(t *testing.T) {
 			t.Errorf("the run over an indexed prefix made %d GETs of the data bucket, want none:\n%s", len(gets), testbed.FormatRequests(gets, 20))
 		}
 
-		m := mountIdx(t, idxMountSpec{CacheDir: dir})
+		// Through the endpoint bgbfs index used: what the dir holds is
+		// of the store that endpoint names.
+		m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
 		readRows(t, m.Mountpoint, d.Archives, "windows.npy", func(i int) int64 { return int64(i % idxWindows) })
 		readRows(t, m.Mountpoint, d.Archives, "labels.npy", func(i int) int64 { return int64((i + 1) % idxWindows) })
 		mc := m.Counts(t)

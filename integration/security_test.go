@@ -236,14 +236,7 @@ func TestUnprivilegedMount(t *testing.T) {
 	// A copy of the binary the user can reach, and a wrapper that drops
 	// privileges before running it.
 	bin := filepath.Join(pub, "bgbfs")
-	if err := copyFile(env.bgbfs, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(pub, "bgbfs-as-nobody")
-	script := fmt.Sprintf("#!/bin/sh\nexec /usr/bin/setpriv --reuid %d --regid %d --clear-groups -- %s \"$@\"\n", nobody, nobody, bin)
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := wrapBinary(t, pub, "bgbfs-as-nobody", "", asNobodyRunner)
 	mp := filepath.Join(pub, "mnt")
 	if err := os.Mkdir(mp, 0o755); err != nil {
 		t.Fatal(err)

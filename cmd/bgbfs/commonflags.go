@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -74,6 +76,37 @@ func (o s3Options) clientConfig(bucket string, conns int, metrics *s3backend.Met
 	}
 }
 
+// source names the store bucket is read from, for what a cache dir
+// keeps of it: the endpoint's host, port and path (lower case, without
+// scheme or default port), or for AWS S3 (no --endpoint-url) its
+// partition; then the bucket. Two stores with a bucket, key and size in
+// common and a version tag that is not a hash of the content (or no ETag
+// at all) then never share blocks or indexes; one store reached through
+// two endpoints shares nothing either, which costs fetches, never bytes.
+func (o s3Options) source(bucket string) string {
+	if o.endpoint == "" {
+		partition := "aws"
+		for prefix, p := range map[string]string{"cn-": "aws-cn", "us-gov-": "aws-us-gov", "us-iso-": "aws-iso", "us-isob-": "aws-iso-b"} {
+			if strings.HasPrefix(o.region, prefix) {
+				partition = p
+			}
+		}
+		return partition + "/" + bucket
+	}
+	u, err := url.Parse(o.endpoint)
+	if err != nil {
+		return o.endpoint + "/" + bucket // validated: not reached
+	}
+	host := strings.ToLower(u.Hostname())
+	if port := u.Port(); port != "" && !(u.Scheme == "http" && port == "80") && !(u.Scheme == "https" && port == "443") {
+		host = net.JoinHostPort(host, port)
+	}
+	if path := strings.Trim(u.Path, "/"); path != "" {
+		host += "/" + path
+	}
+	return host + "/" + bucket
+}
+
 // logOptions say where and how bgbfs logs.
 type logOptions struct {
 	logLevel  slog.Level
@@ -117,7 +150,7 @@ func (o cacheDirOptions) String() string {
 
 func addCacheDirFlags(fs *pflag.FlagSet, what string) func() (cacheDirOptions, error) {
 	dir := fs.String("cache-dir", "", what)
-	size := fs.String("cache-dir-size", "0", "most bytes a local --cache-dir holds: files unused for an hour make room, least recently used first; when all are in use no new block is kept; 0 keeps 5% of its file system free")
+	size := fs.String("cache-dir-size", "0", "most disk space a local --cache-dir takes: files unused for an hour make room, least recently used first; when all are in use no new block is kept; 0 keeps 5% of its file system free")
 	return func() (cacheDirOptions, error) {
 		var o cacheDirOptions
 		var err error

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path"
 	"runtime"
 	"slices"
 	"strings"
@@ -122,7 +121,7 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return explainProbe(o.s3Options, o.bucket, o.prefix, err)
 	}
-	files := bgfs.IndexFiles{Bucket: o.bucket}
+	files := bgfs.IndexFiles{Source: o.source(o.bucket)}
 	if o.cacheDir.s3Bucket != "" {
 		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
 		files.Dir = blobs
@@ -181,48 +180,26 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// listArchives lists every .npz under prefix, keeping in each directory
-// only those a mount with limit shows.
+// listArchives lists every .npz under prefix that a mount with limit
+// shows.
 func listArchives(ctx context.Context, store s3backend.ObjectStore, prefix string, limit bgfs.Limit) ([]s3backend.Version, error) {
-	byDir := map[string][]s3backend.ObjectInfo{}
-	var dirs []string
+	var objects []s3backend.ObjectInfo
 	req := s3backend.ListRequest{Prefix: prefix}
 	for {
 		page, err := store.List(ctx, req)
 		if err != nil {
 			return nil, err
 		}
-		for _, obj := range page.Objects {
-			rel := strings.TrimPrefix(obj.Key, prefix)
-			if rel == "" || strings.HasSuffix(rel, "/") {
-				continue // the prefix itself, or a directory marker
-			}
-			dir := path.Dir(rel)
-			if dir == "." {
-				dir = ""
-			}
-			if _, ok := byDir[dir]; !ok {
-				dirs = append(dirs, dir)
-			}
-			byDir[dir] = append(byDir[dir], obj)
-		}
+		objects = append(objects, page.Objects...)
 		if page.NextContinuationToken == "" {
 			break
 		}
 		req.ContinuationToken = page.NextContinuationToken
 	}
 	var out []s3backend.Version
-	for _, dir := range dirs {
-		objs := byDir[dir]
-		names := make([]string, len(objs))
-		for i, obj := range objs {
-			names[i] = path.Base(obj.Key)
-		}
-		shown := limit.Shown(dir, names)
-		for i, obj := range objs {
-			if shown[i] && strings.HasSuffix(obj.Key, ".npz") {
-				out = append(out, s3backend.Version{Key: obj.Key, ETag: obj.ETag, Size: obj.Size, LastModified: obj.LastModified})
-			}
+	for _, obj := range bgfs.ShownFiles(prefix, objects, limit) {
+		if strings.HasSuffix(obj.Key, ".npz") {
+			out = append(out, s3backend.Version{Key: obj.Key, ETag: obj.ETag, Size: obj.Size, LastModified: obj.LastModified})
 		}
 	}
 	return out, nil

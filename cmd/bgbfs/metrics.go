@@ -116,10 +116,10 @@ func (m *daemonMetrics) watchDisk(t *cache.DiskTier) {
 		stat[cache.DiskStats]{"bgbfs_disk_hits_total", "Blocks read from --cache-dir instead of S3.", false, func(s cache.DiskStats) int64 { return s.Hits }},
 		stat[cache.DiskStats]{"bgbfs_disk_misses_total", "Blocks not in --cache-dir, fetched from S3.", false, func(s cache.DiskStats) int64 { return s.Misses }},
 		stat[cache.DiskStats]{"bgbfs_disk_written_bytes_total", "Block bytes written to --cache-dir.", false, func(s cache.DiskStats) int64 { return s.BytesWritten }},
-		stat[cache.DiskStats]{"bgbfs_disk_writes_skipped_total", "Blocks fetched but not written to --cache-dir (writers busy, or the dir not writable).", false, func(s cache.DiskStats) int64 { return s.WritesSkipped }},
-		stat[cache.DiskStats]{"bgbfs_disk_checksum_failures_total", "Block files in --cache-dir found damaged, removed and fetched again.", false, func(s cache.DiskStats) int64 { return s.ChecksumFailures }},
+		stat[cache.DiskStats]{"bgbfs_disk_writes_skipped_total", "Blocks fetched but not written to --cache-dir (backlog full, dir full of files in use, or its writes paused).", false, func(s cache.DiskStats) int64 { return s.WritesSkipped }},
+		stat[cache.DiskStats]{"bgbfs_disk_checksum_failures_total", "Damage found in --cache-dir (object files not whole, units failing their CRC-32C), dropped and fetched again.", false, func(s cache.DiskStats) int64 { return s.ChecksumFailures }},
 		stat[cache.DiskStats]{"bgbfs_disk_evictions_total", "Files this process removed from --cache-dir (least recently used, or damaged).", false, func(s cache.DiskStats) int64 { return s.Evictions }},
-		stat[cache.DiskStats]{"bgbfs_disk_bytes", "Bytes --cache-dir holds (blocks and indexes), as this process last summed them plus its writes since.", true, func(s cache.DiskStats) int64 { return s.BytesUsed }},
+		stat[cache.DiskStats]{"bgbfs_disk_bytes", "Disk space the files of --cache-dir take (blocks and indexes), as this process last summed it plus its writes since.", true, func(s cache.DiskStats) int64 { return s.BytesUsed }},
 	)
 }
 

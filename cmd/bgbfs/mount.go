@@ -130,7 +130,10 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	var blockStore s3backend.ObjectStore = store
 	switch {
 	case dir != nil && o.cache.CacheSize > 0:
-		tier := cache.NewDiskTier(store, dir, o.cache.BlockSize, o.bucket, logger)
+		tier, err := cache.NewDiskTier(store, dir, o.cache.BlockSize, o.source(o.bucket), logger)
+		if err != nil {
+			return nil, err // validated: not reached
+		}
 		m.closers = append(m.closers, tier.Wait) // after the caches close: no new writes
 		metrics.watchDisk(tier)
 		blockStore = tier
@@ -217,9 +220,9 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 func indexFiles(o mountOptions, client *s3backend.Client, dir *cache.Dir) (*bgfs.IndexFiles, bool) {
 	switch {
 	case o.cacheDir.s3Bucket != "":
-		return &bgfs.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Bucket: o.bucket}, false
+		return &bgfs.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Source: o.source(o.bucket)}, false
 	case dir != nil:
-		return &bgfs.IndexFiles{Dir: dir, Bucket: o.bucket}, true
+		return &bgfs.IndexFiles{Dir: dir, Source: o.source(o.bucket)}, true
 	}
 	return nil, false
 }

@@ -211,6 +211,10 @@ func (o *mountOptions) validate(exec bool) error {
 	if err := validateNPZSpan(o.npzSpan); err != nil {
 		return err
 	}
+	if o.cacheDir.local != "" && o.cache.CacheSize > 0 && o.cache.BlockSize%cache.UnitSize != 0 {
+		return usageError{fmt.Sprintf("--block-size %s with a local --cache-dir: want a multiple of %s, the unit the dir keeps bytes in",
+			humanize.IBytes(uint64(o.cache.BlockSize)), humanize.IBytes(cache.UnitSize))}
+	}
 	if o.listingMemory < 1<<20 {
 		return usageError{fmt.Sprintf("--listing-memory %s: want 1MiB or more", humanize.IBytes(uint64(o.listingMemory)))}
 	}

@@ -187,6 +187,23 @@ func TestParseMountArgs(t *testing.T) {
 		}},
 		{name: "listing memory too small", args: []string{"--listing-memory", "4KiB", "s3://b-1/", "/mnt"}, wantErr: "--listing-memory"},
 		{name: "cache dir size", args: []string{"--cache-dir-size", "lots", "s3://b-1/", "/mnt"}, wantErr: "--cache-dir-size"},
+		// The dir keeps bytes in units of 64 KiB, whole units a block.
+		{name: "cache dir with blocks not of whole units", args: []string{"--block-size", "96KiB", "--cache-dir", "/d", "s3://b-1/", "/mnt"}, wantErr: "--block-size 96 KiB with a local --cache-dir: want a multiple of 64 KiB"},
+		{name: "cache dir with blocks of whole units", args: []string{"--block-size", "192KiB", "--cache-dir", "/d", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
+			if o.cache.BlockSize != 192<<10 {
+				t.Errorf("block size %d", o.cache.BlockSize)
+			}
+		}},
+		{name: "blocks not of whole units without a cache dir", args: []string{"--block-size", "96KiB", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
+			if o.cache.BlockSize != 96<<10 {
+				t.Errorf("block size %d", o.cache.BlockSize)
+			}
+		}},
+		{name: "blocks not of whole units with an s3 cache dir", args: []string{"--block-size", "96KiB", "--cache-dir", "s3://x-1/p/", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
+			if o.cache.BlockSize != 96<<10 {
+				t.Errorf("block size %d", o.cache.BlockSize)
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -349,5 +366,29 @@ func wantUsageError(t *testing.T, err error, want string) {
 	var ue usageError
 	if err == nil || !strings.Contains(err.Error(), want) || !errors.As(err, &ue) {
 		t.Fatalf("err = %v, want a usage error containing %q", err, want)
+	}
+}
+
+// TestSource: what the cache dir's files are of names the store by its
+// endpoint (spelled one way however the flag spells it) or AWS
+// partition, and the bucket.
+func TestSource(t *testing.T) {
+	for _, tt := range []struct {
+		endpoint, region, want string
+	}{
+		{"", "us-east-1", "aws/b-1"},
+		{"", "", "aws/b-1"},
+		{"", "cn-north-1", "aws-cn/b-1"},
+		{"", "us-gov-west-1", "aws-us-gov/b-1"},
+		{"http://MinIO:9000/", "", "minio:9000/b-1"},
+		{"http://minio:9000", "us-east-1", "minio:9000/b-1"},
+		{"https://s3.example.com:443", "", "s3.example.com/b-1"},
+		{"http://h.example:80/s3/", "", "h.example/s3/b-1"},
+		{"https://h.example:80", "", "h.example:80/b-1"},
+		{"http://[::1]:9000", "", "[::1]:9000/b-1"},
+	} {
+		if got := (s3Options{endpoint: tt.endpoint, region: tt.region}).source("b-1"); got != tt.want {
+			t.Errorf("endpoint %q, region %q: %q, want %q", tt.endpoint, tt.region, got, tt.want)
+		}
 	}
 }

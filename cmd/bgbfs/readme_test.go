@@ -116,7 +116,11 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dir.Close()
-	m.watchDisk(cache.NewDiskTier(memstore.New(), dir, 1<<20, "b", nil))
+	tier, err := cache.NewDiskTier(memstore.New(), dir, 1<<20, "b", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.watchDisk(tier)
 	table := readmeSection(t, "## Metrics")
 	n := 0
 	for _, name := range m.reg.names() {

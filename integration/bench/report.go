@@ -10,20 +10,20 @@ import (
 )
 
 var workloadNames = map[string]string{
-	"a": "a. cold sequential read, 1 file",
-	"b": "b. cold sequential read, 8 files at once",
-	"c": "c. warm re-read of (a)",
-	"d": "d. 1 MiB random preads",
-	"e": "e. trainer: 4 workers np.load()[\"windows\"][i]",
-	"f": "f. ls -l of 5,000 objects",
-	"g": "g. time to first byte, cold",
-	"h": "h. trainer, one window per sample: whole member vs NAME.npz.d view",
-	"i": "i. member view at bucket scale: 8 loaders, shuffled windows of many archives",
-	"j": "j. 8 processes np.load()[\"windows\"] of many archives at once",
-	"k": "k. disk tier (--cache-dir): epochs 1 and 2, and a re-read evicted from memory",
-	"l": "l. ls -l of 100,000 objects",
-
+	"a":             "a. cold sequential read, 1 file",
+	"b":             "b. cold sequential read, 8 files at once",
+	"c":             "c. warm re-read of (a)",
+	"d":             "d. 1 MiB random preads",
+	"e":             "e. trainer: 4 workers np.load()[\"windows\"][i]",
+	"f":             "f. ls -l of 5,000 objects",
+	"g":             "g. time to first byte, cold",
+	"h":             "h. trainer, one window per sample: whole member vs NAME.npz.d view",
+	"i":             "i. member view at bucket scale: 8 loaders, shuffled windows of many archives",
+	"j":             "j. 8 processes np.load()[\"windows\"] of many archives at once",
+	"k":             "k. disk tier (--cache-dir): epochs 1 and 2, and a re-read evicted from memory",
+	"l":             "l. ls -l of 100,000 objects",
 	inflateWorkload: "inflate. one member inflated: bgbfs's inflater, libdeflate, ISA-L",
+	"m":             "m. the cache dir at the bucket's scale",
 }
 
 func (b *bench) find(workload, profile, system string) (row, bool) {
@@ -76,6 +76,7 @@ func (b *bench) report(started time.Time) string {
 	s.WriteString(b.eegSection())
 	s.WriteString(b.diskSection())
 	s.WriteString(b.inflateSection())
+	s.WriteString(b.dirScaleSection())
 	s.WriteString("\n## Targets\n\nRatios from this run; higher is better unless it says otherwise.\n\n| target | profile | measured | verdict |\n|---|---|---|---|\n")
 	for _, t := range b.targets() {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s |\n", t.name, t.profile, t.measured, t.verdict)

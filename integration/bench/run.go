@@ -40,6 +40,8 @@ type bench struct {
 	disk *diskSet
 	// inflate is workload inflate's stream and figures, once run.
 	inflate *inflateSet
+	// dirScale is workload m's results, by layout.
+	dirScale []dirScaleResult
 }
 
 // row is one measurement of one workload on one system under one profile.
@@ -108,6 +110,7 @@ func (b *bench) runAll(ctx context.Context) error {
 			b.runEEG(ctx, profile)
 			b.runAmp(ctx, profile)
 			b.runDiskTier(ctx, profile, endpoint)
+			b.runDirScale(ctx, profile, endpoint)
 		}
 	}
 	return nil
