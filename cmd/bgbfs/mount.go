@@ -35,10 +35,9 @@ const unmountGrace = 5 * time.Second
 
 // runtimeHeadroom is the memory allowed beyond --cache-size for everything
 // else: FUSE buffers, HTTP connections, listings. The runtime lets garbage
-// grow up to the limit, so the limit is what RSS shows under load: with 64
-// readers and a 64 MiB cache the heap held 25 MiB of FUSE buffers and a few
-// MiB else beyond the cache, and RSS peaked at 145-151 MiB with 80 MiB of
-// headroom, 129-133 with 64, 113-118 with 48 (which slowed the readers).
+// grow up to the limit, so the limit is what RSS shows under load; less
+// headroom slowed the readers (BENCHMARKS.md, "Figures behind design
+// choices": memory limit headroom).
 const runtimeHeadroom = 64 << 20
 
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -219,10 +219,10 @@ func (o *mountOptions) derive(changed func(string) bool) {
 		// byte the kernel reads around a window, and each byte of a block
 		// beyond what is needed, is fetched and inflated for nothing.
 		// Sequential reads keep their speed: the cache's own read-ahead
-		// fetches in whole parts regardless. Workload i, side by side
-		// (100 archives, 8 loaders, 64 MiB cache): 128 KiB blocks and
-		// kernel read-ahead fetched 1.56 MB per 1.03 MB compressed window
-		// at 88-97 samples/s; 256 KiB and 256 KiB, 2.00 MB at 70-73.
+		// fetches in whole parts regardless. 128 KiB fetched less per
+		// window and read more windows a second than 256 KiB
+		// (BENCHMARKS.md, "Figures behind design choices": block size
+		// with --npz-members).
 		if !changed("block-size") {
 			o.cache.BlockSize = 128 << 10
 		}
