@@ -57,10 +57,10 @@ const (
 	// it to make room for new files. A dir smaller than the data a job
 	// reads over and over (shuffled epochs) would otherwise evict, least
 	// recently used first, just what the epoch is about to read, and keep
-	// little (the bench measured 17% of the fetches saved by a dir of half
-	// the data); with files in use kept, it closes to new blocks instead
-	// and keeps a stable part. Files idle this long (data no job reads any
-	// more, blocks of an overwritten object) make room.
+	// little (BENCHMARKS.md, "Figures behind design choices": cache dir
+	// keeps files in use); with files in use kept, it closes to new blocks
+	// instead and keeps a stable part. Files idle this long (data no job
+	// reads any more, blocks of an overwritten object) make room.
 	dirIdleAge = time.Hour
 	// dirFullRecheck is how often a dir closed to new blocks looks again
 	// for idle files: a walk of one file per object version read (a few

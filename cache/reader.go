@@ -95,42 +95,27 @@ func (r *Reader) prefetch(off, n int64, pin bool) {
 	}
 }
 
-// prefetchGET is the largest GET Prefetch makes. Measured with four
-// loaders reading random windows through the .npz member view: GETs of
-// one 256 KiB block gave 61 samples/s on loopback (MinIO's per-request
-// cost on the same two cores) and 53/s through the S3-like proxy; GETs of
-// 1 MiB, 79/s and 61/s.
+// prefetchGET is the largest GET Prefetch makes: loaders reading random
+// windows through the .npz member view got more samples a second with
+// 1 MiB GETs than with one GET a block, on loopback (MinIO's per-request
+// cost on the same cores) and through the S3-like proxy (BENCHMARKS.md,
+// "Figures behind design choices": prefetch GET size).
 const prefetchGET = 1 << 20
 
 // ReadAt reads len(p) bytes at off, fewer only at the end of the object.
+// It finds each block the range covers (held by read-ahead, cached, or
+// to be fetched), fetches the missing ones in runs, and copies from each
+// as it arrives.
 func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, ErrNegativeOffset
+	p, err := r.clip(p, off)
+	if err != nil || len(p) == 0 {
+		return 0, err
 	}
-	if off >= r.obj.Size {
-		return 0, io.EOF
-	}
-	if rest := r.obj.Size - off; int64(len(p)) > rest {
-		p = p[:rest]
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	c := r.c
-	if c.blocks == nil {
-		n, err := c.store.ReadAt(ctx, r.obj, off, p)
-		switch {
-		case n == len(p):
-			err = nil
-		case err == nil || err == io.EOF:
-			// p ends within the listed size: a read that ends before
-			// is no end of file (an error wrapping io.EOF is not either).
-			err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", r.obj.Key, off+int64(n), r.obj.Size)
-		}
-		return n, err
+	if r.c.blocks == nil {
+		return r.readUncached(ctx, p, off)
 	}
 	end := off + int64(len(p))
-	bs := c.opt.BlockSize
+	bs := r.c.opt.BlockSize
 	first, last := off/bs, (end-1)/bs
 
 	r.mu.Lock()
@@ -142,38 +127,97 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	r.readAheadLocked(end)
 	r.mu.Unlock()
 
-	// Find every block: held by read-ahead, cached, or to be fetched.
-	blocks := make([][]byte, last-first+1)
-	waits := make([]*fetch, last-first+1)
+	blocks, waits := r.locate(first, last, held)
+	r.fetchMissing(first, blocks, waits)
+	n, err := r.copyBlocks(ctx, p, off, first, blocks, waits)
+	if err != nil {
+		return n, err
+	}
+	if !r.random {
+		// A random reader's prefetches are for reads that may come in
+		// any order: they are held until it needs the room or closes.
+		r.mu.Lock()
+		r.releasePassedLocked()
+		r.mu.Unlock()
+	}
+	return n, nil
+}
+
+// clip checks off and cuts p to the end of the object.
+func (r *Reader) clip(p []byte, off int64) ([]byte, error) {
+	if off < 0 {
+		return nil, ErrNegativeOffset
+	}
+	if off >= r.obj.Size {
+		return nil, io.EOF
+	}
+	if rest := r.obj.Size - off; int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	return p, nil
+}
+
+// readUncached reads p at off straight from the store: with caching off.
+func (r *Reader) readUncached(ctx context.Context, p []byte, off int64) (int, error) {
+	n, err := r.c.store.ReadAt(ctx, r.obj, off, p)
+	switch {
+	case n == len(p):
+		err = nil
+	case err == nil || err == io.EOF:
+		// p ends within the listed size: a read that ends before
+		// is no end of file (an error wrapping io.EOF is not either).
+		err = fmt.Errorf("object %q ended at %d bytes, before its listed size %d", r.obj.Key, off+int64(n), r.obj.Size)
+	}
+	return n, err
+}
+
+// locate finds blocks [first, last]: a fetch to wait for where read-ahead
+// holds one (held), the bytes where the cache has them, neither where the
+// block is missing.
+func (r *Reader) locate(first, last int64, held []*fetch) (blocks [][]byte, waits []*fetch) {
+	blocks = make([][]byte, last-first+1)
+	waits = make([]*fetch, last-first+1)
 	for idx := first; idx <= last; idx++ {
 		i := idx - first
 		if f := held[i]; f != nil {
 			waits[i] = f
-			c.hits.Add(1)
-		} else if b, ok := c.cached(r.obj, idx); ok {
+			r.c.hits.Add(1)
+		} else if b, ok := r.c.cached(r.obj, idx); ok {
 			blocks[i] = b
-			c.hits.Add(1)
+			r.c.hits.Add(1)
 		}
 	}
-	// Fetch each run of missing blocks; blocks at hand are not asked for
-	// again, even if the cache refused them.
-	for i := int64(0); i <= last-first; {
+	return blocks, waits
+}
+
+// fetchMissing starts a fetch of each run of missing blocks, blocks[0]
+// being block first, and sets their waits; blocks at hand are not asked
+// for again, even if the cache refused them.
+func (r *Reader) fetchMissing(first int64, blocks [][]byte, waits []*fetch) {
+	last := int64(len(blocks)) - 1
+	for i := int64(0); i <= last; {
 		if blocks[i] != nil || waits[i] != nil {
 			i++
 			continue
 		}
 		j := i
-		for j+1 <= last-first && blocks[j+1] == nil && waits[j+1] == nil {
+		for j+1 <= last && blocks[j+1] == nil && waits[j+1] == nil {
 			j++
 		}
-		fetched, _ := c.startFetches(r.obj, first+i, first+j, j-i+1, true)
+		fetched, _ := r.c.startFetches(r.obj, first+i, first+j, j-i+1, true)
 		for k, f := range fetched {
-			c.misses.Add(1)
+			r.c.misses.Add(1)
 			waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
 		}
 		i = j + 1
 	}
+}
 
+// copyBlocks copies into p, read at off, the part of each block it
+// covers, waiting for each block in turn.
+func (r *Reader) copyBlocks(ctx context.Context, p []byte, off, first int64, blocks [][]byte, waits []*fetch) (int, error) {
+	bs := r.c.opt.BlockSize
+	end := off + int64(len(p))
 	n := 0
 	for i := range blocks {
 		idx := first + int64(i)
@@ -185,18 +229,9 @@ func (r *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 				return n, err
 			}
 		}
-		// Copy the part of block idx that [off, end) covers.
 		lo := max(off, idx*bs) - idx*bs
 		hi := min(end, idx*bs+int64(len(b))) - idx*bs
 		n += copy(p[n:], b[lo:hi])
-	}
-
-	if !r.random {
-		// A random reader's prefetches are for reads that may come in
-		// any order: they are held until it needs the room or closes.
-		r.mu.Lock()
-		r.releasePassedLocked()
-		r.mu.Unlock()
 	}
 	return n, nil
 }
@@ -347,10 +382,11 @@ func (r *Reader) fetchAheadLocked(first, last, blocksPerGET int64) bool {
 	}
 	// Make room in this reader's own share first, oldest first. Keeping
 	// held what the reader has not read yet instead (the cache may refuse
-	// a block, which is then fetched again) was tried: it fetched 8% less
-	// for four loaders, but readers waiting for room kept the budget from
-	// others, whose reads then fetched outside it, and 64 readers peaked
-	// 10-20 MiB higher in RSS (TestLoadRace).
+	// a block, which is then fetched again) was tried: it fetched a little
+	// less, but readers waiting for room kept the budget from others,
+	// whose reads then fetched outside it, and RSS peaked higher
+	// (BENCHMARKS.md, "Figures behind design choices": read-ahead let go
+	// oldest first).
 	for r.heldBytes-r.pinnedBytes+want > r.windowCap()+c.opt.BlockSize {
 		i := slices.IndexFunc(r.held, func(h heldFetch) bool { return !h.pinned })
 		if i < 0 {
@@ -411,8 +447,8 @@ func (r *Reader) heldFor(first, last int64) []*fetch {
 // over stay held: np.load reads at 0 (reading ahead through the archive),
 // jumps to the central directory at the end, then comes back to read the
 // member from the start; let go at the jump, the blocks were fetched
-// again whenever the cache had refused or evicted them (1.31 times the
-// archives' bytes for 8 loaders through a 1 GiB cache).
+// again whenever the cache had refused or evicted them (BENCHMARKS.md,
+// "Figures behind design choices": read-ahead a reader jumped over).
 func (r *Reader) releasePassedLocked() {
 	bs := r.c.opt.BlockSize
 	for i := 0; i < len(r.held); {

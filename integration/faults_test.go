@@ -385,6 +385,52 @@ type outageFile struct {
 	data []byte
 }
 
+// Reads of the outage test. The reads during the outage are far from what
+// was read before, so neither the kernel's nor bgbfs's read-ahead has
+// them. The in-order handle read at 1 MiB, and bgbfs read ahead to 3 MiB:
+// a read at 4 MiB is still in order (within the reorder window), so bgbfs
+// reads ahead from 5 MiB, which fails. The read at 5 MiB that follows
+// waits for that read-ahead, so it has failed before S3 is back.
+const (
+	outageFileSize         = 24 << 20
+	outageOff, outageLen   = 16 << 20, 64 << 10
+	outageReaders          = 4 // reads in flight per mount while S3 is down
+	outageInOrderFile      = 4
+	outageBucket           = "outage"
+	outageTimeLimit        = 4 * time.Minute
+	outageSlowListingAfter = 20 * time.Second
+)
+
+var outageInOrderOffs = []int64{4 << 20, 5 << 20}
+
+// outageTest is what the phases of TestOutage share.
+type outageTest struct {
+	srv       *testbed.MinIO
+	proxy     *testbed.CountingProxy
+	files     []outageFile
+	archive   outageFile
+	wantNames []string
+	mounts    []*outageMount
+	// mu guards the mounts' took and ls, and opened.
+	mu     sync.Mutex
+	opened []*os.File // closed when the test ends
+	start  time.Time  // of the outage
+}
+
+// outageMount is one of TestOutage's mounts and what was read through it.
+type outageMount struct {
+	name     string
+	attempts int
+	proxy    *testbed.CountingProxy
+	m        *testbed.Mounted
+	handles  []*os.File
+	// inOrder reads file-4 in order into the outage; archive is opened
+	// during the outage.
+	inOrder, archive *os.File
+	took             []time.Duration // of the failed reads
+	ls               []time.Duration // of the listings during the outage
+}
+
 // TestOutage stops S3 (a MinIO of its own) under three mounts, one with
 // --max-attempts 3 --request-timeout 2s and two with the defaults (one of
 // them behind a counting proxy), and checks that reads of data not cached
@@ -395,163 +441,210 @@ type outageFile struct {
 // during the outage failed, and at both ends of an .npz opened during the
 // outage (whose head and tail bgbfs fetches at open).
 func TestOutage(t *testing.T) {
-	srv := ownMinIO(t)
+	o := newOutageTest(t)
+	runPhases(t,
+		phase{"before the outage", o.openBefore},
+		phase{"during the outage", o.during},
+		phase{"after S3 came back", o.after},
+	)
+}
+
+// phase is one step of a scenario, run as a subtest.
+type phase struct {
+	name string
+	run  func(t *testing.T)
+}
+
+// runPhases runs the phases of one scenario in order, each a subtest. A
+// phase that stops (t.Fatal) stops the scenario, as it would stop one
+// test; a phase that only reports errors lets the next run.
+func runPhases(t *testing.T, phases ...phase) {
+	t.Helper()
+	for _, p := range phases {
+		completed := false
+		t.Run(p.name, func(t *testing.T) {
+			p.run(t)
+			completed = true
+		})
+		if !completed {
+			t.FailNow()
+		}
+	}
+}
+
+// newOutageTest starts the server, uploads the objects and mounts the
+// three mounts; what it makes lives until the test ends.
+func newOutageTest(t *testing.T) *outageTest {
+	o := &outageTest{srv: ownMinIO(t)}
 	ctx := context.Background()
-	const bucket = "outage"
-	if err := srv.Admin().CreateBucket(ctx, bucket); err != nil {
+	if err := o.srv.Admin().CreateBucket(ctx, outageBucket); err != nil {
 		t.Fatal(err)
 	}
-	const fileSize = 24 << 20
-	var files []outageFile
 	var objs []testbed.Object
 	for i := range 6 {
 		k := fmt.Sprintf("data/file-%d.bin", i)
-		files = append(files, outageFile{k, seededBytes(k, fileSize)})
-		objs = append(objs, testbed.Object{Key: k, Data: files[i].data})
+		o.files = append(o.files, outageFile{k, seededBytes(k, outageFileSize)})
+		objs = append(objs, testbed.Object{Key: k, Data: o.files[i].data})
 	}
 	// bgbfs takes a file for a zip archive by its name alone: the bytes
 	// need not be one.
-	archive := outageFile{"data/archive.npz", seededBytes("data/archive.npz", 3<<20)}
+	o.archive = outageFile{"data/archive.npz", seededBytes("data/archive.npz", 3<<20)}
 	objs = append(objs, testbed.Object{Key: "data/sub/x.txt", Data: []byte("x\n")},
-		testbed.Object{Key: archive.key, Data: archive.data})
-	if err := srv.Admin().PutMany(ctx, bucket, objs, 4); err != nil {
+		testbed.Object{Key: o.archive.key, Data: o.archive.data})
+	if err := o.srv.Admin().PutMany(ctx, outageBucket, objs, 4); err != nil {
 		t.Fatal(err)
 	}
-	wantNames := []string{"archive.npz", "file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin", "file-4.bin", "file-5.bin", "sub"}
+	o.wantNames = []string{"archive.npz", "file-0.bin", "file-1.bin", "file-2.bin", "file-3.bin", "file-4.bin", "file-5.bin", "sub"}
 
-	type mounted struct {
-		name     string
-		attempts int
-		proxy    *testbed.CountingProxy
-		m        *testbed.Mounted
-		handles  []*os.File
-		// inOrder reads file-4 in order into the outage; archive is
-		// opened during the outage.
-		inOrder, archive *os.File
-		took             []time.Duration // of the failed reads
-		ls               []time.Duration // of the listings during the outage
-	}
-	proxy := newProxy(t, srv.Endpoint)
-	newMount := func(name string, attempts int, endpoint string, args ...string) *mounted {
-		return &mounted{name: name, attempts: attempts, m: mount(t, mountSpec{
-			Source: "s3://" + bucket + "/", Endpoint: endpoint, Creds: rootCreds(srv),
+	o.proxy = newProxy(t, o.srv.Endpoint)
+	newMount := func(name string, attempts int, endpoint string, args ...string) *outageMount {
+		return &outageMount{name: name, attempts: attempts, m: mount(t, mountSpec{
+			Source: "s3://" + outageBucket + "/", Endpoint: endpoint, Creds: rootCreds(o.srv),
 			Args: append([]string{"--metadata-ttl", "1s"}, args...),
 		})}
 	}
-	mounts := []*mounted{
-		newMount("max-attempts 3, request-timeout 2s", 3, srv.Endpoint, "--max-attempts", "3", "--request-timeout", "2s"),
-		newMount("defaults", 10, srv.Endpoint),
-		newMount("defaults, behind a proxy", 10, proxy.URL),
+	o.mounts = []*outageMount{
+		newMount("max-attempts 3, request-timeout 2s", 3, o.srv.Endpoint, "--max-attempts", "3", "--request-timeout", "2s"),
+		newMount("defaults", 10, o.srv.Endpoint),
+		newMount("defaults, behind a proxy", 10, o.proxy.URL),
 	}
-	mounts[2].proxy = proxy
-	const readers = 4 // reads in flight per mount while S3 is down
-	const inOrderFile = 4
-	for _, mt := range mounts {
-		if got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
+	o.mounts[2].proxy = o.proxy
+	t.Cleanup(func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		for _, f := range o.opened {
+			f.Close()
+		}
+	})
+	// The proxy's "proxy error" lines during the outage would flood the
+	// test's output.
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	return o
+}
+
+// open opens key on mt, to be closed when the test ends.
+func (o *outageTest) open(mt *outageMount, key string) (*os.File, error) {
+	f, err := os.Open(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(key)))
+	if err != nil {
+		return nil, err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.opened = append(o.opened, f)
+	return f, nil
+}
+
+// openBefore lists data/ on every mount, and opens and reads the handles
+// the outage will read.
+func (o *outageTest) openBefore(t *testing.T) {
+	for _, mt := range o.mounts {
+		if got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, o.wantNames) {
 			t.Fatalf("%s: ls data: %q, %v", mt.name, got, err)
 		}
-		for i := range readers {
-			f, err := os.Open(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(files[i].key)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { f.Close() })
-			// Not at offset 0: a file read from its start is fetched
-			// ahead by whole parts, which would cache all of it.
-			if msg := checkPread(f, bytes.NewReader(files[i].data), fileSize, 1<<20, 4096); msg != "" {
-				t.Fatalf("%s: reading %s before the outage: %s", mt.name, files[i].key, msg)
-			}
-			mt.handles = append(mt.handles, f)
+		for i := range outageReaders {
+			mt.handles = append(mt.handles, o.openAndRead(t, mt, o.files[i]))
 		}
-		f, err := os.Open(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(files[inOrderFile].key)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		if msg := checkPread(f, bytes.NewReader(files[inOrderFile].data), fileSize, 1<<20, 4096); msg != "" {
-			t.Fatalf("%s: reading %s before the outage: %s", mt.name, files[inOrderFile].key, msg)
-		}
-		mt.inOrder = f
+		mt.inOrder = o.openAndRead(t, mt, o.files[outageInOrderFile])
 	}
+}
 
-	// Far from what was read, so neither the kernel's nor bgbfs's
-	// read-ahead has it.
-	const outageOff, outageLen = 16 << 20, 64 << 10
-	// The in-order handle read at 1 MiB, and bgbfs read ahead to 3 MiB:
-	// a read at 4 MiB is still in order (within the reorder window), so
-	// bgbfs reads ahead from 5 MiB, which fails. The read at 5 MiB that
-	// follows waits for that read-ahead, so it has failed before S3 is
-	// back.
-	inOrderOffs := []int64{4 << 20, 5 << 20}
-	// The proxy's "proxy error" lines would flood the test's output.
+// openAndRead opens file on mt and reads a little of it.
+func (o *outageTest) openAndRead(t *testing.T, mt *outageMount, file outageFile) *os.File {
+	f, err := o.open(mt, file.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not at offset 0: a file read from its start is fetched ahead by
+	// whole parts, which would cache all of it.
+	if msg := checkPread(f, bytes.NewReader(file.data), outageFileSize, 1<<20, 4096); msg != "" {
+		t.Fatalf("%s: reading %s before the outage: %s", mt.name, file.key, msg)
+	}
+	return f
+}
+
+// during stops S3, reads what is not cached on every mount and lists a
+// directory listed before meanwhile, then checks how long each took and
+// that the daemons are up.
+func (o *outageTest) during(t *testing.T) {
 	log.SetOutput(io.Discard)
-	t.Cleanup(func() { log.SetOutput(os.Stderr) })
-	proxy.Reset()
-	srv.Stop()
-	start := time.Now()
-	var mu sync.Mutex
+	o.proxy.Reset()
+	o.srv.Stop()
+	o.start = time.Now()
+	readsDone := o.failReads(t)
+	listed := o.listDuring(t, readsDone)
+	select {
+	case <-readsDone:
+	case <-time.After(outageTimeLimit):
+		t.Fatalf("reads still blocked %v into the outage", time.Since(o.start))
+	}
+	<-listed
+	outage := time.Since(o.start)
+	gets, reqs := o.proxy.Take()
+	o.checkBounds(t)
+	perFile := map[string]int{}
+	for _, r := range reqs {
+		if r.Op == testbed.OpGetObject {
+			perFile[path.Base(r.URI)]++
+		}
+	}
+	preads := len(o.mounts[2].took)
+	t.Logf("behind the proxy: %d GetObject attempts for %d failed preads (%.1f each: %v; %d attempts per retry cycle)",
+		gets.GetObject, preads, float64(gets.GetObject)/float64(preads), perFile, o.mounts[2].attempts)
+	t.Logf("outage lasted %v", outage.Round(time.Millisecond))
+}
+
+// failedRead reads f at off during the outage: it must fail with EIO.
+func (o *outageTest) failedRead(t *testing.T, mt *outageMount, what string, f *os.File, off int64) {
+	t0 := time.Now()
+	_, err := f.ReadAt(make([]byte, outageLen), off)
+	took := time.Since(t0)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	mt.took = append(mt.took, took)
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("%s: pread of %s at %d during the outage: %v after %v, want EIO", mt.name, what, off, errnoOf(err), took.Round(time.Millisecond))
+	}
+}
+
+// failReads starts, on every mount, the reads that must fail: a jump on
+// each handle, in order on from where read-ahead failed, and the tail of
+// an archive opened now. The channel is closed when all are done.
+func (o *outageTest) failReads(t *testing.T) <-chan struct{} {
 	var wg sync.WaitGroup
-	for _, mt := range mounts {
+	for _, mt := range o.mounts {
 		for i, f := range mt.handles {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				t0 := time.Now()
-				_, err := f.ReadAt(make([]byte, outageLen), outageOff)
-				took := time.Since(t0)
-				mu.Lock()
-				defer mu.Unlock()
-				mt.took = append(mt.took, took)
-				if !errors.Is(err, syscall.EIO) {
-					t.Errorf("%s: pread of %s during the outage: %v after %v, want EIO", mt.name, files[i].key, errnoOf(err), took.Round(time.Millisecond))
-				}
-			}()
+			wg.Go(func() { o.failedRead(t, mt, o.files[i].key, f, outageOff) })
 		}
-	}
-	failedRead := func(mt *mounted, what string, f *os.File, off int64) {
-		t0 := time.Now()
-		_, err := f.ReadAt(make([]byte, outageLen), off)
-		took := time.Since(t0)
-		mu.Lock()
-		defer mu.Unlock()
-		mt.took = append(mt.took, took)
-		if !errors.Is(err, syscall.EIO) {
-			t.Errorf("%s: pread of %s at %d during the outage: %v after %v, want EIO", mt.name, what, off, errnoOf(err), took.Round(time.Millisecond))
-		}
-	}
-	for _, mt := range mounts {
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			for _, off := range inOrderOffs {
-				failedRead(mt, files[inOrderFile].key, mt.inOrder, off)
+		wg.Go(func() {
+			for _, off := range outageInOrderOffs {
+				o.failedRead(t, mt, o.files[outageInOrderFile].key, mt.inOrder, off)
 			}
-		}()
-		go func() {
-			defer wg.Done()
+		})
+		wg.Go(func() {
 			// Opening needs no request; the tail read, as numpy's
 			// first, waits for the tail fetch that open started.
-			f, err := os.Open(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(archive.key)))
+			f, err := o.open(mt, o.archive.key)
 			if err != nil {
-				t.Errorf("%s: opening %s during the outage: %v", mt.name, archive.key, errnoOf(err))
+				t.Errorf("%s: opening %s during the outage: %v", mt.name, o.archive.key, errnoOf(err))
 				return
 			}
-			t.Cleanup(func() { f.Close() })
 			mt.archive = f
-			failedRead(mt, archive.key, f, int64(len(archive.data))-outageLen)
-		}()
+			o.failedRead(t, mt, o.archive.key, f, int64(len(o.archive.data))-outageLen)
+		})
 	}
 	readsDone := make(chan struct{})
 	go func() { wg.Wait(); close(readsDone) }()
+	return readsDone
+}
 
-	// Meanwhile, list a directory listed before, past its TTL, and stat a
-	// file in it (ls -l).
-	var lsWG sync.WaitGroup
-	for _, mt := range mounts {
-		lsWG.Add(1)
-		go func() {
-			defer lsWG.Done()
-			for n := 0; time.Since(start) < 4*time.Minute; n++ {
+// listDuring lists, on every mount while the reads go on, a directory
+// listed before, past its TTL, and stats a file in it (ls -l): the same
+// entries must come back. The channel is closed when all are done.
+func (o *outageTest) listDuring(t *testing.T, readsDone <-chan struct{}) <-chan struct{} {
+	var wg sync.WaitGroup
+	for _, mt := range o.mounts {
+		wg.Go(func() {
+			for n := 0; time.Since(o.start) < outageTimeLimit; n++ {
 				select {
 				case <-readsDone:
 					if n >= 1 {
@@ -560,7 +653,7 @@ func TestOutage(t *testing.T) {
 				default:
 					// A refresh by default takes many seconds: one
 					// listing is enough for the slow mounts.
-					if n >= 1 && time.Since(start) > 20*time.Second {
+					if n >= 1 && time.Since(o.start) > outageSlowListingAfter {
 						return
 					}
 				}
@@ -571,31 +664,24 @@ func TestOutage(t *testing.T) {
 					_, err = os.Stat(filepath.Join(mt.m.Mountpoint, "data", "file-5.bin"))
 				}
 				took := time.Since(t0)
-				mu.Lock()
+				o.mu.Lock()
 				mt.ls = append(mt.ls, took)
-				mu.Unlock()
-				if err != nil || !slices.Equal(got, wantNames) {
+				o.mu.Unlock()
+				if err != nil || !slices.Equal(got, o.wantNames) {
 					t.Errorf("%s: ls -l of a listed directory during the outage: %q, %v", mt.name, got, errnoOf(err))
 				}
 			}
-		}()
+		})
 	}
-	select {
-	case <-readsDone:
-	case <-time.After(4 * time.Minute):
-		t.Fatalf("reads still blocked %v into the outage", time.Since(start))
-	}
-	lsWG.Wait()
-	outage := time.Since(start)
-	gets, reqs := proxy.Take()
-	perFile := map[string]int{}
-	for _, r := range reqs {
-		if r.Op == testbed.OpGetObject {
-			perFile[path.Base(r.URI)]++
-		}
-	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	return done
+}
 
-	for _, mt := range mounts {
+// checkBounds checks, on every mount, that the failed reads and the
+// listings took no longer than their bounds, and that the daemon is up.
+func (o *outageTest) checkBounds(t *testing.T) {
+	for _, mt := range o.mounts {
 		readBound := cyclesPerFailedPread*sdkRetryWorst(mt.attempts) + outageSlack
 		lsBound := cyclesPerStaleLs*sdkRetryWorst(mt.attempts) + outageSlack
 		slices.Sort(mt.took)
@@ -616,42 +702,40 @@ func TestOutage(t *testing.T) {
 			t.Fatalf("%s: bgbfs died during the outage", mt.name)
 		}
 	}
-	preads := len(mounts[2].took)
-	t.Logf("behind the proxy: %d GetObject attempts for %d failed preads (%.1f each: %v; %d attempts per retry cycle)",
-		gets.GetObject, preads, float64(gets.GetObject)/float64(preads), perFile, mounts[2].attempts)
-	t.Logf("outage lasted %v", outage.Round(time.Millisecond))
+}
 
-	// S3 is back: the same handles read again, and the same mounts list
-	// and open files.
-	if err := srv.Start(); err != nil {
+// after starts S3 again and checks that the same handles read again, and
+// the same mounts list and open files.
+func (o *outageTest) after(t *testing.T) {
+	if err := o.srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
 	time.Sleep(1100 * time.Millisecond) // past the TTL: list again for real
-	for _, mt := range mounts {
+	for _, mt := range o.mounts {
 		for i, f := range mt.handles {
-			if msg := checkPread(f, bytes.NewReader(files[i].data), fileSize, outageOff, outageLen); msg != "" {
-				t.Errorf("%s: pread of %s on the same handle after S3 came back: %s", mt.name, files[i].key, msg)
+			if msg := checkPread(f, bytes.NewReader(o.files[i].data), outageFileSize, outageOff, outageLen); msg != "" {
+				t.Errorf("%s: pread of %s on the same handle after S3 came back: %s", mt.name, o.files[i].key, msg)
 			}
 		}
 		// Read on in order from the failed read, over the blocks whose
 		// read-ahead failed.
-		if msg := checkPread(mt.inOrder, bytes.NewReader(files[inOrderFile].data), fileSize, inOrderOffs[0], 4<<20); msg != "" {
-			t.Errorf("%s: reading %s on in order on the same handle after S3 came back: %s", mt.name, files[inOrderFile].key, msg)
+		if msg := checkPread(mt.inOrder, bytes.NewReader(o.files[outageInOrderFile].data), outageFileSize, outageInOrderOffs[0], 4<<20); msg != "" {
+			t.Errorf("%s: reading %s on in order on the same handle after S3 came back: %s", mt.name, o.files[outageInOrderFile].key, msg)
 		}
 		// As zipfile does: the end of central directory, then the head.
 		if mt.archive != nil {
-			size := int64(len(archive.data))
+			size := int64(len(o.archive.data))
 			for _, off := range []int64{size - 22, size - outageLen, 0} {
-				if msg := checkPread(mt.archive, bytes.NewReader(archive.data), size, off, outageLen); msg != "" {
-					t.Errorf("%s: pread of %s at %d on the handle opened during the outage, after S3 came back: %s", mt.name, archive.key, off, msg)
+				if msg := checkPread(mt.archive, bytes.NewReader(o.archive.data), size, off, outageLen); msg != "" {
+					t.Errorf("%s: pread of %s at %d on the handle opened during the outage, after S3 came back: %s", mt.name, o.archive.key, off, msg)
 				}
 			}
 		}
-		if got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, wantNames) {
+		if got, err := dirNames(filepath.Join(mt.m.Mountpoint, "data")); err != nil || !slices.Equal(got, o.wantNames) {
 			t.Errorf("%s: ls data after S3 came back: %q, %v", mt.name, got, errnoOf(err))
 		}
-		last := files[len(files)-1]
+		last := o.files[len(o.files)-1]
 		got, err := os.ReadFile(filepath.Join(mt.m.Mountpoint, filepath.FromSlash(last.key)))
 		if err != nil || !bytes.Equal(got, last.data) {
 			t.Errorf("%s: reading %s after S3 came back: %d bytes, %v", mt.name, last.key, len(got), errnoOf(err))

@@ -106,13 +106,11 @@ type idxData struct {
 	ArchiveBytes    int64 // all archives under idxTrainPrefix
 }
 
-var idxFixtureOnce lazy[*idxData]
-
 // idxFixture returns the index-dir bucket, uploading it on first use.
 func idxFixture(t testing.TB) *idxData {
 	t.Helper()
 	srv := env.server(t)
-	return idxFixtureOnce.get(t, "the index-dir bucket", func() (*idxData, error) {
+	return env.idx.get(t, "the index-dir bucket", func() (*idxData, error) {
 		return buildIdxData(srv, filepath.Join(env.work, "indexdir-src"))
 	})
 }

@@ -16,28 +16,25 @@ import (
 
 // suite is what every test shares: the binaries, a work directory, and
 // the lazily started MinIO and datasets (building them is the slow part,
-// so it happens once per `go test` run and only if a test needs it).
+// so it happens once per `go test` run and only if a test needs it). Each
+// lazily built part is a lazy field here, got through its own method or
+// function.
 type suite struct {
 	repo  string
 	work  string // integration/.work/run-*, removed at the end
 	bgbfs string // the binary under test
 
-	minioOnce sync.Once
-	minio     *testbed.MinIO
-	minioErr  error
-
-	dataOnce sync.Once
-	data     *dataset
-	dataErr  error
-
-	policyOnce sync.Once
-	policy     *policyBucket
-	policyErr  error
+	minio  lazy[*testbed.MinIO]
+	data   lazy[*dataset]
+	policy lazy[*policyBucket]
 
 	// Buckets of single features, built on first use.
 	readPath lazy[*readPathData]
 	smoke    lazy[*smokeData]
 	ops      lazy[*opsData]
+	members  lazy[*memberData]
+	idx      lazy[*idxData]
+	scale    lazy[*scaleData]
 
 	// containers is podman on the test bed's store, with the images
 	// built; closed at the end (it holds a shared mount).
@@ -66,7 +63,7 @@ func (l *lazy[T]) get(t testing.TB, what string, build func() (T, error)) T {
 }
 
 // env is set once by TestMain before any test runs and never reassigned;
-// the lazily built parts inside are guarded by their sync.Once.
+// the lazily built parts inside are each built once, by their lazy.
 var env *suite
 
 func TestMain(m *testing.M) {
@@ -109,8 +106,8 @@ func newSuite() (*suite, error) {
 }
 
 func (s *suite) close() {
-	if s.minio != nil {
-		s.minio.Stop()
+	if s.minio.v != nil {
+		s.minio.v.Stop()
 	}
 	if s.containers.v != nil {
 		if err := s.containers.v.Close(); err != nil {
@@ -126,31 +123,22 @@ func (s *suite) close() {
 // MinIO binary fails the test: a silently skipped suite proves nothing.
 func (s *suite) server(t testing.TB) *testbed.MinIO {
 	t.Helper()
-	s.minioOnce.Do(func() {
+	return s.minio.get(t, "MinIO", func() (*testbed.MinIO, error) {
 		bin, err := testbed.MinIOBinary(s.repo)
 		if err != nil {
-			s.minioErr = err
-			return
+			return nil, err
 		}
-		s.minio, s.minioErr = testbed.StartMinIO(bin, filepath.Join(s.work, "minio"))
+		return testbed.StartMinIO(bin, filepath.Join(s.work, "minio"))
 	})
-	if s.minioErr != nil {
-		t.Fatalf("MinIO: %v", s.minioErr)
-	}
-	return s.minio
 }
 
 // dataset returns the main bucket, uploading it on first use.
 func (s *suite) dataset(t testing.TB) *dataset {
 	t.Helper()
 	srv := s.server(t)
-	s.dataOnce.Do(func() {
-		s.data, s.dataErr = buildDataset(t, s.repo, filepath.Join(s.work, "src"), srv)
+	return s.data.get(t, "the test bucket", func() (*dataset, error) {
+		return buildDataset(t, s.repo, filepath.Join(s.work, "src"), srv)
 	})
-	if s.dataErr != nil {
-		t.Fatalf("building the test bucket: %v", s.dataErr)
-	}
-	return s.data
 }
 
 // policyBucket returns the bucket with an anonymous-read policy on
@@ -158,11 +146,7 @@ func (s *suite) dataset(t testing.TB) *dataset {
 func (s *suite) policyBucket(t testing.TB) *policyBucket {
 	t.Helper()
 	srv := s.server(t)
-	s.policyOnce.Do(func() {
-		s.policy, s.policyErr = buildPolicyBucket(srv)
+	return s.policy.get(t, "the policy bucket", func() (*policyBucket, error) {
+		return buildPolicyBucket(srv)
 	})
-	if s.policyErr != nil {
-		t.Fatalf("building the policy bucket: %v", s.policyErr)
-	}
-	return s.policy
 }

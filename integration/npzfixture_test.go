@@ -215,13 +215,11 @@ func (d *memberData) Entries(dir string) []smokeEntry {
 	return out
 }
 
-var memberFixtureOnce lazy[*memberData]
-
 // memberFixture returns the member-view bucket, uploading it on first use.
 func memberFixture(t testing.TB) *memberData {
 	t.Helper()
 	srv := env.server(t)
-	return memberFixtureOnce.get(t, "npz member bucket", func() (*memberData, error) {
+	return env.members.get(t, "npz member bucket", func() (*memberData, error) {
 		return buildMemberData(srv, filepath.Join(env.work, "npzmembers-src"))
 	})
 }

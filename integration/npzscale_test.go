@@ -37,11 +37,11 @@ type scaleData struct {
 	windowsCompressed int64
 }
 
-var scaleFixture lazy[*scaleData]
-
+// scaleBucket returns the scale bucket, uploading it on first use.
 func scaleBucket(t testing.TB) *scaleData {
+	t.Helper()
 	srv := env.server(t)
-	return scaleFixture.get(t, "the scale bucket", func() (*scaleData, error) {
+	return env.scale.get(t, "the scale bucket", func() (*scaleData, error) {
 		local := filepath.Join(env.work, "scale")
 		if err := testbed.GenNPZ(env.repo, local, testbed.NPZSpec{Train: scaleArchives, Windows: scaleWindows, Seed: 1313, CompressedOnly: true, Walk: true, Jobs: 2}); err != nil {
 			return nil, err

@@ -7,9 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,136 +20,38 @@ import (
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// daemonMetrics is every metric of one daemon, in one registry.
+// daemonMetrics are the metrics a daemon's components are built with. The
+// block cache, the disk tier and the member view register theirs once
+// built, with the same Registerer.
 type daemonMetrics struct {
-	reg     *namedRegistry
-	s3      *s3backend.Metrics
-	fuse    *bgfs.Metrics
-	windows prometheus.Histogram
+	s3              *s3backend.Metrics
+	fuse            *bgfs.Metrics
+	readAheadWindow func(bytes int64)
 }
 
-func newDaemonMetrics() *daemonMetrics {
-	reg := &namedRegistry{Registry: prometheus.NewRegistry()}
+// newDaemonMetrics registers with reg the process's metrics and those the
+// components are built with.
+func newDaemonMetrics(reg prometheus.Registerer) daemonMetrics {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := &daemonMetrics{
-		reg:  reg,
-		s3:   s3backend.NewMetrics(reg),
-		fuse: bgfs.NewMetrics(reg),
-		windows: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "bgbfs_readahead_window_bytes",
-			Help:    "Read-ahead window of a file each time it fetches ahead.",
-			Buckets: prometheus.ExponentialBuckets(256<<10, 2, 12),
-		}),
-	}
-	reg.MustRegister(m.windows)
-	return m
-}
-
-// namedRegistry is a registry that can list the names of the metrics
-// registered, samples or not: README's table of them is tested against it.
-type namedRegistry struct {
-	*prometheus.Registry
-	mu         sync.Mutex
-	collectors []prometheus.Collector
-}
-
-func (r *namedRegistry) Register(c prometheus.Collector) error {
-	if err := r.Registry.Register(c); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.collectors = append(r.collectors, c)
-	return nil
-}
-
-func (r *namedRegistry) MustRegister(cs ...prometheus.Collector) {
-	for _, c := range cs {
-		if err := r.Register(c); err != nil {
-			panic(err)
-		}
+	return daemonMetrics{
+		s3:              s3backend.NewMetrics(reg),
+		fuse:            bgfs.NewMetrics(reg),
+		readAheadWindow: cache.ReadAheadWindows(reg),
 	}
 }
 
-// fqName finds a metric's name in its description, which has no getter.
-var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
-
-// names returns the names of the metrics registered, sorted.
-func (r *namedRegistry) names() []string {
-	r.mu.Lock()
-	collectors := slices.Clone(r.collectors)
-	r.mu.Unlock()
-	descs := make(chan *prometheus.Desc)
-	go func() {
-		for _, c := range collectors {
-			c.Describe(descs)
-		}
-		close(descs)
-	}()
-	var out []string
-	for d := range descs {
-		if m := fqName.FindStringSubmatch(d.String()); m != nil {
-			out = append(out, m[1])
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-// watchCache exposes the block cache's own counters.
-func (m *daemonMetrics) watchCache(blocks *cache.BlockCache) {
-	registerStats(m.reg, blocks.Stats,
-		stat[cache.Stats]{"bgbfs_cache_hits_total", "Blocks a read found cached, held by read-ahead, or already being fetched.", false, func(s cache.Stats) int64 { return s.Hits }},
-		stat[cache.Stats]{"bgbfs_cache_misses_total", "Blocks a read had to fetch.", false, func(s cache.Stats) int64 { return s.Misses }},
-		stat[cache.Stats]{"bgbfs_cache_evictions_total", "Blocks dropped from the cache to make room.", false, func(s cache.Stats) int64 { return s.Evictions }},
-		stat[cache.Stats]{"bgbfs_cache_bytes", "Bytes of cached blocks.", true, func(s cache.Stats) int64 { return s.BytesCached }},
-		stat[cache.Stats]{"bgbfs_readahead_bytes", "Bytes read-ahead holds beyond the cached blocks.", true, func(s cache.Stats) int64 { return s.BytesAhead }},
-		stat[cache.Stats]{"bgbfs_readahead_fetched_bytes_total", "Bytes read-ahead asked S3 for.", false, func(s cache.Stats) int64 { return s.FetchedAhead }},
+// registerNPZMetrics registers the member view's index counters with reg,
+// each read from the view's Stats when scraped.
+func registerNPZMetrics(reg prometheus.Registerer, v *bgfs.NPZView) {
+	cache.RegisterStats(reg, v.Stats,
+		cache.Counter("bgbfs_npz_index_builds_total", "Compressed .npz members inflated whole to index them.", func(s bgfs.NPZStats) int64 { return s.IndexBuilds }),
+		cache.Counter("bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", func(s bgfs.NPZStats) int64 { return s.IndexBuildErrors }),
+		cache.Counter("bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", func(s bgfs.NPZStats) int64 { return s.IndexHits }),
+		cache.Gauge("bgbfs_npz_index_bytes", "Memory of the member indexes held.", func(s bgfs.NPZStats) int64 { return s.IndexBytes }),
+		cache.Counter("bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", func(s bgfs.NPZStats) int64 { return s.IndexLoads }),
+		cache.Counter("bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", func(s bgfs.NPZStats) int64 { return s.IndexSaves }),
+		cache.Counter("bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", func(s bgfs.NPZStats) int64 { return s.IndexFilesIgnored }),
 	)
-}
-
-// watchDisk exposes the disk tier's counters.
-func (m *daemonMetrics) watchDisk(t *cache.DiskTier) {
-	registerStats(m.reg, t.Stats,
-		stat[cache.DiskStats]{"bgbfs_disk_hits_total", "Blocks read from --cache-dir instead of S3.", false, func(s cache.DiskStats) int64 { return s.Hits }},
-		stat[cache.DiskStats]{"bgbfs_disk_misses_total", "Blocks not in --cache-dir, fetched from S3.", false, func(s cache.DiskStats) int64 { return s.Misses }},
-		stat[cache.DiskStats]{"bgbfs_disk_written_bytes_total", "Block bytes written to --cache-dir.", false, func(s cache.DiskStats) int64 { return s.BytesWritten }},
-		stat[cache.DiskStats]{"bgbfs_disk_writes_skipped_total", "Blocks fetched but not written to --cache-dir (backlog full, dir full of files in use, or its writes paused).", false, func(s cache.DiskStats) int64 { return s.WritesSkipped }},
-		stat[cache.DiskStats]{"bgbfs_disk_checksum_failures_total", "Damage found in --cache-dir (object files not whole, units failing their CRC-32C), dropped and fetched again.", false, func(s cache.DiskStats) int64 { return s.ChecksumFailures }},
-		stat[cache.DiskStats]{"bgbfs_disk_evictions_total", "Files this process removed from --cache-dir (least recently used, or damaged).", false, func(s cache.DiskStats) int64 { return s.Evictions }},
-		stat[cache.DiskStats]{"bgbfs_disk_bytes", "Disk space the files of --cache-dir take (blocks and indexes), as this process last summed it plus its writes since.", true, func(s cache.DiskStats) int64 { return s.BytesUsed }},
-	)
-}
-
-// watchNPZ exposes the member view's index counters.
-func (m *daemonMetrics) watchNPZ(v *bgfs.NPZView) {
-	registerStats(m.reg, v.Stats,
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_builds_total", "Compressed .npz members inflated whole to index them.", false, func(s bgfs.NPZStats) int64 { return s.IndexBuilds }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", false, func(s bgfs.NPZStats) int64 { return s.IndexBuildErrors }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", false, func(s bgfs.NPZStats) int64 { return s.IndexHits }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_bytes", "Memory of the member indexes held.", true, func(s bgfs.NPZStats) int64 { return s.IndexBytes }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", false, func(s bgfs.NPZStats) int64 { return s.IndexLoads }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", false, func(s bgfs.NPZStats) int64 { return s.IndexSaves }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", false, func(s bgfs.NPZStats) int64 { return s.IndexFilesIgnored }},
-	)
-}
-
-// stat is one counter or gauge read from a component's Stats snapshot.
-type stat[S any] struct {
-	name, help string
-	gauge      bool
-	get        func(S) int64
-}
-
-func registerStats[S any](reg prometheus.Registerer, snapshot func() S, stats ...stat[S]) {
-	for _, st := range stats {
-		read := func() float64 { return float64(st.get(snapshot())) }
-		if st.gauge {
-			reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: st.name, Help: st.help}, read))
-		} else {
-			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: st.name, Help: st.help}, read))
-		}
-	}
 }
 
 // statsLines are the plain counters of /stats: name, metric, and the
@@ -189,10 +89,10 @@ var statsLines = []struct {
 
 func eq(want string) func(string) bool { return func(v string) bool { return v == want } }
 
-// writeStats renders the main counters as "name value" lines, for people
-// and scripts that do not speak Prometheus.
-func (m *daemonMetrics) writeStats(w http.ResponseWriter, _ *http.Request) {
-	families, err := m.reg.Gather()
+// writeStats renders the main counters of g as "name value" lines, for
+// people and scripts that do not speak Prometheus.
+func writeStats(g prometheus.Gatherer, w http.ResponseWriter) {
+	families, err := g.Gather()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -222,16 +122,16 @@ func matches(series *dto.Metric, match map[string]func(string) bool) bool {
 	return true
 }
 
-// serve serves /metrics (Prometheus) and /stats (plain) on addr. It
-// returns a function that stops the server.
-func (m *daemonMetrics) serve(addr string, logger *slog.Logger) (func(), error) {
+// serveMetrics serves the metrics of g on addr: /metrics (Prometheus) and
+// /stats (plain). It returns a function that stops the server.
+func serveMetrics(addr string, g prometheus.Gatherer, logger *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /stats", m.writeStats)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) { writeStats(g, w) })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

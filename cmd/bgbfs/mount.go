@@ -18,6 +18,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
@@ -34,10 +35,9 @@ const unmountGrace = 5 * time.Second
 
 // runtimeHeadroom is the memory allowed beyond --cache-size for everything
 // else: FUSE buffers, HTTP connections, listings. The runtime lets garbage
-// grow up to the limit, so the limit is what RSS shows under load: with 64
-// readers and a 64 MiB cache the heap held 25 MiB of FUSE buffers and a few
-// MiB else beyond the cache, and RSS peaked at 145-151 MiB with 80 MiB of
-// headroom, 129-133 with 64, 113-118 with 48 (which slowed the readers).
+// grow up to the limit, so the limit is what RSS shows under load; less
+// headroom slowed the readers (BENCHMARKS.md, "Figures behind design
+// choices": memory limit headroom).
 const runtimeHeadroom = 64 << 20
 
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -87,47 +87,101 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		}
 	}()
 
-	// The cache is the bulk of the heap: keep the Go runtime's garbage
-	// from growing the process far beyond it.
-	cacheSize, beside := o.cache.CacheSize, int64(0) // memory bounded apart from the cache
+	limitMemory(o)
+	registry := prometheus.NewRegistry()
+	metrics := newDaemonMetrics(registry)
+	client, first, err := connect(ctx, o, metrics.s3, logger)
+	if err != nil {
+		return nil, err
+	}
+	store := s3backend.Instrument(client, metrics.s3)
+	// The dir is opened first so that it is closed last: the disk tier's
+	// and the member view's last writes go to an open dir.
+	dir := m.openCacheDir(o, logger)
+	blockStore, err := m.startDiskTier(o, store, dir, registry, logger)
+	if err != nil {
+		return nil, err
+	}
+	npzView, err := m.startNPZView(o, client, dir, registry, logger)
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := m.startBlockCache(o, blockStore, metrics.readAheadWindow, registry, logger)
+	if err != nil {
+		return nil, err
+	}
+	if o.metricsAddr != "" {
+		stop, err := serveMetrics(o.metricsAddr, registry, logger)
+		if err != nil {
+			return nil, err
+		}
+		m.closers = append(m.closers, stop)
+	}
+	cfg := fsConfig(o, store, blocks, npzView, &first, metrics.fuse, logger)
+	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	tuneKernelReadAhead(mp, o.kernelReadAhead, npzView, logger)
+	logMounted(logger, m, o, client.Region())
+	return m, nil
+}
+
+// limitMemory keeps the Go runtime's garbage from growing the process far
+// beyond the cache, which is the bulk of the heap.
+func limitMemory(o mountOptions) {
+	if o.cache.CacheSize == 0 {
+		return
+	}
+	beside := int64(0) // memory bounded apart from the cache
 	if o.npzMembers {
 		beside = o.npzIndexBytes + o.npzSpanBytes
 	}
 	// The headroom holds the default listings; more is counted beside.
 	beside += max(0, o.listingMemory-bgfs.DefaultListingMemory)
-	if o.cacheDir.local != "" && cacheSize > 0 {
+	if o.cacheDir.local != "" {
 		beside += cache.DiskWriteBacklog // block copies waiting for the disk
 	}
-	if cacheSize > 0 {
-		debug.SetMemoryLimit(cacheSize + beside + runtimeHeadroom)
-	}
-	metrics := newDaemonMetrics()
-	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, o.cache.MaxParallel, metrics.s3, logger))
+	debug.SetMemoryLimit(o.cache.CacheSize + beside + runtimeHeadroom)
+}
+
+// connect makes the S3 client and checks, with the first listing of the
+// prefix, that the endpoint answers and lets us read.
+func connect(ctx context.Context, o mountOptions, metrics *s3backend.Metrics, logger *slog.Logger) (*s3backend.Client, s3backend.ListPage, error) {
+	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, o.cache.MaxParallel, metrics, logger))
 	if err != nil {
-		return nil, err
+		return nil, s3backend.ListPage{}, err
 	}
 	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
 	first, err := client.Probe(probeCtx, o.prefix)
 	cancel()
 	if err != nil {
-		return nil, explainProbe(o.s3Options, o.bucket, o.prefix, err)
+		return nil, s3backend.ListPage{}, explainProbe(o.s3Options, o.bucket, o.prefix, err)
 	}
 	if len(first.Objects) == 0 && len(first.CommonPrefixes) == 0 {
 		logger.Warn("no objects under the prefix: the mount is empty", "bucket", o.bucket, "prefix", o.prefix)
 	}
+	return client, first, nil
+}
 
-	store := s3backend.Instrument(client, metrics.s3)
-	// The dir is opened first so that it is closed last: the disk tier's
-	// and the member view's last writes go to an open dir.
-	var dir *cache.Dir
-	if o.cacheDir.local != "" {
-		if dir, err = cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger); err != nil {
-			logger.Warn("cache dir not writable: blocks and member indexes kept in memory only", "dir", o.cacheDir.local, "err", err)
-		} else {
-			m.closers = append(m.closers, dir.Close)
-		}
+// openCacheDir opens a local --cache-dir, or returns nil: without one,
+// or when it cannot be written (the mount goes on in memory).
+func (m *liveMount) openCacheDir(o mountOptions, logger *slog.Logger) *cache.Dir {
+	if o.cacheDir.local == "" {
+		return nil
 	}
-	var blockStore s3backend.ObjectStore = store
+	dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
+	if err != nil {
+		logger.Warn("cache dir not writable: blocks and member indexes kept in memory only", "dir", o.cacheDir.local, "err", err)
+		return nil
+	}
+	m.closers = append(m.closers, dir.Close)
+	return dir
+}
+
+// startDiskTier puts the disk tier in front of store when blocks are kept
+// in a local dir, and returns the store the block cache fetches from.
+func (m *liveMount) startDiskTier(o mountOptions, store s3backend.ObjectStore, dir *cache.Dir, reg prometheus.Registerer, logger *slog.Logger) (s3backend.ObjectStore, error) {
 	switch {
 	case dir != nil && o.cache.CacheSize > 0:
 		tier, err := cache.NewDiskTier(store, dir, o.cache.BlockSize, o.source(o.bucket), logger)
@@ -135,47 +189,57 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 			return nil, err // validated: not reached
 		}
 		m.closers = append(m.closers, tier.Wait) // after the caches close: no new writes
-		metrics.watchDisk(tier)
-		blockStore = tier
+		tier.RegisterMetrics(reg)
+		return tier, nil
 	case o.cacheDir.s3Bucket != "":
 		logger.Info("blocks are kept on disk only in a local --cache-dir: an s3:// one holds member indexes")
 	case dir != nil:
 		logger.Info("--cache-size 0 keeps no blocks, in memory or on disk")
 	}
-	o.cache.Logger = logger
-	// A fetch lives no longer than a reader would wait for it.
-	o.cache.FetchTimeout = o.readTimeout
-	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
-	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
-	var npzView *bgfs.NPZView
-	if o.npzMembers {
-		files, save := indexFiles(o, client, dir)
-		// Indexes and decoded spans have bounds of their own, beside
-		// --cache-size.
-		if npzView, err = bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes); err != nil {
-			return nil, err
-		}
-		m.closers = append(m.closers, npzView.Close)
-		if files != nil {
-			npzView.KeepIndexesIn(*files, save, logger)
-		}
-		metrics.watchNPZ(npzView)
+	return store, nil
+}
+
+// startNPZView makes the member view, with --npz-members; nil without.
+func (m *liveMount) startNPZView(o mountOptions, client *s3backend.Client, dir *cache.Dir, reg prometheus.Registerer, logger *slog.Logger) (*bgfs.NPZView, error) {
+	if !o.npzMembers {
+		return nil, nil
 	}
-	blocks, err := cache.New(blockStore, o.cache)
+	files, save := indexFiles(o, client, dir)
+	// Indexes and decoded spans have bounds of their own, beside
+	// --cache-size.
+	npzView, err := bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes)
+	if err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, npzView.Close)
+	if files != nil {
+		npzView.KeepIndexesIn(*files, save, logger)
+	}
+	registerNPZMetrics(reg, npzView)
+	return npzView, nil
+}
+
+// startBlockCache makes the block cache over store.
+func (m *liveMount) startBlockCache(o mountOptions, store s3backend.ObjectStore, observeWindow func(int64), reg prometheus.Registerer, logger *slog.Logger) (*cache.BlockCache, error) {
+	opt := o.cache
+	opt.Logger = logger
+	// A fetch lives no longer than a reader would wait for it.
+	opt.FetchTimeout = o.readTimeout
+	opt.ReorderWindow = max(o.kernelReadAhead, 1<<20)
+	opt.ObserveWindow = observeWindow
+	blocks, err := cache.New(store, opt)
 	if err != nil {
 		return nil, err
 	}
 	m.closers = append(m.closers, blocks.Close)
-	metrics.watchCache(blocks)
-	if o.metricsAddr != "" {
-		stop, err := metrics.serve(o.metricsAddr, logger)
-		if err != nil {
-			return nil, err
-		}
-		m.closers = append(m.closers, stop)
-	}
-	cfg := bgfs.Config{
-		Lister:      store,
+	blocks.RegisterMetrics(reg)
+	return blocks, nil
+}
+
+// fsConfig is what the FUSE tree is built with.
+func fsConfig(o mountOptions, lister s3backend.ObjectStore, blocks *cache.BlockCache, npzView *bgfs.NPZView, first *s3backend.ListPage, metrics *bgfs.Metrics, logger *slog.Logger) bgfs.Config {
+	return bgfs.Config{
+		Lister:      lister,
 		Blocks:      blocks,
 		Prefix:      o.prefix,
 		UID:         o.uid,
@@ -184,34 +248,39 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		DirMode:     o.dirMode,
 		MetadataTTL: o.metadataTTL,
 		Logger:      logger,
-		RootListing: &first,
+		RootListing: first,
 		Limit:       o.limit,
-		Metrics:     metrics.fuse,
+		Metrics:     metrics,
 		NPZ:         npzView,
 		// Validated: at least 1 MiB.
 		ListingMemory: o.listingMemory,
 		ReadTimeout:   o.readTimeout,
 	}
-	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", mp, err)
+}
+
+// tuneKernelReadAhead sets the kernel's read-ahead for the mount (0 keeps
+// the kernel's); the member view is told what the kernel reads.
+func tuneKernelReadAhead(mp string, bytes int64, npzView *bgfs.NPZView, logger *slog.Logger) {
+	if bytes <= 0 {
+		return
 	}
-	if o.kernelReadAhead > 0 {
-		if err := setKernelReadAhead(mp, o.kernelReadAhead); err != nil {
-			logger.Debug("kernel read-ahead left as it is", "err", err)
-		} else if npzView != nil {
-			// The member view reads around windows as the kernel does.
-			npzView.SetKernelReadAhead(o.kernelReadAhead)
-		}
+	if err := setKernelReadAhead(mp, bytes); err != nil {
+		logger.Debug("kernel read-ahead left as it is", "err", err)
+	} else if npzView != nil {
+		// The member view reads around windows as the kernel does.
+		npzView.SetKernelReadAhead(bytes)
 	}
-	logger.Info("mounted", "source", m.source, "mountpoint", mp,
-		"region", client.Region(), "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),
+}
+
+// logMounted logs the mount and every setting it runs with.
+func logMounted(logger *slog.Logger, m *liveMount, o mountOptions, region string) {
+	logger.Info("mounted", "source", m.source, "mountpoint", m.mp,
+		"region", region, "endpoint", o.endpoint, "metadata_ttl", ttlString(o.metadataTTL),
 		"uid", o.uid, "gid", o.gid, "file_mode", fmt.Sprintf("%#o", o.fileMode), "dir_mode", fmt.Sprintf("%#o", o.dirMode),
 		"allow_other", o.allowOther, "anonymous", o.noSignRequest,
-		"cache_size", cacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
+		"cache_size", o.cache.CacheSize, "block_size", o.cache.BlockSize, "part_size", o.cache.PartSize,
 		"max_read_ahead", o.cache.MaxReadAhead, "max_parallel_requests", o.cache.MaxParallel,
 		"limit_files", limitString(o.limit), "npz_members", o.npzMembers, "npz_checkpoint_span", o.npzSpan, "npz_index_memory", o.npzIndexBytes, "npz_span_memory", o.npzSpanBytes, "cache_dir", o.cacheDir.String(), "cache_dir_size", o.cacheDir.size, "max_attempts", o.maxAttempts, "request_timeout", o.requestTimeout.String(), "read_timeout", o.readTimeout.String())
-	return m, nil
 }
 
 // indexFiles is where the member view keeps indexes: a local dir is read

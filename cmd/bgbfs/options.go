@@ -84,65 +84,106 @@ func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer
 		synopsis = execSynopsis
 	}
 	fs := newFlagSet("mount", synopsis, stdout)
-	readS3 := addS3Flags(fs, getenv)
-	uid := fs.String("uid", strconv.Itoa(os.Getuid()), "owner uid of every file and directory")
-	gid := fs.String("gid", strconv.Itoa(os.Getgid()), "owner gid of every file and directory")
-	fileMode := fs.String("file-mode", "0444", "permission bits of files, octal")
-	dirMode := fs.String("dir-mode", "0555", "permission bits of directories, octal")
-	allowOther := fs.Bool("allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
-	readTimeout := fs.Duration("read-timeout", defaultReadTimeout, "a read that has waited this long for S3 gets EIO (a lookup or ls: each LIST page); the fetch goes on for other readers no longer than this either; 0 waits as long as --max-attempts take")
-	ttl := fs.String("metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
-	readLog := addLogFlags(fs)
-	daemon := fs.Bool("daemon", false, "run in the background; return once the mount is ready (non-zero, with the reason, if it failed)")
-	fuseOpts := fs.StringArrayP("options", "o", nil, "mount options, FUSE style: -o allow_other,uid=1000,endpoint_url=http://...,limit_files=3 (any flag, with _ for -); for mount(8) and /etc/fstab")
-	limitFiles := fs.StringArray("limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
-	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
-	cacheSize := fs.String("cache-size", "1GiB", "memory for cached blocks, read-ahead and blocks being fetched, all files together; 0 turns caching and read-ahead off")
-	blockSize := fs.String("block-size", "1MiB", "unit of caching (128KiB with --npz-members)")
-	partSize := fs.String("part-size", "8MiB", "largest ranged GET of read-ahead")
-	maxReadAhead := fs.String("max-read-ahead", "64MiB", "largest read-ahead window of one open file")
-	maxParallel := fs.Int("max-parallel-requests", 32, "most GETs in flight, all files together")
-	kernelReadAhead := fs.String("kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's; 128KiB with --npz-members)")
-	npzMembers := fs.Bool("npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; memory beside --cache-size: --npz-index-size for indexes and 64 checkpoint spans for decoded stretches of members; --block-size and --kernel-read-ahead default to 128KiB and 128KiB")
-	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
-	npzIndexSize := fs.String("npz-index-size", "256MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 23KB per archive of 73 EEG windows written by numpy, so the default holds the indexes of about 11,000 such archives; an index evicted is built again by inflating its member whole")
-	readCacheDir := addCacheDirFlags(fs, "keep fetched blocks and (with --npz-members) member indexes in this local directory across runs, so later epochs, restarts and other mounts on the machine read them from disk; or s3://BUCKET/PREFIX/ to read member indexes \"bgbfs index\" wrote there")
-	listingMemory := fs.String("listing-memory", "32MiB", "memory for directory listings (about 200 bytes an entry), least recently used dropped first; the listing of a directory in use is kept even when larger")
-	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
+	f := declareMountFlags(fs, getenv, &o)
 	if err := parseFlags(fs, args); err != nil {
 		return o, nil, err
 	}
-	if err := applyFuseOptions(fs, *fuseOpts); err != nil {
+	if err := applyFuseOptions(fs, f.fuseOpts); err != nil {
 		return o, nil, err
 	}
+	if err := o.readPositionals(fs, exec); err != nil {
+		return o, nil, err
+	}
+	if err := f.read(&o, getenv); err != nil {
+		return o, nil, err
+	}
+	return o, fs.Changed, nil
+}
+
+// mountFlags are the flags of "bgbfs mount" that are read into
+// mountOptions once given: what is not a plain bool, string or number.
+type mountFlags struct {
+	readS3                 func() (s3Options, error)
+	readLog                func() (logOptions, error)
+	readCacheDir           func() (cacheDirOptions, error)
+	fuseOpts               []string
+	uid, gid               string
+	fileMode, dirMode      string
+	ttl                    string
+	limitFiles             []string
+	limitPattern           string
+	cacheSize, blockSize   string
+	partSize, maxReadAhead string
+	kernelReadAhead        string
+	npzSpan, npzIndexSize  string
+	listingMemory          string
+}
+
+// declareMountFlags declares the flags of "bgbfs mount" on fs, with their
+// defaults and help; plain values go straight into o.
+func declareMountFlags(fs *pflag.FlagSet, getenv func(string) string, o *mountOptions) *mountFlags {
+	f := &mountFlags{}
+	f.readS3 = addS3Flags(fs, getenv)
+	fs.StringVar(&f.uid, "uid", strconv.Itoa(os.Getuid()), "owner uid of every file and directory")
+	fs.StringVar(&f.gid, "gid", strconv.Itoa(os.Getgid()), "owner gid of every file and directory")
+	fs.StringVar(&f.fileMode, "file-mode", "0444", "permission bits of files, octal")
+	fs.StringVar(&f.dirMode, "dir-mode", "0555", "permission bits of directories, octal")
+	fs.BoolVar(&o.allowOther, "allow-other", false, "let users other than the mounting one use the mount (non-root needs user_allow_other in /etc/fuse.conf)")
+	fs.DurationVar(&o.readTimeout, "read-timeout", defaultReadTimeout, "a read that has waited this long for S3 gets EIO (a lookup or ls: each LIST page); the fetch goes on for other readers no longer than this either; 0 waits as long as --max-attempts take")
+	fs.StringVar(&f.ttl, "metadata-ttl", "60s", "how long a directory listing is trusted: a duration, or indefinite (0 still reuses a listing for 1s)")
+	f.readLog = addLogFlags(fs)
+	fs.BoolVar(&o.daemon, "daemon", false, "run in the background; return once the mount is ready (non-zero, with the reason, if it failed)")
+	fs.StringArrayVarP(&f.fuseOpts, "options", "o", nil, "mount options, FUSE style: -o allow_other,uid=1000,endpoint_url=http://...,limit_files=3 (any flag, with _ for -); for mount(8) and /etc/fstab")
+	fs.StringArrayVar(&f.limitFiles, "limit-files", nil, "smoke-test view: show only the first N files matching --limit-pattern in each directory; DIR=N for one directory (relative to the mount root), repeatable (env BGB_LIMIT_FILES sets N)")
+	fs.StringVar(&f.limitPattern, "limit-pattern", "*.npz", "glob of the file names --limit-files counts; other files stay visible")
+	fs.StringVar(&f.cacheSize, "cache-size", "1GiB", "memory for cached blocks, read-ahead and blocks being fetched, all files together; 0 turns caching and read-ahead off")
+	fs.StringVar(&f.blockSize, "block-size", "1MiB", "unit of caching (128KiB with --npz-members)")
+	fs.StringVar(&f.partSize, "part-size", "8MiB", "largest ranged GET of read-ahead")
+	fs.StringVar(&f.maxReadAhead, "max-read-ahead", "64MiB", "largest read-ahead window of one open file")
+	fs.IntVar(&o.cache.MaxParallel, "max-parallel-requests", 32, "most GETs in flight, all files together")
+	fs.StringVar(&f.kernelReadAhead, "kernel-read-ahead", "4MiB", "the kernel's read-ahead for the mount (set as root only; 0 keeps the kernel's; 128KiB with --npz-members)")
+	fs.BoolVar(&o.npzMembers, "npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; memory beside --cache-size: --npz-index-size for indexes and 64 checkpoint spans for decoded stretches of members; --block-size and --kernel-read-ahead default to 128KiB and 128KiB")
+	fs.StringVar(&f.npzSpan, "npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
+	fs.StringVar(&f.npzIndexSize, "npz-index-size", "256MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 23KB per archive of 73 EEG windows written by numpy, so the default holds the indexes of about 11,000 such archives; an index evicted is built again by inflating its member whole")
+	f.readCacheDir = addCacheDirFlags(fs, "keep fetched blocks and (with --npz-members) member indexes in this local directory across runs, so later epochs, restarts and other mounts on the machine read them from disk; or s3://BUCKET/PREFIX/ to read member indexes \"bgbfs index\" wrote there")
+	fs.StringVar(&f.listingMemory, "listing-memory", "32MiB", "memory for directory listings (about 200 bytes an entry), least recently used dropped first; the listing of a directory in use is kept even when larger")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")
+	return f
+}
+
+// readPositionals reads the source and the mountpoint, and for exec the
+// command after --.
+func (o *mountOptions) readPositionals(fs *pflag.FlagSet, exec bool) (err error) {
 	positional := fs.Args()
 	if exec {
 		dash := fs.ArgsLenAtDash()
 		if dash < 0 || dash == len(positional) {
-			return o, nil, usageError{"exec needs a command after --"}
+			return usageError{"exec needs a command after --"}
 		}
 		positional, o.command = positional[:dash], positional[dash:]
 	}
 	if len(positional) != 2 {
-		return o, nil, usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
+		return usageError{fmt.Sprintf("takes 2 arguments, s3://BUCKET[/PREFIX/] and MOUNTPOINT; got %d", len(positional))}
 	}
-	o.mountpoint, o.daemon, o.allowOther, o.npzMembers, o.metricsAddr = positional[1], *daemon, *allowOther, *npzMembers, *metricsAddr
-	o.readTimeout = *readTimeout
-	o.cache.MaxParallel = *maxParallel
-	if o.bucket, o.prefix, err = parseS3URL(positional[0]); err != nil {
-		return o, nil, err
-	}
+	o.mountpoint = positional[1]
+	o.bucket, o.prefix, err = parseS3URL(positional[0])
+	return err
+}
+
+// read reads the flags given into o, in the order their errors are
+// reported.
+func (f *mountFlags) read(o *mountOptions, getenv func(string) string) error {
 	steps := []func() error{
-		func() (err error) { o.s3Options, err = readS3(); return },
-		func() (err error) { o.uid, err = parseID("uid", *uid); return },
-		func() (err error) { o.gid, err = parseID("gid", *gid); return },
-		func() (err error) { o.fileMode, err = parseMode("file-mode", *fileMode); return },
-		func() (err error) { o.dirMode, err = parseMode("dir-mode", *dirMode); return },
-		func() (err error) { o.metadataTTL, err = parseTTL(*ttl); return },
-		func() (err error) { o.logOptions, err = readLog(); return },
-		func() (err error) { o.cacheDir, err = readCacheDir(); return },
+		func() (err error) { o.s3Options, err = f.readS3(); return },
+		func() (err error) { o.uid, err = parseID("uid", f.uid); return },
+		func() (err error) { o.gid, err = parseID("gid", f.gid); return },
+		func() (err error) { o.fileMode, err = parseMode("file-mode", f.fileMode); return },
+		func() (err error) { o.dirMode, err = parseMode("dir-mode", f.dirMode); return },
+		func() (err error) { o.metadataTTL, err = parseTTL(f.ttl); return },
+		func() (err error) { o.logOptions, err = f.readLog(); return },
+		func() (err error) { o.cacheDir, err = f.readCacheDir(); return },
 		func() (err error) {
-			o.limit, err = parseLimit(*limitFiles, getenv("BGB_LIMIT_FILES"), *limitPattern)
+			o.limit, err = parseLimit(f.limitFiles, getenv("BGB_LIMIT_FILES"), f.limitPattern)
 			return
 		},
 	}
@@ -151,23 +192,23 @@ func parseMountFlags(args []string, getenv func(string) string, stdout io.Writer
 		in   string
 		out  *int64
 	}{
-		{"cache-size", *cacheSize, &o.cache.CacheSize},
-		{"block-size", *blockSize, &o.cache.BlockSize},
-		{"part-size", *partSize, &o.cache.PartSize},
-		{"max-read-ahead", *maxReadAhead, &o.cache.MaxReadAhead},
-		{"kernel-read-ahead", *kernelReadAhead, &o.kernelReadAhead},
-		{"npz-checkpoint-span", *npzSpan, &o.npzSpan},
-		{"npz-index-size", *npzIndexSize, &o.npzIndexBytes},
-		{"listing-memory", *listingMemory, &o.listingMemory},
+		{"cache-size", f.cacheSize, &o.cache.CacheSize},
+		{"block-size", f.blockSize, &o.cache.BlockSize},
+		{"part-size", f.partSize, &o.cache.PartSize},
+		{"max-read-ahead", f.maxReadAhead, &o.cache.MaxReadAhead},
+		{"kernel-read-ahead", f.kernelReadAhead, &o.kernelReadAhead},
+		{"npz-checkpoint-span", f.npzSpan, &o.npzSpan},
+		{"npz-index-size", f.npzIndexSize, &o.npzIndexBytes},
+		{"listing-memory", f.listingMemory, &o.listingMemory},
 	} {
 		steps = append(steps, func() (err error) { *sz.out, err = parseSize(sz.name, sz.in); return })
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
-			return o, nil, err
+			return err
 		}
 	}
-	return o, fs.Changed, nil
+	return nil
 }
 
 // derive sets the values that follow from others, where the flag was not
@@ -178,10 +219,10 @@ func (o *mountOptions) derive(changed func(string) bool) {
 		// byte the kernel reads around a window, and each byte of a block
 		// beyond what is needed, is fetched and inflated for nothing.
 		// Sequential reads keep their speed: the cache's own read-ahead
-		// fetches in whole parts regardless. Workload i, side by side
-		// (100 archives, 8 loaders, 64 MiB cache): 128 KiB blocks and
-		// kernel read-ahead fetched 1.56 MB per 1.03 MB compressed window
-		// at 88-97 samples/s; 256 KiB and 256 KiB, 2.00 MB at 70-73.
+		// fetches in whole parts regardless. 128 KiB fetched less per
+		// window and read more windows a second than 256 KiB
+		// (BENCHMARKS.md, "Figures behind design choices": block size
+		// with --npz-members).
 		if !changed("block-size") {
 			o.cache.BlockSize = 128 << 10
 		}

@@ -10,17 +10,37 @@ import (
 	bgfs "github.com/bgbfs/bgbfs/fs"
 )
 
-func TestParseMountArgs(t *testing.T) {
-	env := func(m map[string]string) func(string) string {
-		return func(k string) string { return m[k] }
+// mountArgsCase is one command line of "bgbfs mount" and what parsing
+// it must give: an error naming wantErr, or options check accepts.
+type mountArgsCase struct {
+	name    string
+	args    []string
+	env     map[string]string
+	wantErr string // substring; "" means success
+	check   func(t *testing.T, o mountOptions)
+}
+
+func runMountArgsCases(t *testing.T, tests []mountArgsCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseMountArgs(tt.args, func(k string) string { return tt.env[k] }, io.Discard, false)
+			if tt.wantErr != "" {
+				wantUsageError(t, err, tt.wantErr)
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			tt.check(t, o)
+		})
 	}
-	tests := []struct {
-		name    string
-		args    []string
-		env     map[string]string
-		wantErr string // substring; "" means success
-		check   func(t *testing.T, o mountOptions)
-	}{
+}
+
+// TestParseMountArgs: the source, the mountpoint, S3, ownership, modes,
+// the metadata TTL and timeouts.
+func TestParseMountArgs(t *testing.T) {
+	runMountArgsCases(t, []mountArgsCase{
 		{
 			name: "defaults",
 			args: []string{"s3://bucket-1/cache/tusz/", "/mnt"},
@@ -128,6 +148,13 @@ func TestParseMountArgs(t *testing.T) {
 		{name: "bad endpoint", args: []string{"--endpoint-url", "localhost:9000", "s3://bucket/", "/m"}, wantErr: "--endpoint-url"},
 		{name: "missing mountpoint", args: []string{"s3://bucket/"}, wantErr: "2 arguments"},
 		{name: "extra argument", args: []string{"s3://bucket/", "/m", "x"}, wantErr: "2 arguments"},
+	})
+}
+
+// TestParseMountArgsNPZ: --npz-members, the defaults it changes and the
+// bounds beside --cache-size.
+func TestParseMountArgsNPZ(t *testing.T) {
+	runMountArgsCases(t, []mountArgsCase{
 		{name: "npz members off by default", args: []string{"s3://bucket/", "/m"}, check: func(t *testing.T, o mountOptions) {
 			if o.npzMembers || o.npzSpan != 1<<20 || o.cache.BlockSize != 1<<20 || o.kernelReadAhead != 4<<20 {
 				t.Errorf("npz %v span %d block %d kernel read-ahead %d", o.npzMembers, o.npzSpan, o.cache.BlockSize, o.kernelReadAhead)
@@ -168,6 +195,13 @@ func TestParseMountArgs(t *testing.T) {
 				t.Errorf("span share %d, block cache %d", o.npzSpanBytes, o.cache.CacheSize)
 			}
 		}},
+	})
+}
+
+// TestParseMountArgsCacheDir: --cache-dir and what it asks of
+// --block-size, and --listing-memory.
+func TestParseMountArgsCacheDir(t *testing.T) {
+	runMountArgsCases(t, []mountArgsCase{
 		{name: "cache dir, local", args: []string{"--npz-members", "--cache-dir", "/var/cache/bgbfs", "--cache-dir-size", "2GiB", "s3://b-1/", "/mnt"}, check: func(t *testing.T, o mountOptions) {
 			if o.cacheDir.local != "/var/cache/bgbfs" || o.cacheDir.size != 2<<30 || o.cacheDir.s3Bucket != "" {
 				t.Errorf("cache dir %+v", o.cacheDir)
@@ -204,20 +238,7 @@ func TestParseMountArgs(t *testing.T) {
 				t.Errorf("block size %d", o.cache.BlockSize)
 			}
 		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			o, err := parseMountArgs(tt.args, env(tt.env), io.Discard, false)
-			if tt.wantErr != "" {
-				wantUsageError(t, err, tt.wantErr)
-				return
-			}
-			if err != nil {
-				t.Fatalf("unexpected error: %v", err)
-			}
-			tt.check(t, o)
-		})
-	}
+	})
 }
 
 func TestParseLimit(t *testing.T) {

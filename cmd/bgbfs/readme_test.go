@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
@@ -98,19 +100,20 @@ func slicesContains(s []string, v string) bool {
 // TestReadmeListsEveryMetric: every metric the daemon registers, with
 // every component watched, is named in README's metrics table.
 func TestReadmeListsEveryMetric(t *testing.T) {
-	m := newDaemonMetrics()
+	reg := &recordingRegisterer{Registry: prometheus.NewRegistry()}
+	newDaemonMetrics(reg)
 	blocks, err := cache.New(memstore.New(), cache.Options{CacheSize: 8 << 20, BlockSize: 1 << 20, PartSize: 1 << 20, MaxReadAhead: 2 << 20, MaxParallel: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer blocks.Close()
-	m.watchCache(blocks)
+	blocks.RegisterMetrics(reg)
 	view, err := bgfs.NewNPZView(1<<20, bgfs.MinNPZIndexBytes, 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer view.Close()
-	m.watchNPZ(view)
+	registerNPZMetrics(reg, view)
 	dir, err := cache.OpenDir(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -120,10 +123,11 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.watchDisk(tier)
+	tier.RegisterMetrics(reg)
 	table := readmeSection(t, "## Metrics")
+	names := reg.names(t)
 	n := 0
-	for _, name := range m.reg.names() {
+	for _, name := range names {
 		if !strings.HasPrefix(name, "bgbfs_") {
 			continue // the Go runtime's and the process's
 		}
@@ -133,6 +137,89 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 		}
 	}
 	if n < 25 {
-		t.Errorf("only %d bgbfs metrics registered: %v", n, m.reg.names())
+		t.Errorf("only %d bgbfs metrics registered: %v", n, names)
+	}
+}
+
+// recordingRegisterer is a registry that records the collectors
+// registered with it, so that the names of their metrics can be listed
+// before any has a sample (a vector has none until a label is used).
+type recordingRegisterer struct {
+	*prometheus.Registry
+	collectors []prometheus.Collector
+}
+
+func (r *recordingRegisterer) Register(c prometheus.Collector) error {
+	if err := r.Registry.Register(c); err != nil {
+		return err
+	}
+	r.collectors = append(r.collectors, c)
+	return nil
+}
+
+func (r *recordingRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// names returns the names of the metrics the recorded collectors
+// describe, sorted. A description has no getter for its name: each is
+// given one sample, with as many label values as it takes, and a registry
+// of its own names them as it gathers.
+func (r *recordingRegisterer) names(t *testing.T) []string {
+	t.Helper()
+	descs := make(chan *prometheus.Desc)
+	go func() {
+		for _, c := range r.collectors {
+			c.Describe(descs)
+		}
+		close(descs)
+	}()
+	var samples sampleCollector
+	for d := range descs {
+		m, err := oneSample(d)
+		if err != nil {
+			t.Fatalf("describing %v: %v", d, err)
+		}
+		samples = append(samples, m)
+	}
+	gather := prometheus.NewPedanticRegistry()
+	gather.MustRegister(samples)
+	families, err := gather.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range families {
+		out = append(out, f.GetName())
+	}
+	return out // Gather sorts by name
+}
+
+// oneSample is a sample of the metric d describes, with empty label
+// values.
+func oneSample(d *prometheus.Desc) (prometheus.Metric, error) {
+	var err error
+	for labels := 0; labels <= 8; labels++ {
+		var m prometheus.Metric
+		if m, err = prometheus.NewConstMetric(d, prometheus.UntypedValue, 0, make([]string, labels)...); err == nil {
+			return m, nil
+		}
+	}
+	return nil, err
+}
+
+// sampleCollector collects fixed samples; it describes nothing, so that
+// a registry takes them as they come.
+type sampleCollector []prometheus.Metric
+
+func (s sampleCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (s sampleCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range s {
+		ch <- m
 	}
 }

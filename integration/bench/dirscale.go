@@ -218,8 +218,34 @@ func (b *bench) dirScaleImage() (root, dev string, cleanup func(), err error) {
 	return root, filepath.Base(strings.TrimSpace(string(out))), cleanup, nil
 }
 
-// dirScaleOne makes one layout's dir at root and measures it.
+// dirScaleOne makes one layout's dir at root and measures it: its walk,
+// a mount's start-up on it, and a mount's steady metadata I/O at the
+// bound.
 func (b *bench) dirScaleOne(ctx context.Context, r *dirScaleResult, archives []dirScaleArchive, root, fsRoot, dev, endpoint string) error {
+	if err := makeLayout(r, archives, root); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: workload m: walking %d files\n", r.files+r.indexFiles)
+	var err error
+	if r.walkCold, r.heldBytes, r.walkHeap, err = walkDir(root, true); err != nil {
+		return err
+	}
+	if r.walkWarm, _, _, err = walkDir(root, false); err != nil {
+		return err
+	}
+	m, err := b.dirScaleStartUp(r, root, filepath.Join(fsRoot, "empty"), endpoint)
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	if err := waitFirstWalk(m); err != nil {
+		return err
+	}
+	return b.dirScaleSteady(ctx, r, m, dev)
+}
+
+// makeLayout makes the files of r's layout at root, and counts them.
+func makeLayout(r *dirScaleResult, archives []dirScaleArchive, root string) error {
 	fmt.Fprintf(os.Stderr, "bench: workload m: making the dir of %s\n", r.layout.label)
 	start := time.Now()
 	var err error
@@ -239,15 +265,13 @@ func (b *bench) dirScaleOne(ctx context.Context, r *dirScaleResult, archives []d
 	}
 	r.made = time.Since(start)
 	syscall.Sync()
+	return nil
+}
 
-	fmt.Fprintf(os.Stderr, "bench: workload m: walking %d files\n", r.files+r.indexFiles)
-	if r.walkCold, r.heldBytes, r.walkHeap, err = walkDir(root, true); err != nil {
-		return err
-	}
-	if r.walkWarm, _, _, err = walkDir(root, false); err != nil {
-		return err
-	}
-
+// dirScaleStartUp times a mount's start on an empty dir and on the full
+// one at root, and returns the mount on the full one, its --cache-dir-size
+// at the bound.
+func (b *bench) dirScaleStartUp(r *dirScaleResult, root, empty, endpoint string) (*eegMounted, error) {
 	creds := &testbed.Creds{AccessKey: b.srv.AccessKey, SecretKey: b.srv.SecretKey}
 	source := "s3://" + b.ds.bucket + "/" + b.ds.prefix
 	ready := func(dir string, args ...string) (*eegMounted, time.Duration, error) {
@@ -258,10 +282,9 @@ func (b *bench) dirScaleOne(ctx context.Context, r *dirScaleResult, archives []d
 		m, err := b.mountWithStats(source, endpoint, creds, append([]string{"--cache-dir", dir, "--cache-size", "16MiB"}, args...)...)
 		return m, time.Since(start), err
 	}
-	empty := filepath.Join(fsRoot, "empty")
 	m, d, err := ready(empty)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m.stop()
 	r.readyEmpty = d
@@ -269,44 +292,36 @@ func (b *bench) dirScaleOne(ctx context.Context, r *dirScaleResult, archives []d
 	// trim aims for: the trim has half a page to free, and nothing idle.
 	bound := int64(float64(r.heldBytes-2048) / 0.9)
 	m, r.readyFull, err = ready(root, "--cache-dir-size", strconv.FormatInt(bound, 10))
-	if err != nil {
-		return err
-	}
-	defer m.stop()
-	// The reader starts once the mount's first walk has summed the dir
-	// (and found it full): before, the dir would take its blocks.
+	return m, err
+}
+
+// waitFirstWalk waits until the mount's first walk has summed the dir
+// (and found it full): before, the dir would take a reader's blocks.
+func waitFirstWalk(m *eegMounted) error {
 	for deadline := time.Now().Add(30 * time.Minute); ; time.Sleep(time.Second) {
 		c, err := m.daemonCounters()
 		if err != nil {
 			return err
 		}
 		if c["disk_bytes"] > 0 {
-			break
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return errors.New("the mount's first walk did not end in 30 minutes")
 		}
 	}
+}
 
-	// A reader missing the dir all along: the bench's files, round and
-	// round, dropped from the page cache after each read.
+// dirScaleSteady counts the daemon's metadata calls and the device's
+// reads for dirScaleSteady, after dirScaleSettle, while a reader misses
+// the dir all along.
+func (b *bench) dirScaleSteady(ctx context.Context, r *dirScaleResult, m *eegMounted, dev string) error {
 	readCtx, stopReading := context.WithCancel(ctx)
 	defer stopReading()
 	var reading sync.WaitGroup
 	var read atomic.Int64
 	var readErr atomic.Pointer[error]
-	reading.Add(1)
-	go func() {
-		defer reading.Done()
-		for i := 0; readCtx.Err() == nil; i++ {
-			n, err := readDropped(filepath.Join(m.mp, "train", b.ds.files[i%len(b.ds.files)]))
-			read.Add(n)
-			if err != nil && readCtx.Err() == nil {
-				readErr.Store(&err)
-				return
-			}
-		}
-	}()
+	reading.Go(func() { b.readRoundAndRound(readCtx, m, &read, &readErr) })
 	defer reading.Wait()
 	defer stopReading()
 	fmt.Fprintf(os.Stderr, "bench: workload m: counting the daemon's metadata calls for %v\n", dirScaleSteady)
@@ -340,6 +355,20 @@ func (b *bench) dirScaleOne(ctx context.Context, r *dirScaleResult, archives []d
 	}
 	r.devReads, r.devSectors = float64(after[0]-before[0])/per, float64(after[2]-before[2])/per
 	return nil
+}
+
+// readRoundAndRound reads the bench's files through m, round and round,
+// each dropped from the page cache after its read, until ctx ends; it
+// counts the bytes in read and keeps the first error in readErr.
+func (b *bench) readRoundAndRound(ctx context.Context, m *eegMounted, read *atomic.Int64, readErr *atomic.Pointer[error]) {
+	for i := 0; ctx.Err() == nil; i++ {
+		n, err := readDropped(filepath.Join(m.mp, "train", b.ds.files[i%len(b.ds.files)]))
+		read.Add(n)
+		if err != nil && ctx.Err() == nil {
+			readErr.Store(&err)
+			return
+		}
+	}
 }
 
 // makeOldestFile writes a file of a page, used half an hour ago, where a

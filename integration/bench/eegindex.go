@@ -119,52 +119,77 @@ func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view,
 	if e.index == nil {
 		e.index = &eegIndexSet{runs: map[string]eegIndexRun{}}
 	}
-	x := e.index
-	fail := func(system string, err error) {
-		b.rows = append(b.rows, row{workload: "i", profile: profile, system: system, err: err.Error()})
-	}
-	cores := runtime.NumCPU()
-	// --jobs as many as the cores (the default), 1 to show the scaling,
-	// and twice the cores: whether more jobs than cores hide the waits of
-	// each job's requests.
-	jobsList := eegIndexJobs()
-
-	if !x.inflaterDone {
-		x.inflaterDone = true
-		b.eegRow("local", eegInflater, nil, false, func() (measurement, error) {
-			m, run, err := e.inflaterSpeed()
-			x.runs[eegKey("local", eegInflater)] = run
-			return m, err
-		})
+	if !e.index.inflaterDone {
+		e.index.inflaterDone = true
+		b.eegInflaterRow()
 	}
 	if ctx.Err() != nil {
 		return
 	}
+	if !b.eegRawGetRows(ctx, profile, endpoint) {
+		return
+	}
+	localDirs := b.eegIndexLocalRows(ctx, profile, endpoint)
+	s3Dirs, ok := b.eegIndexS3Rows(ctx, profile, endpoint)
+	if !ok {
+		return
+	}
+	cores := runtime.NumCPU()
+	b.eegRestartRows(ctx, profile, endpoint, view, verify, localDirs[cores], s3Dirs[cores])
+}
 
+// eegIndexFail adds a row of workload i's index rows that failed.
+func (b *bench) eegIndexFail(profile, system string, err error) {
+	b.rows = append(b.rows, row{workload: "i", profile: profile, system: system, err: err.Error()})
+}
+
+// eegInflaterRow measures the inflater alone, once for every profile.
+func (b *bench) eegInflaterRow() {
+	e := b.eeg
+	b.eegRow("local", eegInflater, nil, false, func() (measurement, error) {
+		m, run, err := e.inflaterSpeed()
+		e.index.runs[eegKey("local", eegInflater)] = run
+		return m, err
+	})
+}
+
+// eegRawGetRows measures whole-archive GETs of the workload's archives,
+// as many streams as each --jobs of the index rows, with MinIO's files in
+// the page cache; false if the rows after cannot run.
+func (b *bench) eegRawGetRows(ctx context.Context, profile, endpoint string) bool {
+	e := b.eeg
 	keys, sizes, err := e.archiveObjects()
 	if err != nil {
-		fail(eegRawGets(cores), err)
-		return
+		b.eegIndexFail(profile, eegRawGets(runtime.NumCPU()), err)
+		return false
 	}
 	if err := readAll(filepath.Join(e.srv.DataDir, eegBucket)); err != nil {
-		fail(eegRawGets(cores), fmt.Errorf("reading MinIO's files into the page cache: %w", err))
-		return
+		b.eegIndexFail(profile, eegRawGets(runtime.NumCPU()), fmt.Errorf("reading MinIO's files into the page cache: %w", err))
+		return false
 	}
 	raw := &rawClient{s3: testbed.NewS3Admin(endpoint, e.srv.AccessKey, e.srv.SecretKey).Client, bucket: eegBucket}
-	for _, streams := range jobsList {
+	// --jobs as many as the cores (the default), 1 to show the scaling,
+	// and twice the cores: whether more jobs than cores hide the waits of
+	// each job's requests.
+	for _, streams := range eegIndexJobs() {
 		system := eegRawGets(streams)
 		b.eegRow(profile, system, nil, false, func() (measurement, error) {
 			machineBefore := machineCPU()
 			start := time.Now()
 			n, err := raw.wholeObjects(ctx, keys, sizes, streams)
 			elapsed := time.Since(start)
-			x.runs[eegKey(profile, system)] = eegIndexRun{jobs: streams, seconds: elapsed.Seconds(), machineCPU: machineCPU() - machineBefore}
+			e.index.runs[eegKey(profile, system)] = eegIndexRun{jobs: streams, seconds: elapsed.Seconds(), machineCPU: machineCPU() - machineBefore}
 			return mbps(n, elapsed), err
 		})
 	}
+	return true
+}
 
+// eegIndexLocalRows runs `bgbfs index` into a fresh local dir for each
+// --jobs, and returns the dirs by jobs.
+func (b *bench) eegIndexLocalRows(ctx context.Context, profile, endpoint string) map[int]string {
 	localDirs := map[int]string{}
-	for _, jobs := range jobsList {
+	for _, jobs := range eegIndexJobs() {
 		dir := filepath.Join(b.work, fmt.Sprintf("idx-%s-jobs%d", profile, jobs))
 		localDirs[jobs] = dir
 		system := eegIndexLocal(jobs)
@@ -172,13 +197,22 @@ func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view,
 			return b.eegIndex(ctx, profile, system, endpoint, dir, jobs, func() (int64, int, error) { return dirSize(dir) })
 		})
 	}
+	return localDirs
+}
+
+// eegIndexS3Rows runs `bgbfs index` into a fresh prefix of a second
+// bucket for as many jobs as cores and twice that, and returns the s3://
+// dirs by jobs; false if the bucket could not be made.
+func (b *bench) eegIndexS3Rows(ctx context.Context, profile, endpoint string) (map[int]string, bool) {
+	e := b.eeg
+	cores := runtime.NumCPU()
 	admin := testbed.NewS3Admin(e.srv.Endpoint, e.srv.AccessKey, e.srv.SecretKey)
 	if err := admin.CreateBucket(ctx, eegIndexBucket); err != nil {
 		var owned *types.BucketAlreadyOwnedByYou
 		var exists *types.BucketAlreadyExists
 		if !errors.As(err, &owned) && !errors.As(err, &exists) {
-			fail(eegIndexS3(cores), err)
-			return
+			b.eegIndexFail(profile, eegIndexS3(cores), err)
+			return nil, false
 		}
 	}
 	s3Dirs := map[int]string{}
@@ -203,25 +237,32 @@ func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view,
 			})
 		})
 	}
+	return s3Dirs, true
+}
 
+// eegRestartRows measures the view on new daemons mounted with the dirs
+// `bgbfs index --jobs CORES` filled: first touch and steady, then first
+// touch again after a dataset pass.
+func (b *bench) eegRestartRows(ctx context.Context, profile, endpoint string, view, verify []string, localDir, s3Dir string) {
+	cores := runtime.NumCPU()
 	train := func(m *eegMounted) string { return filepath.Join(m.mp, "train") }
 	for _, restart := range []struct {
 		first, steady, afterPass, dir string
 		filledBy                      string
 	}{
-		{eegRestartLocal, eegRestartLocalWarm, eegRestartLocalPass, localDirs[cores], eegIndexLocal(cores)},
-		{eegRestartS3, eegRestartS3Warm, eegRestartS3Pass, s3Dirs[cores], eegIndexS3(cores)},
+		{eegRestartLocal, eegRestartLocalWarm, eegRestartLocalPass, localDir, eegIndexLocal(cores)},
+		{eegRestartS3, eegRestartS3Warm, eegRestartS3Pass, s3Dir, eegIndexS3(cores)},
 	} {
 		if ctx.Err() != nil {
 			return
 		}
 		if _, ok := b.find("i", profile, restart.filledBy); !ok {
-			fail(restart.first, fmt.Errorf("no filled dir: %s failed", restart.filledBy))
+			b.eegIndexFail(profile, restart.first, fmt.Errorf("no filled dir: %s failed", restart.filledBy))
 			continue
 		}
 		m, err := b.eegMount(endpoint, append(slices.Clone(view), "--cache-dir", restart.dir)...)
 		if err != nil {
-			fail(restart.first, err)
+			b.eegIndexFail(profile, restart.first, err)
 			continue
 		}
 		b.eegMeasure(profile, restart.first, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
@@ -232,11 +273,11 @@ func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view,
 		// measured): what is left of the first touch is the index loads.
 		m, err = b.eegMount(endpoint, append(slices.Clone(view), "--cache-dir", restart.dir)...)
 		if err != nil {
-			fail(restart.afterPass, err)
+			b.eegIndexFail(profile, restart.afterPass, err)
 			continue
 		}
 		if _, _, err := b.runTrainer(ctx, train(m), "--workers", strconv.Itoa(eegLoaders), "--view", "--shapes"); err != nil {
-			fail(restart.afterPass, err)
+			b.eegIndexFail(profile, restart.afterPass, err)
 		} else {
 			b.eegMeasure(profile, restart.afterPass, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
 		}

@@ -64,23 +64,15 @@ func main() {
 	}
 }
 
+// run is the demo: serve a dataset, mount it, show it, and stay mounted
+// until Ctrl-C (or not, with --no-wait); it undoes all of it on the way
+// out.
 func run(ctx context.Context, o options) (err error) {
 	start := time.Now()
-	bin, err := filepath.Abs(o.bgbfs)
+	bin, root, err := checkSetup(ctx, o.bgbfs)
 	if err != nil {
-		return fmt.Errorf("bgbfs path: %w", err)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("bgbfs binary: %w (build it with `make build`)", err)
-	}
-	if err := checkPrereqs(ctx); err != nil {
 		return err
 	}
-	root, err := testbed.RepoRoot()
-	if err != nil {
-		return fmt.Errorf("%w: run the demo inside the bgbfs repository", err)
-	}
-
 	dataDir, err := os.MkdirTemp("", "bgbfs-demo-data-")
 	if err != nil {
 		return fmt.Errorf("temp dir: %w", err)
@@ -94,26 +86,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	defer func() { err = errors.Join(err, ep.Close()) }()
 	fmt.Printf("%s, bucket %s\n", ep.URL, bucket)
-
-	step("Generating a small dataset with numpy")
-	if err := generate(ctx, root, dataDir); err != nil {
+	if err := serveDataset(ctx, ep, root, dataDir); err != nil {
 		return err
 	}
-	n, size, err := ep.uploadTree(dataDir)
-	if err != nil {
-		return err
-	}
-	err = ep.putCacheMetadata(map[string]any{
-		"generator": "integration/testdata/gen_npz.py",
-		"seed":      seed,
-		"files":     map[string]int{"train": nTrain, "dev": nDev},
-		"windows":   nWindows,
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Printf("uploaded %d objects (%.1f MB) + .cache_metadata.json to s3://%s/%s\n",
-		n, float64(size)/1e6, bucket, prefix)
 
 	mnt, removeMnt, err := prepareMountpoint(o.mountpoint)
 	if err != nil {
@@ -121,7 +96,6 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	// Registered before the unmount below, so it runs after it.
 	defer func() { err = errors.Join(err, removeMnt()) }()
-
 	step("Mounting with bgbfs")
 	fmt.Printf("$ %s mount --endpoint-url %s --force-path-style --npz-members s3://%s/%s %s\n",
 		bin, ep.URL, bucket, prefix, shellQuote(mnt))
@@ -146,6 +120,58 @@ func run(ctx context.Context, o options) (err error) {
 	if o.noWait {
 		return nil
 	}
+	return stayMounted(ctx, p)
+}
+
+// checkSetup checks what the demo needs before it starts anything: the
+// bgbfs binary (returned as an absolute path), numpy and fusermount3, and
+// the repository (its root returned).
+func checkSetup(ctx context.Context, bgbfs string) (bin, root string, err error) {
+	bin, err = filepath.Abs(bgbfs)
+	if err != nil {
+		return "", "", fmt.Errorf("bgbfs path: %w", err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", "", fmt.Errorf("bgbfs binary: %w (build it with `make build`)", err)
+	}
+	if err := checkPrereqs(ctx); err != nil {
+		return "", "", err
+	}
+	root, err = testbed.RepoRoot()
+	if err != nil {
+		return "", "", fmt.Errorf("%w: run the demo inside the bgbfs repository", err)
+	}
+	return bin, root, nil
+}
+
+// serveDataset has numpy write the dataset into dataDir and uploads it,
+// with its .cache_metadata.json, to ep.
+func serveDataset(ctx context.Context, ep *endpoint, root, dataDir string) error {
+	step("Generating a small dataset with numpy")
+	if err := generate(ctx, root, dataDir); err != nil {
+		return err
+	}
+	n, size, err := ep.uploadTree(dataDir)
+	if err != nil {
+		return err
+	}
+	err = ep.putCacheMetadata(map[string]any{
+		"generator": "integration/testdata/gen_npz.py",
+		"seed":      seed,
+		"files":     map[string]int{"train": nTrain, "dev": nDev},
+		"windows":   nWindows,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("uploaded %d objects (%.1f MB) + .cache_metadata.json to s3://%s/%s\n",
+		n, float64(size)/1e6, bucket, prefix)
+	return nil
+}
+
+// stayMounted waits for Ctrl-C, or for bgbfs to exit on its own (an
+// error).
+func stayMounted(ctx context.Context, p *bgbfsProc) error {
 	fmt.Println("Mounted until you press Ctrl-C.")
 	select {
 	case <-ctx.Done():
