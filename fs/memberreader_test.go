@@ -65,7 +65,7 @@ func TestMemberReaderHeadWithoutIndex(t *testing.T) {
 	if _, err := f.dir.directory(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	before := f.store.fetched.Load()
+	before := f.store.Fetched.Load()
 	r := f.reader(t, "windows.npy")
 	p := make([]byte, headRegion)
 	if n, err := r.ReadAt(context.Background(), p, 0); n != len(p) || err != nil || !bytes.Equal(p, want[:len(p)]) {
@@ -74,7 +74,7 @@ func TestMemberReaderHeadWithoutIndex(t *testing.T) {
 	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 0 {
 		t.Errorf("the head read built an index: %+v", s)
 	}
-	if got := f.store.fetched.Load() - before; got > 1<<20 {
+	if got := f.store.Fetched.Load() - before; got > 1<<20 {
 		t.Errorf("the head read fetched %d bytes of a %d-byte member", got, len(want))
 	}
 	if r.layout == nil || r.layout.RowBytes != 300<<10 {

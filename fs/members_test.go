@@ -5,14 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +19,6 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
-	"github.com/bgbfs/bgbfs/s3backend"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
@@ -58,49 +55,7 @@ type memberFixture struct {
 	tree    *tree
 	dir     *memberDirNode
 	members map[string][]byte
-	store   *faultyStore
-}
-
-// faultyStore is a MemStore whose GETs can be made slow, held, or failing,
-// to put member reads in the states a real S3 puts them in.
-type faultyStore struct {
-	*memstore.Store
-	// delay is how long each GET takes (it ends early if its request is
-	// cancelled).
-	delay atomic.Int64
-	// failing makes every GET fail.
-	failing atomic.Bool
-	// gate, if set, holds every GET until it is closed.
-	gate atomic.Pointer[chan struct{}]
-	gets atomic.Int64
-	// fetched counts the bytes GETs returned.
-	fetched atomic.Int64
-}
-
-var errInjected = errors.New("injected GET failure")
-
-func (s *faultyStore) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs ...[]byte) (int, error) {
-	s.gets.Add(1)
-	if g := s.gate.Load(); g != nil {
-		select {
-		case <-*g:
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-	if d := time.Duration(s.delay.Load()); d > 0 {
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-	if s.failing.Load() {
-		return 0, fmt.Errorf("get %q at %d: %w", v.Key, off, errInjected)
-	}
-	n, err := s.Store.ReadAt(ctx, v, off, bufs...)
-	s.fetched.Add(int64(n))
-	return n, err
+	store   *memstore.Faulty
 }
 
 // coldCache gives the tree a new, empty block cache over the same store:
@@ -133,7 +88,7 @@ func newMemberFixtureOf(t *testing.T, method uint16, members map[string][]byte, 
 	mem := memstore.New()
 	mem.Put("p/a.npz", data)
 	info, _ := mem.Info("p/a.npz")
-	store := &faultyStore{Store: mem}
+	store := &memstore.Faulty{Store: mem}
 	blocks, err := cache.New(store, memberCacheOptions)
 	if err != nil {
 		t.Fatal(err)
@@ -415,7 +370,7 @@ func TestMemberReadLeavesBufferAfterReturn(t *testing.T) {
 	changed := 0
 	for i := range 20 {
 		f.coldCache(t)
-		f.store.delay.Store(int64(storeDelay))
+		f.store.Delay.Store(int64(storeDelay))
 		h, _ := f.open(t, "windows.npy")
 		dest := bytes.Repeat([]byte{0xAA}, n)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -467,7 +422,7 @@ func TestFailingMemberReadAnswers(t *testing.T) {
 	t.Logf("a read of %d bytes at %d covers %d spans", n, off, spans)
 
 	f.coldCache(t)
-	f.store.failing.Store(true)
+	f.store.Failing.Store(true)
 	h, _ = f.open(t, "windows.npy")
 	defer h.Release(context.Background())
 	answered := make(chan syscall.Errno, 1)
@@ -491,13 +446,13 @@ func TestFailingMemberReadAnswers(t *testing.T) {
 func TestMemberDirLookupInterruptedWhileDirectoryLoads(t *testing.T) {
 	f := newMemberFixture(t, zip.Deflate, nil)
 	gate := make(chan struct{})
-	f.store.gate.Store(&gate)
+	f.store.Gate.Store(&gate)
 	first := make(chan syscall.Errno, 1)
 	go func() {
 		_, errno := f.dir.Lookup(context.Background(), "missing.npy", &fuse.EntryOut{})
 		first <- errno
 	}()
-	for f.store.gets.Load() == 0 { // the first lookup's GET is under way
+	for f.store.Gets.Load() == 0 { // the first lookup's GET is under way
 		time.Sleep(time.Millisecond)
 	}
 	interrupted, cancel := context.WithCancel(context.Background())
@@ -525,7 +480,7 @@ func TestMemberDirLookupInterruptedWhileDirectoryLoads(t *testing.T) {
 	if _, errno := f.dir.Lookup(context.Background(), "missing.npy", &fuse.EntryOut{}); errno != syscall.ENOENT {
 		t.Errorf("lookup after the load: errno %v, want ENOENT", errno)
 	}
-	if gets := f.store.gets.Load(); gets != 1 {
+	if gets := f.store.Gets.Load(); gets != 1 {
 		t.Errorf("%d GETs for the zip directory, want 1", gets)
 	}
 }
@@ -540,14 +495,14 @@ func TestNPZViewCloseStopsIndexBuilds(t *testing.T) {
 	defer h.Release(context.Background())
 	gate := make(chan struct{})
 	defer close(gate)
-	f.store.gate.Store(&gate)
-	before := f.store.gets.Load()
+	f.store.Gate.Store(&gate)
+	before := f.store.Gets.Load()
 	answered := make(chan syscall.Errno, 1)
 	go func() {
 		_, errno := readMember(h, 128, 1<<20) // builds the index
 		answered <- errno
 	}()
-	for f.store.gets.Load() == before { // the build's first GET is under way
+	for f.store.Gets.Load() == before { // the build's first GET is under way
 		time.Sleep(time.Millisecond)
 	}
 	f.tree.NPZ.Close()
