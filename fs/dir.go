@@ -355,8 +355,7 @@ func (d *dirNode) memberDirChild(ctx context.Context, name string, archive dirEn
 			return old
 		}
 	}
-	n := &memberDirNode{tree: d.tree, parent: d, archive: archive}
-	return d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFDIR})
+	return d.NewInode(ctx, d.tree.newMemberDirNode(d, archive), gofs.StableAttr{Mode: syscall.S_IFDIR})
 }
 
 // child returns the inode for an entry: the existing one while it shows

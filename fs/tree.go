@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -48,7 +49,7 @@ type Config struct {
 	ListingMemory int64
 	// NPZ, if set, shows the members of every .npz archive as files in
 	// a NAME.npz.d directory beside it.
-	NPZ *NPZView
+	NPZ *npzview.View
 	// ReadTimeout bounds how long a read waits for S3, and each page of
 	// a directory's listing; past it the reader gets EIO. 0 means no
 	// bound but the S3 client's attempts.

@@ -22,6 +22,7 @@ import (
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -36,7 +37,7 @@ type indexOptions struct {
 	cacheDir cacheDirOptions
 	// placement places access points as a mount with the same
 	// --npz-checkpoint-span and --kernel-read-ahead would.
-	placement bgfs.IndexPlacement
+	placement npzview.IndexPlacement
 	jobs      int
 }
 
@@ -89,7 +90,7 @@ func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if ra, err = parseSize("kernel-read-ahead", *kernelReadAhead); err != nil {
 		return o, err
 	}
-	o.placement = bgfs.IndexPlacement{Span: span, RowLead: bgfs.RowLead(ra)}
+	o.placement = npzview.IndexPlacement{Span: span, RowLead: npzview.RowLead(ra)}
 	if o.jobs = *jobs; o.jobs < 1 || o.jobs > 256 {
 		return o, usageError{fmt.Sprintf("--jobs %d: want a number from 1 to 256", o.jobs)}
 	}
@@ -121,13 +122,13 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return explainProbe(o.s3Options, o.bucket, o.prefix, err)
 	}
-	files := bgfs.IndexFiles{Source: o.source(o.bucket)}
+	files := npzview.IndexFiles{Source: o.source(o.bucket)}
 	if o.cacheDir.s3Bucket != "" {
 		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
 		files.Dir = blobs
 		// One listing of what is there instead of a GET per archive and
 		// member, each a round trip before the archive's stream starts.
-		if files.Known, err = blobs.Names(ctx, strings.TrimSuffix(bgfs.IndexArea, "/")); err != nil {
+		if files.Known, err = blobs.Names(ctx, strings.TrimSuffix(npzview.IndexArea, "/")); err != nil {
 			return fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
 		}
 	} else {
@@ -209,7 +210,7 @@ func listArchives(ctx context.Context, store s3backend.ObjectStore, prefix strin
 type indexRun struct {
 	o      indexOptions
 	client *s3backend.Client
-	files  bgfs.IndexFiles
+	files  npzview.IndexFiles
 	start  time.Time
 
 	total      int

@@ -19,6 +19,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -124,15 +125,15 @@ func (m *daemonMetrics) watchDisk(t *cache.DiskTier) {
 }
 
 // watchNPZ exposes the member view's index counters.
-func (m *daemonMetrics) watchNPZ(v *bgfs.NPZView) {
+func (m *daemonMetrics) watchNPZ(v *npzview.View) {
 	registerStats(m.reg, v.Stats,
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_builds_total", "Compressed .npz members inflated whole to index them.", false, func(s bgfs.NPZStats) int64 { return s.IndexBuilds }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", false, func(s bgfs.NPZStats) int64 { return s.IndexBuildErrors }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", false, func(s bgfs.NPZStats) int64 { return s.IndexHits }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_bytes", "Memory of the member indexes held.", true, func(s bgfs.NPZStats) int64 { return s.IndexBytes }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", false, func(s bgfs.NPZStats) int64 { return s.IndexLoads }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", false, func(s bgfs.NPZStats) int64 { return s.IndexSaves }},
-		stat[bgfs.NPZStats]{"bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", false, func(s bgfs.NPZStats) int64 { return s.IndexFilesIgnored }},
+		stat[npzview.Stats]{"bgbfs_npz_index_builds_total", "Compressed .npz members inflated whole to index them.", false, func(s npzview.Stats) int64 { return s.IndexBuilds }},
+		stat[npzview.Stats]{"bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", false, func(s npzview.Stats) int64 { return s.IndexBuildErrors }},
+		stat[npzview.Stats]{"bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", false, func(s npzview.Stats) int64 { return s.IndexHits }},
+		stat[npzview.Stats]{"bgbfs_npz_index_bytes", "Memory of the member indexes held.", true, func(s npzview.Stats) int64 { return s.IndexBytes }},
+		stat[npzview.Stats]{"bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", false, func(s npzview.Stats) int64 { return s.IndexLoads }},
+		stat[npzview.Stats]{"bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", false, func(s npzview.Stats) int64 { return s.IndexSaves }},
+		stat[npzview.Stats]{"bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", false, func(s npzview.Stats) int64 { return s.IndexFilesIgnored }},
 	)
 }
 

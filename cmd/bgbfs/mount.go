@@ -21,6 +21,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -147,24 +148,24 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	o.cache.FetchTimeout = o.readTimeout
 	o.cache.ReorderWindow = max(o.kernelReadAhead, 1<<20)
 	o.cache.ObserveWindow = func(n int64) { metrics.windows.Observe(float64(n)) }
-	var npzView *bgfs.NPZView
-	if o.npzMembers {
-		files, save := indexFiles(o, client, dir)
-		// Indexes and decoded spans have bounds of their own, beside
-		// --cache-size.
-		if npzView, err = bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes); err != nil {
-			return nil, err
-		}
-		m.closers = append(m.closers, npzView.Close)
-		if files != nil {
-			npzView.KeepIndexesIn(*files, save, logger)
-		}
-		metrics.watchNPZ(npzView)
-	}
 	blocks, err := cache.New(blockStore, o.cache)
 	if err != nil {
 		return nil, err
 	}
+	var npzView *npzview.View
+	if o.npzMembers {
+		files, save := indexFiles(o, client, dir)
+		// Indexes and decoded spans have bounds of their own, beside
+		// --cache-size.
+		npzView, err = npzview.New(blocks, npzview.Config{Span: o.npzSpan, IndexBytes: o.npzIndexBytes, SpanBytes: o.npzSpanBytes, Files: files, WriteFiles: save, Logger: logger})
+		if err != nil {
+			blocks.Close()
+			return nil, err
+		}
+		m.closers = append(m.closers, npzView.Close)
+		metrics.watchNPZ(npzView)
+	}
+	// Closed before the view: index builds reading through it end at once.
 	m.closers = append(m.closers, blocks.Close)
 	metrics.watchCache(blocks)
 	if o.metricsAddr != "" {
@@ -217,12 +218,12 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 // indexFiles is where the member view keeps indexes: a local dir is read
 // and written; an s3:// one is only read (one "bgbfs index" job writes it
 // for a fleet).
-func indexFiles(o mountOptions, client *s3backend.Client, dir *cache.Dir) (*bgfs.IndexFiles, bool) {
+func indexFiles(o mountOptions, client *s3backend.Client, dir *cache.Dir) (*npzview.IndexFiles, bool) {
 	switch {
 	case o.cacheDir.s3Bucket != "":
-		return &bgfs.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Source: o.source(o.bucket)}, false
+		return &npzview.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Source: o.source(o.bucket)}, false
 	case dir != nil:
-		return &bgfs.IndexFiles{Dir: dir, Source: o.source(o.bucket)}, true
+		return &npzview.IndexFiles{Dir: dir, Source: o.source(o.bucket)}, true
 	}
 	return nil, false
 }

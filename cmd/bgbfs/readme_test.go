@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/bgbfs/bgbfs/cache"
-	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
@@ -105,7 +105,7 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 	}
 	defer blocks.Close()
 	m.watchCache(blocks)
-	view, err := bgfs.NewNPZView(1<<20, bgfs.MinNPZIndexBytes, 64<<20)
+	view, err := npzview.New(blocks, npzview.Config{Span: 1 << 20, IndexBytes: npzview.MinIndexBytes, SpanBytes: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

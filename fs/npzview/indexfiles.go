@@ -1,4 +1,4 @@
-package fs
+package npzview
 
 import (
 	"bytes"

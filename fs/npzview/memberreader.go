@@ -1,4 +1,4 @@
-package fs
+package npzview
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 
 const (
 	// defaultKernelReadAhead is the kernel's own read-ahead, used until
-	// the mount says it set another (NPZView.SetKernelReadAhead).
+	// the mount says it set another (View.SetKernelReadAhead).
 	defaultKernelReadAhead = 128 << 10
 	pageSize               = 4096
 	// heldSpanFactor bounds the decoded spans one open keeps, and the
@@ -31,16 +31,15 @@ const (
 	headRegion = 64 << 10
 )
 
-// memberReader reads the content of one member of one archive version for
+// MemberReader reads the content of one member of one archive version for
 // one open file. A stored member is a range of the archive; a deflated one
 // is inflated through its index, span by span in parallel, keeping the
 // last spans decoded (the kernel reads one window as several requests,
 // and around it), and fetching ahead the compressed bytes of the row a
 // loader is reading. It knows nothing of FUSE. It is safe for concurrent
 // use; Close ends its background work.
-type memberReader struct {
-	view   *NPZView
-	blocks *cache.BlockCache
+type MemberReader struct {
+	view   *View
 	obj    cache.Object
 	member npz.Member
 	// src reads the archive; it never reads ahead on its own (reads of
@@ -84,9 +83,9 @@ type decodedSpan struct {
 }
 
 // newMemberReader returns a reader of member m of archive obj.
-func newMemberReader(view *NPZView, blocks *cache.BlockCache, obj cache.Object, m npz.Member) *memberReader {
+func newMemberReader(view *View, obj cache.Object, m npz.Member) *MemberReader {
 	life, end := context.WithCancel(view.life)
-	return &memberReader{view: view, blocks: blocks, obj: obj, member: m, src: blocks.OpenRandom(obj), life: life, end: end, dataOff: -1}
+	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: life, end: end, dataOff: -1}
 }
 
 // errReaderClosed is an inflation that starts after the reader was closed.
@@ -94,7 +93,7 @@ var errReaderClosed = errors.New("member file closed")
 
 // Close stops the inflations still running, waits for them (they read
 // through src), and releases what the reader holds.
-func (r *memberReader) Close() {
+func (r *MemberReader) Close() {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
@@ -109,7 +108,7 @@ func (r *memberReader) Close() {
 
 // ReadAt reads len(p) bytes of the content at off, fewer only at its end
 // (with io.EOF). Nothing writes into p once it has returned.
-func (r *memberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (r *MemberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, cache.ErrNegativeOffset
 	}
@@ -135,7 +134,7 @@ func (r *memberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 
 // dataOffset returns where the member's data starts, reading its local
 // header the first time.
-func (r *memberReader) dataOffset(ctx context.Context) (int64, error) {
+func (r *MemberReader) dataOffset(ctx context.Context) (int64, error) {
 	r.mu.Lock()
 	off := r.dataOff
 	r.mu.Unlock()
@@ -152,7 +151,7 @@ func (r *memberReader) dataOffset(ctx context.Context) (int64, error) {
 	return off, nil
 }
 
-func (r *memberReader) readStored(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) readStored(ctx context.Context, p []byte, off int64) error {
 	dataOff, err := r.dataOffset(ctx)
 	if err != nil {
 		return err
@@ -167,7 +166,7 @@ func (r *memberReader) readStored(ctx context.Context, p []byte, off int64) erro
 }
 
 // readDeflated fills p with the content at off, span by span.
-func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) error {
 	end := off + int64(len(p))
 	if end <= headRegion {
 		return r.readHead(ctx, p, off)
@@ -239,7 +238,7 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 // shape costs one small read of the archive, not a full inflate. Its header tells where rows lie for the reads to come. Without
 // an index these bytes may be returned before the member's CRC-32 has been
 // checked (SEMANTICS.md says so); an undecodable stream still fails.
-func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error {
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
@@ -273,7 +272,7 @@ func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error 
 
 // heldIndex returns the member's index if this open holds it or the
 // view has it, without building it.
-func (r *memberReader) heldIndex() *npz.Index {
+func (r *MemberReader) heldIndex() *npz.Index {
 	r.mu.Lock()
 	x := r.index
 	r.mu.Unlock()
@@ -287,11 +286,11 @@ func (r *memberReader) heldIndex() *npz.Index {
 
 // indexFor returns the member's index: the one this open holds, the
 // view's, or a newly built one.
-func (r *memberReader) indexFor(ctx context.Context) (*npz.Index, error) {
+func (r *MemberReader) indexFor(ctx context.Context) (*npz.Index, error) {
 	if x := r.heldIndex(); x != nil {
 		return x, nil
 	}
-	x, err := r.view.index(ctx, r.blocks, r.obj, r.member)
+	x, err := r.view.index(ctx, r.obj, r.member)
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +298,7 @@ func (r *memberReader) indexFor(ctx context.Context) (*npz.Index, error) {
 	return x, nil
 }
 
-func (r *memberReader) keepIndex(x *npz.Index) {
+func (r *MemberReader) keepIndex(x *npz.Index) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.index = x
@@ -320,7 +319,7 @@ func (r *memberReader) keepIndex(x *npz.Index) {
 // .npy header, the fetch reaches to the end of that row, the window the
 // loader is about to read, and later reads within it fetch nothing more.
 // Otherwise, and for reads past that row, it reaches one span further.
-func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
+func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 	from, _ := x.Span(off)
 	_, to := x.Span(end - 1)
 	r.mu.Lock()
@@ -357,7 +356,7 @@ func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
 // most the next one), inflating it unless this open holds it. Concurrent
 // requests for one span inflate it once, in the background: a request
 // that is interrupted stops waiting, and the others still get the span.
-func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
+func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
 	if data, ok := r.heldSpan(start, stop); ok {
 		return data, nil
 	}
@@ -367,7 +366,7 @@ func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 
 // inflateOnce runs inflate in the background, once for concurrent
 // requests of one key, and waits for it unless ctx ends first.
-func (r *memberReader) inflateOnce(ctx context.Context, key string, inflate func() ([]byte, error)) ([]byte, error) {
+func (r *MemberReader) inflateOnce(ctx context.Context, key string, inflate func() ([]byte, error)) ([]byte, error) {
 	inflated := r.inflating.DoChan(key, func() (any, error) { return inflate() })
 	select {
 	case res := <-inflated:
@@ -383,7 +382,7 @@ func (r *memberReader) inflateOnce(ctx context.Context, key string, inflate func
 // inflate inflates [start, stop) into a buffer of its own and, with
 // keep (a span from its access point), holds it if the view's span
 // budget has room. A failure is not held: the next read tries again.
-func (r *memberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
+func (r *MemberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -410,7 +409,7 @@ func (r *memberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]by
 // hold keeps s for the next requests, dropping this open's oldest spans
 // beyond heldSpanFactor spans; with no room left in the view's budget
 // (many files open at once), it is not kept.
-func (r *memberReader) hold(s decodedSpan) {
+func (r *MemberReader) hold(s decodedSpan) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := s.stop - s.start
@@ -424,7 +423,7 @@ func (r *memberReader) hold(s decodedSpan) {
 	r.spanBytes += n
 }
 
-func (r *memberReader) dropOldestLocked() {
+func (r *MemberReader) dropOldestLocked() {
 	old := r.spans[0]
 	r.spans = r.spans[1:]
 	r.spanBytes -= old.stop - old.start
@@ -433,7 +432,7 @@ func (r *memberReader) dropOldestLocked() {
 
 // heldSpan returns the content from the access point at start on, if
 // this open has it inflated at least up to upto.
-func (r *memberReader) heldSpan(start, upto int64) ([]byte, bool) {
+func (r *MemberReader) heldSpan(start, upto int64) ([]byte, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, s := range r.spans {

@@ -1,4 +1,10 @@
-package fs
+// Package npzview shows the members of .npz archives as files: an
+// archive's zip directory lists them, a stored member is a range of the
+// archive, and a deflated one is read through an index of access points
+// (built by inflating it once, or read from a cache dir where it was
+// stored) that lets a read inflate only a little before what it returns.
+// It reads archives through the block cache and knows nothing of FUSE.
+package npzview
 
 import (
 	"context"
@@ -18,11 +24,13 @@ import (
 	"github.com/bgbfs/bgbfs/fs/npz"
 )
 
-// NPZView shows the members of every .npz archive as files in a
-// NAME.npz.d directory beside it, and holds the indexes that give random
-// access into compressed members. It is safe for concurrent use.
-type NPZView struct {
-	span int64
+// View shows the members of .npz archives as files, and holds the
+// indexes that give random access into compressed members. It is safe
+// for concurrent use.
+type View struct {
+	// blocks reads the archives.
+	blocks *cache.BlockCache
+	span   int64
 	// indexes holds built indexes within a byte bound; ristretto may
 	// refuse one, which then serves the reads that asked for it and is
 	// built again next time.
@@ -78,35 +86,27 @@ type NPZView struct {
 // SetKernelReadAhead tells the view the kernel's read-ahead on the mount
 // (what --kernel-read-ahead set, or the kernel's 128 KiB if it could not
 // be set): it places access points and fetches for windows by it.
-func (v *NPZView) SetKernelReadAhead(bytes int64) {
+func (v *View) SetKernelReadAhead(bytes int64) {
 	if bytes > 0 {
 		v.kernelReadAhead.Store(bytes)
 	}
 }
 
-// KeepIndexesIn makes the view look for indexes in files before it builds
-// them and, if save is set, write the ones it builds there (in the
-// background: a read does not wait for the write). Call it before the
-// view serves.
-func (v *NPZView) KeepIndexesIn(files IndexFiles, save bool, logger *slog.Logger) {
-	v.files, v.saveFiles, v.logger = &files, save, logger
-}
-
 // kernelLookBehind is how far before the page a loader touches the
 // kernel's first read of a window starts: it reads around a page fault,
 // half its read-ahead before the page.
-func (v *NPZView) kernelLookBehind() int64 { return v.kernelReadAhead.Load() / 2 }
+func (v *View) kernelLookBehind() int64 { return v.kernelReadAhead.Load() / 2 }
 
 // kernelOvershoot is how far past the end of what a loader touches the
 // kernel reads on: its read-ahead plus the pages its reads are out of
 // step with the row by (measured 264-268 KiB past a row's end with
 // mmap_mode="r" and a read-ahead of 256 KiB), with room to spare.
-func (v *NPZView) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64<<10 }
+func (v *View) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64<<10 }
 
 // rowLead is how far before each row's start an index puts its access
 // point: where the kernel's first read of the row starts, and two pages
 // more, so that reading a window inflates from just before it.
-func (v *NPZView) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
+func (v *View) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
 
 // maxBroken bounds the broken-member memo, and maxDirBytes the memory of
 // the remembered directories (the bucket's 6,500 archives take about
@@ -132,33 +132,46 @@ func directoryBytes(keyLen int, dir *npz.Directory) int64 {
 	return n
 }
 
-// MinNPZIndexBytes is the least memory for indexes that holds one of a
+// MinIndexBytes is the least memory for indexes that holds one of a
 // few access points at its largest: an index keeps at most 4 KiB of its
 // member's start and, per access point, a window that is usually tens of
 // bytes but is stored whole (32 KiB) when its sparse form fails its
 // check. With less, such an index is never kept, and every read of its
 // member inflates the member whole again.
-const MinNPZIndexBytes = 128 << 10
+const MinIndexBytes = 128 << 10
 
-// npzHeldSpans is how many checkpoint spans of decoded content all open
+// heldSpans is how many checkpoint spans of decoded content all open
 // member files keep together: the kernel reads a window as several
 // requests, and a span decoded for the first is kept for the next; eight
 // loaders with a couple of files open each, at heldSpanFactor spans a
 // file, need about this many.
-const npzHeldSpans = 64
+const heldSpans = 64
 
-// NPZSpanBytes is the memory decoded spans of members take at most, for
+// SpanBytes is the memory decoded spans of members take at most, for
 // checkpoint span span.
-func NPZSpanBytes(span int64) int64 { return npzHeldSpans * span }
+func SpanBytes(span int64) int64 { return heldSpans * span }
 
-// NewNPZView returns a member view whose compressed members get an
-// access point every span bytes of output, holding indexes of at most
-// indexBytes bytes together and decoded spans of at most spanBytes bytes,
-// all open member files together. The command validates the sizes
-// (--npz-checkpoint-span from 64 KiB to 64 MiB, --npz-index-size at least
-// MinNPZIndexBytes); the view trusts them.
-func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
-	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
+// Config is what a View is told.
+type Config struct {
+	// Span is the output distance between access points of a compressed
+	// member; IndexBytes bounds the indexes held together and SpanBytes
+	// the decoded spans of all open member files together (SpanBytes
+	// says how much for a span). The command validates them
+	// (--npz-checkpoint-span from 64 KiB to 64 MiB, --npz-index-size at
+	// least MinIndexBytes); the view trusts them.
+	Span, IndexBytes, SpanBytes int64
+	// Files, if set, is where the view looks for indexes before it
+	// builds them and, with WriteFiles, writes the ones it builds (in the
+	// background: a read does not wait for the write).
+	Files      *IndexFiles
+	WriteFiles bool
+	Logger     *slog.Logger
+}
+
+// New returns a member view of the archives blocks reads.
+func New(blocks *cache.BlockCache, c Config) (*View, error) {
+	indexBytes := c.IndexBytes
+	idx, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
 		// An index of an 85 MB member of EEG windows is about 23 KB,
 		// of its labels member 1 KB; ristretto wants ten counters per
 		// item it may hold.
@@ -171,8 +184,15 @@ func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create npz index cache: %w", err)
 	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
 	life, end := context.WithCancel(context.Background())
-	v := &NPZView{span: span, indexes: c, spanBudget: cache.NewBudget(spanBytes), life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}
+	v := &View{
+		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes),
+		life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{},
+		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
+	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
 	return v, nil
 }
@@ -182,7 +202,7 @@ var errViewClosed = errors.New("npz member view closed: the filesystem is being 
 
 // Close stops the view's background work, waits for index builds to end,
 // and releases the index cache.
-func (v *NPZView) Close() {
+func (v *View) Close() {
 	v.mu.Lock()
 	v.closed = true
 	v.mu.Unlock()
@@ -191,8 +211,8 @@ func (v *NPZView) Close() {
 	v.indexes.Close()
 }
 
-// NPZStats is a snapshot of the member view's counters.
-type NPZStats struct {
+// Stats is a snapshot of the member view's counters.
+type Stats struct {
 	// IndexBuilds counts members inflated whole to index them;
 	// IndexBuildErrors those that failed. IndexHits counts reads that
 	// found their index built.
@@ -207,9 +227,9 @@ type NPZStats struct {
 }
 
 // Stats returns the counters so far.
-func (v *NPZView) Stats() NPZStats {
+func (v *View) Stats() Stats {
 	m := v.indexes.Metrics
-	return NPZStats{
+	return Stats{
 		IndexBuilds:       v.builds.Load(),
 		IndexBuildErrors:  v.buildErrors.Load(),
 		IndexHits:         v.hits.Load(),
@@ -220,13 +240,13 @@ func (v *NPZView) Stats() NPZStats {
 	}
 }
 
-func (v *NPZView) knownDirectory(obj cache.Object) *npz.Directory {
+func (v *View) knownDirectory(obj cache.Object) *npz.Directory {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.dirs[obj.Key+"\x00"+obj.Tag()]
 }
 
-func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
+func (v *View) rememberDirectory(obj cache.Object, dir *npz.Directory) {
 	key := obj.Key + "\x00" + obj.Tag()
 	n := directoryBytes(len(key), dir)
 	if n > maxDirBytes/8 {
@@ -251,7 +271,7 @@ func indexKey(obj cache.Object, m npz.Member) string {
 
 // cachedIndex returns the index of member m of archive obj if the view
 // holds it.
-func (v *NPZView) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
+func (v *View) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
 	x, ok := v.indexes.Get(indexKey(obj, m))
 	if !ok {
 		return nil
@@ -264,7 +284,7 @@ func (v *NPZView) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
 // building it if it is not held. The build reads the member through its
 // own sequential reader and does not stop when ctx is cancelled (other
 // reads may be waiting for it), only when the view is closed.
-func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member) (*npz.Index, error) {
+func (v *View) index(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
 	key := indexKey(obj, m)
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
@@ -273,7 +293,7 @@ func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache
 	if err := v.brokenMember(key); err != nil {
 		return nil, err
 	}
-	built := v.building.DoChan(key, func() (any, error) { return v.build(blocks, obj, m, key) })
+	built := v.building.DoChan(key, func() (any, error) { return v.build(obj, m, key) })
 	select {
 	case r := <-built:
 		if r.Err != nil {
@@ -288,7 +308,7 @@ func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache
 // keptArchive returns the zip directory of archive obj that "bgbfs index"
 // kept in the cache dir, and holds the member indexes kept with it in
 // memory; nil if there is none (or it is not to be trusted, logged).
-func (v *NPZView) keptArchive(obj cache.Object) *npz.Directory {
+func (v *View) keptArchive(obj cache.Object) *npz.Directory {
 	if v.files == nil {
 		return nil
 	}
@@ -314,7 +334,7 @@ func (v *NPZView) keptArchive(obj cache.Object) *npz.Directory {
 	return dir
 }
 
-func (v *NPZView) brokenMember(key string) error {
+func (v *View) brokenMember(key string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.broken[key]
@@ -322,7 +342,7 @@ func (v *NPZView) brokenMember(key string) error {
 
 // build builds the index of member m under key, unless a build that ended
 // since the caller looked left it cached or found it broken.
-func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member, key string) (*npz.Index, error) {
+func (v *View) build(obj cache.Object, m npz.Member, key string) (*npz.Index, error) {
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
 		return x, nil
@@ -345,7 +365,7 @@ func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member
 		return x, nil
 	}
 	v.builds.Add(1)
-	r := blocks.Open(obj)
+	r := v.blocks.Open(obj)
 	x, err := npz.BuildIndex(readerAt{v.life, r}, m, v.span, v.rowLead())
 	r.Close()
 	if err != nil {
@@ -369,7 +389,7 @@ func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member
 }
 
 // keep holds x in memory.
-func (v *NPZView) keep(key string, x *npz.Index) {
+func (v *View) keep(key string, x *npz.Index) {
 	v.indexes.Set(key, x, x.MemoryBytes())
 	// Sets are applied asynchronously: wait, so that a read arriving once
 	// this build is over finds the index.
@@ -378,7 +398,7 @@ func (v *NPZView) keep(key string, x *npz.Index) {
 
 // loadIndex returns the index of member m of obj kept in the cache dir,
 // or nil (logging why if a file was there but not used).
-func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
+func (v *View) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 	if v.files == nil {
 		return nil
 	}
@@ -395,7 +415,7 @@ func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 // there is none, a warning if it is not to be trusted, and if the dir
 // cannot be read, a warning the first time (an unreachable s3:// dir
 // would say so for every archive) and then debug lines.
-func (v *NPZView) fileError(obj cache.Object, member string, err error) {
+func (v *View) fileError(obj cache.Object, member string, err error) {
 	switch {
 	case errors.Is(err, iofs.ErrNotExist):
 	case errors.Is(err, ErrIndexFileBad):
@@ -414,7 +434,7 @@ func (v *NPZView) fileError(obj cache.Object, member string, err error) {
 // its writes pause and resume (a full disk, another user's dir), and
 // tries again later; any other failure turns saving off, with one log
 // line.
-func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
+func (v *View) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
 	defer v.running.Done()
 	err := v.files.Save(v.life, obj, m, x)
 	switch {
