@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
-	"github.com/bgbfs/bgbfs/fs/npz"
 	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
@@ -146,7 +144,11 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listing s3://%s/%s: %s", o.bucket, o.prefix, s3backend.Describe(err))
 	}
-	run := &indexRun{o: o, client: client, files: files, start: time.Now()}
+	run := &indexRun{start: time.Now()}
+	run.indexer = npzview.ArchiveIndexer{Source: client, Files: files, Placement: o.placement, Saved: func(compressedSize int64) {
+		run.members.Add(1)
+		run.compressedBytes.Add(compressedSize)
+	}}
 	for _, a := range archives {
 		run.totalBytes += a.Size
 	}
@@ -208,10 +210,8 @@ func listArchives(ctx context.Context, store s3backend.ObjectStore, prefix strin
 
 // indexRun is one "bgbfs index": its archives' progress and results.
 type indexRun struct {
-	o      indexOptions
-	client *s3backend.Client
-	files  npzview.IndexFiles
-	start  time.Time
+	indexer npzview.ArchiveIndexer
+	start   time.Time
 
 	total      int
 	totalBytes int64
@@ -237,13 +237,13 @@ func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
 	if ctx.Err() != nil {
 		return
 	}
-	done, err := r.files.Done(ctx, a, r.o.placement)
+	done, err := r.indexer.Current(ctx, a)
 	if err == nil && done {
 		r.current.Add(1)
 		return
 	}
 	if err == nil {
-		err = r.indexArchive(ctx, a)
+		err = r.indexer.IndexArchive(ctx, a)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -255,66 +255,6 @@ func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
 		return
 	}
 	r.indexed.Add(1)
-}
-
-// indexArchive reads the zip directory of a, builds the index of every
-// deflated member that has none in the dir, reading the members' bytes in
-// one streaming GET, saves them, and marks the archive done with its
-// directory and indexes in one file, which a mount reads at first open.
-func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error {
-	dir, err := npz.ReadDirectory(objectReaderAt{ctx, r.client, a}, a.Size)
-	if err != nil {
-		return fmt.Errorf("reading the zip directory: %w", err)
-	}
-	var todo []npz.Member
-	indexes := map[string]*npz.Index{}
-	for _, m := range dir.Members {
-		if m.Method != npz.Deflated {
-			continue
-		}
-		if x, err := r.files.Load(ctx, a, m); err == nil {
-			indexes[m.Name] = x // a mount built it already
-			continue
-		}
-		todo = append(todo, m)
-	}
-	if len(todo) > 0 {
-		slices.SortFunc(todo, func(x, y npz.Member) int { return int(x.HeaderOffset - y.HeaderOffset) })
-		// From the first member's local header to past the last one's
-		// data: a local header's name and extra field are at most
-		// 2 x 64 KiB.
-		last := todo[len(todo)-1]
-		from, to := todo[0].HeaderOffset, min(a.Size, last.HeaderOffset+30+2*0xFFFF+last.CompressedSize)
-		stream := r.client.Stream(ctx, a, from, to-from)
-		defer stream.Close()
-		src := &forwardReaderAt{r: stream, pos: from}
-		// Each index is saved while the next member inflates: with an
-		// s3:// dir a save is a round trip.
-		var saves errgroup.Group
-		for _, m := range todo {
-			x, err := npz.BuildIndex(src, m, r.o.placement.Span, r.o.placement.RowLead)
-			if err != nil {
-				saves.Wait()
-				return err
-			}
-			indexes[m.Name] = x
-			saves.Go(func() error {
-				if err := r.files.Save(ctx, a, m, x); err != nil {
-					return fmt.Errorf("saving the index of %q: %w", m.Name, err)
-				}
-				r.members.Add(1)
-				r.compressedBytes.Add(m.CompressedSize)
-				return nil
-			})
-		}
-		if err := saves.Wait(); err != nil {
-			return err
-		}
-	}
-	if err := r.files.MarkDone(ctx, a, r.o.placement, dir, indexes); err != nil {
-		return fmt.Errorf("marking the archive indexed: %w", err)
-	}
-	return nil
 }
 
 // summary is the line "bgbfs index" ends with.
@@ -374,46 +314,4 @@ func (r *indexRun) progressLine() string {
 	r.mu.Unlock()
 	return fmt.Sprintf("[%s] %d/%d archives, %s/%s, %s/s, ETA %s (%d current, %d failed)", bar, n, r.total,
 		humanize.Bytes(uint64(bytes)), humanize.Bytes(uint64(r.totalBytes)), humanize.Bytes(uint64(rate)), eta, r.current.Load(), failed)
-}
-
-// objectReaderAt reads one object version with ranged GETs.
-type objectReaderAt struct {
-	ctx    context.Context
-	client *s3backend.Client
-	v      s3backend.Version
-}
-
-func (o objectReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	n, err := o.client.ReadAt(o.ctx, o.v, off, p)
-	if err == nil && n < len(p) {
-		err = io.EOF
-	}
-	return n, err
-}
-
-// forwardReaderAt serves reads at increasing offsets from one stream,
-// skipping what lies between them: BuildIndex reads a member's local
-// header, then its compressed data, in order.
-type forwardReaderAt struct {
-	r   io.Reader
-	pos int64
-}
-
-func (f *forwardReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < f.pos {
-		return 0, fmt.Errorf("read at %d, behind the stream at %d", off, f.pos)
-	}
-	if off > f.pos {
-		n, err := io.CopyN(io.Discard, f.r, off-f.pos)
-		f.pos += n
-		if err != nil {
-			return 0, err
-		}
-	}
-	n, err := io.ReadFull(f.r, p)
-	f.pos += int64(n)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = io.EOF
-	}
-	return n, err
 }

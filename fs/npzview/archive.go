@@ -9,6 +9,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // Member is one member file of an archive.
@@ -92,7 +93,7 @@ func (a *Archive) load() ([]Member, error) {
 	if dir == nil {
 		r := v.blocks.OpenRandom(a.obj)
 		defer r.Close()
-		dir, err = npz.ReadDirectory(readerAt{v.life, r}, a.obj.Size)
+		dir, err = npz.ReadDirectory(s3backend.BindContext(v.life, r), a.obj.Size)
 	}
 	if err != nil {
 		err = fmt.Errorf("reading the zip directory of %q: %w", a.obj.Key, err)

@@ -172,13 +172,6 @@ func (f IndexFiles) Save(ctx context.Context, obj cache.Object, m npz.Member, x 
 	return f.Dir.Store(ctx, id.name(indexFileSuffix), id.encode(body))
 }
 
-// IndexPlacement is how an index's access points were placed: the span
-// and the row lead BuildIndex was given. "bgbfs index" skips archives
-// indexed with the placement it would use.
-type IndexPlacement struct {
-	Span, RowLead int64
-}
-
 func (p IndexPlacement) encode() []byte {
 	return binary.AppendUvarint(binary.AppendUvarint(nil, uint64(p.Span)), uint64(p.RowLead))
 }
@@ -295,10 +288,3 @@ func (f IndexFiles) LoadArchive(ctx context.Context, obj cache.Object) (*npz.Dir
 	}
 	return dir, indexes, nil
 }
-
-// RowLead is where an index puts each row's access point for a mount
-// whose kernel read-ahead is kernelReadAhead: where the kernel's first
-// read of the row starts (half its read-ahead before the page a loader
-// touches), and two pages more, so that reading a window inflates from
-// just before it.
-func RowLead(kernelReadAhead int64) int64 { return kernelReadAhead/2 + 2*pageSize }

@@ -13,13 +13,10 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 const (
-	// defaultKernelReadAhead is the kernel's own read-ahead, used until
-	// the mount says it set another (View.SetKernelReadAhead).
-	defaultKernelReadAhead = 128 << 10
-	pageSize               = 4096
 	// heldSpanFactor bounds the decoded spans one open keeps, and the
 	// length of a span worth keeping, in checkpoint spans.
 	heldSpanFactor = 4
@@ -141,7 +138,7 @@ func (r *MemberReader) dataOffset(ctx context.Context) (int64, error) {
 	if off >= 0 {
 		return off, nil
 	}
-	off, err := r.member.DataOffset(readerAt{ctx, r.src})
+	off, err := r.member.DataOffset(s3backend.BindContext(ctx, r.src))
 	if err != nil {
 		return 0, err
 	}
@@ -248,7 +245,7 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		// memory: the archive file bgbfs index writes put its indexes
 		// there when the directory was read; asking an s3:// dir for a
 		// member's own file on every header read would cost a GET each.)
-		if _, err := x.ReadAt(readerAt{ctx, r.src}, p, off); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := x.ReadAt(s3backend.BindContext(ctx, r.src), p, off); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 	} else {
@@ -256,7 +253,7 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		if err != nil {
 			return err
 		}
-		if _, err := npz.ReadFromStart(readerAt{ctx, r.src}, r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := npz.ReadFromStart(s3backend.BindContext(ctx, r.src), r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 	}
@@ -397,7 +394,7 @@ func (r *MemberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]by
 		}
 	}
 	data := make([]byte, stop-start)
-	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, start); err != nil {
+	if _, err := x.ReadAt(s3backend.BindContext(r.life, r.src), data, start); err != nil {
 		return nil, err
 	}
 	if keep {

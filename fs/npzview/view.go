@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	iofs "io/fs"
 	"log/slog"
 	"strings"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // View shows the members of .npz archives as files, and holds the
@@ -82,31 +82,6 @@ type View struct {
 	// how far around a window the kernel reads.
 	kernelReadAhead atomic.Int64
 }
-
-// SetKernelReadAhead tells the view the kernel's read-ahead on the mount
-// (what --kernel-read-ahead set, or the kernel's 128 KiB if it could not
-// be set): it places access points and fetches for windows by it.
-func (v *View) SetKernelReadAhead(bytes int64) {
-	if bytes > 0 {
-		v.kernelReadAhead.Store(bytes)
-	}
-}
-
-// kernelLookBehind is how far before the page a loader touches the
-// kernel's first read of a window starts: it reads around a page fault,
-// half its read-ahead before the page.
-func (v *View) kernelLookBehind() int64 { return v.kernelReadAhead.Load() / 2 }
-
-// kernelOvershoot is how far past the end of what a loader touches the
-// kernel reads on: its read-ahead plus the pages its reads are out of
-// step with the row by (measured 264-268 KiB past a row's end with
-// mmap_mode="r" and a read-ahead of 256 KiB), with room to spare.
-func (v *View) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64<<10 }
-
-// rowLead is how far before each row's start an index puts its access
-// point: where the kernel's first read of the row starts, and two pages
-// more, so that reading a window inflates from just before it.
-func (v *View) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
 
 // maxBroken bounds the broken-member memo, and maxDirBytes the memory of
 // the remembered directories (the bucket's 6,500 archives take about
@@ -366,7 +341,7 @@ func (v *View) build(obj cache.Object, m npz.Member, key string) (*npz.Index, er
 	}
 	v.builds.Add(1)
 	r := v.blocks.Open(obj)
-	x, err := npz.BuildIndex(readerAt{v.life, r}, m, v.span, v.rowLead())
+	x, err := npz.BuildIndex(s3backend.BindContext(v.life, r), m, v.span, v.rowLead())
 	r.Close()
 	if err != nil {
 		v.buildErrors.Add(1)
@@ -451,19 +426,4 @@ func (v *View) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
 func isDataError(err error) bool {
 	return errors.Is(err, npz.ErrFormat) || errors.Is(err, npz.ErrCorrupt) ||
 		errors.Is(err, npz.ErrChecksum) || errors.Is(err, npz.ErrUnsupported)
-}
-
-// readerAt reads an object through a cache.Reader for the npz package,
-// which takes an io.ReaderAt, on behalf of one request.
-type readerAt struct {
-	ctx context.Context
-	r   *cache.Reader
-}
-
-func (a readerAt) ReadAt(p []byte, off int64) (int, error) {
-	n, err := a.r.ReadAt(a.ctx, p, off)
-	if err == nil && n < len(p) {
-		err = io.EOF
-	}
-	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
@@ -52,4 +53,9 @@ func (s *Faulty) ReadAt(ctx context.Context, v s3backend.Version, off int64, buf
 	n, err := s.Store.ReadAt(ctx, v, off, bufs...)
 	s.Fetched.Add(int64(n))
 	return n, err
+}
+
+// Stream is Store.Stream through the faults.
+func (s *Faulty) Stream(ctx context.Context, v s3backend.Version, off, n int64) io.ReadCloser {
+	return stream(ctx, s, v, off, n)
 }
