@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -110,77 +111,72 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, 2*o.jobs, nil, logger))
+	client, err := connectIndex(ctx, o, logger)
 	if err != nil {
 		return err
+	}
+	files, closeFiles, err := openIndexFiles(ctx, o, client, logger)
+	if err != nil {
+		return err
+	}
+	defer closeFiles()
+	archives, err := listArchives(ctx, client, o.prefix, o.limit)
+	if err != nil {
+		return fmt.Errorf("listing s3://%s/%s: %s", o.bucket, o.prefix, s3backend.Describe(err))
+	}
+	run := newIndexRun(npzview.ArchiveIndexer{Source: client, Files: files, Placement: o.placement}, archives)
+	f, ok := stdout.(*os.File)
+	stopProgress := run.progress(stdout, ok && term.IsTerminal(int(f.Fd())))
+	run.indexAll(ctx, archives, o.jobs)
+	stopProgress()
+	fmt.Fprintln(stdout, run.summary())
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	return run.reportFailures(stderr, o.bucket)
+}
+
+// connectIndex returns a client of the bucket, having checked that the
+// prefix can be read.
+func connectIndex(ctx context.Context, o indexOptions, logger *slog.Logger) (*s3backend.Client, error) {
+	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, 2*o.jobs, nil, logger))
+	if err != nil {
+		return nil, err
 	}
 	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
 	_, err = client.Probe(probeCtx, o.prefix)
 	cancel()
 	if err != nil {
-		return explainProbe(o.s3Options, o.bucket, o.prefix, err)
+		return nil, explainProbe(o.s3Options, o.bucket, o.prefix, err)
 	}
+	return client, nil
+}
+
+// openIndexFiles opens the cache dir the indexes go to: a local dir,
+// which must be writable, or an s3:// one, listed once.
+func openIndexFiles(ctx context.Context, o indexOptions, client *s3backend.Client, logger *slog.Logger) (npzview.IndexFiles, func(), error) {
 	files := npzview.IndexFiles{Source: o.source(o.bucket)}
 	if o.cacheDir.s3Bucket != "" {
 		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
 		files.Dir = blobs
 		// One listing of what is there instead of a GET per archive and
 		// member, each a round trip before the archive's stream starts.
+		var err error
 		if files.Known, err = blobs.Names(ctx, strings.TrimSuffix(npzview.IndexArea, "/")); err != nil {
-			return fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
+			return files, nil, fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
 		}
-	} else {
-		dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
-		if err != nil {
-			return err
-		}
-		defer dir.Close()
-		if err := dir.WriteErr(); err != nil {
-			return fmt.Errorf("cache dir %s is not writable: %w", dir, err)
-		}
-		files.Dir = dir
+		return files, func() {}, nil
 	}
-	archives, err := listArchives(ctx, client, o.prefix, o.limit)
+	dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
 	if err != nil {
-		return fmt.Errorf("listing s3://%s/%s: %s", o.bucket, o.prefix, s3backend.Describe(err))
+		return files, nil, err
 	}
-	run := &indexRun{start: time.Now()}
-	run.indexer = npzview.ArchiveIndexer{Source: client, Files: files, Placement: o.placement, Saved: func(compressedSize int64) {
-		run.members.Add(1)
-		run.compressedBytes.Add(compressedSize)
-	}}
-	for _, a := range archives {
-		run.totalBytes += a.Size
+	if err := dir.WriteErr(); err != nil {
+		dir.Close()
+		return files, nil, fmt.Errorf("cache dir %s is not writable: %w", dir, err)
 	}
-	run.total = len(archives)
-	showProgress := false
-	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		showProgress = true
-	}
-	stopProgress := run.progress(stdout, showProgress)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(o.jobs)
-	for _, a := range archives {
-		g.Go(func() error {
-			run.index(gctx, a)
-			return nil
-		})
-	}
-	g.Wait()
-	stopProgress()
-	fmt.Fprintln(stdout, run.summary())
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("interrupted: %w", err)
-	}
-	if len(run.failed) > 0 {
-		slices.SortFunc(run.failed, func(a, b archiveFailure) int { return strings.Compare(a.key, b.key) })
-		for _, f := range run.failed {
-			fmt.Fprintf(stderr, "bgbfs: index s3://%s/%s: %s\n", o.bucket, f.key, oneLine(f.err.Error()))
-		}
-		fmt.Fprintf(stderr, "bgbfs: %d of %d archives failed\n", len(run.failed), run.total)
-		return exitError{1}
-	}
-	return nil
+	files.Dir = dir
+	return files, dir.Close, nil
 }
 
 // listArchives lists every .npz under prefix that a mount with limit
@@ -227,6 +223,48 @@ type indexRun struct {
 type archiveFailure struct {
 	key string
 	err error
+}
+
+// newIndexRun returns the run of indexer over archives.
+func newIndexRun(indexer npzview.ArchiveIndexer, archives []s3backend.Version) *indexRun {
+	r := &indexRun{indexer: indexer, start: time.Now(), total: len(archives)}
+	r.indexer.Saved = func(compressedSize int64) {
+		r.members.Add(1)
+		r.compressedBytes.Add(compressedSize)
+	}
+	for _, a := range archives {
+		r.totalBytes += a.Size
+	}
+	return r
+}
+
+// indexAll indexes archives, jobs at a time, until done or ctx ends.
+func (r *indexRun) indexAll(ctx context.Context, archives []s3backend.Version, jobs int) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for _, a := range archives {
+		g.Go(func() error {
+			r.index(gctx, a)
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// reportFailures says which archives failed and why, in key order, and
+// then returns the exit status for them.
+func (r *indexRun) reportFailures(stderr io.Writer, bucket string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.failed) == 0 {
+		return nil
+	}
+	slices.SortFunc(r.failed, func(a, b archiveFailure) int { return strings.Compare(a.key, b.key) })
+	for _, f := range r.failed {
+		fmt.Fprintf(stderr, "bgbfs: index s3://%s/%s: %s\n", bucket, f.key, oneLine(f.err.Error()))
+	}
+	fmt.Fprintf(stderr, "bgbfs: %d of %d archives failed\n", len(r.failed), r.total)
+	return exitError{1}
 }
 
 // index indexes the archive a unless it is current, and records how it
