@@ -110,21 +110,14 @@ type BlockCache struct {
 	// readers counts open Readers that have read, to share ahead fairly.
 	readers atomic.Int64
 
-	// fetching counts running fetches, so Close can wait for them. It is
-	// added to only under mu while closed is unset: Close sets closed
-	// before it waits, so no Add can race with the Wait.
-	fetching sync.WaitGroup
-
 	mu sync.Mutex
 	// inflight maps a block key to the fetch bringing it, so concurrent
 	// misses on one block make one GET.
 	inflight map[string]*fetch
-	// closed is set by Close: no fetch starts after it.
-	closed bool
-	// life is the context of every GET; Close cancels it, so that an
-	// unmount does not wait for GETs nobody will read.
-	life context.Context
-	end  context.CancelFunc
+	// life is the context of every GET, and counts the running fetches:
+	// Close cancels it, so that an unmount does not wait for GETs nobody
+	// will read, and waits for them; no fetch starts after it.
+	life *Lifetime
 
 	hits, misses, evictions, fetchedAhead atomic.Int64
 }
@@ -140,14 +133,12 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	if opt.ReorderWindow <= 0 {
 		opt.ReorderWindow = 1 << 20
 	}
-	life, end := context.WithCancel(context.Background())
 	c := &BlockCache{
 		store:    store,
 		opt:      opt,
 		requests: make(chan struct{}, opt.MaxParallel),
 		inflight: map[string]*fetch{},
-		life:     life,
-		end:      end,
+		life:     NewLifetime(context.Background()),
 	}
 	if opt.CacheSize == 0 {
 		return c, nil
@@ -178,11 +169,7 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 // reading when the filesystem is unmounted: a fetch started during or
 // after the close of the block cache would Set into it, which can panic.
 func (c *BlockCache) Close() {
-	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	c.end()
-	c.fetching.Wait()
+	c.life.Close()
 	if c.blocks != nil {
 		c.blocks.Close()
 	}
@@ -281,14 +268,8 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		// Every block is missing and stays missing.
-		closed := &fetch{done: make(chan struct{}), err: ErrClosed}
-		close(closed.done)
-		for i := range out {
-			out[i] = closed
-		}
-		return out, nil
+	if c.life.Closed() {
+		return closedFetches(out), nil
 	}
 	var run *fetch
 	for idx := first; idx <= last; idx++ {
@@ -310,11 +291,30 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 		c.inflight[key] = run
 		out[idx-first] = run
 	}
-	c.fetching.Add(len(started))
+	if !c.life.Start(len(started)) {
+		// Closed while the runs were planned: none starts.
+		for _, f := range started {
+			for idx := f.first; idx < f.end(); idx++ {
+				delete(c.inflight, blockKey(obj, idx))
+			}
+		}
+		return closedFetches(out), nil
+	}
 	for _, f := range started {
 		go c.run(f)
 	}
 	return out, started
+}
+
+// closedFetches fills out with one failed fetch: after Close every block
+// is missing and stays missing.
+func closedFetches(out []*fetch) []*fetch {
+	closed := &fetch{done: make(chan struct{}), err: ErrClosed}
+	close(closed.done)
+	for i := range out {
+		out[i] = closed
+	}
+	return out
 }
 
 // ErrFetchTimeout is a fetch that did not end within Options.FetchTimeout.
@@ -326,17 +326,17 @@ var ErrFetchTimeout = errors.New("not fetched within the fetch timeout")
 // stops waiting, the fetch goes on for the others, and nobody's fetch
 // runs forever.
 func (c *BlockCache) run(f *fetch) {
-	defer c.fetching.Done()
-	ctx, cancel := c.life, context.CancelFunc(func() {})
+	defer c.life.Done()
+	ctx, cancel := c.life.Context(), context.CancelFunc(func() {})
 	if c.opt.FetchTimeout > 0 {
-		ctx, cancel = context.WithTimeoutCause(c.life, c.opt.FetchTimeout, ErrFetchTimeout)
+		ctx, cancel = context.WithTimeoutCause(c.life.Context(), c.opt.FetchTimeout, ErrFetchTimeout)
 	}
 	defer cancel()
 	n, release, err := c.fetchBytes(ctx, f)
 	defer release()
 	switch {
 	case err == nil:
-	case c.life.Err() != nil:
+	case c.life.Context().Err() != nil:
 		err = ErrClosed // cancelled by Close
 	case context.Cause(ctx) == ErrFetchTimeout:
 		err = fmt.Errorf("%q bytes %d-%d: %w (%v): %w", f.obj.Key, f.first*c.opt.BlockSize, f.first*c.opt.BlockSize+f.size-1, ErrFetchTimeout, c.opt.FetchTimeout, err)

@@ -348,7 +348,7 @@ func TestPrefetch(t *testing.T) {
 	}
 	r.Prefetch(0, 512*kib) // block 0 is cached: 7 blocks to fetch
 	r.Prefetch(0, 512*kib) // all cached or held: nothing more
-	c.fetching.Wait()
+	c.life.running.Wait()
 	if gets, fetched := store.gets.Load(), store.bytes.Load(); gets != 2 || fetched != 512*kib {
 		t.Errorf("%d GETs, %d bytes; want block 0, then one GET of the 7 others", gets, fetched)
 	}
@@ -379,7 +379,7 @@ func TestPrefetch(t *testing.T) {
 	defer r2.Close()
 	before := store.gets.Load()
 	r2.Prefetch(1*mib, 2*mib)
-	c.fetching.Wait()
+	c.life.running.Wait()
 	if gets := store.gets.Load() - before; gets != 2 {
 		t.Errorf("prefetching 2 MiB made %d GETs, want 2 of 1 MiB", gets)
 	}
@@ -475,7 +475,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 			store.down.Store(true)
 			r := tt.duringOutage(c, obj)
 			defer r.Close()
-			c.fetching.Wait()
+			c.life.running.Wait()
 			if store.failed.Load() == 0 {
 				t.Fatal("no fetch was tried during the outage")
 			}
@@ -483,7 +483,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 
 			if tt.again != nil {
 				tt.again(r)
-				c.fetching.Wait()
+				c.life.running.Wait()
 				if slow.gets.Load() == 0 {
 					t.Error("no GET after the outage: the blocks whose fetch failed were skipped")
 				}
@@ -615,7 +615,7 @@ func TestZipReadsFetchEachByteOnce(t *testing.T) {
 				}
 			}
 			r.Close()
-			c.fetching.Wait()
+			c.life.running.Wait()
 			if twice := store.fetchedTwice(obj.Size); twice > 0 {
 				t.Errorf("%d of the %d bytes were fetched more than once (%d bytes in %d GETs: %v)", twice, obj.Size, slow.bytes.Load(), len(store.ranges), store.ranges)
 			}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -278,17 +279,12 @@ func (st *dirState) lookupBeyond(ctx context.Context, l *listing, name string) (
 		// The LISTs are shared by every lookup of the name, so they do
 		// not stop when the first one is interrupted (each LIST is bounded
 		// by the client's timeouts); an interrupted lookup stops waiting.
-		looked := st.lookingBeyond.DoChan(name, func() (any, error) {
+		var err error
+		cached, err = cache.WaitShared(ctx, &st.lookingBeyond, name, func() (*dirEntry, error) {
 			return st.listBeyond(context.WithoutCancel(ctx), l, name)
 		})
-		select {
-		case r := <-looked:
-			if r.Err != nil {
-				return dirEntry{}, false, r.Err
-			}
-			cached = r.Val.(*dirEntry)
-		case <-ctx.Done():
-			return dirEntry{}, false, ctx.Err()
+		if err != nil {
+			return dirEntry{}, false, err
 		}
 	}
 	if cached == nil {

@@ -59,16 +59,7 @@ func (a *Archive) Members(ctx context.Context) ([]Member, error) {
 	if members != nil || err != nil {
 		return members, err
 	}
-	loaded := a.loading.DoChan("", func() (any, error) { return a.load() })
-	select {
-	case r := <-loaded:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.([]Member), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return cache.WaitShared(ctx, &a.loading, "", a.load)
 }
 
 // Open returns a reader of member m; the caller closes it.
@@ -93,7 +84,7 @@ func (a *Archive) load() ([]Member, error) {
 	if dir == nil {
 		r := v.blocks.OpenRandom(a.obj)
 		defer r.Close()
-		dir, err = npz.ReadDirectory(s3backend.BindContext(v.life, r), a.obj.Size)
+		dir, err = npz.ReadDirectory(s3backend.BindContext(v.life.Context(), r), a.obj.Size)
 	}
 	if err != nil {
 		err = fmt.Errorf("reading the zip directory of %q: %w", a.obj.Key, err)

@@ -43,17 +43,13 @@ type MemberReader struct {
 	// one member are scattered: a window here, a window there).
 	src *cache.Reader
 	// life ends at Close: inflations that outlive the read that started
-	// them (others may wait for them) stop with it.
-	life context.Context
-	end  context.CancelFunc
+	// them (others may wait for them) stop with it, and Close waits for
+	// them (they read through src).
+	life *cache.Lifetime
 	// inflating makes concurrent reads of one span inflate it once.
 	inflating singleflight.Group
 
 	mu sync.Mutex
-	// closed is set by Close; inflations add to running only while it is
-	// unset, so Close's Wait never races with an Add.
-	closed  bool
-	running sync.WaitGroup
 	// dataOff is where the member's data starts in the archive (-1: not
 	// read yet).
 	dataOff int64
@@ -81,8 +77,7 @@ type decodedSpan struct {
 
 // newMemberReader returns a reader of member m of archive obj.
 func newMemberReader(view *View, obj cache.Object, m npz.Member) *MemberReader {
-	life, end := context.WithCancel(view.life)
-	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: life, end: end, dataOff: -1}
+	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: cache.NewLifetime(view.life.Context()), dataOff: -1}
 }
 
 // errReaderClosed is an inflation that starts after the reader was closed.
@@ -91,11 +86,7 @@ var errReaderClosed = errors.New("member file closed")
 // Close stops the inflations still running, waits for them (they read
 // through src), and releases what the reader holds.
 func (r *MemberReader) Close() {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
-	r.end()
-	r.running.Wait()
+	r.life.Close()
 	r.mu.Lock()
 	r.view.spanBudget.Give(r.spanBytes)
 	r.spans, r.spanBytes = nil, 0
@@ -209,7 +200,7 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			// span: inflating up to it may take seconds of CPU, which
 			// an interrupt must not wait for.
 			g.Go(func() error {
-				data, err := r.inflateOnce(gctx, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
+				data, err := cache.WaitShared(gctx, &r.inflating, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
 					return r.inflate(x, at, upto, false)
 				})
 				copy(dst, data)
@@ -358,43 +349,24 @@ func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 		return data, nil
 	}
 	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
-	return r.inflateOnce(ctx, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
-}
-
-// inflateOnce runs inflate in the background, once for concurrent
-// requests of one key, and waits for it unless ctx ends first.
-func (r *MemberReader) inflateOnce(ctx context.Context, key string, inflate func() ([]byte, error)) ([]byte, error) {
-	inflated := r.inflating.DoChan(key, func() (any, error) { return inflate() })
-	select {
-	case res := <-inflated:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		return res.Val.([]byte), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
 }
 
 // inflate inflates [start, stop) into a buffer of its own and, with
 // keep (a span from its access point), holds it if the view's span
 // budget has room. A failure is not held: the next read tries again.
 func (r *MemberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	if !r.life.Start(1) {
 		return nil, errReaderClosed
 	}
-	r.running.Add(1)
-	r.mu.Unlock()
-	defer r.running.Done()
+	defer r.life.Done()
 	if keep {
 		if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
 			return data, nil
 		}
 	}
 	data := make([]byte, stop-start)
-	if _, err := x.ReadAt(s3backend.BindContext(r.life, r.src), data, start); err != nil {
+	if _, err := x.ReadAt(s3backend.BindContext(r.life.Context(), r.src), data, start); err != nil {
 		return nil, err
 	}
 	if keep {
@@ -413,7 +385,7 @@ func (r *MemberReader) hold(s decodedSpan) {
 	for len(r.spans) > 0 && r.spanBytes+n > heldSpanFactor*r.view.span {
 		r.dropOldestLocked()
 	}
-	if r.closed || !r.view.spanBudget.TryTake(n) {
+	if r.life.Closed() || !r.view.spanBudget.TryTake(n) {
 		return
 	}
 	r.spans = append(r.spans, s)

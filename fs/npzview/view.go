@@ -38,21 +38,15 @@ type View struct {
 	// life ends when the view is closed. Work that no one request owns
 	// (index builds, zip directory reads, span inflations others may wait
 	// for) runs under it instead of the request's context, and stops
-	// with it at unmount.
-	life context.Context
-	end  context.CancelFunc
+	// with it at unmount. It counts index builds, which Set into indexes:
+	// Close waits for them before it closes indexes.
+	life *cache.Lifetime
 	// building makes concurrent first reads of one member inflate it once.
 	building singleflight.Group
 	// spanBudget bounds the decoded spans all open member files keep.
 	spanBudget *cache.Budget
 
 	mu sync.Mutex
-	// closed is set by Close; building adds to running only while it is
-	// unset, so Close's Wait never races with an Add.
-	closed bool
-	// running counts index builds, which Set into indexes: Close waits
-	// for them before it closes indexes.
-	running sync.WaitGroup
 	// broken remembers members whose data is corrupt (bad CRC, undecodable
 	// stream): the archive version cannot change, so building again would
 	// only inflate the whole member again to fail the same way.
@@ -162,10 +156,9 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	life, end := context.WithCancel(context.Background())
 	v := &View{
 		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes),
-		life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{},
+		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
@@ -178,11 +171,7 @@ var errViewClosed = errors.New("npz member view closed: the filesystem is being 
 // Close stops the view's background work, waits for index builds to end,
 // and releases the index cache.
 func (v *View) Close() {
-	v.mu.Lock()
-	v.closed = true
-	v.mu.Unlock()
-	v.end()
-	v.running.Wait()
+	v.life.Close()
 	v.indexes.Close()
 }
 
@@ -268,16 +257,7 @@ func (v *View) index(ctx context.Context, obj cache.Object, m npz.Member) (*npz.
 	if err := v.brokenMember(key); err != nil {
 		return nil, err
 	}
-	built := v.building.DoChan(key, func() (any, error) { return v.build(obj, m, key) })
-	select {
-	case r := <-built:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*npz.Index), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return cache.WaitShared(ctx, &v.building, key, func() (*npz.Index, error) { return v.build(obj, m, key) })
 }
 
 // keptArchive returns the zip directory of archive obj that "bgbfs index"
@@ -287,15 +267,11 @@ func (v *View) keptArchive(obj cache.Object) *npz.Directory {
 	if v.files == nil {
 		return nil
 	}
-	v.mu.Lock()
-	if v.closed {
-		v.mu.Unlock()
+	if !v.life.Start(1) { // Sets into indexes come before Close's
 		return nil
 	}
-	v.running.Add(1) // keep Sets into indexes before Close
-	v.mu.Unlock()
-	defer v.running.Done()
-	dir, indexes, err := v.files.LoadArchive(v.life, obj)
+	defer v.life.Done()
+	dir, indexes, err := v.files.LoadArchive(v.life.Context(), obj)
 	if err != nil {
 		v.fileError(obj, "", err)
 		return nil
@@ -322,18 +298,13 @@ func (v *View) build(obj cache.Object, m npz.Member, key string) (*npz.Index, er
 		v.hits.Add(1)
 		return x, nil
 	}
-	v.mu.Lock()
-	err := v.broken[key]
-	if err == nil && v.closed {
-		err = errViewClosed
-	}
-	if err != nil {
-		v.mu.Unlock()
+	if err := v.brokenMember(key); err != nil {
 		return nil, err
 	}
-	v.running.Add(1)
-	v.mu.Unlock()
-	defer v.running.Done()
+	if !v.life.Start(1) {
+		return nil, errViewClosed
+	}
+	defer v.life.Done()
 
 	if x := v.loadIndex(obj, m); x != nil {
 		v.keep(key, x)
@@ -341,7 +312,7 @@ func (v *View) build(obj cache.Object, m npz.Member, key string) (*npz.Index, er
 	}
 	v.builds.Add(1)
 	r := v.blocks.Open(obj)
-	x, err := npz.BuildIndex(s3backend.BindContext(v.life, r), m, v.span, v.rowLead())
+	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
 	if err != nil {
 		v.buildErrors.Add(1)
@@ -357,8 +328,9 @@ func (v *View) build(obj cache.Object, m npz.Member, key string) (*npz.Index, er
 	}
 	v.keep(key, x)
 	if v.files != nil && v.saveFiles && !v.filesOff.Load() {
-		v.running.Add(1) // within the build's own: Close waits for it
-		go v.saveIndex(obj, m, x)
+		if v.life.Start(1) { // Close waits for it
+			go v.saveIndex(obj, m, x)
+		}
 	}
 	return x, nil
 }
@@ -377,7 +349,7 @@ func (v *View) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 	if v.files == nil {
 		return nil
 	}
-	x, err := v.files.Load(v.life, obj, m)
+	x, err := v.files.Load(v.life.Context(), obj, m)
 	if err != nil {
 		v.fileError(obj, m.Name, err)
 		return nil
@@ -396,12 +368,12 @@ func (v *View) fileError(obj cache.Object, member string, err error) {
 	case errors.Is(err, ErrIndexFileBad):
 		v.filesIgnored.Add(1)
 		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", member, "reason", strings.TrimPrefix(err.Error(), ErrIndexFileBad.Error()+": "), "dir", v.files.Dir)
-	case v.life.Err() == nil:
+	case v.life.Context().Err() == nil:
 		level := slog.LevelDebug
 		if v.loadFailed.CompareAndSwap(false, true) {
 			level = slog.LevelWarn
 		}
-		v.logger.Log(v.life, level, "npz index file unreadable; building the index", "archive", obj.Key, "member", member, "err", err, "dir", v.files.Dir)
+		v.logger.Log(v.life.Context(), level, "npz index file unreadable; building the index", "archive", obj.Key, "member", member, "err", err, "dir", v.files.Dir)
 	}
 }
 
@@ -410,12 +382,12 @@ func (v *View) fileError(obj cache.Object, member string, err error) {
 // tries again later; any other failure turns saving off, with one log
 // line.
 func (v *View) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
-	defer v.running.Done()
-	err := v.files.Save(v.life, obj, m, x)
+	defer v.life.Done()
+	err := v.files.Save(v.life.Context(), obj, m, x)
 	switch {
 	case err == nil:
 		v.filesSaved.Add(1)
-	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Err() != nil:
+	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Context().Err() != nil:
 	case v.filesOff.CompareAndSwap(false, true):
 		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
 	}
