@@ -24,11 +24,6 @@ import (
 // unmounted, and nothing more is fetched.
 var ErrClosed = errors.New("block cache closed: the filesystem is being unmounted")
 
-// Object names one version of one object: reads through a Reader never mix
-// bytes of two versions, and cached blocks are keyed by the version's tag
-// (its ETag, or its size and modification time).
-type Object = s3backend.Version
-
 // Options size the cache and the read-ahead.
 type Options struct {
 	// CacheSize bounds the bytes of blocks held: cached, read ahead, and
@@ -205,18 +200,18 @@ func (c *BlockCache) Stats() Stats {
 	return s
 }
 
-func blockKey(obj Object, idx int64) string {
+func blockKey(obj s3backend.Version, idx int64) string {
 	return obj.Key + "\x00" + obj.Tag() + "\x00" + strconv.FormatInt(idx, 10)
 }
 
 // blockLen is the length of block idx of obj: BlockSize but for the last.
-func (c *BlockCache) blockLen(obj Object, idx int64) int64 {
+func (c *BlockCache) blockLen(obj s3backend.Version, idx int64) int64 {
 	return min(c.opt.BlockSize, obj.Size-idx*c.opt.BlockSize)
 }
 
 // fetch is one ranged GET of a run of whole blocks.
 type fetch struct {
-	obj   Object
+	obj   s3backend.Version
 	first int64 // index of the first block
 	count int64 // number of blocks
 	size  int64 // their bytes
@@ -252,7 +247,7 @@ func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
 }
 
 // cached returns a block from the cache without counting a hit or miss.
-func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
+func (c *BlockCache) cached(obj s3backend.Version, idx int64) ([]byte, bool) {
 	if c.blocks == nil {
 		return nil, false
 	}
@@ -264,7 +259,7 @@ func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
 // are neither; demand says a read waits for them (not read-ahead). It
 // returns a fetch for each block not in the cache, in order, or nil for the
 // blocks found cached; and the fetches it started.
-func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
+func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
 	defer c.mu.Unlock()

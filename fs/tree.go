@@ -79,9 +79,9 @@ func NewRoot(cfg Config) gofs.InodeEmbedder {
 	return root
 }
 
-// Options returns the go-fuse options for a mount of this tree.
+// NewMountOptions returns the go-fuse options for a mount of this tree.
 // source names the mount in the mount table, as "s3://bucket/prefix/".
-func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *gofs.Options {
+func NewMountOptions(cfg Config, source string, allowOther bool, logger *slog.Logger) *gofs.Options {
 	ttl := cfg.MetadataTTL
 	if ttl == Indefinite {
 		ttl = kernelForever

@@ -193,7 +193,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		ListingMemory: o.listingMemory,
 		ReadTimeout:   o.readTimeout,
 	}
-	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
+	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.NewMountOptions(cfg, m.source, o.allowOther, logger))
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}

@@ -26,7 +26,7 @@ type Member struct {
 // use.
 type Archive struct {
 	view *View
-	obj  cache.Object
+	obj  s3backend.Version
 	// hidden is told each member that cannot be shown as a file, when the
 	// directory is read.
 	hidden func(name, reason string)
@@ -43,7 +43,7 @@ type Archive struct {
 
 // Archive returns the member directory of archive obj. It reads nothing
 // until asked for the members.
-func (v *View) Archive(obj cache.Object, hidden func(name, reason string)) *Archive {
+func (v *View) Archive(obj s3backend.Version, hidden func(name, reason string)) *Archive {
 	return &Archive{view: v, obj: obj, hidden: hidden}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // StateDir keeps named files across runs: a local directory
@@ -81,7 +82,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // indexID is what an index file is of.
 type indexID struct {
 	source string
-	obj    cache.Object
+	obj    s3backend.Version
 	member string
 }
 
@@ -145,7 +146,7 @@ func (id indexID) decode(b []byte) ([]byte, error) {
 // Load returns the index of member m of archive obj kept in the dir: an
 // error wrapping io/fs.ErrNotExist if there is none, ErrIndexFileBad if
 // the file is not to be trusted, or another error if it cannot be read.
-func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
+func (f IndexFiles) Load(ctx context.Context, obj s3backend.Version, m npz.Member) (*npz.Index, error) {
 	id := indexID{f.Source, obj, m.Name}
 	b, err := f.load(ctx, id.name(indexFileSuffix))
 	if err != nil {
@@ -163,7 +164,7 @@ func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*
 }
 
 // Save writes the index x of member m of archive obj into the dir.
-func (f IndexFiles) Save(ctx context.Context, obj cache.Object, m npz.Member, x *npz.Index) error {
+func (f IndexFiles) Save(ctx context.Context, obj s3backend.Version, m npz.Member, x *npz.Index) error {
 	body, err := x.MarshalBinary()
 	if err != nil {
 		return err
@@ -181,7 +182,7 @@ func (p IndexPlacement) encode() []byte {
 // archive's zip directory and its members' indexes: a mount reads that one
 // file at the archive's first open instead of the archive's tail and each
 // index.
-func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlacement, dir *npz.Directory, indexes map[string]*npz.Index) error {
+func (f IndexFiles) MarkDone(ctx context.Context, obj s3backend.Version, p IndexPlacement, dir *npz.Directory, indexes map[string]*npz.Index) error {
 	body := p.encode()
 	db, err := dir.MarshalBinary()
 	if err != nil {
@@ -211,7 +212,7 @@ func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlace
 // Done reports whether MarkDone recorded archive obj with placement p. A
 // missing or untrustworthy record is not done; an error is a failure to
 // look.
-func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement) (bool, error) {
+func (f IndexFiles) Done(ctx context.Context, obj s3backend.Version, p IndexPlacement) (bool, error) {
 	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if errors.Is(err, iofs.ErrNotExist) {
@@ -227,7 +228,7 @@ func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement
 // LoadArchive returns the zip directory and the member indexes MarkDone
 // kept for archive obj: an error wrapping io/fs.ErrNotExist if there are
 // none, ErrIndexFileBad if the file is not to be trusted.
-func (f IndexFiles) LoadArchive(ctx context.Context, obj cache.Object) (*npz.Directory, map[string]*npz.Index, error) {
+func (f IndexFiles) LoadArchive(ctx context.Context, obj s3backend.Version) (*npz.Directory, map[string]*npz.Index, error) {
 	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if err != nil {

@@ -13,8 +13,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // memDir is a StateDir in memory.
@@ -78,7 +78,7 @@ func indexedArchive(t *testing.T) ([]byte, npz.Member, *npz.Index) {
 func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	ctx := context.Background()
 	archive, m, x := indexedArchive(t)
-	obj := cache.Object{Key: "train/a.npz", ETag: `"v1"`, Size: int64(len(archive))}
+	obj := s3backend.Version{Key: "train/a.npz", ETag: `"v1"`, Size: int64(len(archive))}
 	name := indexID{"bucket", obj, m.Name}.name(indexFileSuffix)
 	// resealed fixes the CRC-32C after an edit, so only the edit is wrong.
 	resealed := func(b []byte) []byte {
@@ -88,7 +88,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		edit   func(dir *memDir, file []byte) // changes what is stored under name
-		obj    cache.Object
+		obj    s3backend.Version
 		member npz.Member
 		reason string // "" loads
 	}{
@@ -139,7 +139,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	// Another ETag, bucket or member is another file: not found.
 	files := IndexFiles{Dir: &memDir{}, Source: "bucket"}
 	files.Save(ctx, obj, m, x)
-	for _, o := range []cache.Object{{Key: obj.Key, ETag: `"v2"`, Size: obj.Size}, {Key: obj.Key, ETag: obj.ETag, Size: obj.Size + 1}, {Key: "train/b.npz", ETag: obj.ETag, Size: obj.Size}} {
+	for _, o := range []s3backend.Version{{Key: obj.Key, ETag: `"v2"`, Size: obj.Size}, {Key: obj.Key, ETag: obj.ETag, Size: obj.Size + 1}, {Key: "train/b.npz", ETag: obj.ETag, Size: obj.Size}} {
 		if _, err := files.Load(ctx, o, m); !errors.Is(err, iofs.ErrNotExist) {
 			t.Errorf("load for %+v: %v, want ErrNotExist", o, err)
 		}
@@ -154,7 +154,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 func TestArchiveDone(t *testing.T) {
 	ctx := context.Background()
 	files := IndexFiles{Dir: &memDir{}, Source: "bucket"}
-	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
+	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
 	if done, err := files.Done(ctx, obj, p); done || err != nil {
 		t.Fatalf("done before MarkDone: %v, %v", done, err)
@@ -166,7 +166,7 @@ func TestArchiveDone(t *testing.T) {
 	v2.ETag = `"v2"`
 	for _, tt := range []struct {
 		name string
-		obj  cache.Object
+		obj  s3backend.Version
 		p    IndexPlacement
 		want bool
 	}{
@@ -197,7 +197,7 @@ func (d *countingDir) Load(ctx context.Context, name string) ([]byte, error) {
 func TestIndexFilesKnown(t *testing.T) {
 	ctx := context.Background()
 	dir := &countingDir{}
-	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
+	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
 	files := IndexFiles{Dir: dir, Source: "b", Known: map[string]bool{}}
 	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
@@ -224,7 +224,7 @@ func TestArchiveFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
+	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
 	files := IndexFiles{Dir: &memDir{}, Source: "b"}
 	if _, _, err := files.LoadArchive(ctx, obj); !errors.Is(err, iofs.ErrNotExist) {
 		t.Fatalf("no archive file: %v, want ErrNotExist", err)

@@ -37,7 +37,7 @@ const (
 // use; Close ends its background work.
 type MemberReader struct {
 	view   *View
-	obj    cache.Object
+	obj    s3backend.Version
 	member npz.Member
 	// src reads the archive; it never reads ahead on its own (reads of
 	// one member are scattered: a window here, a window there).
@@ -76,7 +76,7 @@ type decodedSpan struct {
 }
 
 // newMemberReader returns a reader of member m of archive obj.
-func newMemberReader(view *View, obj cache.Object, m npz.Member) *MemberReader {
+func newMemberReader(view *View, obj s3backend.Version, m npz.Member) *MemberReader {
 	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: cache.NewLifetime(view.life.Context()), dataOff: -1}
 }
 

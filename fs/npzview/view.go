@@ -204,13 +204,13 @@ func (v *View) Stats() Stats {
 	}
 }
 
-func (v *View) knownDirectory(obj cache.Object) *npz.Directory {
+func (v *View) knownDirectory(obj s3backend.Version) *npz.Directory {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.dirs[obj.Key+"\x00"+obj.Tag()]
 }
 
-func (v *View) rememberDirectory(obj cache.Object, dir *npz.Directory) {
+func (v *View) rememberDirectory(obj s3backend.Version, dir *npz.Directory) {
 	key := obj.Key + "\x00" + obj.Tag()
 	n := directoryBytes(len(key), dir)
 	if n > maxDirBytes/8 {
@@ -229,13 +229,13 @@ func (v *View) rememberDirectory(obj cache.Object, dir *npz.Directory) {
 	v.dirBytes += n
 }
 
-func indexKey(obj cache.Object, m npz.Member) string {
+func indexKey(obj s3backend.Version, m npz.Member) string {
 	return obj.Key + "\x00" + obj.Tag() + "\x00" + m.Name
 }
 
 // cachedIndex returns the index of member m of archive obj if the view
 // holds it.
-func (v *View) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
+func (v *View) cachedIndex(obj s3backend.Version, m npz.Member) *npz.Index {
 	x, ok := v.indexes.Get(indexKey(obj, m))
 	if !ok {
 		return nil
@@ -248,7 +248,7 @@ func (v *View) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
 // building it if it is not held. The build reads the member through its
 // own sequential reader and does not stop when ctx is cancelled (other
 // reads may be waiting for it), only when the view is closed.
-func (v *View) index(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
+func (v *View) index(ctx context.Context, obj s3backend.Version, m npz.Member) (*npz.Index, error) {
 	key := indexKey(obj, m)
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
@@ -263,7 +263,7 @@ func (v *View) index(ctx context.Context, obj cache.Object, m npz.Member) (*npz.
 // keptArchive returns the zip directory of archive obj that "bgbfs index"
 // kept in the cache dir, and holds the member indexes kept with it in
 // memory; nil if there is none (or it is not to be trusted, logged).
-func (v *View) keptArchive(obj cache.Object) *npz.Directory {
+func (v *View) keptArchive(obj s3backend.Version) *npz.Directory {
 	if v.files == nil {
 		return nil
 	}
@@ -293,7 +293,7 @@ func (v *View) brokenMember(key string) error {
 
 // build builds the index of member m under key, unless a build that ended
 // since the caller looked left it cached or found it broken.
-func (v *View) build(obj cache.Object, m npz.Member, key string) (*npz.Index, error) {
+func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Index, error) {
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
 		return x, nil
@@ -345,7 +345,7 @@ func (v *View) keep(key string, x *npz.Index) {
 
 // loadIndex returns the index of member m of obj kept in the cache dir,
 // or nil (logging why if a file was there but not used).
-func (v *View) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
+func (v *View) loadIndex(obj s3backend.Version, m npz.Member) *npz.Index {
 	if v.files == nil {
 		return nil
 	}
@@ -362,7 +362,7 @@ func (v *View) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 // there is none, a warning if it is not to be trusted, and if the dir
 // cannot be read, a warning the first time (an unreachable s3:// dir
 // would say so for every archive) and then debug lines.
-func (v *View) fileError(obj cache.Object, member string, err error) {
+func (v *View) fileError(obj s3backend.Version, member string, err error) {
 	switch {
 	case errors.Is(err, iofs.ErrNotExist):
 	case errors.Is(err, ErrIndexFileBad):
@@ -381,7 +381,7 @@ func (v *View) fileError(obj cache.Object, member string, err error) {
 // its writes pause and resume (a full disk, another user's dir), and
 // tries again later; any other failure turns saving off, with one log
 // line.
-func (v *View) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
+func (v *View) saveIndex(obj s3backend.Version, m npz.Member, x *npz.Index) {
 	defer v.life.Done()
 	err := v.files.Save(v.life.Context(), obj, m, x)
 	switch {

@@ -425,17 +425,17 @@ func TestRememberedDirectoriesBoundedByBytes(t *testing.T) {
 		return n
 	}
 	for i := range 200 {
-		v.rememberDirectory(cache.Object{Key: fmt.Sprintf("big%d.npz", i), ETag: "e", Size: 1}, dir(5000, 100))
+		v.rememberDirectory(s3backend.Version{Key: fmt.Sprintf("big%d.npz", i), ETag: "e", Size: 1}, dir(5000, 100))
 		if n := held(); n > maxDirBytes {
 			t.Fatalf("after %d directories of 5,000 members the view holds %d bytes of them, over %d", i+1, n, maxDirBytes)
 		}
 	}
-	huge := cache.Object{Key: "huge.npz", ETag: "e", Size: 1}
+	huge := s3backend.Version{Key: "huge.npz", ETag: "e", Size: 1}
 	v.rememberDirectory(huge, dir(50000, 200))
 	if v.knownDirectory(huge) != nil {
 		t.Error("a directory of 50,000 members (11 MB) was remembered")
 	}
-	small := cache.Object{Key: "small.npz", ETag: "e", Size: 1}
+	small := s3backend.Version{Key: "small.npz", ETag: "e", Size: 1}
 	v.rememberDirectory(small, dir(2, 10))
 	if v.knownDirectory(small) == nil {
 		t.Error("a directory of 2 members was not remembered")
