@@ -162,7 +162,7 @@ func openIndexFiles(ctx context.Context, o indexOptions, client *s3backend.Clien
 		// One listing of what is there instead of a GET per archive and
 		// member, each a round trip before the archive's stream starts.
 		var err error
-		if files.Known, err = blobs.Names(ctx, strings.TrimSuffix(npzview.IndexArea, "/")); err != nil {
+		if files.Listed, err = blobs.Names(ctx, strings.TrimSuffix(npzview.IndexArea, "/")); err != nil {
 			return files, nil, fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
 		}
 		return files, func() {}, nil

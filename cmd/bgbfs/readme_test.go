@@ -78,7 +78,7 @@ func TestReadmeListsEveryFlag(t *testing.T) {
 	if len(indexFlags) < 10 {
 		t.Fatalf("found %d flags in index --help:\n%s", len(indexFlags), help.String())
 	}
-	section := readmeSection(t, "### Indexes kept across runs")
+	section := readmeSection(t, "### Indexes saved across runs")
 	for _, f := range indexFlags {
 		if f != "help" && !strings.Contains(section, "--"+f) && !slicesContains(mountFlags, f) {
 			t.Errorf("README's section on bgbfs index does not name --%s", f)

@@ -77,10 +77,10 @@ func (a *Archive) load() ([]Member, error) {
 		return members, err
 	}
 	v := a.view
-	if dir := v.knownDirectory(a.obj); dir != nil {
-		return a.keep(dir, nil), nil
+	if dir := v.heldDirectory(a.obj); dir != nil {
+		return a.hold(dir, nil), nil
 	}
-	dir := v.keptArchive(a.obj)
+	dir := v.savedArchive(a.obj)
 	if dir == nil {
 		r := v.blocks.OpenRandom(a.obj)
 		defer r.Close()
@@ -89,20 +89,21 @@ func (a *Archive) load() ([]Member, error) {
 	if err != nil {
 		err = fmt.Errorf("reading the zip directory of %q: %w", a.obj.Key, err)
 		if isDataError(err) {
-			a.keep(nil, err)
+			a.hold(nil, err)
 		}
 		return nil, err
 	}
 	for _, u := range dir.Unusable {
 		a.hidden(u.Name, u.Err.Error())
 	}
-	members = a.keep(dir, nil)
-	v.rememberDirectory(a.obj, dir)
+	members = a.hold(dir, nil)
+	v.holdDirectory(a.obj, dir)
 	return members, nil
 }
 
-// keep holds the members of dir, or the error that makes it unreadable.
-func (a *Archive) keep(dir *npz.Directory, err error) []Member {
+// hold puts in memory the members of dir, or the error that makes it
+// unreadable.
+func (a *Archive) hold(dir *npz.Directory, err error) []Member {
 	var members []Member
 	if dir != nil {
 		members = make([]Member, len(dir.Members))

@@ -15,7 +15,7 @@ import (
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// StateDir keeps named files across runs: a local directory
+// StateDir saves named files across runs: a local directory
 // (cache.Dir) or a prefix of a bucket (s3backend.Blobs). Names are
 // relative, slash-separated paths.
 type StateDir interface {
@@ -26,7 +26,7 @@ type StateDir interface {
 	Store(ctx context.Context, name string, data []byte) error
 }
 
-// IndexFiles keeps the indexes of compressed .npz members in a StateDir,
+// IndexFiles saves the indexes of compressed .npz members in a StateDir,
 // so that a restart, another mount or a whole fleet reads what one build
 // found instead of inflating every member again.
 //
@@ -42,18 +42,18 @@ type IndexFiles struct {
 	// Source names the store the archives are read from (its endpoint
 	// and bucket), as the disk tier's does.
 	Source string
-	// Known, if set, says which names the dir holds (from one listing),
+	// Listed, if set, says which names the dir holds (from one listing),
 	// so that a name it does not hold is not asked for.
-	Known map[string]bool
+	Listed map[string]bool
 }
 
 // IndexArea is where in a StateDir the index files are (relative names
 // start with it), for a listing of them.
 const IndexArea = indexFileDir
 
-// load reads the file name unless Known says the dir lacks it.
+// load reads the file name unless Listed says the dir lacks it.
 func (f IndexFiles) load(ctx context.Context, name string) ([]byte, error) {
-	if f.Known != nil && !f.Known[name] {
+	if f.Listed != nil && !f.Listed[name] {
 		return nil, fmt.Errorf("%s: %w", name, iofs.ErrNotExist)
 	}
 	return f.Dir.Load(ctx, name)
@@ -143,7 +143,7 @@ func (id indexID) decode(b []byte) ([]byte, error) {
 	return rest, nil
 }
 
-// Load returns the index of member m of archive obj kept in the dir: an
+// Load returns the index of member m of archive obj saved in the dir: an
 // error wrapping io/fs.ErrNotExist if there is none, ErrIndexFileBad if
 // the file is not to be trusted, or another error if it cannot be read.
 func (f IndexFiles) Load(ctx context.Context, obj s3backend.Version, m npz.Member) (*npz.Index, error) {
@@ -226,7 +226,7 @@ func (f IndexFiles) Done(ctx context.Context, obj s3backend.Version, p IndexPlac
 }
 
 // LoadArchive returns the zip directory and the member indexes MarkDone
-// kept for archive obj: an error wrapping io/fs.ErrNotExist if there are
+// saved for archive obj: an error wrapping io/fs.ErrNotExist if there are
 // none, ErrIndexFileBad if the file is not to be trusted.
 func (f IndexFiles) LoadArchive(ctx context.Context, obj s3backend.Version) (*npz.Directory, map[string]*npz.Index, error) {
 	id := indexID{f.Source, obj, ""}

@@ -192,14 +192,14 @@ func (d *countingDir) Load(ctx context.Context, name string) ([]byte, error) {
 	return d.memDir.Load(ctx, name)
 }
 
-// TestIndexFilesKnown: with the dir's names known from a listing, a name
+// TestIndexFilesListed: with the dir's names listed, a name
 // it lacks is not asked for, and one it holds is read.
-func TestIndexFilesKnown(t *testing.T) {
+func TestIndexFilesListed(t *testing.T) {
 	ctx := context.Background()
 	dir := &countingDir{}
 	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
-	files := IndexFiles{Dir: dir, Source: "b", Known: map[string]bool{}}
+	files := IndexFiles{Dir: dir, Source: "b", Listed: map[string]bool{}}
 	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
 		t.Fatalf("done %v, %v, %d loads; want not done and no load", done, err, dir.loads)
 	}
@@ -207,14 +207,14 @@ func TestIndexFilesKnown(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name := range dir.files {
-		files.Known[name] = true
+		files.Listed[name] = true
 	}
 	if done, err := files.Done(ctx, obj, p); !done || err != nil || dir.loads != 1 {
 		t.Errorf("done %v, %v, %d loads; want done after one load", done, err, dir.loads)
 	}
 }
 
-// TestArchiveFile: the archive file keeps the zip directory and the
+// TestArchiveFile: the archive file saves the zip directory and the
 // member indexes, which read as the originals; an archive file of
 // placement only (no directory) is as good as none.
 func TestArchiveFile(t *testing.T) {
@@ -248,7 +248,7 @@ func TestArchiveFile(t *testing.T) {
 	y.ReadAt(bytes.NewReader(archive), got, 1<<20)
 	x.ReadAt(bytes.NewReader(archive), want, 1<<20)
 	if !bytes.Equal(got, want) {
-		t.Error("the kept index reads other bytes")
+		t.Error("the saved index reads other bytes")
 	}
 	if done, _ := files.Done(ctx, obj, p); !done {
 		t.Error("not done after MarkDone")

@@ -17,8 +17,8 @@ import (
 )
 
 const (
-	// heldSpanFactor bounds the decoded spans one open keeps, and the
-	// length of a span worth keeping, in checkpoint spans.
+	// heldSpanFactor bounds the decoded spans one open holds, and the
+	// length of a span worth holding, in checkpoint spans.
 	heldSpanFactor = 4
 	// headRegion is the start of a member that is read without an index
 	// (inflating from the start of the stream) while none is at hand:
@@ -30,7 +30,7 @@ const (
 
 // MemberReader reads the content of one member of one archive version for
 // one open file. A stored member is a range of the archive; a deflated one
-// is inflated through its index, span by span in parallel, keeping the
+// is inflated through its index, span by span in parallel, holding the
 // last spans decoded (the kernel reads one window as several requests,
 // and around it), and fetching ahead the compressed bytes of the row a
 // loader is reading. It knows nothing of FUSE. It is safe for concurrent
@@ -192,7 +192,7 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			copy(dst, data[at-start:upto-start])
 		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4 && rowEnd <= upto) {
 			// An outsize span (one huge deflate block) is not worth
-			// keeping; a short read near the start of a span (an
+			// holding; a short read near the start of a span (an
 			// array's header) costs less inflated alone than the
 			// whole span, unless the kernel is known to read on (the
 			// first read of a window starts near a span's start).
@@ -231,7 +231,7 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		return err
 	}
 	if x := r.heldIndex(); x != nil {
-		// An index keeps the .npy header: numpy's header read of every
+		// An index holds the .npy header: numpy's header read of every
 		// np.load then costs no request, and is checked. (Only one in
 		// memory: the archive file bgbfs index writes put its indexes
 		// there when the directory was read; asking an s3:// dir for a
@@ -265,8 +265,8 @@ func (r *MemberReader) heldIndex() *npz.Index {
 	x := r.index
 	r.mu.Unlock()
 	if x == nil {
-		if x = r.view.cachedIndex(r.obj, r.member); x != nil {
-			r.keepIndex(x)
+		if x = r.view.viewIndex(r.obj, r.member); x != nil {
+			r.holdIndex(x)
 		}
 	}
 	return x
@@ -282,11 +282,11 @@ func (r *MemberReader) indexFor(ctx context.Context) (*npz.Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.keepIndex(x)
+	r.holdIndex(x)
 	return x, nil
 }
 
-func (r *MemberReader) keepIndex(x *npz.Index) {
+func (r *MemberReader) holdIndex(x *npz.Index) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.index = x
@@ -353,14 +353,14 @@ func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, stop int64
 }
 
 // inflate inflates [start, stop) into a buffer of its own and, with
-// keep (a span from its access point), holds it if the view's span
+// hold (a span from its access point), holds it if the view's span
 // budget has room. A failure is not held: the next read tries again.
-func (r *MemberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
+func (r *MemberReader) inflate(x *npz.Index, start, stop int64, hold bool) ([]byte, error) {
 	if !r.life.Start(1) {
 		return nil, errReaderClosed
 	}
 	defer r.life.Done()
-	if keep {
+	if hold {
 		if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
 			return data, nil
 		}
@@ -369,15 +369,15 @@ func (r *MemberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]by
 	if _, err := x.ReadAt(s3backend.BindContext(r.life.Context(), r.src), data, start); err != nil {
 		return nil, err
 	}
-	if keep {
+	if hold {
 		r.hold(decodedSpan{start: start, stop: stop, data: data})
 	}
 	return data, nil
 }
 
-// hold keeps s for the next requests, dropping this open's oldest spans
-// beyond heldSpanFactor spans; with no room left in the view's budget
-// (many files open at once), it is not kept.
+// hold puts s in memory for the next requests, dropping this open's
+// oldest spans beyond heldSpanFactor spans; with no room left in the
+// view's budget (many files open at once), it is not held.
 func (r *MemberReader) hold(s decodedSpan) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -43,28 +43,28 @@ type View struct {
 	life *cache.Lifetime
 	// building makes concurrent first reads of one member inflate it once.
 	building singleflight.Group
-	// spanBudget bounds the decoded spans all open member files keep.
+	// spanBudget bounds the decoded spans all open member files hold.
 	spanBudget *cache.Budget
 
 	mu sync.Mutex
-	// broken remembers members whose data is corrupt (bad CRC, undecodable
+	// broken holds the members whose data is corrupt (bad CRC, undecodable
 	// stream): the archive version cannot change, so building again would
 	// only inflate the whole member again to fail the same way.
 	broken map[string]error
-	// dirs remembers the zip directories read (a few hundred bytes each
+	// dirs holds the zip directories read (a few hundred bytes each
 	// for an .npz), so that a member directory the kernel forgot and
 	// looks up again costs no GET of the archive's tail; dirBytes is
 	// about what they take (directoryBytes).
 	dirs     map[string]*npz.Directory
 	dirBytes int64
 
-	// files, if set, keeps indexes across runs: a build first looks
+	// files, if set, saves indexes across runs: a build first looks
 	// there, and (with saveFiles) writes what it built.
 	files     *IndexFiles
 	saveFiles bool
 	logger    *slog.Logger
 	// filesOff is set once a save failed other than by the dir's own
-	// pause: indexes are kept in memory only.
+	// pause: indexes are held in memory only.
 	filesOff atomic.Bool
 	// loadFailed is set once a dir could not be read (not a missing or
 	// untrusted file: an I/O or S3 failure).
@@ -78,16 +78,16 @@ type View struct {
 }
 
 // maxBroken bounds the broken-member memo, and maxDirBytes the memory of
-// the remembered directories (the bucket's 6,500 archives take about
+// the held directories (the bucket's 6,500 archives take about
 // 2 MB); each is cleared when full, which only costs reading again. A
 // directory larger than maxDirBytes/8 (an archive of tens of thousands of
-// members; one may take 16 MiB) is not remembered.
+// members; one may take 16 MiB) is not held.
 const (
 	maxBroken   = 1024
 	maxDirBytes = 8 << 20
 )
 
-// directoryBytes is about what dir takes in memory, remembered under a
+// directoryBytes is about what dir takes in memory, held under a
 // key of keyLen bytes.
 func directoryBytes(keyLen int, dir *npz.Directory) int64 {
 	const entry = 96 // a Member or a MemberError, its pointers and map share
@@ -102,16 +102,16 @@ func directoryBytes(keyLen int, dir *npz.Directory) int64 {
 }
 
 // MinIndexBytes is the least memory for indexes that holds one of a
-// few access points at its largest: an index keeps at most 4 KiB of its
+// few access points at its largest: an index holds at most 4 KiB of its
 // member's start and, per access point, a window that is usually tens of
 // bytes but is stored whole (32 KiB) when its sparse form fails its
-// check. With less, such an index is never kept, and every read of its
+// check. With less, such an index is never held, and every read of its
 // member inflates the member whole again.
 const MinIndexBytes = 128 << 10
 
 // heldSpans is how many checkpoint spans of decoded content all open
-// member files keep together: the kernel reads a window as several
-// requests, and a span decoded for the first is kept for the next; eight
+// member files hold together: the kernel reads a window as several
+// requests, and a span decoded for the first is held for the next; eight
 // loaders with a couple of files open each, at heldSpanFactor spans a
 // file, need about this many.
 const heldSpans = 64
@@ -204,13 +204,13 @@ func (v *View) Stats() Stats {
 	}
 }
 
-func (v *View) knownDirectory(obj s3backend.Version) *npz.Directory {
+func (v *View) heldDirectory(obj s3backend.Version) *npz.Directory {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.dirs[obj.Key+"\x00"+obj.Tag()]
 }
 
-func (v *View) rememberDirectory(obj s3backend.Version, dir *npz.Directory) {
+func (v *View) holdDirectory(obj s3backend.Version, dir *npz.Directory) {
 	key := obj.Key + "\x00" + obj.Tag()
 	n := directoryBytes(len(key), dir)
 	if n > maxDirBytes/8 {
@@ -233,9 +233,9 @@ func indexKey(obj s3backend.Version, m npz.Member) string {
 	return obj.Key + "\x00" + obj.Tag() + "\x00" + m.Name
 }
 
-// cachedIndex returns the index of member m of archive obj if the view
-// holds it.
-func (v *View) cachedIndex(obj s3backend.Version, m npz.Member) *npz.Index {
+// viewIndex returns the index of member m of archive obj if the view
+// holds it in memory.
+func (v *View) viewIndex(obj s3backend.Version, m npz.Member) *npz.Index {
 	x, ok := v.indexes.Get(indexKey(obj, m))
 	if !ok {
 		return nil
@@ -260,10 +260,10 @@ func (v *View) index(ctx context.Context, obj s3backend.Version, m npz.Member) (
 	return cache.WaitShared(ctx, &v.building, key, func() (*npz.Index, error) { return v.build(obj, m, key) })
 }
 
-// keptArchive returns the zip directory of archive obj that "bgbfs index"
-// kept in the cache dir, and holds the member indexes kept with it in
+// savedArchive returns the zip directory of archive obj that "bgbfs index"
+// saved in the cache dir, and holds the member indexes saved with it in
 // memory; nil if there is none (or it is not to be trusted, logged).
-func (v *View) keptArchive(obj s3backend.Version) *npz.Directory {
+func (v *View) savedArchive(obj s3backend.Version) *npz.Directory {
 	if v.files == nil {
 		return nil
 	}
@@ -278,7 +278,7 @@ func (v *View) keptArchive(obj s3backend.Version) *npz.Directory {
 	}
 	for _, m := range dir.Members {
 		if x := indexes[m.Name]; x != nil {
-			v.keep(indexKey(obj, m), x)
+			v.hold(indexKey(obj, m), x)
 			v.loads.Add(1)
 		}
 	}
@@ -292,7 +292,7 @@ func (v *View) brokenMember(key string) error {
 }
 
 // build builds the index of member m under key, unless a build that ended
-// since the caller looked left it cached or found it broken.
+// since the caller looked left it held or found it broken.
 func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Index, error) {
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
@@ -307,7 +307,7 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 	defer v.life.Done()
 
 	if x := v.loadIndex(obj, m); x != nil {
-		v.keep(key, x)
+		v.hold(key, x)
 		return x, nil
 	}
 	v.builds.Add(1)
@@ -326,7 +326,7 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 		}
 		return nil, err
 	}
-	v.keep(key, x)
+	v.hold(key, x)
 	if v.files != nil && v.saveFiles && !v.filesOff.Load() {
 		if v.life.Start(1) { // Close waits for it
 			go v.saveIndex(obj, m, x)
@@ -335,15 +335,15 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 	return x, nil
 }
 
-// keep holds x in memory.
-func (v *View) keep(key string, x *npz.Index) {
+// hold puts x in memory, in the view's bounded index cache.
+func (v *View) hold(key string, x *npz.Index) {
 	v.indexes.Set(key, x, x.MemoryBytes())
 	// Sets are applied asynchronously: wait, so that a read arriving once
 	// this build is over finds the index.
 	v.indexes.Wait()
 }
 
-// loadIndex returns the index of member m of obj kept in the cache dir,
+// loadIndex returns the index of member m of obj saved in the cache dir,
 // or nil (logging why if a file was there but not used).
 func (v *View) loadIndex(obj s3backend.Version, m npz.Member) *npz.Index {
 	if v.files == nil {
@@ -389,7 +389,7 @@ func (v *View) saveIndex(obj s3backend.Version, m npz.Member, x *npz.Index) {
 		v.filesSaved.Add(1)
 	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Context().Err() != nil:
 	case v.filesOff.CompareAndSwap(false, true):
-		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
+		v.logger.Warn("cache dir not writable: member indexes held in memory only", "dir", v.files.Dir, "err", err)
 	}
 }
 

@@ -399,11 +399,11 @@ func TestNPZViewCloseStopsIndexBuilds(t *testing.T) {
 	}
 }
 
-// TestRememberedDirectoriesBoundedByBytes: the zip directories the view
-// remembers take at most maxDirBytes however large each is; a directory
-// too large to be worth it is not remembered; small ones are. (They were
+// TestHeldDirectoriesBoundedByBytes: the zip directories the view
+// holds take at most maxDirBytes however large each is; a directory
+// too large to be worth it is not held; small ones are. (They were
 // bounded by count: 16,384 directories of up to 16 MiB each.)
-func TestRememberedDirectoriesBoundedByBytes(t *testing.T) {
+func TestHeldDirectoriesBoundedByBytes(t *testing.T) {
 	v, err := New(nil, Config{Span: 1 << 20, IndexBytes: MinIndexBytes, SpanBytes: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -425,20 +425,20 @@ func TestRememberedDirectoriesBoundedByBytes(t *testing.T) {
 		return n
 	}
 	for i := range 200 {
-		v.rememberDirectory(s3backend.Version{Key: fmt.Sprintf("big%d.npz", i), ETag: "e", Size: 1}, dir(5000, 100))
+		v.holdDirectory(s3backend.Version{Key: fmt.Sprintf("big%d.npz", i), ETag: "e", Size: 1}, dir(5000, 100))
 		if n := held(); n > maxDirBytes {
 			t.Fatalf("after %d directories of 5,000 members the view holds %d bytes of them, over %d", i+1, n, maxDirBytes)
 		}
 	}
 	huge := s3backend.Version{Key: "huge.npz", ETag: "e", Size: 1}
-	v.rememberDirectory(huge, dir(50000, 200))
-	if v.knownDirectory(huge) != nil {
-		t.Error("a directory of 50,000 members (11 MB) was remembered")
+	v.holdDirectory(huge, dir(50000, 200))
+	if v.heldDirectory(huge) != nil {
+		t.Error("a directory of 50,000 members (11 MB) was held")
 	}
 	small := s3backend.Version{Key: "small.npz", ETag: "e", Size: 1}
-	v.rememberDirectory(small, dir(2, 10))
-	if v.knownDirectory(small) == nil {
-		t.Error("a directory of 2 members was not remembered")
+	v.holdDirectory(small, dir(2, 10))
+	if v.heldDirectory(small) == nil {
+		t.Error("a directory of 2 members was not held")
 	}
 }
 
