@@ -1,8 +1,8 @@
 package npzview
 
 import (
-	"archive/zip"
 	"bytes"
+	"compress/flate"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -47,19 +48,11 @@ func (d *memDir) Store(_ context.Context, name string, data []byte) error {
 // directory entry and its index.
 func indexedArchive(t *testing.T) ([]byte, npz.Member, *npz.Index) {
 	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	w, err := zw.CreateHeader(&zip.FileHeader{Name: "windows.npy", Method: zip.Deflate})
-	if err != nil {
-		t.Fatal(err)
-	}
 	data := make([]byte, 3<<20)
 	for i := range data {
 		data[i] = byte(rand.N(16))
 	}
-	w.Write(data)
-	zw.Close()
-	archive := buf.Bytes()
+	archive := npztest.Zip([]npztest.Entry{{Name: "windows.npy", Method: npztest.Deflated, Data: data, Level: flate.DefaultCompression}}, npztest.Options{})
 	dir, err := npz.ReadDirectory(bytes.NewReader(archive), int64(len(archive)))
 	if err != nil {
 		t.Fatal(err)
