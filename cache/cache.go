@@ -24,11 +24,6 @@ import (
 // unmounted, and nothing more is fetched.
 var ErrClosed = errors.New("block cache closed: the filesystem is being unmounted")
 
-// Object names one version of one object: reads through a Reader never mix
-// bytes of two versions, and cached blocks are keyed by the version's tag
-// (its ETag, or its size and modification time).
-type Object = s3backend.Version
-
 // Options size the cache and the read-ahead.
 type Options struct {
 	// CacheSize bounds the bytes of blocks held: cached, read ahead, and
@@ -110,21 +105,14 @@ type BlockCache struct {
 	// readers counts open Readers that have read, to share ahead fairly.
 	readers atomic.Int64
 
-	// fetching counts running fetches, so Close can wait for them. It is
-	// added to only under mu while closed is unset: Close sets closed
-	// before it waits, so no Add can race with the Wait.
-	fetching sync.WaitGroup
-
 	mu sync.Mutex
 	// inflight maps a block key to the fetch bringing it, so concurrent
 	// misses on one block make one GET.
 	inflight map[string]*fetch
-	// closed is set by Close: no fetch starts after it.
-	closed bool
-	// life is the context of every GET; Close cancels it, so that an
-	// unmount does not wait for GETs nobody will read.
-	life context.Context
-	end  context.CancelFunc
+	// life is the context of every GET, and counts the running fetches:
+	// Close cancels it, so that an unmount does not wait for GETs nobody
+	// will read, and waits for them; no fetch starts after it.
+	life *Lifetime
 
 	hits, misses, evictions, fetchedAhead atomic.Int64
 }
@@ -140,14 +128,12 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	if opt.ReorderWindow <= 0 {
 		opt.ReorderWindow = 1 << 20
 	}
-	life, end := context.WithCancel(context.Background())
 	c := &BlockCache{
 		store:    store,
 		opt:      opt,
 		requests: make(chan struct{}, opt.MaxParallel),
 		inflight: map[string]*fetch{},
-		life:     life,
-		end:      end,
+		life:     NewLifetime(context.Background()),
 	}
 	if opt.CacheSize == 0 {
 		return c, nil
@@ -178,11 +164,7 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 // reading when the filesystem is unmounted: a fetch started during or
 // after the close of the block cache would Set into it, which can panic.
 func (c *BlockCache) Close() {
-	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	c.end()
-	c.fetching.Wait()
+	c.life.Close()
 	if c.blocks != nil {
 		c.blocks.Close()
 	}
@@ -218,18 +200,18 @@ func (c *BlockCache) Stats() Stats {
 	return s
 }
 
-func blockKey(obj Object, idx int64) string {
+func blockKey(obj s3backend.Version, idx int64) string {
 	return obj.Key + "\x00" + obj.Tag() + "\x00" + strconv.FormatInt(idx, 10)
 }
 
 // blockLen is the length of block idx of obj: BlockSize but for the last.
-func (c *BlockCache) blockLen(obj Object, idx int64) int64 {
+func (c *BlockCache) blockLen(obj s3backend.Version, idx int64) int64 {
 	return min(c.opt.BlockSize, obj.Size-idx*c.opt.BlockSize)
 }
 
 // fetch is one ranged GET of a run of whole blocks.
 type fetch struct {
-	obj   Object
+	obj   s3backend.Version
 	first int64 // index of the first block
 	count int64 // number of blocks
 	size  int64 // their bytes
@@ -265,7 +247,7 @@ func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
 }
 
 // cached returns a block from the cache without counting a hit or miss.
-func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
+func (c *BlockCache) cached(obj s3backend.Version, idx int64) ([]byte, bool) {
 	if c.blocks == nil {
 		return nil, false
 	}
@@ -277,18 +259,12 @@ func (c *BlockCache) cached(obj Object, idx int64) ([]byte, bool) {
 // are neither; demand says a read waits for them (not read-ahead). It
 // returns a fetch for each block not in the cache, in order, or nil for the
 // blocks found cached; and the fetches it started.
-func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
+func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		// Every block is missing and stays missing.
-		closed := &fetch{done: make(chan struct{}), err: ErrClosed}
-		close(closed.done)
-		for i := range out {
-			out[i] = closed
-		}
-		return out, nil
+	if c.life.Closed() {
+		return closedFetches(out), nil
 	}
 	var run *fetch
 	for idx := first; idx <= last; idx++ {
@@ -310,11 +286,30 @@ func (c *BlockCache) startFetches(obj Object, first, last, maxBlocks int64, dema
 		c.inflight[key] = run
 		out[idx-first] = run
 	}
-	c.fetching.Add(len(started))
+	if !c.life.Start(len(started)) {
+		// Closed while the runs were planned: none starts.
+		for _, f := range started {
+			for idx := f.first; idx < f.end(); idx++ {
+				delete(c.inflight, blockKey(obj, idx))
+			}
+		}
+		return closedFetches(out), nil
+	}
 	for _, f := range started {
 		go c.run(f)
 	}
 	return out, started
+}
+
+// closedFetches fills out with one failed fetch: after Close every block
+// is missing and stays missing.
+func closedFetches(out []*fetch) []*fetch {
+	closed := &fetch{done: make(chan struct{}), err: ErrClosed}
+	close(closed.done)
+	for i := range out {
+		out[i] = closed
+	}
+	return out
 }
 
 // ErrFetchTimeout is a fetch that did not end within Options.FetchTimeout.
@@ -326,17 +321,17 @@ var ErrFetchTimeout = errors.New("not fetched within the fetch timeout")
 // stops waiting, the fetch goes on for the others, and nobody's fetch
 // runs forever.
 func (c *BlockCache) run(f *fetch) {
-	defer c.fetching.Done()
-	ctx, cancel := c.life, context.CancelFunc(func() {})
+	defer c.life.Done()
+	ctx, cancel := c.life.Context(), context.CancelFunc(func() {})
 	if c.opt.FetchTimeout > 0 {
-		ctx, cancel = context.WithTimeoutCause(c.life, c.opt.FetchTimeout, ErrFetchTimeout)
+		ctx, cancel = context.WithTimeoutCause(c.life.Context(), c.opt.FetchTimeout, ErrFetchTimeout)
 	}
 	defer cancel()
 	n, release, err := c.fetchBytes(ctx, f)
 	defer release()
 	switch {
 	case err == nil:
-	case c.life.Err() != nil:
+	case c.life.Context().Err() != nil:
 		err = ErrClosed // cancelled by Close
 	case context.Cause(ctx) == ErrFetchTimeout:
 		err = fmt.Errorf("%q bytes %d-%d: %w (%v): %w", f.obj.Key, f.first*c.opt.BlockSize, f.first*c.opt.BlockSize+f.size-1, ErrFetchTimeout, c.opt.FetchTimeout, err)

@@ -49,7 +49,7 @@ func testOptions(cacheSize int64) Options {
 	return Options{CacheSize: cacheSize, BlockSize: 64 * kib, PartSize: 256 * kib, MaxReadAhead: 1 * mib, MaxParallel: 8}
 }
 
-func setup(t *testing.T, size int, opt Options) (*BlockCache, *slowStore, Object, []byte) {
+func setup(t *testing.T, size int, opt Options) (*BlockCache, *slowStore, s3backend.Version, []byte) {
 	t.Helper()
 	data := make([]byte, size)
 	rng := rand.New(rand.NewPCG(1, uint64(size)))
@@ -65,7 +65,7 @@ func setup(t *testing.T, size int, opt Options) (*BlockCache, *slowStore, Object
 	}
 	t.Cleanup(c.Close)
 	info, _ := mem.Info("obj")
-	return c, store, Object{Key: "obj", ETag: info.ETag, Size: info.Size}, data
+	return c, store, s3backend.Version{Key: "obj", ETag: info.ETag, Size: info.Size}, data
 }
 
 func TestSequentialReadFetchesEachByteOnce(t *testing.T) {
@@ -348,7 +348,7 @@ func TestPrefetch(t *testing.T) {
 	}
 	r.Prefetch(0, 512*kib) // block 0 is cached: 7 blocks to fetch
 	r.Prefetch(0, 512*kib) // all cached or held: nothing more
-	c.fetching.Wait()
+	c.life.running.Wait()
 	if gets, fetched := store.gets.Load(), store.bytes.Load(); gets != 2 || fetched != 512*kib {
 		t.Errorf("%d GETs, %d bytes; want block 0, then one GET of the 7 others", gets, fetched)
 	}
@@ -379,7 +379,7 @@ func TestPrefetch(t *testing.T) {
 	defer r2.Close()
 	before := store.gets.Load()
 	r2.Prefetch(1*mib, 2*mib)
-	c.fetching.Wait()
+	c.life.running.Wait()
 	if gets := store.gets.Load() - before; gets != 2 {
 		t.Errorf("prefetching 2 MiB made %d GETs, want 2 of 1 MiB", gets)
 	}
@@ -414,16 +414,16 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		// duringOutage opens a reader and starts fetches that fail.
-		duringOutage func(c *BlockCache, obj Object) *Reader
+		duringOutage func(c *BlockCache, obj s3backend.Version) *Reader
 		// again, if set, runs once the store is back, before the reads,
 		// and must make GETs.
 		again func(r *Reader)
 		// after are the reads, in order, once the store is back.
-		after func(obj Object) []int64
+		after func(obj s3backend.Version) []int64
 	}{
 		{
 			name: "sequential reader's read-ahead",
-			duringOutage: func(c *BlockCache, obj Object) *Reader {
+			duringOutage: func(c *BlockCache, obj s3backend.Version) *Reader {
 				r := c.Open(obj)
 				// Read from the start: read-ahead starts with the read,
 				// and both fail.
@@ -432,7 +432,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 				}
 				return r
 			},
-			after: func(Object) []int64 {
+			after: func(s3backend.Version) []int64 {
 				// Read on in order from where the failed read stopped.
 				var offs []int64
 				for i := range int64(8) {
@@ -443,10 +443,10 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 		},
 		{
 			name: "zip archive's head and tail fetched at open",
-			duringOutage: func(c *BlockCache, obj Object) *Reader {
+			duringOutage: func(c *BlockCache, obj s3backend.Version) *Reader {
 				return openZip(c, obj)
 			},
-			after: func(obj Object) []int64 {
+			after: func(obj s3backend.Version) []int64 {
 				// The end of central directory, again and again, then
 				// the head, as zipfile reads.
 				tail := obj.Size - readSize
@@ -455,7 +455,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 		},
 		{
 			name: "random reader's prefetch",
-			duringOutage: func(c *BlockCache, obj Object) *Reader {
+			duringOutage: func(c *BlockCache, obj s3backend.Version) *Reader {
 				r := c.OpenRandom(obj)
 				r.Prefetch(256*kib, 512*kib)
 				return r
@@ -463,7 +463,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 			// Prefetch of the same range fetches what failed again, so
 			// that the reads find it held.
 			again: func(r *Reader) { r.Prefetch(256*kib, 512*kib) },
-			after: func(Object) []int64 {
+			after: func(s3backend.Version) []int64 {
 				return []int64{256 * kib, 320 * kib, 384 * kib, 448 * kib, 512 * kib}
 			},
 		},
@@ -475,7 +475,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 			store.down.Store(true)
 			r := tt.duringOutage(c, obj)
 			defer r.Close()
-			c.fetching.Wait()
+			c.life.running.Wait()
 			if store.failed.Load() == 0 {
 				t.Fatal("no fetch was tried during the outage")
 			}
@@ -483,7 +483,7 @@ func TestFailedFetchesAreFetchedAgain(t *testing.T) {
 
 			if tt.again != nil {
 				tt.again(r)
-				c.fetching.Wait()
+				c.life.running.Wait()
 				if slow.gets.Load() == 0 {
 					t.Error("no GET after the outage: the blocks whose fetch failed were skipped")
 				}
@@ -615,7 +615,7 @@ func TestZipReadsFetchEachByteOnce(t *testing.T) {
 				}
 			}
 			r.Close()
-			c.fetching.Wait()
+			c.life.running.Wait()
 			if twice := store.fetchedTwice(obj.Size); twice > 0 {
 				t.Errorf("%d of the %d bytes were fetched more than once (%d bytes in %d GETs: %v)", twice, obj.Size, slow.bytes.Load(), len(store.ranges), store.ranges)
 			}
@@ -627,7 +627,7 @@ func TestZipReadsFetchEachByteOnce(t *testing.T) {
 }
 
 // openZip opens obj as fs opens a zip archive: both ends held.
-func openZip(c *BlockCache, obj Object) *Reader {
+func openZip(c *BlockCache, obj s3backend.Version) *Reader {
 	r := c.Open(obj)
 	r.Hold(0, 1)
 	r.Hold(obj.Size-1, 1)

@@ -25,13 +25,13 @@ type silentStore struct {
 	held   atomic.Int64
 }
 
-func newSilentStore(data []byte) (*silentStore, Object) {
+func newSilentStore(data []byte) (*silentStore, s3backend.Version) {
 	mem := memstore.New()
 	mem.Put("obj", data)
 	info, _ := mem.Info("obj")
 	s := &silentStore{Store: mem, spoke: make(chan struct{})}
 	s.silent.Store(true)
-	return s, Object{Key: "obj", ETag: info.ETag, Size: info.Size}
+	return s, s3backend.Version{Key: "obj", ETag: info.ETag, Size: info.Size}
 }
 
 func (s *silentStore) speak() {
@@ -185,7 +185,7 @@ func TestShortFetchIsNoData(t *testing.T) {
 				mem := memstore.New()
 				mem.Put("obj", data)
 				info, _ := mem.Info("obj")
-				obj := Object{Key: "obj", ETag: info.ETag, Size: info.Size}
+				obj := s3backend.Version{Key: "obj", ETag: info.ETag, Size: info.Size}
 				c, err := New(&shortStore{Store: mem, err: tt.err}, testOptions(size))
 				if err != nil {
 					t.Fatal(err)

@@ -109,9 +109,8 @@ type Dir struct {
 	limit  int64 // bytes; 0 keeps dirMinFree of the file system free
 	logger *slog.Logger
 
-	life context.Context
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	// life is the background walk's: Close ends it and waits for it.
+	life *Lifetime
 
 	// walked is what the dir held at the end of the last walk, and
 	// stored what was stored since that walk began: their sum is an
@@ -161,13 +160,12 @@ func openDir(root string, limit int64, logger *slog.Logger, statfs func(string) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	life, stop := context.WithCancel(context.Background())
-	d := &Dir{root: abs, limit: limit, logger: logger, life: life, stop: stop, statfs: statfs}
+	d := &Dir{root: abs, limit: limit, logger: logger, life: NewLifetime(context.Background()), statfs: statfs}
 	d.reads = dirGate{what: "reads", dir: abs, logger: logger}
 	d.writes = dirGate{what: "writes", dir: abs, logger: logger, onResume: func() { d.readOnly.Store(false) }}
 	if err := d.mkdirAll(abs); err != nil {
 		if _, serr := os.Stat(abs); serr != nil {
-			stop()
+			d.life.Close()
 			return nil, fmt.Errorf("cache dir %s: %w", abs, err)
 		}
 		d.writes.fail(err)
@@ -206,8 +204,7 @@ func (d *Dir) String() string { return d.root }
 
 // Close stops the background walk or trim and waits for it.
 func (d *Dir) Close() {
-	d.stop()
-	d.wg.Wait()
+	d.life.Close()
 }
 
 // TakesBlocks reports whether a block stored now would be kept: not while
@@ -500,11 +497,14 @@ func (d *Dir) startTrim() {
 	if !d.trimming.CompareAndSwap(false, true) {
 		return
 	}
-	d.wg.Add(1)
+	if !d.life.Start(1) {
+		d.trimming.Store(false)
+		return
+	}
 	go func() {
-		defer d.wg.Done()
+		defer d.life.Done()
 		defer d.trimming.Store(false)
-		if err := d.trim(); err != nil && d.life.Err() == nil {
+		if err := d.trim(); err != nil && d.life.Context().Err() == nil {
 			d.logger.Warn("cache dir: trim failed", "dir", d.root, "err", err)
 		}
 	}()
@@ -591,8 +591,8 @@ func (d *Dir) trim() error {
 // temporary files that writers which died left.
 func (d *Dir) walk(fn func(dirFile)) error {
 	visit := func(p string, e iofs.DirEntry, err error) error {
-		if d.life.Err() != nil {
-			return d.life.Err()
+		if err := d.life.Context().Err(); err != nil {
+			return err
 		}
 		if err != nil {
 			if os.IsNotExist(err) { // removed by another process

@@ -5,6 +5,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/bgbfs/bgbfs/s3backend"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
@@ -32,7 +33,7 @@ func FuzzReadAt(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		r := openZip(c, Object{Key: "k", ETag: info.ETag, Size: info.Size})
+		r := openZip(c, s3backend.Version{Key: "k", ETag: info.ETag, Size: info.Size})
 		defer r.Close()
 		buf := make([]byte, n)
 		got, err := r.ReadAt(context.Background(), buf, off)

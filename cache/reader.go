@@ -7,6 +7,8 @@ import (
 	"io"
 	"slices"
 	"sync"
+
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // ErrNegativeOffset is a read before the start of a file.
@@ -17,7 +19,7 @@ var ErrNegativeOffset = errors.New("negative offset")
 // kernel may issue several reads on one handle at once.
 type Reader struct {
 	c   *BlockCache
-	obj Object
+	obj s3backend.Version
 
 	mu      sync.Mutex
 	reading bool  // counted in c.readers
@@ -39,7 +41,7 @@ type Reader struct {
 }
 
 // Open returns a Reader for one open file handle.
-func (c *BlockCache) Open(obj Object) *Reader {
+func (c *BlockCache) Open(obj s3backend.Version) *Reader {
 	return &Reader{c: c, obj: obj}
 }
 
@@ -56,7 +58,7 @@ func (r *Reader) Hold(off, n int64) { r.prefetch(off, n, true) }
 // just the blocks it covers. It is for readers that know their reads are
 // scattered, such as reads of one window inside a compressed .npz member,
 // where reads that look in order are still not followed by more.
-func (c *BlockCache) OpenRandom(obj Object) *Reader {
+func (c *BlockCache) OpenRandom(obj s3backend.Version) *Reader {
 	return &Reader{c: c, obj: obj, random: true}
 }
 

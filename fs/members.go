@@ -2,20 +2,15 @@ package fs
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sync/singleflight"
-
-	"github.com/bgbfs/bgbfs/cache"
-	"github.com/bgbfs/bgbfs/fs/npz"
 )
 
 // memberDirSuffix is appended to an archive's name to name the directory
@@ -37,15 +32,7 @@ type memberDirNode struct {
 	tree    *tree
 	parent  *dirNode
 	archive dirEntry
-
-	// loading makes concurrent lookups share one read of the directory;
-	// none holds a lock while it is read.
-	loading singleflight.Group
-
-	mu  sync.Mutex
-	dir *npz.Directory
-	// dirErr is a malformed directory: the archive version cannot change.
-	dirErr error
+	members *npzview.Archive
 }
 
 var (
@@ -55,77 +42,21 @@ var (
 	_ gofs.NodeStatfser  = (*memberDirNode)(nil)
 )
 
+// newMemberDirNode returns the member directory of archive, in parent.
+func (t *tree) newMemberDirNode(parent *dirNode, archive dirEntry) *memberDirNode {
+	a := &memberDirNode{tree: t, parent: parent, archive: archive}
+	a.members = t.NPZ.Archive(archive.version(), func(name, reason string) {
+		t.warnHidden(hiddenKey{key: a.path() + "/" + name, reason: reason})
+	})
+	return a
+}
+
 func (a *memberDirNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return a.parent.Statfs(ctx, out)
 }
 
-func (a *memberDirNode) object() cache.Object {
-	return a.archive.version()
-}
-
 // path names the directory in logs.
 func (a *memberDirNode) path() string { return a.archive.key + memberDirSuffix }
-
-// directory reads the archive's zip directory once (its tail, one block or
-// two through the cache) and logs the members it cannot show. A caller
-// whose request is interrupted stops waiting for it at once.
-func (a *memberDirNode) directory(ctx context.Context) (*npz.Directory, error) {
-	a.mu.Lock()
-	dir, err := a.dir, a.dirErr
-	a.mu.Unlock()
-	if dir != nil || err != nil {
-		return dir, err
-	}
-	loaded := a.loading.DoChan("", func() (any, error) { return a.loadDirectory() })
-	select {
-	case r := <-loaded:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*npz.Directory), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// loadDirectory reads the directory for directory. It does not stop when
-// the request that started it is interrupted: others may be waiting.
-func (a *memberDirNode) loadDirectory() (*npz.Directory, error) {
-	a.mu.Lock()
-	dir, err := a.dir, a.dirErr
-	a.mu.Unlock()
-	if dir != nil || err != nil { // loaded since the caller looked
-		return dir, err
-	}
-	if dir := a.tree.NPZ.knownDirectory(a.object()); dir != nil {
-		a.keepDirectory(dir, nil)
-		return dir, nil
-	}
-	if dir = a.tree.NPZ.keptArchive(a.object()); dir == nil {
-		r := a.tree.Blocks.OpenRandom(a.object())
-		defer r.Close()
-		dir, err = npz.ReadDirectory(readerAt{a.tree.NPZ.life, r}, a.archive.size)
-	}
-	if err != nil {
-		err = fmt.Errorf("reading the zip directory of %q: %w", a.archive.key, err)
-		if isDataError(err) {
-			a.keepDirectory(nil, err)
-		}
-		return nil, err
-	}
-	for _, u := range dir.Unusable {
-		a.tree.warnHidden(hiddenKey{key: a.path() + "/" + u.Name, reason: u.Err.Error()})
-	}
-	a.keepDirectory(dir, nil)
-	a.tree.NPZ.rememberDirectory(a.object(), dir)
-	return dir, nil
-}
-
-func (a *memberDirNode) keepDirectory(dir *npz.Directory, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.dir, a.dirErr = dir, err
-}
 
 func (a *memberDirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	a.tree.memberDirAttr(a.archive, &out.Attr)
@@ -134,11 +65,11 @@ func (a *memberDirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fu
 
 func (a *memberDirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	defer a.tree.Metrics.observe("lookup", time.Now())
-	dir, err := a.directory(ctx)
+	members, err := a.members.Members(ctx)
 	if err != nil {
 		return nil, a.tree.errno(ctx, "lookup", a.path()+"/"+name, err)
 	}
-	for _, m := range dir.Members {
+	for _, m := range members {
 		if m.Name != name {
 			continue
 		}
@@ -157,12 +88,12 @@ func (a *memberDirNode) Lookup(ctx context.Context, name string, out *fuse.Entry
 
 func (a *memberDirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	defer a.tree.Metrics.observe("readdir", time.Now())
-	dir, err := a.directory(ctx)
+	members, err := a.members.Members(ctx)
 	if err != nil {
 		return nil, a.tree.errno(ctx, "readdir", a.path(), err)
 	}
-	out := make([]fuse.DirEntry, 0, len(dir.Members)+2)
-	for _, m := range dir.Members {
+	out := make([]fuse.DirEntry, 0, len(members)+2)
+	for _, m := range members {
 		out = append(out, fuse.DirEntry{Name: m.Name, Mode: syscall.S_IFREG})
 	}
 	// Byte-wise order, like every other directory.
@@ -177,7 +108,7 @@ type memberNode struct {
 	readOnlyFile
 	tree   *tree
 	dir    *memberDirNode
-	member npz.Member
+	member npzview.Member
 }
 
 var (
@@ -189,7 +120,7 @@ func (n *memberNode) path() string { return n.dir.path() + "/" + n.member.Name }
 
 func (n *memberNode) attr(out *fuse.Attr) {
 	e := n.dir.archive
-	e.size = n.member.UncompressedSize
+	e.size = n.member.Size
 	n.tree.fileAttr(e, out)
 	// st_blksize is the buffer Python's open() and others read with: a
 	// member is read a window at a time, and each byte read past the
@@ -208,13 +139,13 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 		return nil, 0, syscall.EROFS
 	}
 	n.tree.Metrics.opened(1)
-	return &memberHandle{node: n, reader: newMemberReader(n.tree.NPZ, n.tree.Blocks, n.dir.object(), n.member)}, fuse.FOPEN_KEEP_CACHE, 0
+	return &memberHandle{node: n, reader: n.dir.members.Open(n.member)}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // memberHandle is one open of a member file.
 type memberHandle struct {
 	node      *memberNode
-	reader    *memberReader
+	reader    *npzview.MemberReader
 	deadlines readDeadlines
 }
 

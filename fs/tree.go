@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -48,7 +50,7 @@ type Config struct {
 	ListingMemory int64
 	// NPZ, if set, shows the members of every .npz archive as files in
 	// a NAME.npz.d directory beside it.
-	NPZ *NPZView
+	NPZ *npzview.View
 	// ReadTimeout bounds how long a read waits for S3, and each page of
 	// a directory's listing; past it the reader gets EIO. 0 means no
 	// bound but the S3 client's attempts.
@@ -77,9 +79,9 @@ func NewRoot(cfg Config) gofs.InodeEmbedder {
 	return root
 }
 
-// Options returns the go-fuse options for a mount of this tree.
+// NewMountOptions returns the go-fuse options for a mount of this tree.
 // source names the mount in the mount table, as "s3://bucket/prefix/".
-func Options(cfg Config, source string, allowOther bool, logger *slog.Logger) *gofs.Options {
+func NewMountOptions(cfg Config, source string, allowOther bool, logger *slog.Logger) *gofs.Options {
 	ttl := cfg.MetadataTTL
 	if ttl == Indefinite {
 		ttl = kernelForever
@@ -175,4 +177,33 @@ func fsName(source string) string {
 		return "bgbfs"
 	}
 	return source
+}
+
+// warnedGeneration is how many hidden keys one generation of warnedSet
+// holds; the set holds at most two generations.
+const warnedGeneration = 1024
+
+// warnedSet remembers hidden keys already logged, so that each is logged
+// once per listing rather than on every refresh; it forgets the oldest
+// half when full, and a key forgotten is logged again.
+type warnedSet struct {
+	mu             sync.Mutex
+	recent, oldest map[string]struct{}
+}
+
+// add records key and reports whether it was not remembered already.
+func (w *warnedSet) add(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.recent[key]; ok {
+		return false
+	}
+	if _, ok := w.oldest[key]; ok {
+		return false
+	}
+	if w.recent == nil || len(w.recent) >= warnedGeneration {
+		w.oldest, w.recent = w.recent, make(map[string]struct{}, warnedGeneration)
+	}
+	w.recent[key] = struct{}{}
+	return true
 }

@@ -46,7 +46,7 @@ const (
 	idxWindows = 6
 	// idxLabelRow is one row of labels.npy (15360 float32).
 	idxLabelRow = 15360 * 4
-	// The index file format (fs/indexfiles.go, SEMANTICS.md).
+	// The index file format (fs/npzview/indexfiles.go, SEMANTICS.md).
 	idxMagic   = "BGBFSNX\n"
 	idxVersion = 1
 	// How long a daemon gets to write the indexes it built.

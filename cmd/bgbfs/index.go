@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -21,7 +21,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
-	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -36,7 +36,7 @@ type indexOptions struct {
 	cacheDir cacheDirOptions
 	// placement places access points as a mount with the same
 	// --npz-checkpoint-span and --kernel-read-ahead would.
-	placement bgfs.IndexPlacement
+	placement npzview.IndexPlacement
 	jobs      int
 }
 
@@ -89,7 +89,7 @@ func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if ra, err = parseSize("kernel-read-ahead", *kernelReadAhead); err != nil {
 		return o, err
 	}
-	o.placement = bgfs.IndexPlacement{Span: span, RowLead: bgfs.RowLead(ra)}
+	o.placement = npzview.IndexPlacement{Span: span, RowLead: npzview.RowLead(ra)}
 	if o.jobs = *jobs; o.jobs < 1 || o.jobs > 256 {
 		return o, usageError{fmt.Sprintf("--jobs %d: want a number from 1 to 256", o.jobs)}
 	}
@@ -111,73 +111,72 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, 2*o.jobs, nil, logger))
+	client, err := connectIndex(ctx, o, logger)
 	if err != nil {
 		return err
 	}
-	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
-	_, err = client.Probe(probeCtx, o.prefix)
-	cancel()
+	files, closeFiles, err := openIndexFiles(ctx, o, client, logger)
 	if err != nil {
-		return explainProbe(o.s3Options, o.bucket, o.prefix, err)
+		return err
 	}
-	files := bgfs.IndexFiles{Source: o.source(o.bucket)}
-	if o.cacheDir.s3Bucket != "" {
-		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
-		files.Dir = blobs
-		// One listing of what is there instead of a GET per archive and
-		// member, each a round trip before the archive's stream starts.
-		if files.Known, err = blobs.Names(ctx, strings.TrimSuffix(bgfs.IndexArea, "/")); err != nil {
-			return fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
-		}
-	} else {
-		dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
-		if err != nil {
-			return err
-		}
-		defer dir.Close()
-		if err := dir.WriteErr(); err != nil {
-			return fmt.Errorf("cache dir %s is not writable: %w", dir, err)
-		}
-		files.Dir = dir
-	}
+	defer closeFiles()
 	archives, err := listArchives(ctx, client, o.prefix, o.limit)
 	if err != nil {
 		return fmt.Errorf("listing s3://%s/%s: %s", o.bucket, o.prefix, s3backend.Describe(err))
 	}
-	run := &indexRun{o: o, client: client, files: files, start: time.Now()}
-	for _, a := range archives {
-		run.totalBytes += a.Size
-	}
-	run.total = len(archives)
-	showProgress := false
-	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		showProgress = true
-	}
-	stopProgress := run.progress(stdout, showProgress)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(o.jobs)
-	for _, a := range archives {
-		g.Go(func() error {
-			run.index(gctx, a)
-			return nil
-		})
-	}
-	g.Wait()
+	run := newIndexRun(npzview.ArchiveIndexer{Source: client, Files: files, Placement: o.placement}, archives)
+	f, ok := stdout.(*os.File)
+	stopProgress := run.progress(stdout, ok && term.IsTerminal(int(f.Fd())))
+	run.indexAll(ctx, archives, o.jobs)
 	stopProgress()
 	fmt.Fprintln(stdout, run.summary())
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("interrupted: %w", err)
 	}
-	if len(run.failed) > 0 {
-		slices.SortFunc(run.failed, func(a, b archiveFailure) int { return strings.Compare(a.key, b.key) })
-		for _, f := range run.failed {
-			fmt.Fprintf(stderr, "bgbfs: index s3://%s/%s: %s\n", o.bucket, f.key, oneLine(f.err.Error()))
-		}
-		fmt.Fprintf(stderr, "bgbfs: %d of %d archives failed\n", len(run.failed), run.total)
-		return exitError{1}
+	return run.reportFailures(stderr, o.bucket)
+}
+
+// connectIndex returns a client of the bucket, having checked that the
+// prefix can be read.
+func connectIndex(ctx context.Context, o indexOptions, logger *slog.Logger) (*s3backend.Client, error) {
+	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, 2*o.jobs, nil, logger))
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	probeCtx, cancel := context.WithTimeout(ctx, probeTimeout)
+	_, err = client.Probe(probeCtx, o.prefix)
+	cancel()
+	if err != nil {
+		return nil, explainProbe(o.s3Options, o.bucket, o.prefix, err)
+	}
+	return client, nil
+}
+
+// openIndexFiles opens the cache dir the indexes go to: a local dir,
+// which must be writable, or an s3:// one, listed once.
+func openIndexFiles(ctx context.Context, o indexOptions, client *s3backend.Client, logger *slog.Logger) (npzview.IndexFiles, func(), error) {
+	files := npzview.IndexFiles{Source: o.source(o.bucket)}
+	if o.cacheDir.s3Bucket != "" {
+		blobs := client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix)
+		files.Dir = blobs
+		// One listing of what is there instead of a GET per archive and
+		// member, each a round trip before the archive's stream starts.
+		var err error
+		if files.Listed, err = blobs.Names(ctx, strings.TrimSuffix(npzview.IndexArea, "/")); err != nil {
+			return files, nil, fmt.Errorf("--cache-dir %s: %s", o.cacheDir, s3backend.Describe(err))
+		}
+		return files, func() {}, nil
+	}
+	dir, err := cache.OpenDir(o.cacheDir.local, o.cacheDir.size, logger)
+	if err != nil {
+		return files, nil, err
+	}
+	if err := dir.WriteErr(); err != nil {
+		dir.Close()
+		return files, nil, fmt.Errorf("cache dir %s is not writable: %w", dir, err)
+	}
+	files.Dir = dir
+	return files, dir.Close, nil
 }
 
 // listArchives lists every .npz under prefix that a mount with limit
@@ -207,10 +206,8 @@ func listArchives(ctx context.Context, store s3backend.ObjectStore, prefix strin
 
 // indexRun is one "bgbfs index": its archives' progress and results.
 type indexRun struct {
-	o      indexOptions
-	client *s3backend.Client
-	files  bgfs.IndexFiles
-	start  time.Time
+	indexer npzview.ArchiveIndexer
+	start   time.Time
 
 	total      int
 	totalBytes int64
@@ -228,6 +225,48 @@ type archiveFailure struct {
 	err error
 }
 
+// newIndexRun returns the run of indexer over archives.
+func newIndexRun(indexer npzview.ArchiveIndexer, archives []s3backend.Version) *indexRun {
+	r := &indexRun{indexer: indexer, start: time.Now(), total: len(archives)}
+	r.indexer.Saved = func(compressedSize int64) {
+		r.members.Add(1)
+		r.compressedBytes.Add(compressedSize)
+	}
+	for _, a := range archives {
+		r.totalBytes += a.Size
+	}
+	return r
+}
+
+// indexAll indexes archives, jobs at a time, until done or ctx ends.
+func (r *indexRun) indexAll(ctx context.Context, archives []s3backend.Version, jobs int) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	for _, a := range archives {
+		g.Go(func() error {
+			r.index(gctx, a)
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// reportFailures says which archives failed and why, in key order, and
+// then returns the exit status for them.
+func (r *indexRun) reportFailures(stderr io.Writer, bucket string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.failed) == 0 {
+		return nil
+	}
+	slices.SortFunc(r.failed, func(a, b archiveFailure) int { return strings.Compare(a.key, b.key) })
+	for _, f := range r.failed {
+		fmt.Fprintf(stderr, "bgbfs: index s3://%s/%s: %s\n", bucket, f.key, oneLine(f.err.Error()))
+	}
+	fmt.Fprintf(stderr, "bgbfs: %d of %d archives failed\n", len(r.failed), r.total)
+	return exitError{1}
+}
+
 // index indexes the archive a unless it is current, and records how it
 // went.
 func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
@@ -236,13 +275,13 @@ func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
 	if ctx.Err() != nil {
 		return
 	}
-	done, err := r.files.Done(ctx, a, r.o.placement)
+	done, err := r.indexer.Current(ctx, a)
 	if err == nil && done {
 		r.current.Add(1)
 		return
 	}
 	if err == nil {
-		err = r.indexArchive(ctx, a)
+		err = r.indexer.IndexArchive(ctx, a)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -254,66 +293,6 @@ func (r *indexRun) index(ctx context.Context, a s3backend.Version) {
 		return
 	}
 	r.indexed.Add(1)
-}
-
-// indexArchive reads the zip directory of a, builds the index of every
-// deflated member that has none in the dir, reading the members' bytes in
-// one streaming GET, saves them, and marks the archive done with its
-// directory and indexes in one file, which a mount reads at first open.
-func (r *indexRun) indexArchive(ctx context.Context, a s3backend.Version) error {
-	dir, err := npz.ReadDirectory(objectReaderAt{ctx, r.client, a}, a.Size)
-	if err != nil {
-		return fmt.Errorf("reading the zip directory: %w", err)
-	}
-	var todo []npz.Member
-	indexes := map[string]*npz.Index{}
-	for _, m := range dir.Members {
-		if m.Method != npz.Deflated {
-			continue
-		}
-		if x, err := r.files.Load(ctx, a, m); err == nil {
-			indexes[m.Name] = x // a mount built it already
-			continue
-		}
-		todo = append(todo, m)
-	}
-	if len(todo) > 0 {
-		slices.SortFunc(todo, func(x, y npz.Member) int { return int(x.HeaderOffset - y.HeaderOffset) })
-		// From the first member's local header to past the last one's
-		// data: a local header's name and extra field are at most
-		// 2 x 64 KiB.
-		last := todo[len(todo)-1]
-		from, to := todo[0].HeaderOffset, min(a.Size, last.HeaderOffset+30+2*0xFFFF+last.CompressedSize)
-		stream := r.client.Stream(ctx, a, from, to-from)
-		defer stream.Close()
-		src := &forwardReaderAt{r: stream, pos: from}
-		// Each index is saved while the next member inflates: with an
-		// s3:// dir a save is a round trip.
-		var saves errgroup.Group
-		for _, m := range todo {
-			x, err := npz.BuildIndex(src, m, r.o.placement.Span, r.o.placement.RowLead)
-			if err != nil {
-				saves.Wait()
-				return err
-			}
-			indexes[m.Name] = x
-			saves.Go(func() error {
-				if err := r.files.Save(ctx, a, m, x); err != nil {
-					return fmt.Errorf("saving the index of %q: %w", m.Name, err)
-				}
-				r.members.Add(1)
-				r.compressedBytes.Add(m.CompressedSize)
-				return nil
-			})
-		}
-		if err := saves.Wait(); err != nil {
-			return err
-		}
-	}
-	if err := r.files.MarkDone(ctx, a, r.o.placement, dir, indexes); err != nil {
-		return fmt.Errorf("marking the archive indexed: %w", err)
-	}
-	return nil
 }
 
 // summary is the line "bgbfs index" ends with.
@@ -373,46 +352,4 @@ func (r *indexRun) progressLine() string {
 	r.mu.Unlock()
 	return fmt.Sprintf("[%s] %d/%d archives, %s/%s, %s/s, ETA %s (%d current, %d failed)", bar, n, r.total,
 		humanize.Bytes(uint64(bytes)), humanize.Bytes(uint64(r.totalBytes)), humanize.Bytes(uint64(rate)), eta, r.current.Load(), failed)
-}
-
-// objectReaderAt reads one object version with ranged GETs.
-type objectReaderAt struct {
-	ctx    context.Context
-	client *s3backend.Client
-	v      s3backend.Version
-}
-
-func (o objectReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	n, err := o.client.ReadAt(o.ctx, o.v, off, p)
-	if err == nil && n < len(p) {
-		err = io.EOF
-	}
-	return n, err
-}
-
-// forwardReaderAt serves reads at increasing offsets from one stream,
-// skipping what lies between them: BuildIndex reads a member's local
-// header, then its compressed data, in order.
-type forwardReaderAt struct {
-	r   io.Reader
-	pos int64
-}
-
-func (f *forwardReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < f.pos {
-		return 0, fmt.Errorf("read at %d, behind the stream at %d", off, f.pos)
-	}
-	if off > f.pos {
-		n, err := io.CopyN(io.Discard, f.r, off-f.pos)
-		f.pos += n
-		if err != nil {
-			return 0, err
-		}
-	}
-	n, err := io.ReadFull(f.r, p)
-	f.pos += int64(n)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = io.EOF
-	}
-	return n, err
 }

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -12,35 +10,6 @@ import (
 	bgfs "github.com/bgbfs/bgbfs/fs"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
-
-// TestForwardReaderAt: reads at increasing offsets are served from one
-// stream, skipping what lies between; a read behind the stream fails
-// instead of returning other bytes; the end is io.EOF.
-func TestForwardReaderAt(t *testing.T) {
-	data := []byte("0123456789abcdefghij")
-	r := &forwardReaderAt{r: bytes.NewReader(data[5:]), pos: 5} // a stream from offset 5
-	for _, tt := range []struct {
-		off     int64
-		n       int
-		want    string
-		wantErr string
-	}{
-		{5, 3, "567", ""},
-		{8, 2, "89", ""},
-		{12, 3, "cde", ""}, // skips ab
-		{10, 1, "", "behind the stream"},
-		{18, 5, "ij", "EOF"},
-	} {
-		p := make([]byte, tt.n)
-		n, err := r.ReadAt(p, tt.off)
-		if string(p[:n]) != tt.want || (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
-			t.Errorf("ReadAt(%d bytes at %d) = %q, %v; want %q, %q", tt.n, tt.off, p[:n], err, tt.want, tt.wantErr)
-		}
-		if tt.wantErr == "EOF" && err != io.EOF {
-			t.Errorf("short read at the end: %v, want io.EOF", err)
-		}
-	}
-}
 
 // TestIndexProgressLine: the terminal's progress line says archives,
 // bytes, rate and time left; the summary line the counts.

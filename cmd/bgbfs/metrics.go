@@ -40,20 +40,6 @@ func newDaemonMetrics(reg prometheus.Registerer) daemonMetrics {
 	}
 }
 
-// registerNPZMetrics registers the member view's index counters with reg,
-// each read from the view's Stats when scraped.
-func registerNPZMetrics(reg prometheus.Registerer, v *bgfs.NPZView) {
-	cache.RegisterStats(reg, v.Stats,
-		cache.Counter("bgbfs_npz_index_builds_total", "Compressed .npz members inflated whole to index them.", func(s bgfs.NPZStats) int64 { return s.IndexBuilds }),
-		cache.Counter("bgbfs_npz_index_build_errors_total", "Index builds that failed (corrupt member, or S3 errors).", func(s bgfs.NPZStats) int64 { return s.IndexBuildErrors }),
-		cache.Counter("bgbfs_npz_index_hits_total", "Reads of compressed members that found their index built.", func(s bgfs.NPZStats) int64 { return s.IndexHits }),
-		cache.Gauge("bgbfs_npz_index_bytes", "Memory of the member indexes held.", func(s bgfs.NPZStats) int64 { return s.IndexBytes }),
-		cache.Counter("bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", func(s bgfs.NPZStats) int64 { return s.IndexLoads }),
-		cache.Counter("bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", func(s bgfs.NPZStats) int64 { return s.IndexSaves }),
-		cache.Counter("bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", func(s bgfs.NPZStats) int64 { return s.IndexFilesIgnored }),
-	)
-}
-
 // statsLines are the plain counters of /stats: name, metric, and the
 // label values a series must have to count (nil counts every series).
 var statsLines = []struct {

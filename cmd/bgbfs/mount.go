@@ -22,6 +22,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
@@ -102,11 +103,14 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	if err != nil {
 		return nil, err
 	}
-	npzView, err := m.startNPZView(o, client, dir, registry, logger)
+	blocks, err := startBlockCache(o, blockStore, metrics.readAheadWindow, registry, logger)
 	if err != nil {
 		return nil, err
 	}
-	blocks, err := m.startBlockCache(o, blockStore, metrics.readAheadWindow, registry, logger)
+	npzView, err := m.startNPZView(o, client, dir, blocks, registry, logger)
+	// The cache closes before the view: index builds reading through it
+	// end at once.
+	m.closers = append(m.closers, blocks.Close)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +122,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 		m.closers = append(m.closers, stop)
 	}
 	cfg := fsConfig(o, store, blocks, npzView, &first, metrics.fuse, logger)
-	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.Options(cfg, m.source, o.allowOther, logger))
+	m.server, err = gofs.Mount(mp, bgfs.NewRoot(cfg), bgfs.NewMountOptions(cfg, m.source, o.allowOther, logger))
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
@@ -199,28 +203,8 @@ func (m *liveMount) startDiskTier(o mountOptions, store s3backend.ObjectStore, d
 	return store, nil
 }
 
-// startNPZView makes the member view, with --npz-members; nil without.
-func (m *liveMount) startNPZView(o mountOptions, client *s3backend.Client, dir *cache.Dir, reg prometheus.Registerer, logger *slog.Logger) (*bgfs.NPZView, error) {
-	if !o.npzMembers {
-		return nil, nil
-	}
-	files, save := indexFiles(o, client, dir)
-	// Indexes and decoded spans have bounds of their own, beside
-	// --cache-size.
-	npzView, err := bgfs.NewNPZView(o.npzSpan, o.npzIndexBytes, o.npzSpanBytes)
-	if err != nil {
-		return nil, err
-	}
-	m.closers = append(m.closers, npzView.Close)
-	if files != nil {
-		npzView.KeepIndexesIn(*files, save, logger)
-	}
-	registerNPZMetrics(reg, npzView)
-	return npzView, nil
-}
-
-// startBlockCache makes the block cache over store.
-func (m *liveMount) startBlockCache(o mountOptions, store s3backend.ObjectStore, observeWindow func(int64), reg prometheus.Registerer, logger *slog.Logger) (*cache.BlockCache, error) {
+// startBlockCache makes the block cache over store. The caller closes it.
+func startBlockCache(o mountOptions, store s3backend.ObjectStore, observeWindow func(int64), reg prometheus.Registerer, logger *slog.Logger) (*cache.BlockCache, error) {
 	opt := o.cache
 	opt.Logger = logger
 	// A fetch lives no longer than a reader would wait for it.
@@ -231,13 +215,30 @@ func (m *liveMount) startBlockCache(o mountOptions, store s3backend.ObjectStore,
 	if err != nil {
 		return nil, err
 	}
-	m.closers = append(m.closers, blocks.Close)
 	blocks.RegisterMetrics(reg)
 	return blocks, nil
 }
 
+// startNPZView makes the member view over blocks, with --npz-members; nil
+// without.
+func (m *liveMount) startNPZView(o mountOptions, client *s3backend.Client, dir *cache.Dir, blocks *cache.BlockCache, reg prometheus.Registerer, logger *slog.Logger) (*npzview.View, error) {
+	if !o.npzMembers {
+		return nil, nil
+	}
+	files, save := indexFiles(o, client, dir)
+	// Indexes and decoded spans have bounds of their own, beside
+	// --cache-size.
+	npzView, err := npzview.New(blocks, npzview.Config{Span: o.npzSpan, IndexBytes: o.npzIndexBytes, SpanBytes: o.npzSpanBytes, Files: files, WriteFiles: save, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, npzView.Close)
+	npzView.RegisterMetrics(reg)
+	return npzView, nil
+}
+
 // fsConfig is what the FUSE tree is built with.
-func fsConfig(o mountOptions, lister s3backend.ObjectStore, blocks *cache.BlockCache, npzView *bgfs.NPZView, first *s3backend.ListPage, metrics *bgfs.Metrics, logger *slog.Logger) bgfs.Config {
+func fsConfig(o mountOptions, lister s3backend.ObjectStore, blocks *cache.BlockCache, npzView *npzview.View, first *s3backend.ListPage, metrics *bgfs.Metrics, logger *slog.Logger) bgfs.Config {
 	return bgfs.Config{
 		Lister:      lister,
 		Blocks:      blocks,
@@ -260,7 +261,7 @@ func fsConfig(o mountOptions, lister s3backend.ObjectStore, blocks *cache.BlockC
 
 // tuneKernelReadAhead sets the kernel's read-ahead for the mount (0 keeps
 // the kernel's); the member view is told what the kernel reads.
-func tuneKernelReadAhead(mp string, bytes int64, npzView *bgfs.NPZView, logger *slog.Logger) {
+func tuneKernelReadAhead(mp string, bytes int64, npzView *npzview.View, logger *slog.Logger) {
 	if bytes <= 0 {
 		return
 	}
@@ -286,12 +287,12 @@ func logMounted(logger *slog.Logger, m *liveMount, o mountOptions, region string
 // indexFiles is where the member view keeps indexes: a local dir is read
 // and written; an s3:// one is only read (one "bgbfs index" job writes it
 // for a fleet).
-func indexFiles(o mountOptions, client *s3backend.Client, dir *cache.Dir) (*bgfs.IndexFiles, bool) {
+func indexFiles(o mountOptions, client *s3backend.Client, dir *cache.Dir) (*npzview.IndexFiles, bool) {
 	switch {
 	case o.cacheDir.s3Bucket != "":
-		return &bgfs.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Source: o.source(o.bucket)}, false
+		return &npzview.IndexFiles{Dir: client.Blobs(o.cacheDir.s3Bucket, o.cacheDir.s3Prefix), Source: o.source(o.bucket)}, false
 	case dir != nil:
-		return &bgfs.IndexFiles{Dir: dir, Source: o.source(o.bucket)}, true
+		return &npzview.IndexFiles{Dir: dir, Source: o.source(o.bucket)}, true
 	}
 	return nil, false
 }

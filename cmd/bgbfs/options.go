@@ -14,6 +14,7 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 )
 
 // mountOptions is everything "bgbfs mount" is told, validated.
@@ -229,7 +230,7 @@ func (o *mountOptions) derive(changed func(string) bool) {
 		if !changed("kernel-read-ahead") {
 			o.kernelReadAhead = 128 << 10
 		}
-		o.npzSpanBytes = bgfs.NPZSpanBytes(o.npzSpan)
+		o.npzSpanBytes = npzview.SpanBytes(o.npzSpan)
 	}
 }
 
@@ -266,12 +267,12 @@ func (o *mountOptions) validate(exec bool) error {
 	switch {
 	case o.cache.CacheSize == 0:
 		return usageError{"--npz-members needs a --cache-size above 0: compressed bytes and decoded stretches of members are held in the cache"}
-	case o.npzIndexBytes < bgfs.MinNPZIndexBytes:
+	case o.npzIndexBytes < npzview.MinIndexBytes:
 		// The index bound must hold an index, and the blocks a span's
 		// compressed bytes; decoded spans have a bound of their own,
-		// derived from the span (bgfs.NPZSpanBytes).
+		// derived from the span (npzview.SpanBytes).
 		return usageError{fmt.Sprintf("--npz-index-size %s cannot hold one member index; use %s or more",
-			size(o.npzIndexBytes), size(bgfs.MinNPZIndexBytes))}
+			size(o.npzIndexBytes), size(npzview.MinIndexBytes))}
 	case o.npzSpan > o.cache.CacheSize:
 		return usageError{fmt.Sprintf("--npz-checkpoint-span %s is larger than --cache-size %s: a read inflates up to a span, whose compressed bytes would not stay cached; use a smaller span or --cache-size %s or more",
 			size(o.npzSpan), size(o.cache.CacheSize), size(o.npzSpan))}

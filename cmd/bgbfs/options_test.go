@@ -8,6 +8,7 @@ import (
 	"time"
 
 	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 )
 
 // mountArgsCase is one command line of "bgbfs mount" and what parsing
@@ -353,12 +354,12 @@ func TestParseIndexArgs(t *testing.T) {
 			if o.bucket != "b-1" || o.prefix != "train/" || o.cacheDir.local != "/d" || o.jobs < 1 {
 				t.Errorf("got %+v", o)
 			}
-			if want := (bgfs.IndexPlacement{Span: 1 << 20, RowLead: bgfs.RowLead(128 << 10)}); o.placement != want {
+			if want := (npzview.IndexPlacement{Span: 1 << 20, RowLead: npzview.RowLead(128 << 10)}); o.placement != want {
 				t.Errorf("placement %+v, want %+v", o.placement, want)
 			}
 		}},
 		{name: "read-ahead and span", args: []string{"--cache-dir", "s3://idx-1/p/", "--kernel-read-ahead", "256KiB", "--npz-checkpoint-span", "2MiB", "--jobs", "3", "--limit-files", "2", "s3://b-1/"}, check: func(t *testing.T, o indexOptions) {
-			if o.placement.Span != 2<<20 || o.placement.RowLead != bgfs.RowLead(256<<10) || o.jobs != 3 || o.limit.Default != 2 || o.cacheDir.s3Bucket != "idx-1" {
+			if o.placement.Span != 2<<20 || o.placement.RowLead != npzview.RowLead(256<<10) || o.jobs != 3 || o.limit.Default != 2 || o.cacheDir.s3Bucket != "idx-1" {
 				t.Errorf("got %+v", o)
 			}
 		}},

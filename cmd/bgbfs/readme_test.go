@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgbfs/bgbfs/cache"
-	bgfs "github.com/bgbfs/bgbfs/fs"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
 )
 
@@ -80,7 +80,7 @@ func TestReadmeListsEveryFlag(t *testing.T) {
 	if len(indexFlags) < 10 {
 		t.Fatalf("found %d flags in index --help:\n%s", len(indexFlags), help.String())
 	}
-	section := readmeSection(t, "### Indexes kept across runs")
+	section := readmeSection(t, "### Indexes saved across runs")
 	for _, f := range indexFlags {
 		if f != "help" && !strings.Contains(section, "--"+f) && !slicesContains(mountFlags, f) {
 			t.Errorf("README's section on bgbfs index does not name --%s", f)
@@ -108,12 +108,12 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 	}
 	defer blocks.Close()
 	blocks.RegisterMetrics(reg)
-	view, err := bgfs.NewNPZView(1<<20, bgfs.MinNPZIndexBytes, 64<<20)
+	view, err := npzview.New(blocks, npzview.Config{Span: 1 << 20, IndexBytes: npzview.MinIndexBytes, SpanBytes: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer view.Close()
-	registerNPZMetrics(reg, view)
+	view.RegisterMetrics(reg)
 	dir, err := cache.OpenDir(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,7 +36,7 @@ type benchStream struct {
 // and codes) holding EEG-like windows: per channel a float32 random walk,
 // which deflate shrinks about 1.13x as it does the real recordings.
 var benchStreams = sync.OnceValues(func() ([]benchStream, error) {
-	data := floatData(benchSize, 42)
+	data := npztest.Floats(benchSize, 42)
 	var b bytes.Buffer
 	w, _ := flate.NewWriter(&b, 6)
 	w.Write(data)

@@ -8,6 +8,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 )
 
 // FuzzInflate checks the inflater and the index against compress/flate.
@@ -21,9 +23,9 @@ func FuzzInflate(f *testing.F) {
 	f.Add([]byte(""), int8(6), uint16(0), uint64(0))
 	f.Add([]byte("hello, hello, hello, hello"), int8(9), uint16(3), uint64(1))
 	f.Add(bytes.Repeat([]byte{0}, 3000), int8(1), uint16(100), uint64(2))
-	f.Add(floatData(2000, 1), int8(0), uint16(5000), uint64(3))
-	f.Add(floatData(1000, 2), int8(-2), uint16(1), uint64(4))
-	f.Add(deflate(f, []byte("a stream fed raw"), 6), int8(6), uint16(2), uint64(5))
+	f.Add(npztest.Floats(2000, 1), int8(0), uint16(5000), uint64(3))
+	f.Add(npztest.Floats(1000, 2), int8(-2), uint16(1), uint64(4))
+	f.Add(npztest.Deflate([]byte("a stream fed raw"), 6), int8(6), uint16(2), uint64(5))
 	f.Add(dynamicAAAA().code(0, 1).code(3, 2).code(0, 1).code(2, 2).bytes(), int8(6), uint16(0), uint64(6))
 	writers := fuzzWriters{}
 	f.Fuzz(func(t *testing.T, data []byte, level int8, span uint16, seed uint64) {
@@ -108,10 +110,10 @@ func checkFuzzIndex(t *testing.T, stream, data []byte, span uint16, seed uint64)
 // bytes, which ReadAt through an index must return too.
 func FuzzInflateCorrupt(f *testing.F) {
 	f.Add([]byte("hello, hello, hello, hello"), int8(6), []byte{0, 40}, uint16(0))
-	f.Add(floatData(4000, 1), int8(6), []byte{1, 2, 3, 4}, uint16(0))
+	f.Add(npztest.Floats(4000, 1), int8(6), []byte{1, 2, 3, 4}, uint16(0))
 	f.Add(walkData(8000, 2), int8(9), []byte{}, uint16(3))
 	f.Add(bytes.Repeat([]byte("abcab"), 2000), int8(1), []byte{0, 200, 7, 7}, uint16(1))
-	f.Add(floatData(2000, 3), int8(-2), []byte{255, 255}, uint16(0))
+	f.Add(npztest.Floats(2000, 3), int8(-2), []byte{255, 255}, uint16(0))
 	writers := fuzzWriters{}
 	f.Fuzz(func(t *testing.T, data []byte, level int8, flips []byte, cut uint16) {
 		if len(data) > 32<<10 || len(flips) > 16 {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 )
 
 // countingReader counts the bytes read through it.
@@ -81,7 +83,7 @@ func TestIndexReadAt(t *testing.T) {
 			continue
 		}
 		for _, level := range []int{flate.NoCompression, flate.BestSpeed, flate.DefaultCompression, flate.HuffmanOnly} {
-			stream := deflate(t, data, level)
+			stream := npztest.Deflate(data, level)
 			for _, span := range []int64{1, 1000, 64 << 10, DefaultSpan} {
 				x := streamIndex(t, stream, data, span)
 				if x.Size() != int64(len(data)) {
@@ -117,11 +119,8 @@ func TestIndexReadAt(t *testing.T) {
 // (and the 64 KiB head) indexes kept before they were sparse.
 func TestCompactIndex(t *testing.T) {
 	const rows, rowBytes = 12, 19 * 15360 * 4
-	data := walkData(rows*rowBytes, 5)
-	dict := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, 19, 15360), }", rows)
-	hdr := dict + string(bytes.Repeat([]byte(" "), 64-(10+len(dict)+1)%64)) + "\n"
-	data = append(append(append([]byte("\x93NUMPY\x01\x00"), byte(len(hdr)), byte(len(hdr)>>8)), hdr...), data...)
-	stream := deflate(t, data, 6)
+	data := append(npztest.NPYHeader("<f4", rows, 19, 15360), walkData(rows*rowBytes, 5)...)
+	stream := npztest.Deflate(data, 6)
 	if ratio := float64(len(data)) / float64(len(stream)); ratio < 1.10 || ratio > 1.16 {
 		t.Fatalf("test data deflates %.3fx, not like EEG (1.13x)", ratio)
 	}
@@ -155,7 +154,7 @@ func TestCompactIndex(t *testing.T) {
 // window that a decoder needs, store those whole, and reads stay right.
 func TestSparseWindowChecked(t *testing.T) {
 	data := testInputs()["text"]
-	stream := deflate(t, data, 6)
+	stream := npztest.Deflate(data, 6)
 	m := Member{Name: "m", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
 	spoiled := 0
 	x, err := buildIndexChecked(bytes.NewReader(stream), m, 0, 64<<10, 0, func(w []byte) {
@@ -180,8 +179,8 @@ func TestSparseWindowChecked(t *testing.T) {
 // without reading the archive.
 func TestIndexKeepsTheHead(t *testing.T) {
 	for _, size := range []int{100, headKeep - 1, headKeep, 3 << 20} {
-		data := floatData(size, uint64(size))
-		stream := deflate(t, data, 6)
+		data := npztest.Floats(size, uint64(size))
+		stream := npztest.Deflate(data, 6)
 		x := streamIndex(t, stream, data, 64<<10)
 		for _, r := range []struct{ off, n int }{{0, min(size, 128)}, {0, min(size, headKeep)}, {10, min(size, headKeep) - 10}} {
 			c := &countingReader{r: bytes.NewReader(stream)}
@@ -202,8 +201,8 @@ func TestIndexKeepsTheHead(t *testing.T) {
 // TestIndexReadAtReadsLittle checks a window-sized read decodes from
 // one access point and reads only what it needs of the compressed data.
 func TestIndexReadAtReadsLittle(t *testing.T) {
-	data := floatData(12<<20, 11)
-	stream := deflate(t, data, 6)
+	data := npztest.Floats(12<<20, 11)
+	stream := npztest.Deflate(data, 6)
 	x := streamIndex(t, stream, data, DefaultSpan)
 	rng := rand.New(rand.NewPCG(5, 6))
 	const window = 19 * 15360 * 4
@@ -229,8 +228,8 @@ func TestIndexReadAtReadsLittle(t *testing.T) {
 }
 
 func TestIndexConcurrentReadAt(t *testing.T) {
-	data := floatData(3<<20, 12)
-	stream := deflate(t, data, 6)
+	data := npztest.Floats(3<<20, 12)
+	stream := npztest.Deflate(data, 6)
 	x := streamIndex(t, stream, data, 128<<10)
 	var wg sync.WaitGroup
 	for g := range 8 {
@@ -251,8 +250,8 @@ func TestIndexConcurrentReadAt(t *testing.T) {
 }
 
 func TestBuildIndexChecks(t *testing.T) {
-	data := floatData(1<<20, 13)
-	stream := deflate(t, data, 6)
+	data := npztest.Floats(1<<20, 13)
+	stream := npztest.Deflate(data, 6)
 	good := Member{Name: "m", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
 	flipped := bytes.Clone(stream)
 	flipped[len(flipped)/2] ^= 0x10
@@ -285,7 +284,7 @@ func TestBuildIndexChecks(t *testing.T) {
 // TestIndexHugeBlock checks a stream that is one 1 MiB fixed-code block:
 // no boundary to place points at, so reads decode from the start.
 func TestIndexHugeBlock(t *testing.T) {
-	data := floatData(1<<20, 14)
+	data := npztest.Floats(1<<20, 14)
 	w := (&bitWriter{}).bits(1, 1).bits(1, 2)
 	for _, c := range data {
 		w.fixedLit(int(c))
@@ -299,7 +298,7 @@ func TestIndexHugeBlock(t *testing.T) {
 }
 
 func TestMethodChecks(t *testing.T) {
-	arch := buildZip(t, []zipEntry{{name: "s", method: Stored, data: []byte("x")}, {name: "d", method: Deflated, data: []byte("y")}}, zipOpts{})
+	arch := npztest.Zip([]npztest.Entry{{Name: "s", Method: Stored, Data: []byte("x")}, {Name: "d", Method: Deflated, Data: []byte("y")}}, npztest.Options{})
 	r := bytes.NewReader(arch)
 	dir, err := ReadDirectory(r, int64(len(arch)))
 	if err != nil {
@@ -311,8 +310,8 @@ func TestMethodChecks(t *testing.T) {
 }
 
 func TestIndexSpans(t *testing.T) {
-	data := floatData(5<<20, 21)
-	stream := deflate(t, data, 6)
+	data := npztest.Floats(5<<20, 21)
+	stream := npztest.Deflate(data, 6)
 	x := streamIndex(t, stream, data, 256<<10)
 	if x.Points() < 10 {
 		t.Fatalf("%d access points in 5 MiB at a 256 KiB span", x.Points())
@@ -356,17 +355,6 @@ func (o offsetFloor) ReadAt(p []byte, off int64) (int, error) {
 	return o.r.ReadAt(p, off)
 }
 
-// npyContent returns an .npy file of rows float32 rows of rowBytes each,
-// header written as numpy writes it (version 1.0, padded to 64 bytes).
-func npyContent(rows, rowBytes int, seed uint64) []byte {
-	dict := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", rows, rowBytes/4)
-	pad := 64 - (10+len(dict)+1)%64
-	hdr := dict + string(bytes.Repeat([]byte(" "), pad%64)) + "\n"
-	out := append([]byte("\x93NUMPY\x01\x00"), byte(len(hdr)), byte(len(hdr)>>8))
-	out = append(out, hdr...)
-	return append(out, floatData(rows*rowBytes, seed)...)
-}
-
 // TestRowPoints checks where BuildIndex puts access points with a row
 // lead: just before each row when rows are from half a span to four spans
 // long, every span otherwise; and that reads through either index are
@@ -388,8 +376,8 @@ func TestRowPoints(t *testing.T) {
 		{"no lead", 12, 300 << 10, 0, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			data := npyContent(tt.rows, tt.rowBytes, 7)
-			stream := deflate(t, data, 6)
+			data := npztest.NPY(tt.rows, tt.rowBytes, 7)
+			stream := npztest.Deflate(data, 6)
 			m := Member{Name: "windows.npy", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
 			x, err := buildIndex(bytes.NewReader(stream), m, 0, span, tt.lead)
 			if err != nil {

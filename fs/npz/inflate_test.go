@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 )
 
 // testInputs are contents that exercise different block types and match
@@ -33,14 +35,14 @@ func testInputs() map[string][]byte {
 		"random":  random,
 		"text":    []byte(text.String()),
 		"runs":    runs, // overlapping matches with distance 1
-		"float32": floatData(1<<20, 5),
+		"float32": npztest.Floats(1<<20, 5),
 	}
 }
 
 func TestInflateMatchesFlate(t *testing.T) {
 	for name, data := range testInputs() {
 		for _, level := range []int{flate.HuffmanOnly, flate.NoCompression, flate.BestSpeed, 4, flate.DefaultCompression, flate.BestCompression} {
-			stream := deflate(t, data, level)
+			stream := npztest.Deflate(data, level)
 			got, err := inflateAll(stream)
 			if err != nil {
 				t.Errorf("%s level %d: %v", name, level, err)
@@ -321,7 +323,7 @@ func TestInflateEveryCode(t *testing.T) {
 func TestInflateTruncated(t *testing.T) {
 	data := testInputs()["text"][:6<<10]
 	for _, level := range []int{flate.NoCompression, flate.BestSpeed, flate.DefaultCompression} {
-		stream := deflate(t, data, level)
+		stream := npztest.Deflate(data, level)
 		for n := range len(stream) {
 			got, err := inflateAll(stream[:n])
 			if err == nil || !errors.Is(err, ErrCorrupt) {

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 )
 
 // TestIndexEncodingRoundTrip checks that a decoded index is the index
@@ -23,8 +25,8 @@ func TestIndexEncodingRoundTrip(t *testing.T) {
 		{"one point", 1, 1 << 10, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			data := npyContent(tt.rows, tt.rowBytes, 11)
-			stream := deflate(t, data, 6)
+			data := npztest.NPY(tt.rows, tt.rowBytes, 11)
+			stream := npztest.Deflate(data, 6)
 			m := Member{Name: "windows.npy", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
 			x, err := buildIndex(bytes.NewReader(stream), m, 0, 256<<10, tt.lead)
 			if err != nil {
@@ -52,8 +54,8 @@ func TestIndexEncodingRoundTrip(t *testing.T) {
 // TestIndexDecodingRefuses checks that a truncated or padded encoding, or
 // one of another member, is refused with the error that says which.
 func TestIndexDecodingRefuses(t *testing.T) {
-	data := npyContent(12, 300<<10, 3)
-	stream := deflate(t, data, 6)
+	data := npztest.NPY(12, 300<<10, 3)
+	stream := npztest.Deflate(data, 6)
 	m := Member{Name: "windows.npy", Method: Deflated, CompressedSize: int64(len(stream)), UncompressedSize: int64(len(data)), CRC32: crc32.ChecksumIEEE(data)}
 	x, err := buildIndex(bytes.NewReader(stream), m, 0, 256<<10, 40<<10)
 	if err != nil {
@@ -94,11 +96,11 @@ func TestIndexDecodingRefuses(t *testing.T) {
 // encoded, unusable entries included, and a decoded member reads as the
 // original (its data offset is checked against the directory's start).
 func TestDirectoryEncodingRoundTrip(t *testing.T) {
-	arch := buildZip(t, []zipEntry{
-		{name: "windows.npy", method: Deflated, data: npyContent(4, 64<<10, 1), level: 6},
-		{name: "labels.npy", method: Stored, data: []byte("labels")},
-		{name: "a/b", method: Stored, data: []byte("x")},
-	}, zipOpts{zip64End: true})
+	arch := npztest.Zip([]npztest.Entry{
+		{Name: "windows.npy", Method: Deflated, Data: npztest.NPY(4, 64<<10, 1), Level: 6},
+		{Name: "labels.npy", Method: Stored, Data: []byte("labels")},
+		{Name: "a/b", Method: Stored, Data: []byte("x")},
+	}, npztest.Options{Zip64End: true})
 	dir, err := ReadDirectory(bytes.NewReader(arch), int64(len(arch)))
 	if err != nil {
 		t.Fatal(err)

@@ -117,102 +117,159 @@ func ReadDirectory(r io.ReaderAt, size int64) (*Directory, error) {
 	if size < eocdLen {
 		return nil, fmt.Errorf("%w: %d bytes is too small for a zip archive", ErrFormat, size)
 	}
-	tailOff := max(0, size-(eocdLen+maxCommentLen))
-	tail := make([]byte, size-tailOff)
-	if err := readFull(r, tail, tailOff, "end of archive"); err != nil {
-		return nil, err
-	}
-	// The tail of the archive, or a read of it for records outside it.
-	region := func(off int64, n int, what string) ([]byte, error) {
-		if off >= tailOff {
-			return tail[off-tailOff : off-tailOff+int64(n)], nil
-		}
-		b := make([]byte, n)
-		return b, readFull(r, b, off, what)
-	}
-
-	i := findEOCD(tail)
-	if i < 0 {
-		return nil, fmt.Errorf("%w: no end of central directory record", ErrFormat)
-	}
-	eocdOff := tailOff + int64(i)
-	e := tail[i:]
-	disk := uint32(le16(e[4:]))
-	cdDisk := uint32(le16(e[6:]))
-	entriesHere := uint64(le16(e[8:]))
-	entries := uint64(le16(e[10:]))
-	cdSize := uint64(le32(e[12:]))
-	cdOff := uint64(le32(e[16:]))
-	dirEnd := eocdOff // where the central directory must end
-
-	if locOff := eocdOff - zip64LocatorLen; locOff >= 0 {
-		loc, err := region(locOff, zip64LocatorLen, "Zip64 locator")
-		if err != nil {
-			return nil, err
-		}
-		if le32(loc) == sigZip64Locator {
-			z64Off := le64(loc[8:])
-			if le32(loc[4:]) != 0 || le32(loc[16:]) > 1 {
-				return nil, fmt.Errorf("%w: multi-disk archives", ErrUnsupported)
-			}
-			if z64Off > uint64(locOff) || uint64(locOff)-z64Off < zip64EOCDLen {
-				return nil, fmt.Errorf("%w: Zip64 end record offset %d outside the archive", ErrFormat, z64Off)
-			}
-			z, err := region(int64(z64Off), zip64EOCDLen, "Zip64 end record")
-			if err != nil {
-				return nil, err
-			}
-			if le32(z) != sigZip64EOCD {
-				return nil, fmt.Errorf("%w: bad Zip64 end record signature at offset %d", ErrFormat, z64Off)
-			}
-			if n := le64(z[4:]); n < zip64EOCDLen-12 || n > uint64(locOff)-z64Off-12 {
-				return nil, fmt.Errorf("%w: Zip64 end record length %d", ErrFormat, n)
-			}
-			// Fields of the classic record that are not saturated
-			// must agree with their Zip64 versions.
-			z64 := [...]struct{ classic, sat, v uint64 }{
-				{uint64(disk), 0xFFFF, uint64(le32(z[16:]))},
-				{uint64(cdDisk), 0xFFFF, uint64(le32(z[20:]))},
-				{entriesHere, 0xFFFF, le64(z[24:])},
-				{entries, 0xFFFF, le64(z[32:])},
-				{cdSize, 0xFFFFFFFF, le64(z[40:])},
-				{cdOff, 0xFFFFFFFF, le64(z[48:])},
-			}
-			for _, f := range z64 {
-				if f.classic != f.sat && f.classic != f.v {
-					return nil, fmt.Errorf("%w: end of central directory record and Zip64 end record disagree", ErrFormat)
-				}
-			}
-			disk, cdDisk = uint32(z64[0].v), uint32(z64[1].v)
-			entriesHere, entries, cdSize, cdOff = z64[2].v, z64[3].v, z64[4].v, z64[5].v
-			dirEnd = int64(z64Off)
-		}
-	}
-
-	if disk != 0 || cdDisk != 0 || entriesHere != entries {
-		return nil, fmt.Errorf("%w: multi-disk archives", ErrUnsupported)
-	}
-	if cdOff > uint64(dirEnd) || cdSize != uint64(dirEnd)-cdOff {
-		// Every writer puts the central directory right before the end
-		// records; a gap means wrong offsets or data prepended to
-		// the archive, which archive offsets would then not locate.
-		return nil, fmt.Errorf("%w: central directory at %d, %d bytes, does not end at the end records at %d", ErrFormat, cdOff, cdSize, dirEnd)
-	}
-	if cdSize > maxDirSize {
-		return nil, fmt.Errorf("%w: central directory of %d bytes is larger than %d", ErrUnsupported, cdSize, maxDirSize)
-	}
-	if entries > cdSize/centralLen {
-		return nil, fmt.Errorf("%w: %d entries cannot fit in a central directory of %d bytes", ErrFormat, entries, cdSize)
-	}
-	cd, err := region(int64(cdOff), int(cdSize), "central directory")
+	t, err := readTail(r, size)
 	if err != nil {
 		return nil, err
 	}
+	end, err := t.endRecords()
+	if err != nil {
+		return nil, err
+	}
+	if err := end.check(); err != nil {
+		return nil, err
+	}
+	cd, err := t.region(int64(end.cdOff), int(end.cdSize), "central directory")
+	if err != nil {
+		return nil, err
+	}
+	return parseDirectory(cd, end.entries, int64(end.cdOff))
+}
 
+// archiveTail is the last 64 KiB + 22 bytes of an archive (all of a
+// small one), where the end records and usually the central directory
+// are, and a reader of the archive for what lies before it.
+type archiveTail struct {
+	r    io.ReaderAt
+	tail []byte
+	off  int64 // of tail in the archive
+}
+
+func readTail(r io.ReaderAt, size int64) (archiveTail, error) {
+	off := max(0, size-(eocdLen+maxCommentLen))
+	t := archiveTail{r: r, tail: make([]byte, size-off), off: off}
+	return t, readFull(r, t.tail, off, "end of archive")
+}
+
+// region returns the n bytes at off: from the tail, or read.
+func (t archiveTail) region(off int64, n int, what string) ([]byte, error) {
+	if off >= t.off {
+		return t.tail[off-t.off : off-t.off+int64(n)], nil
+	}
+	b := make([]byte, n)
+	return b, readFull(t.r, b, off, what)
+}
+
+// endRecords is what the end of central directory record says, with the
+// Zip64 end record's values where there is one.
+type endRecords struct {
+	disk, cdDisk                        uint32
+	entriesHere, entries, cdSize, cdOff uint64
+	// dirEnd is where the central directory must end: at the first end
+	// record.
+	dirEnd int64
+}
+
+// endRecords finds and reads the end of central directory record and,
+// if a Zip64 locator precedes it, the Zip64 end record.
+func (t archiveTail) endRecords() (endRecords, error) {
+	i := findEOCD(t.tail)
+	if i < 0 {
+		return endRecords{}, fmt.Errorf("%w: no end of central directory record", ErrFormat)
+	}
+	eocdOff := t.off + int64(i)
+	e := t.tail[i:]
+	end := endRecords{
+		disk:        uint32(le16(e[4:])),
+		cdDisk:      uint32(le16(e[6:])),
+		entriesHere: uint64(le16(e[8:])),
+		entries:     uint64(le16(e[10:])),
+		cdSize:      uint64(le32(e[12:])),
+		cdOff:       uint64(le32(e[16:])),
+		dirEnd:      eocdOff,
+	}
+	locOff := eocdOff - zip64LocatorLen
+	if locOff < 0 {
+		return end, nil
+	}
+	loc, err := t.region(locOff, zip64LocatorLen, "Zip64 locator")
+	if err != nil || le32(loc) != sigZip64Locator {
+		return end, err
+	}
+	return t.zip64End(end, loc, locOff)
+}
+
+// zip64End reads the Zip64 end record the locator loc at locOff points
+// to, and returns end with its values.
+func (t archiveTail) zip64End(end endRecords, loc []byte, locOff int64) (endRecords, error) {
+	z64Off := le64(loc[8:])
+	if le32(loc[4:]) != 0 || le32(loc[16:]) > 1 {
+		return end, fmt.Errorf("%w: multi-disk archives", ErrUnsupported)
+	}
+	if z64Off > uint64(locOff) || uint64(locOff)-z64Off < zip64EOCDLen {
+		return end, fmt.Errorf("%w: Zip64 end record offset %d outside the archive", ErrFormat, z64Off)
+	}
+	z, err := t.region(int64(z64Off), zip64EOCDLen, "Zip64 end record")
+	if err != nil {
+		return end, err
+	}
+	if le32(z) != sigZip64EOCD {
+		return end, fmt.Errorf("%w: bad Zip64 end record signature at offset %d", ErrFormat, z64Off)
+	}
+	if n := le64(z[4:]); n < zip64EOCDLen-12 || n > uint64(locOff)-z64Off-12 {
+		return end, fmt.Errorf("%w: Zip64 end record length %d", ErrFormat, n)
+	}
+	// Fields of the classic record that are not saturated must agree
+	// with their Zip64 versions.
+	z64 := [...]struct{ classic, sat, v uint64 }{
+		{uint64(end.disk), 0xFFFF, uint64(le32(z[16:]))},
+		{uint64(end.cdDisk), 0xFFFF, uint64(le32(z[20:]))},
+		{end.entriesHere, 0xFFFF, le64(z[24:])},
+		{end.entries, 0xFFFF, le64(z[32:])},
+		{end.cdSize, 0xFFFFFFFF, le64(z[40:])},
+		{end.cdOff, 0xFFFFFFFF, le64(z[48:])},
+	}
+	for _, f := range z64 {
+		if f.classic != f.sat && f.classic != f.v {
+			return end, fmt.Errorf("%w: end of central directory record and Zip64 end record disagree", ErrFormat)
+		}
+	}
+	return endRecords{
+		disk: uint32(z64[0].v), cdDisk: uint32(z64[1].v),
+		entriesHere: z64[2].v, entries: z64[3].v, cdSize: z64[4].v, cdOff: z64[5].v,
+		dirEnd: int64(z64Off),
+	}, nil
+}
+
+// check reports end records that this reader cannot use: another disk's,
+// a central directory that does not end at them or is too large, or more
+// entries than it can hold.
+func (end endRecords) check() error {
+	if end.disk != 0 || end.cdDisk != 0 || end.entriesHere != end.entries {
+		return fmt.Errorf("%w: multi-disk archives", ErrUnsupported)
+	}
+	if end.cdOff > uint64(end.dirEnd) || end.cdSize != uint64(end.dirEnd)-end.cdOff {
+		// Every writer puts the central directory right before the end
+		// records; a gap means wrong offsets or data prepended to
+		// the archive, which archive offsets would then not locate.
+		return fmt.Errorf("%w: central directory at %d, %d bytes, does not end at the end records at %d", ErrFormat, end.cdOff, end.cdSize, end.dirEnd)
+	}
+	if end.cdSize > maxDirSize {
+		return fmt.Errorf("%w: central directory of %d bytes is larger than %d", ErrUnsupported, end.cdSize, maxDirSize)
+	}
+	if end.entries > end.cdSize/centralLen {
+		return fmt.Errorf("%w: %d entries cannot fit in a central directory of %d bytes", ErrFormat, end.entries, end.cdSize)
+	}
+	return nil
+}
+
+// parseDirectory parses the entries of the central directory cd, at
+// cdOff in the archive: members with a name that cannot be a file name,
+// or that another member has too, are unusable.
+func parseDirectory(cd []byte, entries uint64, cdOff int64) (*Directory, error) {
 	dir := &Directory{Members: make([]Member, 0, entries)}
 	seen := make(map[string]int, entries) // name -> index in Members, or -1 once unusable
 	for k := range entries {
-		m, rest, problem, err := parseCentral(cd, int64(cdOff))
+		m, rest, problem, err := parseCentral(cd, cdOff)
 		if err != nil {
 			return nil, fmt.Errorf("central directory entry %d: %w", k, err)
 		}
@@ -239,13 +296,13 @@ func ReadDirectory(r io.ReaderAt, size int64) (*Directory, error) {
 	}
 	// Drop members found to be duplicates after they were added; their
 	// names were cleared, and no usable member has an empty name.
-	kept := dir.Members[:0]
+	usable := dir.Members[:0]
 	for _, m := range dir.Members {
 		if m.Name != "" {
-			kept = append(kept, m)
+			usable = append(usable, m)
 		}
 	}
-	dir.Members = kept
+	dir.Members = usable
 	return dir, nil
 }
 

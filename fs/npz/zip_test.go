@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 )
 
 // checkArchive reads every usable member of arch through the package and
@@ -83,13 +85,13 @@ func checkArchive(t *testing.T, arch []byte, span int64, wantMembers int) {
 }
 
 func TestReadDirectoryLayouts(t *testing.T) {
-	big := floatData(600<<10, 21)
-	entries := func(zip64 string, localExtra []byte) []zipEntry {
-		return []zipEntry{
-			{name: "windows.npy", method: Deflated, level: 6, data: big, zip64: zip64, localExtra: localExtra},
-			{name: "labels.npy", method: Stored, data: big[:70000], zip64: zip64},
-			{name: "empty.npy", method: Deflated, level: 6, zip64: zip64},
-			{name: "empty-stored", method: Stored, zip64: zip64},
+	big := npztest.Floats(600<<10, 21)
+	entries := func(zip64 string, localExtra []byte) []npztest.Entry {
+		return []npztest.Entry{
+			{Name: "windows.npy", Method: Deflated, Level: 6, Data: big, Zip64: zip64, LocalExtra: localExtra},
+			{Name: "labels.npy", Method: Stored, Data: big[:70000], Zip64: zip64},
+			{Name: "empty.npy", Method: Deflated, Level: 6, Zip64: zip64},
+			{Name: "empty-stored", Method: Stored, Zip64: zip64},
 		}
 	}
 	// numpy's local headers carry a Zip64 extra field its central
@@ -98,21 +100,21 @@ func TestReadDirectoryLayouts(t *testing.T) {
 	z64Local := binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64([]byte{1, 0, 16, 0}, uint64(len(big))), 0)
 	tests := []struct {
 		name    string
-		entries []zipEntry
-		opts    zipOpts
+		entries []npztest.Entry
+		opts    npztest.Options
 	}{
-		{"classic", entries("", nil), zipOpts{}},
-		{"comment", entries("", nil), zipOpts{comment: "a comment with PK\x05\x06 in it"}},
-		{"local extra only", entries("", z64Local), zipOpts{}},
-		{"zip64 all fields", entries("uco", nil), zipOpts{zip64End: true, saturate: true}},
-		{"zip64 offset only", entries("o", nil), zipOpts{zip64End: true}},
-		{"zip64 sizes only", entries("uc", nil), zipOpts{zip64End: true, saturate: true, comment: "c"}},
-		{"zip64 compressed size only", entries("c", nil), zipOpts{zip64End: true}},
-		{"zip64 end record, classic entries", entries("", nil), zipOpts{zip64End: true}},
+		{"classic", entries("", nil), npztest.Options{}},
+		{"comment", entries("", nil), npztest.Options{Comment: "a comment with PK\x05\x06 in it"}},
+		{"local extra only", entries("", z64Local), npztest.Options{}},
+		{"zip64 all fields", entries("uco", nil), npztest.Options{Zip64End: true, Saturate: true}},
+		{"zip64 offset only", entries("o", nil), npztest.Options{Zip64End: true}},
+		{"zip64 sizes only", entries("uc", nil), npztest.Options{Zip64End: true, Saturate: true, Comment: "c"}},
+		{"zip64 compressed size only", entries("c", nil), npztest.Options{Zip64End: true}},
+		{"zip64 end record, classic entries", entries("", nil), npztest.Options{Zip64End: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkArchive(t, buildZip(t, tt.entries, tt.opts), 16<<10, len(tt.entries))
+			checkArchive(t, npztest.Zip(tt.entries, tt.opts), 16<<10, len(tt.entries))
 		})
 	}
 }
@@ -131,7 +133,7 @@ func TestArchiveZipWriter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Write(floatData(200<<10, uint64(i)))
+		f.Write(npztest.Floats(200<<10, uint64(i)))
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
@@ -141,21 +143,21 @@ func TestArchiveZipWriter(t *testing.T) {
 
 func TestUnusableMembers(t *testing.T) {
 	d := []byte("data")
-	arch := buildZip(t, []zipEntry{
-		{name: "ok.npy", method: Deflated, data: d},
-		{name: "dir/", method: Stored},
-		{name: "dir/x.npy", method: Stored, data: d},
-		{name: ".", method: Stored},
-		{name: "..", method: Stored},
-		{name: "", method: Stored},
-		{name: "nul\x00", method: Stored},
-		{name: strings.Repeat("n", 256), method: Stored},
-		{name: "dup", method: Stored, data: d},
-		{name: "dup", method: Deflated, data: d},
-		{name: "enc", method: Stored, data: d, flags: 1},
-		{name: "bzip2", method: 12, data: d},
-		{name: "ok2.npy", method: Stored, data: d},
-	}, zipOpts{})
+	arch := npztest.Zip([]npztest.Entry{
+		{Name: "ok.npy", Method: Deflated, Data: d},
+		{Name: "dir/", Method: Stored},
+		{Name: "dir/x.npy", Method: Stored, Data: d},
+		{Name: ".", Method: Stored},
+		{Name: "..", Method: Stored},
+		{Name: "", Method: Stored},
+		{Name: "nul\x00", Method: Stored},
+		{Name: strings.Repeat("n", 256), Method: Stored},
+		{Name: "dup", Method: Stored, Data: d},
+		{Name: "dup", Method: Deflated, Data: d},
+		{Name: "enc", Method: Stored, Data: d, Flags: 1},
+		{Name: "bzip2", Method: 12, Data: d},
+		{Name: "ok2.npy", Method: Stored, Data: d},
+	}, npztest.Options{})
 	dir, err := ReadDirectory(bytes.NewReader(arch), int64(len(arch)))
 	if err != nil {
 		t.Fatal(err)
@@ -178,17 +180,17 @@ func TestUnusableMembers(t *testing.T) {
 }
 
 func TestCorruptArchives(t *testing.T) {
-	data := floatData(256<<10, 31)
+	data := npztest.Floats(256<<10, 31)
 	good := func() []byte {
-		return buildZip(t, []zipEntry{
-			{name: "windows.npy", method: Deflated, level: 6, data: data},
-			{name: "labels.npy", method: Stored, data: data[:1000]},
-		}, zipOpts{})
+		return npztest.Zip([]npztest.Entry{
+			{Name: "windows.npy", Method: Deflated, Level: 6, Data: data},
+			{Name: "labels.npy", Method: Stored, Data: data[:1000]},
+		}, npztest.Options{})
 	}
 	z64 := func() []byte {
-		return buildZip(t, []zipEntry{
-			{name: "windows.npy", method: Deflated, level: 6, data: data, zip64: "uco"},
-		}, zipOpts{zip64End: true, saturate: true})
+		return npztest.Zip([]npztest.Entry{
+			{Name: "windows.npy", Method: Deflated, Level: 6, Data: data, Zip64: "uco"},
+		}, npztest.Options{Zip64End: true, Saturate: true})
 	}
 	le := binary.LittleEndian
 	// Offsets of records in good(): the central directory entries follow
@@ -256,7 +258,7 @@ func TestCorruptArchives(t *testing.T) {
 			return b
 		}, ErrFormat, nil},
 		{"zip64 end record disagrees", func() []byte {
-			b := buildZip(t, []zipEntry{{name: "w", method: Stored, data: data[:10]}}, zipOpts{zip64End: true})
+			b := npztest.Zip([]npztest.Entry{{Name: "w", Method: Stored, Data: data[:10]}}, npztest.Options{Zip64End: true})
 			le.PutUint32(b[eocd(b)+12:], 1)
 			return b
 		}, ErrFormat, nil},
@@ -313,10 +315,10 @@ func TestCorruptArchives(t *testing.T) {
 // TestCorruptAllocation checks that length fields claiming gigabytes
 // cost no more memory than a valid archive.
 func TestCorruptAllocation(t *testing.T) {
-	data := floatData(64<<10, 41)
+	data := npztest.Floats(64<<10, 41)
 	le := binary.LittleEndian
 	mk := func(edit func(b []byte, cd int)) []byte {
-		b := buildZip(t, []zipEntry{{name: "w.npy", method: Deflated, level: 6, data: data, zip64: "uco"}}, zipOpts{zip64End: true, saturate: true})
+		b := npztest.Zip([]npztest.Entry{{Name: "w.npy", Method: Deflated, Level: 6, Data: data, Zip64: "uco"}}, npztest.Options{Zip64End: true, Saturate: true})
 		edit(b, int(le.Uint64(b[len(b)-eocdLen-zip64LocatorLen-zip64EOCDLen+48:])))
 		return b
 	}

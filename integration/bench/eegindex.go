@@ -47,8 +47,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
 
-	bgfs "github.com/bgbfs/bgbfs/fs"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
@@ -362,7 +362,7 @@ func (e *eegSet) inflaterSpeed() (measurement, eegIndexRun, error) {
 		return measurement{}, run, err
 	}
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	rowLead := bgfs.RowLead(eegIndexReadAhead)
+	rowLead := npzview.RowLead(eegIndexReadAhead)
 	var compressed int64
 	var spent time.Duration
 	cpuBefore, machineBefore, loopStart := processCPU(), machineCPU(), time.Now()

@@ -40,8 +40,8 @@ import (
 	"strconv"
 	"strings"
 
-	bgfs "github.com/bgbfs/bgbfs/fs"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/fs/npzview"
 	"github.com/bgbfs/bgbfs/integration/testbed"
 )
 
@@ -229,7 +229,7 @@ func (s *inflateSet) readFromStart() (int64, float64, error) {
 // the CRC-32 itself).
 func (s *inflateSet) buildIndex() (int64, float64, error) {
 	return s.inProcess(func() error {
-		_, err := npz.BuildIndex(bytes.NewReader(s.archive), s.member, eegIndexSpan, bgfs.RowLead(eegIndexReadAhead))
+		_, err := npz.BuildIndex(bytes.NewReader(s.archive), s.member, eegIndexSpan, npzview.RowLead(eegIndexReadAhead))
 		return err
 	}, func() error { return nil })
 }

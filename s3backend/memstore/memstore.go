@@ -147,3 +147,14 @@ func (m *Store) ReadAt(ctx context.Context, v s3backend.Version, off int64, bufs
 	}
 	return n, nil
 }
+
+// Stream reads the n bytes of version v at off as they are consumed, a
+// read of the store per Read, as s3backend.Client.Stream returns them.
+func (m *Store) Stream(ctx context.Context, v s3backend.Version, off, n int64) io.ReadCloser {
+	return stream(ctx, m, v, off, n)
+}
+
+func stream(ctx context.Context, store s3backend.ObjectStore, v s3backend.Version, off, n int64) io.ReadCloser {
+	r := s3backend.BindContext(ctx, s3backend.VersionReader{Store: store, Version: v})
+	return io.NopCloser(io.NewSectionReader(r, off, min(n, max(v.Size-off, 0))))
+}

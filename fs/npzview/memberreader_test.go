@@ -1,7 +1,6 @@
-package fs
+package npzview
 
 import (
-	"archive/zip"
 	"bytes"
 	"context"
 	"errors"
@@ -9,24 +8,18 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 )
 
-// reader opens a memberReader on member name of the fixture's archive.
-func (f *memberFixture) reader(t *testing.T, name string) *memberReader {
-	t.Helper()
-	r := newMemberReader(f.tree.NPZ, f.tree.Blocks, f.dir.object(), f.member(t, name))
-	t.Cleanup(r.Close)
-	return r
-}
-
 func TestMemberReaderReadAt(t *testing.T) {
-	want := npyOf(20, 300<<10)
+	want := npztest.NPY(20, 300<<10, 7)
 	for _, tt := range []struct {
 		name   string
 		method uint16
-	}{{"stored", zip.Store}, {"deflated", zip.Deflate}} {
+	}{{"stored", npztest.Stored}, {"deflated", npztest.Deflated}} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newMemberFixtureOf(t, tt.method, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+			f := newViewFixtureOf(t, tt.method, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
 			r := f.reader(t, "windows.npy")
 			size := int64(len(want))
 			rng := rand.New(rand.NewPCG(1, 2))
@@ -60,21 +53,21 @@ func TestMemberReaderReadAt(t *testing.T) {
 // index: np.load(..., mmap_mode="r").shape) must cost a small read of the
 // archive, not an index build (a full download and inflate).
 func TestMemberReaderHeadWithoutIndex(t *testing.T) {
-	want := npyOf(20, 300<<10)
-	f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
-	if _, err := f.dir.directory(context.Background()); err != nil {
+	want := npztest.NPY(20, 300<<10, 7)
+	f := newViewFixtureOf(t, npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
+	if _, err := f.archive.Members(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	before := f.store.fetched.Load()
+	before := f.store.Fetched.Load()
 	r := f.reader(t, "windows.npy")
 	p := make([]byte, headRegion)
 	if n, err := r.ReadAt(context.Background(), p, 0); n != len(p) || err != nil || !bytes.Equal(p, want[:len(p)]) {
 		t.Fatalf("head read = %d, %v", n, err)
 	}
-	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 0 {
+	if s := f.view.Stats(); s.IndexBuilds != 0 {
 		t.Errorf("the head read built an index: %+v", s)
 	}
-	if got := f.store.fetched.Load() - before; got > 1<<20 {
+	if got := f.store.Fetched.Load() - before; got > 1<<20 {
 		t.Errorf("the head read fetched %d bytes of a %d-byte member", got, len(want))
 	}
 	if r.layout == nil || r.layout.RowBytes != 300<<10 {
@@ -86,7 +79,7 @@ func TestMemberReaderHeadWithoutIndex(t *testing.T) {
 	if _, err := r.ReadAt(context.Background(), q, off); err != nil || !bytes.Equal(q, want[off:off+4096]) {
 		t.Fatalf("read past the head: %v", err)
 	}
-	if s := f.tree.NPZ.Stats(); s.IndexBuilds != 1 {
+	if s := f.view.Stats(); s.IndexBuilds != 1 {
 		t.Errorf("stats %+v: want one build", s)
 	}
 }
@@ -95,17 +88,18 @@ func TestMemberReaderHeadWithoutIndex(t *testing.T) {
 // a reader that finds no room still reads right, and Close gives back
 // what it held.
 func TestMemberReaderSpanBudget(t *testing.T) {
-	want := npyOf(20, 300<<10)
-	f := newMemberFixtureOf(t, zip.Deflate, map[string][]byte{"windows.npy": want, "labels.npy": eegLike(1000, 2)}, nil)
+	want := npztest.NPY(20, 300<<10, 7)
+	f := newViewFixtureOf(t, npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
 	// Room for four spans of 64 KiB: twelve readers want far more.
-	view, err := NewNPZView(64<<10, 32<<20, 256<<10)
+	view, err := New(f.view.blocks, Config{Span: 64 << 10, IndexBytes: 32 << 20, SpanBytes: 256 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(view.Close)
-	f.tree.NPZ = view
+	f.view = view
+	f.archive = view.Archive(f.archive.obj, func(string, string) {})
 	budget := view.spanBudget
-	var readers []*memberReader
+	var readers []*MemberReader
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	peak := int64(0)

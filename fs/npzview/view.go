@@ -1,10 +1,15 @@
-package fs
+// Package npzview shows the members of .npz archives as files: an
+// archive's zip directory lists them, a stored member is a range of the
+// archive, and a deflated one is read through an index of access points
+// (built by inflating it once, or read from a cache dir where it was
+// stored) that lets a read inflate only a little before what it returns.
+// It reads archives through the block cache and knows nothing of FUSE.
+package npzview
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	iofs "io/fs"
 	"log/slog"
 	"strings"
@@ -16,13 +21,16 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// NPZView shows the members of every .npz archive as files in a
-// NAME.npz.d directory beside it, and holds the indexes that give random
-// access into compressed members. It is safe for concurrent use.
-type NPZView struct {
-	span int64
+// View shows the members of .npz archives as files, and holds the
+// indexes that give random access into compressed members. It is safe
+// for concurrent use.
+type View struct {
+	// blocks reads the archives.
+	blocks *cache.BlockCache
+	span   int64
 	// indexes holds built indexes within a byte bound; ristretto may
 	// refuse one, which then serves the reads that asked for it and is
 	// built again next time.
@@ -30,39 +38,33 @@ type NPZView struct {
 	// life ends when the view is closed. Work that no one request owns
 	// (index builds, zip directory reads, span inflations others may wait
 	// for) runs under it instead of the request's context, and stops
-	// with it at unmount.
-	life context.Context
-	end  context.CancelFunc
+	// with it at unmount. It counts index builds, which Set into indexes:
+	// Close waits for them before it closes indexes.
+	life *cache.Lifetime
 	// building makes concurrent first reads of one member inflate it once.
 	building singleflight.Group
-	// spanBudget bounds the decoded spans all open member files keep.
+	// spanBudget bounds the decoded spans all open member files hold.
 	spanBudget *cache.Budget
 
 	mu sync.Mutex
-	// closed is set by Close; building adds to running only while it is
-	// unset, so Close's Wait never races with an Add.
-	closed bool
-	// running counts index builds, which Set into indexes: Close waits
-	// for them before it closes indexes.
-	running sync.WaitGroup
-	// broken remembers members whose data is corrupt (bad CRC, undecodable
+	// broken holds the members whose data is corrupt (bad CRC, undecodable
 	// stream): the archive version cannot change, so building again would
 	// only inflate the whole member again to fail the same way.
 	broken map[string]error
-	// dirs remembers the zip directories read (a few hundred bytes each
+	// dirs holds the zip directories read (a few hundred bytes each
 	// for an .npz), so that a member directory the kernel forgot and
 	// looks up again costs no GET of the archive's tail; dirBytes is
 	// about what they take (directoryBytes).
 	dirs     map[string]*npz.Directory
 	dirBytes int64
 
-	// files, if set, keeps indexes across runs: a build first looks
+	// files, if set, saves indexes across runs: a build first looks
 	// there, and (with saveFiles) writes what it built.
 	files     *IndexFiles
 	saveFiles bool
 	logger    *slog.Logger
 	// filesOff is set once a save failed other than by the dir's own
-	// pause: indexes are kept in memory only.
+	// pause: indexes are held in memory only.
 	filesOff atomic.Bool
 	// loadFailed is set once a dir could not be read (not a missing or
 	// untrusted file: an I/O or S3 failure).
@@ -75,50 +77,17 @@ type NPZView struct {
 	kernelReadAhead atomic.Int64
 }
 
-// SetKernelReadAhead tells the view the kernel's read-ahead on the mount
-// (what --kernel-read-ahead set, or the kernel's 128 KiB if it could not
-// be set): it places access points and fetches for windows by it.
-func (v *NPZView) SetKernelReadAhead(bytes int64) {
-	if bytes > 0 {
-		v.kernelReadAhead.Store(bytes)
-	}
-}
-
-// KeepIndexesIn makes the view look for indexes in files before it builds
-// them and, if save is set, write the ones it builds there (in the
-// background: a read does not wait for the write). Call it before the
-// view serves.
-func (v *NPZView) KeepIndexesIn(files IndexFiles, save bool, logger *slog.Logger) {
-	v.files, v.saveFiles, v.logger = &files, save, logger
-}
-
-// kernelLookBehind is how far before the page a loader touches the
-// kernel's first read of a window starts: it reads around a page fault,
-// half its read-ahead before the page.
-func (v *NPZView) kernelLookBehind() int64 { return v.kernelReadAhead.Load() / 2 }
-
-// kernelOvershoot is how far past the end of what a loader touches the
-// kernel reads on: its read-ahead plus the pages its reads are out of
-// step with the row by (measured 264-268 KiB past a row's end with
-// mmap_mode="r" and a read-ahead of 256 KiB), with room to spare.
-func (v *NPZView) kernelOvershoot() int64 { return v.kernelReadAhead.Load() + 64<<10 }
-
-// rowLead is how far before each row's start an index puts its access
-// point: where the kernel's first read of the row starts, and two pages
-// more, so that reading a window inflates from just before it.
-func (v *NPZView) rowLead() int64 { return RowLead(v.kernelReadAhead.Load()) }
-
 // maxBroken bounds the broken-member memo, and maxDirBytes the memory of
-// the remembered directories (the bucket's 6,500 archives take about
+// the held directories (the bucket's 6,500 archives take about
 // 2 MB); each is cleared when full, which only costs reading again. A
 // directory larger than maxDirBytes/8 (an archive of tens of thousands of
-// members; one may take 16 MiB) is not remembered.
+// members; one may take 16 MiB) is not held.
 const (
 	maxBroken   = 1024
 	maxDirBytes = 8 << 20
 )
 
-// directoryBytes is about what dir takes in memory, remembered under a
+// directoryBytes is about what dir takes in memory, held under a
 // key of keyLen bytes.
 func directoryBytes(keyLen int, dir *npz.Directory) int64 {
 	const entry = 96 // a Member or a MemberError, its pointers and map share
@@ -132,33 +101,46 @@ func directoryBytes(keyLen int, dir *npz.Directory) int64 {
 	return n
 }
 
-// MinNPZIndexBytes is the least memory for indexes that holds one of a
-// few access points at its largest: an index keeps at most 4 KiB of its
+// MinIndexBytes is the least memory for indexes that holds one of a
+// few access points at its largest: an index holds at most 4 KiB of its
 // member's start and, per access point, a window that is usually tens of
 // bytes but is stored whole (32 KiB) when its sparse form fails its
-// check. With less, such an index is never kept, and every read of its
+// check. With less, such an index is never held, and every read of its
 // member inflates the member whole again.
-const MinNPZIndexBytes = 128 << 10
+const MinIndexBytes = 128 << 10
 
-// npzHeldSpans is how many checkpoint spans of decoded content all open
-// member files keep together: the kernel reads a window as several
-// requests, and a span decoded for the first is kept for the next; eight
+// heldSpans is how many checkpoint spans of decoded content all open
+// member files hold together: the kernel reads a window as several
+// requests, and a span decoded for the first is held for the next; eight
 // loaders with a couple of files open each, at heldSpanFactor spans a
 // file, need about this many.
-const npzHeldSpans = 64
+const heldSpans = 64
 
-// NPZSpanBytes is the memory decoded spans of members take at most, for
+// SpanBytes is the memory decoded spans of members take at most, for
 // checkpoint span span.
-func NPZSpanBytes(span int64) int64 { return npzHeldSpans * span }
+func SpanBytes(span int64) int64 { return heldSpans * span }
 
-// NewNPZView returns a member view whose compressed members get an
-// access point every span bytes of output, holding indexes of at most
-// indexBytes bytes together and decoded spans of at most spanBytes bytes,
-// all open member files together. The command validates the sizes
-// (--npz-checkpoint-span from 64 KiB to 64 MiB, --npz-index-size at least
-// MinNPZIndexBytes); the view trusts them.
-func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
-	c, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
+// Config is what a View is told.
+type Config struct {
+	// Span is the output distance between access points of a compressed
+	// member; IndexBytes bounds the indexes held together and SpanBytes
+	// the decoded spans of all open member files together (SpanBytes
+	// says how much for a span). The command validates them
+	// (--npz-checkpoint-span from 64 KiB to 64 MiB, --npz-index-size at
+	// least MinIndexBytes); the view trusts them.
+	Span, IndexBytes, SpanBytes int64
+	// Files, if set, is where the view looks for indexes before it
+	// builds them and, with WriteFiles, writes the ones it builds (in the
+	// background: a read does not wait for the write).
+	Files      *IndexFiles
+	WriteFiles bool
+	Logger     *slog.Logger
+}
+
+// New returns a member view of the archives blocks reads.
+func New(blocks *cache.BlockCache, c Config) (*View, error) {
+	indexBytes := c.IndexBytes
+	idx, err := ristretto.NewCache(&ristretto.Config[string, *npz.Index]{
 		// An index of an 85 MB member of EEG windows is about 23 KB,
 		// of its labels member 1 KB; ristretto wants ten counters per
 		// item it may hold.
@@ -171,8 +153,14 @@ func NewNPZView(span, indexBytes, spanBytes int64) (*NPZView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create npz index cache: %w", err)
 	}
-	life, end := context.WithCancel(context.Background())
-	v := &NPZView{span: span, indexes: c, spanBudget: cache.NewBudget(spanBytes), life: life, end: end, broken: map[string]error{}, dirs: map[string]*npz.Directory{}}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	v := &View{
+		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes),
+		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{},
+		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
+	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
 	return v, nil
 }
@@ -182,17 +170,13 @@ var errViewClosed = errors.New("npz member view closed: the filesystem is being 
 
 // Close stops the view's background work, waits for index builds to end,
 // and releases the index cache.
-func (v *NPZView) Close() {
-	v.mu.Lock()
-	v.closed = true
-	v.mu.Unlock()
-	v.end()
-	v.running.Wait()
+func (v *View) Close() {
+	v.life.Close()
 	v.indexes.Close()
 }
 
-// NPZStats is a snapshot of the member view's counters.
-type NPZStats struct {
+// Stats is a snapshot of the member view's counters.
+type Stats struct {
 	// IndexBuilds counts members inflated whole to index them;
 	// IndexBuildErrors those that failed. IndexHits counts reads that
 	// found their index built.
@@ -207,9 +191,9 @@ type NPZStats struct {
 }
 
 // Stats returns the counters so far.
-func (v *NPZView) Stats() NPZStats {
+func (v *View) Stats() Stats {
 	m := v.indexes.Metrics
-	return NPZStats{
+	return Stats{
 		IndexBuilds:       v.builds.Load(),
 		IndexBuildErrors:  v.buildErrors.Load(),
 		IndexHits:         v.hits.Load(),
@@ -220,13 +204,13 @@ func (v *NPZView) Stats() NPZStats {
 	}
 }
 
-func (v *NPZView) knownDirectory(obj cache.Object) *npz.Directory {
+func (v *View) heldDirectory(obj s3backend.Version) *npz.Directory {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.dirs[obj.Key+"\x00"+obj.Tag()]
 }
 
-func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
+func (v *View) holdDirectory(obj s3backend.Version, dir *npz.Directory) {
 	key := obj.Key + "\x00" + obj.Tag()
 	n := directoryBytes(len(key), dir)
 	if n > maxDirBytes/8 {
@@ -245,13 +229,13 @@ func (v *NPZView) rememberDirectory(obj cache.Object, dir *npz.Directory) {
 	v.dirBytes += n
 }
 
-func indexKey(obj cache.Object, m npz.Member) string {
+func indexKey(obj s3backend.Version, m npz.Member) string {
 	return obj.Key + "\x00" + obj.Tag() + "\x00" + m.Name
 }
 
-// cachedIndex returns the index of member m of archive obj if the view
-// holds it.
-func (v *NPZView) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
+// viewIndex returns the index of member m of archive obj if the view
+// holds it in memory.
+func (v *View) viewIndex(obj s3backend.Version, m npz.Member) *npz.Index {
 	x, ok := v.indexes.Get(indexKey(obj, m))
 	if !ok {
 		return nil
@@ -264,7 +248,7 @@ func (v *NPZView) cachedIndex(obj cache.Object, m npz.Member) *npz.Index {
 // building it if it is not held. The build reads the member through its
 // own sequential reader and does not stop when ctx is cancelled (other
 // reads may be waiting for it), only when the view is closed.
-func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache.Object, m npz.Member) (*npz.Index, error) {
+func (v *View) index(ctx context.Context, obj s3backend.Version, m npz.Member) (*npz.Index, error) {
 	key := indexKey(obj, m)
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
@@ -273,80 +257,62 @@ func (v *NPZView) index(ctx context.Context, blocks *cache.BlockCache, obj cache
 	if err := v.brokenMember(key); err != nil {
 		return nil, err
 	}
-	built := v.building.DoChan(key, func() (any, error) { return v.build(blocks, obj, m, key) })
-	select {
-	case r := <-built:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*npz.Index), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return cache.WaitShared(ctx, &v.building, key, func() (*npz.Index, error) { return v.build(obj, m, key) })
 }
 
-// keptArchive returns the zip directory of archive obj that "bgbfs index"
-// kept in the cache dir, and holds the member indexes kept with it in
+// savedArchive returns the zip directory of archive obj that "bgbfs index"
+// saved in the cache dir, and holds the member indexes saved with it in
 // memory; nil if there is none (or it is not to be trusted, logged).
-func (v *NPZView) keptArchive(obj cache.Object) *npz.Directory {
+func (v *View) savedArchive(obj s3backend.Version) *npz.Directory {
 	if v.files == nil {
 		return nil
 	}
-	v.mu.Lock()
-	if v.closed {
-		v.mu.Unlock()
+	if !v.life.Start(1) { // Sets into indexes come before Close's
 		return nil
 	}
-	v.running.Add(1) // keep Sets into indexes before Close
-	v.mu.Unlock()
-	defer v.running.Done()
-	dir, indexes, err := v.files.LoadArchive(v.life, obj)
+	defer v.life.Done()
+	dir, indexes, err := v.files.LoadArchive(v.life.Context(), obj)
 	if err != nil {
 		v.fileError(obj, "", err)
 		return nil
 	}
 	for _, m := range dir.Members {
 		if x := indexes[m.Name]; x != nil {
-			v.keep(indexKey(obj, m), x)
+			v.hold(indexKey(obj, m), x)
 			v.loads.Add(1)
 		}
 	}
 	return dir
 }
 
-func (v *NPZView) brokenMember(key string) error {
+func (v *View) brokenMember(key string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.broken[key]
 }
 
 // build builds the index of member m under key, unless a build that ended
-// since the caller looked left it cached or found it broken.
-func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member, key string) (*npz.Index, error) {
+// since the caller looked left it held or found it broken.
+func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Index, error) {
 	if x, ok := v.indexes.Get(key); ok {
 		v.hits.Add(1)
 		return x, nil
 	}
-	v.mu.Lock()
-	err := v.broken[key]
-	if err == nil && v.closed {
-		err = errViewClosed
-	}
-	if err != nil {
-		v.mu.Unlock()
+	if err := v.brokenMember(key); err != nil {
 		return nil, err
 	}
-	v.running.Add(1)
-	v.mu.Unlock()
-	defer v.running.Done()
+	if !v.life.Start(1) {
+		return nil, errViewClosed
+	}
+	defer v.life.Done()
 
 	if x := v.loadIndex(obj, m); x != nil {
-		v.keep(key, x)
+		v.hold(key, x)
 		return x, nil
 	}
 	v.builds.Add(1)
-	r := blocks.Open(obj)
-	x, err := npz.BuildIndex(readerAt{v.life, r}, m, v.span, v.rowLead())
+	r := v.blocks.Open(obj)
+	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
 	if err != nil {
 		v.buildErrors.Add(1)
@@ -360,29 +326,30 @@ func (v *NPZView) build(blocks *cache.BlockCache, obj cache.Object, m npz.Member
 		}
 		return nil, err
 	}
-	v.keep(key, x)
+	v.hold(key, x)
 	if v.files != nil && v.saveFiles && !v.filesOff.Load() {
-		v.running.Add(1) // within the build's own: Close waits for it
-		go v.saveIndex(obj, m, x)
+		if v.life.Start(1) { // Close waits for it
+			go v.saveIndex(obj, m, x)
+		}
 	}
 	return x, nil
 }
 
-// keep holds x in memory.
-func (v *NPZView) keep(key string, x *npz.Index) {
+// hold puts x in memory, in the view's bounded index cache.
+func (v *View) hold(key string, x *npz.Index) {
 	v.indexes.Set(key, x, x.MemoryBytes())
 	// Sets are applied asynchronously: wait, so that a read arriving once
 	// this build is over finds the index.
 	v.indexes.Wait()
 }
 
-// loadIndex returns the index of member m of obj kept in the cache dir,
+// loadIndex returns the index of member m of obj saved in the cache dir,
 // or nil (logging why if a file was there but not used).
-func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
+func (v *View) loadIndex(obj s3backend.Version, m npz.Member) *npz.Index {
 	if v.files == nil {
 		return nil
 	}
-	x, err := v.files.Load(v.life, obj, m)
+	x, err := v.files.Load(v.life.Context(), obj, m)
 	if err != nil {
 		v.fileError(obj, m.Name, err)
 		return nil
@@ -395,18 +362,18 @@ func (v *NPZView) loadIndex(obj cache.Object, m npz.Member) *npz.Index {
 // there is none, a warning if it is not to be trusted, and if the dir
 // cannot be read, a warning the first time (an unreachable s3:// dir
 // would say so for every archive) and then debug lines.
-func (v *NPZView) fileError(obj cache.Object, member string, err error) {
+func (v *View) fileError(obj s3backend.Version, member string, err error) {
 	switch {
 	case errors.Is(err, iofs.ErrNotExist):
 	case errors.Is(err, ErrIndexFileBad):
 		v.filesIgnored.Add(1)
 		v.logger.Warn("npz index file ignored", "archive", obj.Key, "member", member, "reason", strings.TrimPrefix(err.Error(), ErrIndexFileBad.Error()+": "), "dir", v.files.Dir)
-	case v.life.Err() == nil:
+	case v.life.Context().Err() == nil:
 		level := slog.LevelDebug
 		if v.loadFailed.CompareAndSwap(false, true) {
 			level = slog.LevelWarn
 		}
-		v.logger.Log(v.life, level, "npz index file unreadable; building the index", "archive", obj.Key, "member", member, "err", err, "dir", v.files.Dir)
+		v.logger.Log(v.life.Context(), level, "npz index file unreadable; building the index", "archive", obj.Key, "member", member, "err", err, "dir", v.files.Dir)
 	}
 }
 
@@ -414,15 +381,15 @@ func (v *NPZView) fileError(obj cache.Object, member string, err error) {
 // its writes pause and resume (a full disk, another user's dir), and
 // tries again later; any other failure turns saving off, with one log
 // line.
-func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
-	defer v.running.Done()
-	err := v.files.Save(v.life, obj, m, x)
+func (v *View) saveIndex(obj s3backend.Version, m npz.Member, x *npz.Index) {
+	defer v.life.Done()
+	err := v.files.Save(v.life.Context(), obj, m, x)
 	switch {
 	case err == nil:
 		v.filesSaved.Add(1)
-	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Err() != nil:
+	case errors.Is(err, cache.ErrDirNotWritable), errors.Is(err, cache.ErrDirFull), v.life.Context().Err() != nil:
 	case v.filesOff.CompareAndSwap(false, true):
-		v.logger.Warn("cache dir not writable: member indexes kept in memory only", "dir", v.files.Dir, "err", err)
+		v.logger.Warn("cache dir not writable: member indexes held in memory only", "dir", v.files.Dir, "err", err)
 	}
 }
 
@@ -431,19 +398,4 @@ func (v *NPZView) saveIndex(obj cache.Object, m npz.Member, x *npz.Index) {
 func isDataError(err error) bool {
 	return errors.Is(err, npz.ErrFormat) || errors.Is(err, npz.ErrCorrupt) ||
 		errors.Is(err, npz.ErrChecksum) || errors.Is(err, npz.ErrUnsupported)
-}
-
-// readerAt reads an object through a cache.Reader for the npz package,
-// which takes an io.ReaderAt, on behalf of one request.
-type readerAt struct {
-	ctx context.Context
-	r   *cache.Reader
-}
-
-func (a readerAt) ReadAt(p []byte, off int64) (int, error) {
-	n, err := a.r.ReadAt(a.ctx, p, off)
-	if err == nil && n < len(p) {
-		err = io.EOF
-	}
-	return n, err
 }

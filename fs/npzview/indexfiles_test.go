@@ -1,8 +1,8 @@
-package fs
+package npzview
 
 import (
-	"archive/zip"
 	"bytes"
+	"compress/flate"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -13,8 +13,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 // memDir is a StateDir in memory.
@@ -47,19 +48,11 @@ func (d *memDir) Store(_ context.Context, name string, data []byte) error {
 // directory entry and its index.
 func indexedArchive(t *testing.T) ([]byte, npz.Member, *npz.Index) {
 	t.Helper()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	w, err := zw.CreateHeader(&zip.FileHeader{Name: "windows.npy", Method: zip.Deflate})
-	if err != nil {
-		t.Fatal(err)
-	}
 	data := make([]byte, 3<<20)
 	for i := range data {
 		data[i] = byte(rand.N(16))
 	}
-	w.Write(data)
-	zw.Close()
-	archive := buf.Bytes()
+	archive := npztest.Zip([]npztest.Entry{{Name: "windows.npy", Method: npztest.Deflated, Data: data, Level: flate.DefaultCompression}}, npztest.Options{})
 	dir, err := npz.ReadDirectory(bytes.NewReader(archive), int64(len(archive)))
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +71,7 @@ func indexedArchive(t *testing.T) ([]byte, npz.Member, *npz.Index) {
 func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	ctx := context.Background()
 	archive, m, x := indexedArchive(t)
-	obj := cache.Object{Key: "train/a.npz", ETag: `"v1"`, Size: int64(len(archive))}
+	obj := s3backend.Version{Key: "train/a.npz", ETag: `"v1"`, Size: int64(len(archive))}
 	name := indexID{"bucket", obj, m.Name}.name(indexFileSuffix)
 	// resealed fixes the CRC-32C after an edit, so only the edit is wrong.
 	resealed := func(b []byte) []byte {
@@ -88,7 +81,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		edit   func(dir *memDir, file []byte) // changes what is stored under name
-		obj    cache.Object
+		obj    s3backend.Version
 		member npz.Member
 		reason string // "" loads
 	}{
@@ -139,7 +132,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 	// Another ETag, bucket or member is another file: not found.
 	files := IndexFiles{Dir: &memDir{}, Source: "bucket"}
 	files.Save(ctx, obj, m, x)
-	for _, o := range []cache.Object{{Key: obj.Key, ETag: `"v2"`, Size: obj.Size}, {Key: obj.Key, ETag: obj.ETag, Size: obj.Size + 1}, {Key: "train/b.npz", ETag: obj.ETag, Size: obj.Size}} {
+	for _, o := range []s3backend.Version{{Key: obj.Key, ETag: `"v2"`, Size: obj.Size}, {Key: obj.Key, ETag: obj.ETag, Size: obj.Size + 1}, {Key: "train/b.npz", ETag: obj.ETag, Size: obj.Size}} {
 		if _, err := files.Load(ctx, o, m); !errors.Is(err, iofs.ErrNotExist) {
 			t.Errorf("load for %+v: %v, want ErrNotExist", o, err)
 		}
@@ -154,7 +147,7 @@ func TestIndexFilesTrustOnlyTheirOwn(t *testing.T) {
 func TestArchiveDone(t *testing.T) {
 	ctx := context.Background()
 	files := IndexFiles{Dir: &memDir{}, Source: "bucket"}
-	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
+	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
 	if done, err := files.Done(ctx, obj, p); done || err != nil {
 		t.Fatalf("done before MarkDone: %v, %v", done, err)
@@ -166,7 +159,7 @@ func TestArchiveDone(t *testing.T) {
 	v2.ETag = `"v2"`
 	for _, tt := range []struct {
 		name string
-		obj  cache.Object
+		obj  s3backend.Version
 		p    IndexPlacement
 		want bool
 	}{
@@ -192,14 +185,14 @@ func (d *countingDir) Load(ctx context.Context, name string) ([]byte, error) {
 	return d.memDir.Load(ctx, name)
 }
 
-// TestIndexFilesKnown: with the dir's names known from a listing, a name
+// TestIndexFilesListed: with the dir's names listed, a name
 // it lacks is not asked for, and one it holds is read.
-func TestIndexFilesKnown(t *testing.T) {
+func TestIndexFilesListed(t *testing.T) {
 	ctx := context.Background()
 	dir := &countingDir{}
-	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: 100}
+	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: 100}
 	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
-	files := IndexFiles{Dir: dir, Source: "b", Known: map[string]bool{}}
+	files := IndexFiles{Dir: dir, Source: "b", Listed: map[string]bool{}}
 	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
 		t.Fatalf("done %v, %v, %d loads; want not done and no load", done, err, dir.loads)
 	}
@@ -207,14 +200,14 @@ func TestIndexFilesKnown(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name := range dir.files {
-		files.Known[name] = true
+		files.Listed[name] = true
 	}
 	if done, err := files.Done(ctx, obj, p); !done || err != nil || dir.loads != 1 {
 		t.Errorf("done %v, %v, %d loads; want done after one load", done, err, dir.loads)
 	}
 }
 
-// TestArchiveFile: the archive file keeps the zip directory and the
+// TestArchiveFile: the archive file saves the zip directory and the
 // member indexes, which read as the originals; an archive file of
 // placement only (no directory) is as good as none.
 func TestArchiveFile(t *testing.T) {
@@ -224,7 +217,7 @@ func TestArchiveFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj := cache.Object{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
+	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
 	files := IndexFiles{Dir: &memDir{}, Source: "b"}
 	if _, _, err := files.LoadArchive(ctx, obj); !errors.Is(err, iofs.ErrNotExist) {
 		t.Fatalf("no archive file: %v, want ErrNotExist", err)
@@ -248,7 +241,7 @@ func TestArchiveFile(t *testing.T) {
 	y.ReadAt(bytes.NewReader(archive), got, 1<<20)
 	x.ReadAt(bytes.NewReader(archive), want, 1<<20)
 	if !bytes.Equal(got, want) {
-		t.Error("the kept index reads other bytes")
+		t.Error("the saved index reads other bytes")
 	}
 	if done, _ := files.Done(ctx, obj, p); !done {
 		t.Error("not done after MarkDone")

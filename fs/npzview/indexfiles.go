@@ -1,4 +1,4 @@
-package fs
+package npzview
 
 import (
 	"bytes"
@@ -12,9 +12,10 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// StateDir keeps named files across runs: a local directory
+// StateDir saves named files across runs: a local directory
 // (cache.Dir) or a prefix of a bucket (s3backend.Blobs). Names are
 // relative, slash-separated paths.
 type StateDir interface {
@@ -25,7 +26,7 @@ type StateDir interface {
 	Store(ctx context.Context, name string, data []byte) error
 }
 
-// IndexFiles keeps the indexes of compressed .npz members in a StateDir,
+// IndexFiles saves the indexes of compressed .npz members in a StateDir,
 // so that a restart, another mount or a whole fleet reads what one build
 // found instead of inflating every member again.
 //
@@ -41,18 +42,18 @@ type IndexFiles struct {
 	// Source names the store the archives are read from (its endpoint
 	// and bucket), as the disk tier's does.
 	Source string
-	// Known, if set, says which names the dir holds (from one listing),
+	// Listed, if set, says which names the dir holds (from one listing),
 	// so that a name it does not hold is not asked for.
-	Known map[string]bool
+	Listed map[string]bool
 }
 
 // IndexArea is where in a StateDir the index files are (relative names
 // start with it), for a listing of them.
 const IndexArea = indexFileDir
 
-// load reads the file name unless Known says the dir lacks it.
+// load reads the file name unless Listed says the dir lacks it.
 func (f IndexFiles) load(ctx context.Context, name string) ([]byte, error) {
-	if f.Known != nil && !f.Known[name] {
+	if f.Listed != nil && !f.Listed[name] {
 		return nil, fmt.Errorf("%s: %w", name, iofs.ErrNotExist)
 	}
 	return f.Dir.Load(ctx, name)
@@ -81,7 +82,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // indexID is what an index file is of.
 type indexID struct {
 	source string
-	obj    cache.Object
+	obj    s3backend.Version
 	member string
 }
 
@@ -142,10 +143,10 @@ func (id indexID) decode(b []byte) ([]byte, error) {
 	return rest, nil
 }
 
-// Load returns the index of member m of archive obj kept in the dir: an
+// Load returns the index of member m of archive obj saved in the dir: an
 // error wrapping io/fs.ErrNotExist if there is none, ErrIndexFileBad if
 // the file is not to be trusted, or another error if it cannot be read.
-func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*npz.Index, error) {
+func (f IndexFiles) Load(ctx context.Context, obj s3backend.Version, m npz.Member) (*npz.Index, error) {
 	id := indexID{f.Source, obj, m.Name}
 	b, err := f.load(ctx, id.name(indexFileSuffix))
 	if err != nil {
@@ -163,20 +164,13 @@ func (f IndexFiles) Load(ctx context.Context, obj cache.Object, m npz.Member) (*
 }
 
 // Save writes the index x of member m of archive obj into the dir.
-func (f IndexFiles) Save(ctx context.Context, obj cache.Object, m npz.Member, x *npz.Index) error {
+func (f IndexFiles) Save(ctx context.Context, obj s3backend.Version, m npz.Member, x *npz.Index) error {
 	body, err := x.MarshalBinary()
 	if err != nil {
 		return err
 	}
 	id := indexID{f.Source, obj, m.Name}
 	return f.Dir.Store(ctx, id.name(indexFileSuffix), id.encode(body))
-}
-
-// IndexPlacement is how an index's access points were placed: the span
-// and the row lead BuildIndex was given. "bgbfs index" skips archives
-// indexed with the placement it would use.
-type IndexPlacement struct {
-	Span, RowLead int64
 }
 
 func (p IndexPlacement) encode() []byte {
@@ -188,7 +182,7 @@ func (p IndexPlacement) encode() []byte {
 // archive's zip directory and its members' indexes: a mount reads that one
 // file at the archive's first open instead of the archive's tail and each
 // index.
-func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlacement, dir *npz.Directory, indexes map[string]*npz.Index) error {
+func (f IndexFiles) MarkDone(ctx context.Context, obj s3backend.Version, p IndexPlacement, dir *npz.Directory, indexes map[string]*npz.Index) error {
 	body := p.encode()
 	db, err := dir.MarshalBinary()
 	if err != nil {
@@ -218,7 +212,7 @@ func (f IndexFiles) MarkDone(ctx context.Context, obj cache.Object, p IndexPlace
 // Done reports whether MarkDone recorded archive obj with placement p. A
 // missing or untrustworthy record is not done; an error is a failure to
 // look.
-func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement) (bool, error) {
+func (f IndexFiles) Done(ctx context.Context, obj s3backend.Version, p IndexPlacement) (bool, error) {
 	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if errors.Is(err, iofs.ErrNotExist) {
@@ -232,9 +226,9 @@ func (f IndexFiles) Done(ctx context.Context, obj cache.Object, p IndexPlacement
 }
 
 // LoadArchive returns the zip directory and the member indexes MarkDone
-// kept for archive obj: an error wrapping io/fs.ErrNotExist if there are
+// saved for archive obj: an error wrapping io/fs.ErrNotExist if there are
 // none, ErrIndexFileBad if the file is not to be trusted.
-func (f IndexFiles) LoadArchive(ctx context.Context, obj cache.Object) (*npz.Directory, map[string]*npz.Index, error) {
+func (f IndexFiles) LoadArchive(ctx context.Context, obj s3backend.Version) (*npz.Directory, map[string]*npz.Index, error) {
 	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if err != nil {
@@ -295,10 +289,3 @@ func (f IndexFiles) LoadArchive(ctx context.Context, obj cache.Object) (*npz.Dir
 	}
 	return dir, indexes, nil
 }
-
-// RowLead is where an index puts each row's access point for a mount
-// whose kernel read-ahead is kernelReadAhead: where the kernel's first
-// read of the row starts (half its read-ahead before the page a loader
-// touches), and two pages more, so that reading a window inflates from
-// just before it.
-func RowLead(kernelReadAhead int64) int64 { return kernelReadAhead/2 + 2*pageSize }

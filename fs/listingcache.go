@@ -120,32 +120,3 @@ func (c *listingCache) usage() (bytes int64, dirs int) {
 	defer c.mu.Unlock()
 	return c.used, c.lru.Len()
 }
-
-// warnedGeneration is how many hidden keys one generation of warnedSet
-// holds; the set holds at most two generations.
-const warnedGeneration = 1024
-
-// warnedSet remembers hidden keys already logged, so that each is logged
-// once per listing rather than on every refresh; it forgets the oldest
-// half when full, and a key forgotten is logged again.
-type warnedSet struct {
-	mu             sync.Mutex
-	recent, oldest map[string]struct{}
-}
-
-// add records key and reports whether it was not remembered already.
-func (w *warnedSet) add(key string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if _, ok := w.recent[key]; ok {
-		return false
-	}
-	if _, ok := w.oldest[key]; ok {
-		return false
-	}
-	if w.recent == nil || len(w.recent) >= warnedGeneration {
-		w.oldest, w.recent = w.recent, make(map[string]struct{}, warnedGeneration)
-	}
-	w.recent[key] = struct{}{}
-	return true
-}

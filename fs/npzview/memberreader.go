@@ -1,4 +1,4 @@
-package fs
+package npzview
 
 import (
 	"context"
@@ -13,15 +13,12 @@ import (
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
 )
 
 const (
-	// defaultKernelReadAhead is the kernel's own read-ahead, used until
-	// the mount says it set another (NPZView.SetKernelReadAhead).
-	defaultKernelReadAhead = 128 << 10
-	pageSize               = 4096
-	// heldSpanFactor bounds the decoded spans one open keeps, and the
-	// length of a span worth keeping, in checkpoint spans.
+	// heldSpanFactor bounds the decoded spans one open holds, and the
+	// length of a span worth holding, in checkpoint spans.
 	heldSpanFactor = 4
 	// headRegion is the start of a member that is read without an index
 	// (inflating from the start of the stream) while none is at hand:
@@ -31,33 +28,28 @@ const (
 	headRegion = 64 << 10
 )
 
-// memberReader reads the content of one member of one archive version for
+// MemberReader reads the content of one member of one archive version for
 // one open file. A stored member is a range of the archive; a deflated one
-// is inflated through its index, span by span in parallel, keeping the
+// is inflated through its index, span by span in parallel, holding the
 // last spans decoded (the kernel reads one window as several requests,
 // and around it), and fetching ahead the compressed bytes of the row a
 // loader is reading. It knows nothing of FUSE. It is safe for concurrent
 // use; Close ends its background work.
-type memberReader struct {
-	view   *NPZView
-	blocks *cache.BlockCache
-	obj    cache.Object
+type MemberReader struct {
+	view   *View
+	obj    s3backend.Version
 	member npz.Member
 	// src reads the archive; it never reads ahead on its own (reads of
 	// one member are scattered: a window here, a window there).
 	src *cache.Reader
 	// life ends at Close: inflations that outlive the read that started
-	// them (others may wait for them) stop with it.
-	life context.Context
-	end  context.CancelFunc
+	// them (others may wait for them) stop with it, and Close waits for
+	// them (they read through src).
+	life *cache.Lifetime
 	// inflating makes concurrent reads of one span inflate it once.
 	inflating singleflight.Group
 
 	mu sync.Mutex
-	// closed is set by Close; inflations add to running only while it is
-	// unset, so Close's Wait never races with an Add.
-	closed  bool
-	running sync.WaitGroup
 	// dataOff is where the member's data starts in the archive (-1: not
 	// read yet).
 	dataOff int64
@@ -84,9 +76,8 @@ type decodedSpan struct {
 }
 
 // newMemberReader returns a reader of member m of archive obj.
-func newMemberReader(view *NPZView, blocks *cache.BlockCache, obj cache.Object, m npz.Member) *memberReader {
-	life, end := context.WithCancel(view.life)
-	return &memberReader{view: view, blocks: blocks, obj: obj, member: m, src: blocks.OpenRandom(obj), life: life, end: end, dataOff: -1}
+func newMemberReader(view *View, obj s3backend.Version, m npz.Member) *MemberReader {
+	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: cache.NewLifetime(view.life.Context()), dataOff: -1}
 }
 
 // errReaderClosed is an inflation that starts after the reader was closed.
@@ -94,12 +85,8 @@ var errReaderClosed = errors.New("member file closed")
 
 // Close stops the inflations still running, waits for them (they read
 // through src), and releases what the reader holds.
-func (r *memberReader) Close() {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
-	r.end()
-	r.running.Wait()
+func (r *MemberReader) Close() {
+	r.life.Close()
 	r.mu.Lock()
 	r.view.spanBudget.Give(r.spanBytes)
 	r.spans, r.spanBytes = nil, 0
@@ -109,7 +96,7 @@ func (r *memberReader) Close() {
 
 // ReadAt reads len(p) bytes of the content at off, fewer only at its end
 // (with io.EOF). Nothing writes into p once it has returned.
-func (r *memberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+func (r *MemberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, cache.ErrNegativeOffset
 	}
@@ -135,14 +122,14 @@ func (r *memberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 
 // dataOffset returns where the member's data starts, reading its local
 // header the first time.
-func (r *memberReader) dataOffset(ctx context.Context) (int64, error) {
+func (r *MemberReader) dataOffset(ctx context.Context) (int64, error) {
 	r.mu.Lock()
 	off := r.dataOff
 	r.mu.Unlock()
 	if off >= 0 {
 		return off, nil
 	}
-	off, err := r.member.DataOffset(readerAt{ctx, r.src})
+	off, err := r.member.DataOffset(s3backend.BindContext(ctx, r.src))
 	if err != nil {
 		return 0, err
 	}
@@ -152,7 +139,7 @@ func (r *memberReader) dataOffset(ctx context.Context) (int64, error) {
 	return off, nil
 }
 
-func (r *memberReader) readStored(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) readStored(ctx context.Context, p []byte, off int64) error {
 	dataOff, err := r.dataOffset(ctx)
 	if err != nil {
 		return err
@@ -167,7 +154,7 @@ func (r *memberReader) readStored(ctx context.Context, p []byte, off int64) erro
 }
 
 // readDeflated fills p with the content at off, span by span.
-func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) error {
 	end := off + int64(len(p))
 	if end <= headRegion {
 		return r.readHead(ctx, p, off)
@@ -205,7 +192,7 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			copy(dst, data[at-start:upto-start])
 		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4 && rowEnd <= upto) {
 			// An outsize span (one huge deflate block) is not worth
-			// keeping; a short read near the start of a span (an
+			// holding; a short read near the start of a span (an
 			// array's header) costs less inflated alone than the
 			// whole span, unless the kernel is known to read on (the
 			// first read of a window starts near a span's start).
@@ -213,7 +200,7 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			// span: inflating up to it may take seconds of CPU, which
 			// an interrupt must not wait for.
 			g.Go(func() error {
-				data, err := r.inflateOnce(gctx, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
+				data, err := cache.WaitShared(gctx, &r.inflating, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
 					return r.inflate(x, at, upto, false)
 				})
 				copy(dst, data)
@@ -239,17 +226,17 @@ func (r *memberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 // shape costs one small read of the archive, not a full inflate. Its header tells where rows lie for the reads to come. Without
 // an index these bytes may be returned before the member's CRC-32 has been
 // checked (SEMANTICS.md says so); an undecodable stream still fails.
-func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error {
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
 	if x := r.heldIndex(); x != nil {
-		// An index keeps the .npy header: numpy's header read of every
+		// An index holds the .npy header: numpy's header read of every
 		// np.load then costs no request, and is checked. (Only one in
 		// memory: the archive file bgbfs index writes put its indexes
 		// there when the directory was read; asking an s3:// dir for a
 		// member's own file on every header read would cost a GET each.)
-		if _, err := x.ReadAt(readerAt{ctx, r.src}, p, off); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := x.ReadAt(s3backend.BindContext(ctx, r.src), p, off); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 	} else {
@@ -257,7 +244,7 @@ func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		if err != nil {
 			return err
 		}
-		if _, err := npz.ReadFromStart(readerAt{ctx, r.src}, r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := npz.ReadFromStart(s3backend.BindContext(ctx, r.src), r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 	}
@@ -273,13 +260,13 @@ func (r *memberReader) readHead(ctx context.Context, p []byte, off int64) error 
 
 // heldIndex returns the member's index if this open holds it or the
 // view has it, without building it.
-func (r *memberReader) heldIndex() *npz.Index {
+func (r *MemberReader) heldIndex() *npz.Index {
 	r.mu.Lock()
 	x := r.index
 	r.mu.Unlock()
 	if x == nil {
-		if x = r.view.cachedIndex(r.obj, r.member); x != nil {
-			r.keepIndex(x)
+		if x = r.view.viewIndex(r.obj, r.member); x != nil {
+			r.holdIndex(x)
 		}
 	}
 	return x
@@ -287,19 +274,19 @@ func (r *memberReader) heldIndex() *npz.Index {
 
 // indexFor returns the member's index: the one this open holds, the
 // view's, or a newly built one.
-func (r *memberReader) indexFor(ctx context.Context) (*npz.Index, error) {
+func (r *MemberReader) indexFor(ctx context.Context) (*npz.Index, error) {
 	if x := r.heldIndex(); x != nil {
 		return x, nil
 	}
-	x, err := r.view.index(ctx, r.blocks, r.obj, r.member)
+	x, err := r.view.index(ctx, r.obj, r.member)
 	if err != nil {
 		return nil, err
 	}
-	r.keepIndex(x)
+	r.holdIndex(x)
 	return x, nil
 }
 
-func (r *memberReader) keepIndex(x *npz.Index) {
+func (r *MemberReader) holdIndex(x *npz.Index) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.index = x
@@ -320,7 +307,7 @@ func (r *memberReader) keepIndex(x *npz.Index) {
 // .npy header, the fetch reaches to the end of that row, the window the
 // loader is about to read, and later reads within it fetch nothing more.
 // Otherwise, and for reads past that row, it reaches one span further.
-func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
+func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 	from, _ := x.Span(off)
 	_, to := x.Span(end - 1)
 	r.mu.Lock()
@@ -357,74 +344,55 @@ func (r *memberReader) prefetch(x *npz.Index, off, end int64) {
 // most the next one), inflating it unless this open holds it. Concurrent
 // requests for one span inflate it once, in the background: a request
 // that is interrupted stops waiting, and the others still get the span.
-func (r *memberReader) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
+func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
 	if data, ok := r.heldSpan(start, stop); ok {
 		return data, nil
 	}
 	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
-	return r.inflateOnce(ctx, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
-}
-
-// inflateOnce runs inflate in the background, once for concurrent
-// requests of one key, and waits for it unless ctx ends first.
-func (r *memberReader) inflateOnce(ctx context.Context, key string, inflate func() ([]byte, error)) ([]byte, error) {
-	inflated := r.inflating.DoChan(key, func() (any, error) { return inflate() })
-	select {
-	case res := <-inflated:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		return res.Val.([]byte), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
 }
 
 // inflate inflates [start, stop) into a buffer of its own and, with
-// keep (a span from its access point), holds it if the view's span
+// hold (a span from its access point), holds it if the view's span
 // budget has room. A failure is not held: the next read tries again.
-func (r *memberReader) inflate(x *npz.Index, start, stop int64, keep bool) ([]byte, error) {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+func (r *MemberReader) inflate(x *npz.Index, start, stop int64, hold bool) ([]byte, error) {
+	if !r.life.Start(1) {
 		return nil, errReaderClosed
 	}
-	r.running.Add(1)
-	r.mu.Unlock()
-	defer r.running.Done()
-	if keep {
+	defer r.life.Done()
+	if hold {
 		if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
 			return data, nil
 		}
 	}
 	data := make([]byte, stop-start)
-	if _, err := x.ReadAt(readerAt{r.life, r.src}, data, start); err != nil {
+	if _, err := x.ReadAt(s3backend.BindContext(r.life.Context(), r.src), data, start); err != nil {
 		return nil, err
 	}
-	if keep {
+	if hold {
 		r.hold(decodedSpan{start: start, stop: stop, data: data})
 	}
 	return data, nil
 }
 
-// hold keeps s for the next requests, dropping this open's oldest spans
-// beyond heldSpanFactor spans; with no room left in the view's budget
-// (many files open at once), it is not kept.
-func (r *memberReader) hold(s decodedSpan) {
+// hold puts s in memory for the next requests, dropping this open's
+// oldest spans beyond heldSpanFactor spans; with no room left in the
+// view's budget (many files open at once), it is not held.
+func (r *MemberReader) hold(s decodedSpan) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := s.stop - s.start
 	for len(r.spans) > 0 && r.spanBytes+n > heldSpanFactor*r.view.span {
 		r.dropOldestLocked()
 	}
-	if r.closed || !r.view.spanBudget.TryTake(n) {
+	if r.life.Closed() || !r.view.spanBudget.TryTake(n) {
 		return
 	}
 	r.spans = append(r.spans, s)
 	r.spanBytes += n
 }
 
-func (r *memberReader) dropOldestLocked() {
+func (r *MemberReader) dropOldestLocked() {
 	old := r.spans[0]
 	r.spans = r.spans[1:]
 	r.spanBytes -= old.stop - old.start
@@ -433,7 +401,7 @@ func (r *memberReader) dropOldestLocked() {
 
 // heldSpan returns the content from the access point at start on, if
 // this open has it inflated at least up to upto.
-func (r *memberReader) heldSpan(start, upto int64) ([]byte, bool) {
+func (r *MemberReader) heldSpan(start, upto int64) ([]byte, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, s := range r.spans {
