@@ -30,7 +30,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	iofs "io/fs"
@@ -43,7 +42,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -172,13 +170,9 @@ func (b *bench) runEEGIndex(ctx context.Context, profile, endpoint string, view,
 		})
 	}
 	admin := testbed.NewS3Admin(e.srv.Endpoint, e.srv.AccessKey, e.srv.SecretKey)
-	if err := admin.CreateBucket(ctx, eegIndexBucket); err != nil {
-		var owned *types.BucketAlreadyOwnedByYou
-		var exists *types.BucketAlreadyExists
-		if !errors.As(err, &owned) && !errors.As(err, &exists) {
-			fail(eegIndexS3(cores), err)
-			return
-		}
+	if err := ensureBucket(ctx, admin, eegIndexBucket); err != nil {
+		fail(eegIndexS3(cores), err)
+		return
 	}
 	s3Dirs := map[int]string{}
 	for _, jobs := range []int{cores, 2 * cores} {

@@ -21,7 +21,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,7 +29,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -184,12 +182,8 @@ func measureDeflated(dir string) ([]archiveFile, error) {
 // upload puts every key the bucket lacks.
 func (s *smallSet) upload(ctx context.Context, distinct []archiveFile) error {
 	admin := s.srv.Admin()
-	if err := admin.CreateBucket(ctx, smallBucket); err != nil {
-		var owned *types.BucketAlreadyOwnedByYou
-		var exists *types.BucketAlreadyExists
-		if !errors.As(err, &owned) && !errors.As(err, &exists) {
-			return err
-		}
+	if err := ensureBucket(ctx, admin, smallBucket); err != nil {
+		return err
 	}
 	listed, err := admin.ListAll(ctx, smallBucket, "train/")
 	if err != nil {
