@@ -298,17 +298,24 @@ func (b *bench) smallRow(profile, system string, f func() (measurement, eegIndex
 
 // smallTargets are workload n's targets under profile p: `bgbfs index`
 // at 0.8x min(raw GETs, jobs x inflater), both in compressed member
-// bytes per second.
+// bytes per second; and, since on a small machine MinIO and the proxies
+// serving the GETs use the same cores as the inflating, at 0.8x the
+// machine's bound: the CPU the raw GETs took of the whole machine plus
+// the index process's own, over the cores.
 func (b *bench) smallTargets(p string) []target {
 	s := b.small
 	if s == nil {
 		return nil
 	}
 	raw, ok1 := b.find(smallWorkload, p, smallRawGets())
-	inf, ok2 := s.runs[eegKey("local", smallInflater)]
-	if !ok1 || !ok2 || inf.cpu == 0 {
+	rawRun, ok2 := s.runs[eegKey(p, smallRawGets())]
+	inf, ok3 := b.find(smallWorkload, "local", smallInflater)
+	infRun := s.runs[eegKey("local", smallInflater)]
+	if !ok1 || !ok2 || !ok3 || infRun.cpu == 0 {
 		return nil
 	}
+	network := raw.m.value * s.deflated / s.archives
+	perCore := inf.m.value * infRun.seconds / infRun.cpu // MB per CPU-s
 	var out []target
 	for _, baseline := range []bool{false, true} {
 		system := smallIndexSystem(runtime.NumCPU(), baseline)
@@ -316,12 +323,15 @@ func (b *bench) smallTargets(p string) []target {
 		if !ok {
 			continue
 		}
-		jobs := min(s.runs[eegKey(p, system)].jobs, runtime.NumCPU())
-		network := raw.m.value * s.deflated / s.archives
-		perCore := s.deflated / 1e6 / inf.cpu
+		run := s.runs[eegKey(p, system)]
+		jobs := min(run.jobs, runtime.NumCPU())
 		ratio := r.m.value / min(network, float64(jobs)*perCore)
 		out = append(out, target{fmt.Sprintf("(n) %s ≥ 0.8× min(raw GETs, jobs × inflater)", system), p,
 			fmt.Sprintf("%.2f× (%.1f vs min(%.1f, %d × %.1f) MB/s)", ratio, r.m.value, network, jobs, perCore), verdict(ratio >= 0.8)})
+		machine := s.deflated / 1e6 / ((rawRun.machineCPU + run.cpu) / float64(runtime.NumCPU()))
+		ratio = r.m.value / machine
+		out = append(out, target{fmt.Sprintf("(n) %s ≥ 0.8× the machine's CPU bound ((raw GETs' machine CPU + its own) ÷ cores)", system), p,
+			fmt.Sprintf("%.2f× (%.1f vs %.1f MB/s: (%.1f + %.1f) CPU-s ÷ %d cores)", ratio, r.m.value, machine, rawRun.machineCPU, run.cpu, runtime.NumCPU()), verdict(ratio >= 0.8)})
 	}
 	return out
 }
