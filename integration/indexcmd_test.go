@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -104,9 +105,9 @@ func parseIndexSummary(t testing.TB, stdout string) indexSummary {
 // TestIndexCommand runs `bgbfs index` over the fixture's prefix into a
 // local DIR through a CountingProxy:
 //   - it exits 0 with one summary line counting every archive and every
-//     deflated member, writes an index per member and a .done marker per
-//     archive, and fetches each member once (at most 10% more than the
-//     archives' bytes);
+//     deflated member, writes one .done file per archive (its directory
+//     and indexes) and no member index file, and fetches each member once
+//     (at most 10% more than the archives' bytes);
 //   - run again, it exits 0 reporting every archive current, with no GET
 //     of the data bucket;
 //   - a mount with that DIR then reads rows of both members of every
@@ -136,8 +137,8 @@ func TestIndexCommand(t *testing.T) {
 		if s.Indexed != n || s.Members != d.DeflatedMembers || s.Current != 0 || s.Failed != 0 {
 			t.Errorf("summary %q: want %d archives, %d members, none current or failed", s.Line, n, d.DeflatedMembers)
 		}
-		if idx := checkIndexDir(t, dir); len(idx) != d.DeflatedMembers {
-			t.Errorf("%d index files in DIR, want %d (every deflated member)", len(idx), d.DeflatedMembers)
+		if idx := checkIndexDir(t, dir); len(idx) != 0 {
+			t.Errorf("%d member index files in DIR, want none: the .done files hold the indexes", len(idx))
 		}
 		if done := idxFilesUnder(t, dir, ".done"); len(done) != n {
 			t.Errorf("%d .done markers in DIR, want %d (one per archive)", len(done), n)
@@ -216,8 +217,8 @@ func TestIndexCommand(t *testing.T) {
 		if done := idxFilesUnder(t, dir, ".done"); len(done) != 2 {
 			t.Errorf("%d .done markers with --limit-files 2, want 2: %q", len(done), done)
 		}
-		if idx := checkIndexDir(t, dir); len(idx) != 4 {
-			t.Errorf("%d index files with --limit-files 2, want 4 (two archives of two members)", len(idx))
+		if idx := checkIndexDir(t, dir); len(idx) != 0 {
+			t.Errorf("%d member index files with --limit-files 2, want none", len(idx))
 		}
 	})
 
@@ -250,14 +251,15 @@ func TestIndexCommand(t *testing.T) {
 		if done := idxFilesUnder(t, dir, ".done"); len(done) != len(d.Bad)-1 {
 			t.Errorf("%d .done markers, want %d (the archives that are whole): %q", len(done), len(d.Bad)-1, done)
 		}
-		if idx := checkIndexDir(t, dir); len(idx) < 2*(len(d.Bad)-1) {
-			t.Errorf("%d index files, want at least %d (both members of each whole archive)", len(idx), 2*(len(d.Bad)-1))
+		if idx := checkIndexDir(t, dir); len(idx) != 0 {
+			t.Errorf("%d member index files, want none", len(idx))
 		}
 	})
 }
 
 // TestIndexCommandS3CacheDir runs `bgbfs index --cache-dir
-// s3://OTHER/idx/`: the index and .done objects land in that bucket; a
+// s3://OTHER/idx/`: one .done object per archive lands in that bucket (no
+// member index object); a
 // mount with the same --cache-dir then reads every archive right without
 // building an index, and writes nothing there.
 func TestIndexCommandS3CacheDir(t *testing.T) {
@@ -303,8 +305,8 @@ func TestIndexCommandS3CacheDir(t *testing.T) {
 		}
 	}
 	t.Logf("%d objects in %s: %d .idx, %d .done", len(before), cacheDir, idx, done)
-	if idx != d.DeflatedMembers || done != n {
-		t.Errorf("%d .idx and %d .done objects in %s, want %d and %d", idx, done, cacheDir, d.DeflatedMembers, n)
+	if idx != 0 || done != n {
+		t.Errorf("%d .idx and %d .done objects in %s, want 0 and %d", idx, done, cacheDir, n)
 	}
 
 	m := mountIdx(t, idxMountSpec{CacheDir: cacheDir})
@@ -328,4 +330,85 @@ func TestIndexCommandS3CacheDir(t *testing.T) {
 			break
 		}
 	}
+}
+
+// TestIndexCommandKeepsOneCopy counts the index files and bytes in a
+// local DIR: after `bgbfs index` into a fresh DIR (one .done file per
+// archive, no member file), and after a mount that built and saved the
+// index of every member then `bgbfs index` over the same DIR (the
+// mount's files taken into the .done files and removed: the same files
+// and bytes as the fresh run). A mount over that DIR then builds no
+// index and reads every row of both members right.
+func TestIndexCommandKeepsOneCopy(t *testing.T) {
+	d := idxFixture(t)
+	srv := env.server(t)
+	source := "s3://" + d.Bucket + "/" + idxTrainPrefix
+	n := len(d.Archives)
+	indexIn := func(dir string) (idx, done int, bytes int64) {
+		t.Helper()
+		res := runIndex(t, srv.Endpoint, source, dir)
+		if res.ExitCode != 0 {
+			t.Fatalf("bgbfs index exited %d; stderr:\n%s", res.ExitCode, lastBytes(res.Stderr, 3000))
+		}
+		t.Logf("bgbfs index into %s: %s", dir, strings.TrimSpace(res.Stdout))
+		return indexFilesIn(t, dir)
+	}
+
+	fresh := t.TempDir()
+	idx, done, freshBytes := indexIn(fresh)
+	t.Logf("after bgbfs index into a fresh DIR: %d .idx, %d .done, %d bytes of index files", idx, done, freshBytes)
+	if idx != 0 || done != n {
+		t.Errorf("a fresh DIR after bgbfs index holds %d .idx and %d .done files, want 0 and %d", idx, done, n)
+	}
+
+	used := t.TempDir()
+	m := mountIdx(t, idxMountSpec{CacheDir: used})
+	readRows(t, m.Mountpoint, d.Archives, "windows.npy", func(i int) int64 { return int64(i % idxWindows) })
+	readRows(t, m.Mountpoint, d.Archives, "labels.npy", func(i int) int64 { return int64(i % idxWindows) })
+	m.WaitSaves(t, float64(d.DeflatedMembers))
+	m.Unmount(t)
+	idx, done, mountBytes := indexFilesIn(t, used)
+	t.Logf("after a mount that built every index: %d .idx, %d .done, %d bytes", idx, done, mountBytes)
+	if idx != d.DeflatedMembers || done != 0 {
+		t.Fatalf("the mount left %d .idx and %d .done files, want %d and 0 (or the rest proves nothing)", idx, done, d.DeflatedMembers)
+	}
+	idx, done, usedBytes := indexIn(used)
+	t.Logf("then after bgbfs index: %d .idx, %d .done, %d bytes", idx, done, usedBytes)
+	if idx != 0 || done != n || usedBytes != freshBytes {
+		t.Errorf("after a mount and bgbfs index DIR holds %d .idx and %d .done files of %d bytes; want 0 and %d of %d bytes, as bgbfs index alone writes",
+			idx, done, usedBytes, n, freshBytes)
+	}
+
+	for _, dir := range []string{fresh, used} {
+		m := mountIdx(t, idxMountSpec{CacheDir: dir})
+		for _, member := range []string{"windows.npy", "labels.npy"} {
+			for row := range int64(idxWindows) {
+				readRows(t, m.Mountpoint, d.Archives, member, func(int) int64 { return row })
+			}
+		}
+		c := m.Counts(t)
+		t.Logf("a mount over %s, every row read: %v", dir, c)
+		if c.Builds != 0 || c.Loads < float64(d.DeflatedMembers) {
+			t.Errorf("a mount over the DIR bgbfs index filled: %v; want 0 builds and at least %d loads", c, d.DeflatedMembers)
+		}
+		m.Unmount(t)
+	}
+}
+
+// indexFilesIn counts the member index files (.idx) and archive files
+// (.done) under dir's index area, and their bytes.
+func indexFilesIn(t testing.TB, dir string) (idx, done int, bytes int64) {
+	t.Helper()
+	for suffix, count := range map[string]*int{".idx": &idx, ".done": &done} {
+		files := idxFilesUnder(t, dir, suffix)
+		*count = len(files)
+		for _, rel := range files {
+			fi, err := os.Stat(filepath.Join(dir, rel))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bytes += fi.Size()
+		}
+	}
+	return idx, done, bytes
 }

@@ -38,6 +38,8 @@ type indexOptions struct {
 	// --npz-checkpoint-span and --kernel-read-ahead would.
 	placement npzview.IndexPlacement
 	jobs      int
+	// fetchMemory bounds the archive bytes held in memory at once.
+	fetchMemory int64
 }
 
 func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer) (indexOptions, error) {
@@ -48,7 +50,8 @@ func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer)
 	limitPattern := fs.String("limit-pattern", "*.npz", "glob of the file names --limit-files counts")
 	npzSpan := fs.String("npz-checkpoint-span", "1MiB", "output distance between access points, as the mounts that read the indexes use")
 	kernelReadAhead := fs.String("kernel-read-ahead", "128KiB", "the kernel read-ahead of the mounts that read the indexes (their --kernel-read-ahead; 128KiB with --npz-members): access points go just before where its reads of each row start")
-	jobs := fs.Int("jobs", runtime.NumCPU(), "archives indexed at once (each inflates on one core)")
+	jobs := fs.Int("jobs", runtime.NumCPU(), "archives inflating at once, each on one core; fetches run beside them, bounded by --fetch-memory")
+	fetchMemory := fs.String("fetch-memory", "256MiB", fmt.Sprintf("archive bytes held in memory at once: an archive up to an eighth of it is fetched whole in one GET and indexed from memory, a bigger one streams and counts as an eighth; at most %d GETs in flight", npzview.IndexRequests))
 	readLog := addLogFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return indexOptions{}, err
@@ -93,6 +96,12 @@ func parseIndexArgs(args []string, getenv func(string) string, stdout io.Writer)
 	if o.jobs = *jobs; o.jobs < 1 || o.jobs > 256 {
 		return o, usageError{fmt.Sprintf("--jobs %d: want a number from 1 to 256", o.jobs)}
 	}
+	if o.fetchMemory, err = parseSize("fetch-memory", *fetchMemory); err != nil {
+		return o, err
+	}
+	if o.fetchMemory < 1<<20 {
+		return o, usageError{fmt.Sprintf("--fetch-memory %s: want at least 1MiB", *fetchMemory)}
+	}
 	return o, nil
 }
 
@@ -124,10 +133,11 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listing s3://%s/%s: %s", o.bucket, o.prefix, s3backend.Describe(err))
 	}
-	run := newIndexRun(npzview.ArchiveIndexer{Source: client, Files: files, Placement: o.placement}, archives)
+	limits := npzview.NewIndexLimits(o.jobs, o.fetchMemory)
+	run := newIndexRun(npzview.ArchiveIndexer{Source: client, Files: files, Placement: o.placement, Limits: limits}, archives)
 	f, ok := stdout.(*os.File)
 	stopProgress := run.progress(stdout, ok && term.IsTerminal(int(f.Fd())))
-	run.indexAll(ctx, archives, o.jobs)
+	run.indexAll(ctx, archives)
 	stopProgress()
 	fmt.Fprintln(stdout, run.summary())
 	if err := ctx.Err(); err != nil {
@@ -139,7 +149,8 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // connectIndex returns a client of the bucket, having checked that the
 // prefix can be read.
 func connectIndex(ctx context.Context, o indexOptions, logger *slog.Logger) (*s3backend.Client, error) {
-	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, 2*o.jobs, nil, logger))
+	// The archives' GETs, and an s3:// dir's writes beside them.
+	client, err := s3backend.New(ctx, o.clientConfig(o.bucket, npzview.IndexRequests+2*o.jobs, nil, logger))
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +239,7 @@ type archiveFailure struct {
 // newIndexRun returns the run of indexer over archives.
 func newIndexRun(indexer npzview.ArchiveIndexer, archives []s3backend.Version) *indexRun {
 	r := &indexRun{indexer: indexer, start: time.Now(), total: len(archives)}
-	r.indexer.Saved = func(compressedSize int64) {
+	r.indexer.Built = func(compressedSize int64) {
 		r.members.Add(1)
 		r.compressedBytes.Add(compressedSize)
 	}
@@ -238,13 +249,19 @@ func newIndexRun(indexer npzview.ArchiveIndexer, archives []s3backend.Version) *
 	return r
 }
 
-// indexAll indexes archives, jobs at a time, until done or ctx ends.
-func (r *indexRun) indexAll(ctx context.Context, archives []s3backend.Version, jobs int) {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(jobs)
+// indexAll indexes archives until done or ctx ends: as many at once as
+// the indexer's memory budget holds, each fetching and inflating within
+// its limits.
+func (r *indexRun) indexAll(ctx context.Context, archives []s3backend.Version) {
+	var g errgroup.Group
 	for _, a := range archives {
+		release, err := r.indexer.Limits.Hold(ctx, a.Size)
+		if err != nil {
+			break // interrupted
+		}
 		g.Go(func() error {
-			r.index(gctx, a)
+			defer release()
+			r.index(ctx, a)
 			return nil
 		})
 	}

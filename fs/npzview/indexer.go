@@ -1,21 +1,21 @@
 package npzview
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/bgbfs/bgbfs/fs/npz"
 	"github.com/bgbfs/bgbfs/s3backend"
 )
 
-// ArchiveSource is where an ArchiveIndexer reads archives: ranged reads
-// for the zip directory, and one stream for the members' bytes
-// (s3backend.Client).
+// ArchiveSource is where an ArchiveIndexer reads archives
+// (s3backend.Client): a small archive whole in one GET; of a big one,
+// ranged reads for the zip directory and one stream for the members'
+// bytes.
 type ArchiveSource interface {
 	s3backend.ObjectStore
 	// Stream reads the n bytes of v at off in one ranged GET, as they
@@ -30,10 +30,13 @@ type ArchiveIndexer struct {
 	Source    ArchiveSource
 	Files     IndexFiles
 	Placement IndexPlacement
-	// Saved, if set, is told the compressed size of each member whose
-	// index was built and saved. It may be called from several
-	// goroutines.
-	Saved func(compressedSize int64)
+	// Limits bounds the fetches and the inflating of all the archives
+	// indexed at once; nil streams every archive, unbounded.
+	Limits *IndexLimits
+	// Built, if set, is told the compressed size of each member whose
+	// index was built and kept in its archive's file. It may be called
+	// from several goroutines.
+	Built func(compressedSize int64)
 }
 
 // Current reports whether archive a is indexed in Files with the
@@ -42,25 +45,103 @@ func (ix ArchiveIndexer) Current(ctx context.Context, a s3backend.Version) (bool
 	return ix.Files.Done(ctx, a, ix.Placement)
 }
 
-// IndexArchive reads the zip directory of a, builds the index of every
-// deflated member that has none in Files, reading the members' bytes in
-// one streaming GET, saves them, and marks the archive done with its
-// directory and indexes in one file, which a mount reads at first open.
+// IndexArchive builds the index of every deflated member of a that has
+// none in Files and marks the archive done with its zip directory and
+// all its members' indexes in one file, which a mount reads at first
+// open. The member index files a mount left for a are used and, once
+// the archive's file holds them, removed from a dir that can remove
+// files: the dir keeps one copy of each index.
 func (ix ArchiveIndexer) IndexArchive(ctx context.Context, a s3backend.Version) error {
-	dir, err := npz.ReadDirectory(s3backend.BindContext(ctx, s3backend.VersionReader{Store: ix.Source, Version: a}), a.Size)
+	limits := ix.Limits
+	if limits == nil {
+		limits = NewIndexLimits(1<<20, 0)
+	}
+	var dir *npz.Directory
+	var kept map[string]*npz.Index
+	var built []npz.Member
+	var err error
+	if limits.fetchedWhole(a.Size) {
+		dir, kept, built, err = ix.indexWhole(ctx, limits, a)
+	} else {
+		dir, kept, built, err = ix.indexStreamed(ctx, limits, a)
+	}
 	if err != nil {
-		return fmt.Errorf("reading the zip directory: %w", err)
+		return err
 	}
-	todo, indexes := ix.unindexed(ctx, a, dir)
-	if len(todo) > 0 {
-		if err := ix.build(ctx, a, todo, indexes); err != nil {
-			return err
-		}
-	}
-	if err := ix.Files.MarkDone(ctx, a, ix.Placement, dir, indexes); err != nil {
+	if err := ix.Files.MarkDone(ctx, a, ix.Placement, dir, kept); err != nil {
 		return fmt.Errorf("marking the archive indexed: %w", err)
 	}
+	for _, m := range dir.Members {
+		if kept[m.Name] != nil && !slices.Contains(built, m) {
+			ix.Files.RemoveMemberFile(a, m)
+		}
+	}
+	if ix.Built != nil {
+		for _, m := range built {
+			ix.Built(m.CompressedSize)
+		}
+	}
 	return nil
+}
+
+// indexWhole fetches a whole in one GET and indexes it from memory on
+// one core: its zip directory, and the indexes of its deflated members
+// (those Files has, and those built, which it returns).
+func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a s3backend.Version) (*npz.Directory, map[string]*npz.Index, []npz.Member, error) {
+	data := make([]byte, a.Size)
+	err := limits.request(ctx, func() error {
+		n, err := ix.Source.ReadAt(ctx, a, 0, data)
+		if n == len(data) && errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("fetching the archive: %w", err)
+	}
+	src := bytes.NewReader(data)
+	dir, err := npz.ReadDirectory(src, a.Size)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("reading the zip directory: %w", err)
+	}
+	todo, indexes := ix.unindexed(ctx, a, dir)
+	c := core{cpu: limits.cpu}
+	defer c.release()
+	if err := c.acquire(ctx); err != nil {
+		return nil, nil, nil, err
+	}
+	return dir, indexes, todo, ix.build(src, todo, indexes)
+}
+
+// indexStreamed reads the zip directory of a with ranged GETs and
+// builds the indexes its deflated members lack from one stream of the
+// archive, as indexWhole does; its core is given back while the stream
+// is waited for.
+func (ix ArchiveIndexer) indexStreamed(ctx context.Context, limits *IndexLimits, a s3backend.Version) (dir *npz.Directory, indexes map[string]*npz.Index, todo []npz.Member, err error) {
+	err = limits.request(ctx, func() error {
+		dir, err = npz.ReadDirectory(s3backend.BindContext(ctx, s3backend.VersionReader{Store: ix.Source, Version: a}), a.Size)
+		if err != nil {
+			return fmt.Errorf("reading the zip directory: %w", err)
+		}
+		todo, indexes = ix.unindexed(ctx, a, dir)
+		if len(todo) == 0 {
+			return nil
+		}
+		// From the first member's local header to past the last one's
+		// data: a local header's name and extra field are at most
+		// 2 x 64 KiB.
+		last := todo[len(todo)-1]
+		from, to := todo[0].HeaderOffset, min(a.Size, last.HeaderOffset+30+2*0xFFFF+last.CompressedSize)
+		stream := ix.Source.Stream(ctx, a, from, to-from)
+		defer stream.Close()
+		c := core{cpu: limits.cpu}
+		defer c.release()
+		if err := c.acquire(ctx); err != nil {
+			return err
+		}
+		return ix.build(&forwardReaderAt{r: stream, pos: from, ctx: ctx, core: &c}, todo, indexes)
+	})
+	return dir, indexes, todo, err
 }
 
 // unindexed returns the deflated members of dir that have no index in
@@ -83,47 +164,47 @@ func (ix ArchiveIndexer) unindexed(ctx context.Context, a s3backend.Version, dir
 	return todo, indexes
 }
 
-// build builds the indexes of todo (in archive order) from one stream
-// of the archive, into indexes, and saves each into Files while the next
-// member inflates: with an s3:// dir a save is a round trip.
-func (ix ArchiveIndexer) build(ctx context.Context, a s3backend.Version, todo []npz.Member, indexes map[string]*npz.Index) error {
-	// From the first member's local header to past the last one's data:
-	// a local header's name and extra field are at most 2 x 64 KiB.
-	last := todo[len(todo)-1]
-	from, to := todo[0].HeaderOffset, min(a.Size, last.HeaderOffset+30+2*0xFFFF+last.CompressedSize)
-	stream := ix.Source.Stream(ctx, a, from, to-from)
-	defer stream.Close()
-	src := &forwardReaderAt{r: stream, pos: from}
-	var saves errgroup.Group
+// build builds the indexes of todo (in archive order) from src into
+// indexes.
+func (ix ArchiveIndexer) build(src io.ReaderAt, todo []npz.Member, indexes map[string]*npz.Index) error {
 	for _, m := range todo {
 		x, err := npz.BuildIndex(src, m, ix.Placement.Span, ix.Placement.RowLead)
 		if err != nil {
-			saves.Wait()
 			return err
 		}
 		indexes[m.Name] = x
-		saves.Go(func() error {
-			if err := ix.Files.Save(ctx, a, m, x); err != nil {
-				return fmt.Errorf("saving the index of %q: %w", m.Name, err)
-			}
-			if ix.Saved != nil {
-				ix.Saved(m.CompressedSize)
-			}
-			return nil
-		})
 	}
-	return saves.Wait()
+	return nil
 }
 
 // forwardReaderAt serves reads at increasing offsets from one stream,
 // skipping what lies between them: BuildIndex reads a member's local
 // header, then its compressed data, in order.
+//
+// With a core, it gives the core back while it reads the stream and
+// takes it again after: BuildIndex asks for megabytes at a time, which
+// the network may take longer to bring than the core to inflate.
 type forwardReaderAt struct {
 	r   io.Reader
 	pos int64
+
+	ctx  context.Context
+	core *core
 }
 
 func (f *forwardReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if f.core != nil {
+		f.core.release()
+		n, err := f.readAt(p, off)
+		if cerr := f.core.acquire(f.ctx); cerr != nil {
+			return n, cerr
+		}
+		return n, err
+	}
+	return f.readAt(p, off)
+}
+
+func (f *forwardReaderAt) readAt(p []byte, off int64) (int, error) {
 	if off < f.pos {
 		return 0, fmt.Errorf("read at %d, behind the stream at %d", off, f.pos)
 	}

@@ -46,10 +46,12 @@ func TestForwardReaderAt(t *testing.T) {
 
 // TestArchiveIndexer: "bgbfs index" indexes every deflated member of an
 // archive (not a stored one, nor one whose index a mount saved already)
-// and marks the archive done; a mount then reads the archive's directory
-// and indexes from that one file, without a GET of the archive's tail or
-// an index build. A corrupt member fails the archive, which stays not
-// done.
+// and marks the archive done, fetching it whole in one GET if the limits
+// allow and streaming it otherwise; the dir then holds the archive's
+// file and no member index file (the one a mount saved is removed); a
+// mount reads the archive's directory and indexes from that one file,
+// without a GET of the archive's tail or an index build. A corrupt
+// member fails the archive, which stays not done.
 func TestArchiveIndexer(t *testing.T) {
 	ctx := context.Background()
 	windows, labels, notes := npztest.NPY(40, 64<<10, 1), npztest.NPY(40, 4, 2), []byte("stored as is")
@@ -66,13 +68,13 @@ func TestArchiveIndexer(t *testing.T) {
 		// dir before "bgbfs index" runs.
 		archive func() []byte
 		prepare func(t *testing.T, files IndexFiles, a s3backend.Version)
-		// saved is the members whose index the run saves; fails, that
+		// built is the members whose index the run builds; fails, that
 		// the run fails.
-		saved []string
+		built []string
 		fails bool
 	}{
-		{name: "fresh dir", archive: func() []byte { return good }, saved: []string{"windows.npy", "labels.npy"}},
-		{name: "labels indexed by a mount", archive: func() []byte { return good }, saved: []string{"windows.npy"},
+		{name: "fresh dir", archive: func() []byte { return good }, built: []string{"windows.npy", "labels.npy"}},
+		{name: "labels indexed by a mount", archive: func() []byte { return good }, built: []string{"windows.npy"},
 			prepare: func(t *testing.T, files IndexFiles, a s3backend.Version) {
 				f := newViewFixtureOfArchive(t, good, nil)
 				f.view.files, f.view.saveFiles = &files, true
@@ -90,70 +92,94 @@ func TestArchiveIndexer(t *testing.T) {
 			return b
 		}, fails: true},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			mem := memstore.New()
-			mem.Put("p/a.npz", tt.archive())
-			info, _ := mem.Info("p/a.npz")
-			a := s3backend.Version{Key: info.Key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-			files := IndexFiles{Dir: &memDir{}, Source: "test"}
-			if tt.prepare != nil {
-				tt.prepare(t, files, a)
-			}
-			var saved, savedBytes atomic.Int64
-			ix := ArchiveIndexer{Source: mem, Files: files, Placement: placement, Saved: func(n int64) {
-				saved.Add(1)
-				savedBytes.Add(n)
-			}}
-			err := ix.IndexArchive(ctx, a)
-			if current, cerr := ix.Current(ctx, a); cerr != nil || current == tt.fails {
-				t.Errorf("after the run (err %v): current %v, %v", err, current, cerr)
-			}
-			if tt.fails {
-				if !isDataError(err) {
-					t.Errorf("indexing a corrupt archive: %v, want a data error", err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if other := (ArchiveIndexer{Files: files, Placement: IndexPlacement{Span: 1 << 20, RowLead: placement.RowLead}}); func() bool { c, _ := other.Current(ctx, a); return c }() {
-				t.Error("an archive indexed with a 256 KiB span is current for a run with a 1 MiB span")
-			}
-			if saved.Load() != int64(len(tt.saved)) || savedBytes.Load() == 0 {
-				t.Errorf("saved %d indexes (%d compressed bytes), want %q", saved.Load(), savedBytes.Load(), tt.saved)
-			}
+		for _, fetch := range []struct {
+			name   string
+			limits *IndexLimits
+			gets   int64 // of the archive by the index run; -1: memstore's stream reads in pieces
+		}{
+			{"streamed", nil, -1},
+			{"whole", NewIndexLimits(2, 8*int64(len(good))), 1}, // one GET
+		} {
+			t.Run(tt.name+"/"+fetch.name, func(t *testing.T) {
+				testArchiveIndexer(t, tt.archive(), tt.prepare, fetch.limits, fetch.gets, tt.built, tt.fails, windows, placement)
+			})
+		}
+	}
+}
 
-			// A mount with the dir.
-			store := &memstore.Faulty{Store: mem}
-			blocks, err := cache.New(store, viewCacheOptions)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer blocks.Close()
-			view, err := New(blocks, Config{Span: placement.Span, IndexBytes: 32 << 20, SpanBytes: 16 << 20, Files: &files})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer view.Close()
-			archive := view.Archive(a, func(string, string) {})
-			members, err := archive.Members(ctx)
-			if err != nil || len(members) != 3 {
-				t.Fatalf("members: %v, %v", members, err)
-			}
-			if n := store.Gets.Load(); n != 0 {
-				t.Errorf("%d GETs of the archive to read its directory, want none (the done file has it)", n)
-			}
-			r := archive.Open(members[0])
-			defer r.Close()
-			off := int64(len(windows) - 100_000)
-			p := make([]byte, 4096)
-			if _, err := r.ReadAt(ctx, p, off); err != nil || !bytes.Equal(p, windows[off:off+4096]) {
-				t.Fatalf("read at %d: %v, or wrong bytes", off, err)
-			}
-			if s := view.Stats(); s.IndexBuilds != 0 || s.IndexLoads != 2 {
-				t.Errorf("stats %+v: want both indexes loaded, none built", s)
-			}
-		})
+// testArchiveIndexer is one case of TestArchiveIndexer.
+func testArchiveIndexer(t *testing.T, archiveBytes []byte, prepare func(*testing.T, IndexFiles, s3backend.Version),
+	limits *IndexLimits, wantGets int64, wantBuilt []string, fails bool, windows []byte, placement IndexPlacement) {
+	ctx := context.Background()
+	mem := memstore.New()
+	mem.Put("p/a.npz", archiveBytes)
+	info, _ := mem.Info("p/a.npz")
+	a := s3backend.Version{Key: info.Key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
+	dir := &memDir{}
+	files := IndexFiles{Dir: dir, Source: "test"}
+	if prepare != nil {
+		prepare(t, files, a)
+	}
+	var built, builtBytes atomic.Int64
+	source := &memstore.Faulty{Store: mem}
+	ix := ArchiveIndexer{Source: source, Files: files, Placement: placement, Limits: limits, Built: func(n int64) {
+		built.Add(1)
+		builtBytes.Add(n)
+	}}
+	err := ix.IndexArchive(ctx, a)
+	if current, cerr := ix.Current(ctx, a); cerr != nil || current == fails {
+		t.Errorf("after the run (err %v): current %v, %v", err, current, cerr)
+	}
+	if fails {
+		if !isDataError(err) {
+			t.Errorf("indexing a corrupt archive: %v, want a data error", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other := (ArchiveIndexer{Files: files, Placement: IndexPlacement{Span: 1 << 20, RowLead: placement.RowLead}}); func() bool { c, _ := other.Current(ctx, a); return c }() {
+		t.Error("an archive indexed with a 256 KiB span is current for a run with a 1 MiB span")
+	}
+	if built.Load() != int64(len(wantBuilt)) || builtBytes.Load() == 0 {
+		t.Errorf("built %d indexes (%d compressed bytes), want %q", built.Load(), builtBytes.Load(), wantBuilt)
+	}
+	if n := source.Gets.Load(); wantGets >= 0 && n != wantGets {
+		t.Errorf("the run made %d GETs of the archive, want %d", n, wantGets)
+	}
+	if names := dir.names(); len(names) != 1 || !strings.HasSuffix(names[0], archiveDoneSuffix) {
+		t.Errorf("the dir holds %q, want the archive's file alone (one copy of each index)", names)
+	}
+
+	// A mount with the dir.
+	store := &memstore.Faulty{Store: mem}
+	blocks, err := cache.New(store, viewCacheOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocks.Close()
+	view, err := New(blocks, Config{Span: placement.Span, IndexBytes: 32 << 20, SpanBytes: 16 << 20, Files: &files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer view.Close()
+	archive := view.Archive(a, func(string, string) {})
+	members, err := archive.Members(ctx)
+	if err != nil || len(members) != 3 {
+		t.Fatalf("members: %v, %v", members, err)
+	}
+	if n := store.Gets.Load(); n != 0 {
+		t.Errorf("%d GETs of the archive to read its directory, want none (the done file has it)", n)
+	}
+	r := archive.Open(members[0])
+	defer r.Close()
+	off := int64(len(windows) - 100_000)
+	p := make([]byte, 4096)
+	if _, err := r.ReadAt(ctx, p, off); err != nil || !bytes.Equal(p, windows[off:off+4096]) {
+		t.Fatalf("read at %d: %v, or wrong bytes", off, err)
+	}
+	if s := view.Stats(); s.IndexBuilds != 0 || s.IndexLoads != 2 {
+		t.Errorf("stats %+v: want both indexes loaded, none built", s)
 	}
 }

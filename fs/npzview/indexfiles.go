@@ -30,7 +30,14 @@ type StateDir interface {
 // so that a restart, another mount or a whole fleet reads what one build
 // found instead of inflating every member again.
 //
-// Each index is a file of its own, named by a hash of what it is of: the
+// An index is kept in one of two kinds of file: a mount that builds an
+// index saves it as a file of its own (Save), and "bgbfs index" keeps an
+// archive's zip directory and all its members' indexes in one file
+// (MarkDone), which a mount reads at the archive's first open, and
+// removes the member files it replaces (RemoveMemberFile). A dir written
+// by older versions, with both, is read the same way.
+//
+// Each file is named by a hash of what it is of: the
 // store (endpoint and bucket), the key, the archive version (ETag, or size and modification
 // time) and size, the member, and the encoding's format version. The
 // file says all of these again and ends in a CRC-32C of the rest; an
@@ -171,6 +178,18 @@ func (f IndexFiles) Save(ctx context.Context, obj s3backend.Version, m npz.Membe
 	}
 	id := indexID{f.Source, obj, m.Name}
 	return f.Dir.Store(ctx, id.name(indexFileSuffix), id.encode(body))
+}
+
+// fileRemover is a StateDir that can delete a file: a local dir.
+type fileRemover interface{ Remove(name string) }
+
+// RemoveMemberFile deletes the index file of member m of archive obj, if
+// the dir can delete files: once MarkDone has kept the index in the
+// archive's file, which a mount reads first, it is a second copy.
+func (f IndexFiles) RemoveMemberFile(obj s3backend.Version, m npz.Member) {
+	if r, ok := f.Dir.(fileRemover); ok {
+		r.Remove(indexID{f.Source, obj, m.Name}.name(indexFileSuffix))
+	}
 }
 
 func (p IndexPlacement) encode() []byte {

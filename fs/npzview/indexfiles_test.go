@@ -8,7 +8,9 @@ import (
 	"errors"
 	"hash/crc32"
 	iofs "io/fs"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -42,6 +44,19 @@ func (d *memDir) Store(_ context.Context, name string, data []byte) error {
 	}
 	d.files[name] = bytes.Clone(data)
 	return nil
+}
+
+func (d *memDir) Remove(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.files, name)
+}
+
+// names are the files in the dir, sorted.
+func (d *memDir) names() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Sorted(maps.Keys(d.files))
 }
 
 // indexedArchive is a zip with one deflated member of random bytes, its

@@ -265,12 +265,8 @@ func (e *eegSet) measureArchives() error {
 // upload puts every file of src the bucket lacks (or holds at another
 // size) under train/: after the first run, nothing.
 func (e *eegSet) upload(ctx context.Context, admin *testbed.S3Admin) error {
-	if err := admin.CreateBucket(ctx, eegBucket); err != nil {
-		var owned *types.BucketAlreadyOwnedByYou
-		var exists *types.BucketAlreadyExists
-		if !errors.As(err, &owned) && !errors.As(err, &exists) {
-			return err
-		}
+	if err := ensureBucket(ctx, admin, eegBucket); err != nil {
+		return err
 	}
 	listed, err := admin.ListAll(ctx, eegBucket, "train/")
 	if err != nil {
@@ -303,6 +299,17 @@ func (e *eegSet) upload(ctx context.Context, admin *testbed.S3Admin) error {
 		g.Go(func() error { return admin.PutFile(gctx, eegBucket, key, filepath.Join(e.src, d.Name())) })
 	}
 	return g.Wait()
+}
+
+// ensureBucket creates bucket unless it is there (from an earlier run).
+func ensureBucket(ctx context.Context, admin *testbed.S3Admin, bucket string) error {
+	err := admin.CreateBucket(ctx, bucket)
+	var owned *types.BucketAlreadyOwnedByYou
+	var exists *types.BucketAlreadyExists
+	if errors.As(err, &owned) || errors.As(err, &exists) {
+		return nil
+	}
+	return err
 }
 
 // eegMounted is a bgbfs mount of workload i's bucket with its metrics

@@ -30,12 +30,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	iofs "io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -44,7 +42,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -147,7 +144,7 @@ func (b *bench) eegIndexFail(profile, system string, err error) {
 func (b *bench) eegInflaterRow() {
 	e := b.eeg
 	b.eegRow("local", eegInflater, nil, false, func() (measurement, error) {
-		m, run, err := e.inflaterSpeed()
+		m, run, err := inflaterSpeed(e.src)
 		e.index.runs[eegKey("local", eegInflater)] = run
 		return m, err
 	})
@@ -207,13 +204,9 @@ func (b *bench) eegIndexS3Rows(ctx context.Context, profile, endpoint string) (m
 	e := b.eeg
 	cores := runtime.NumCPU()
 	admin := testbed.NewS3Admin(e.srv.Endpoint, e.srv.AccessKey, e.srv.SecretKey)
-	if err := admin.CreateBucket(ctx, eegIndexBucket); err != nil {
-		var owned *types.BucketAlreadyOwnedByYou
-		var exists *types.BucketAlreadyExists
-		if !errors.As(err, &owned) && !errors.As(err, &exists) {
-			b.eegIndexFail(profile, eegIndexS3(cores), err)
-			return nil, false
-		}
+	if err := ensureBucket(ctx, admin, eegIndexBucket); err != nil {
+		b.eegIndexFail(profile, eegIndexS3(cores), err)
+		return nil, false
 	}
 	s3Dirs := map[int]string{}
 	for _, jobs := range []int{cores, 2 * cores} {
@@ -319,34 +312,19 @@ func machineCPU() float64 {
 // second of the process's wall time. size says how big the dir is after.
 func (b *bench) eegIndex(ctx context.Context, profile, system, endpoint, cacheDir string, jobs int, size func() (int64, int, error)) (measurement, error) {
 	e := b.eeg
-	cmd := exec.CommandContext(ctx, b.bin, "index", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1",
-		"--cache-dir", cacheDir, "--jobs", strconv.Itoa(jobs), "s3://"+eegBucket+"/train/")
-	cmd.Env = testbed.CleanEnv(&testbed.Creds{AccessKey: e.srv.AccessKey, SecretKey: e.srv.SecretKey})
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	machineBefore := machineCPU()
-	start := time.Now()
-	err := cmd.Run()
-	elapsed := time.Since(start)
-	machine := machineCPU() - machineBefore
+	run, err := indexCommand(ctx, b.bin, endpoint, testbed.Creds{AccessKey: e.srv.AccessKey, SecretKey: e.srv.SecretKey},
+		"s3://"+eegBucket+"/train/", cacheDir, jobs, e.files, e.deflatedMembers)
 	if err != nil {
-		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
-		return measurement{}, fmt.Errorf("bgbfs index: %w: %s", err, lines[len(lines)-1])
+		return measurement{}, err
 	}
-	summary := strings.TrimSpace(stdout.String())
-	// Every archive indexed in this run: the dir was fresh.
-	if want := fmt.Sprintf("indexed %d archives (%d members,", e.files, e.deflatedMembers); !strings.HasPrefix(summary, want) {
-		return measurement{}, fmt.Errorf("bgbfs index said %q, want %q…", summary, want)
-	}
-	run := eegIndexRun{jobs: jobs, seconds: elapsed.Seconds(), cpu: (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(), machineCPU: machine}
 	if run.dirBytes, run.idxFiles, err = size(); err != nil {
 		return measurement{}, err
 	}
-	if run.idxFiles != e.deflatedMembers {
-		return measurement{}, fmt.Errorf("%s holds %d index files, want one per deflated member (%d)", cacheDir, run.idxFiles, e.deflatedMembers)
+	if run.idxFiles != 0 {
+		return measurement{}, fmt.Errorf("%s holds %d member index files, want none: the archives' .done files hold the indexes", cacheDir, run.idxFiles)
 	}
 	e.index.runs[eegKey(profile, system)] = run
-	return mbps(int64(e.deflated), elapsed), nil
+	return mbps(int64(e.deflated), time.Duration(run.seconds*float64(time.Second))), nil
 }
 
 // inflaterSpeed indexes every deflated member of every archive with
@@ -355,9 +333,9 @@ func (b *bench) eegIndex(ctx context.Context, profile, system, endpoint, cacheDi
 // compressed bytes per second of the time spent indexing; the run has
 // that time and the process's CPU time meanwhile (indexing and its
 // garbage collection, with reading the archives in).
-func (e *eegSet) inflaterSpeed() (measurement, eegIndexRun, error) {
+func inflaterSpeed(src string) (measurement, eegIndexRun, error) {
 	run := eegIndexRun{jobs: 1}
-	entries, err := os.ReadDir(e.src)
+	entries, err := os.ReadDir(src)
 	if err != nil {
 		return measurement{}, run, err
 	}
@@ -370,7 +348,7 @@ func (e *eegSet) inflaterSpeed() (measurement, eegIndexRun, error) {
 		if !strings.HasSuffix(d.Name(), ".npz") {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(e.src, d.Name()))
+		data, err := os.ReadFile(filepath.Join(src, d.Name()))
 		if err != nil {
 			return measurement{}, run, err
 		}
@@ -396,7 +374,7 @@ func (e *eegSet) inflaterSpeed() (measurement, eegIndexRun, error) {
 	// cores busy, over the same time.
 	run.machineCPU *= spent.Seconds() / time.Since(loopStart).Seconds()
 	if spent == 0 {
-		return measurement{}, run, fmt.Errorf("no deflated members in %s", e.src)
+		return measurement{}, run, fmt.Errorf("no deflated members in %s", src)
 	}
 	run.seconds = spent.Seconds()
 	return mbps(compressed, spent), run, nil

@@ -24,6 +24,7 @@ var workloadNames = map[string]string{
 	"l":             "l. ls -l of 100,000 objects",
 	inflateWorkload: "inflate. one member inflated: bgbfs's inflater, libdeflate, ISA-L",
 	"m":             "m. the cache dir at the bucket's scale",
+	smallWorkload:   "n. bgbfs index over many small archives",
 }
 
 func (b *bench) find(workload, profile, system string) (row, bool) {
@@ -74,6 +75,7 @@ func (b *bench) report(started time.Time) string {
 	s.WriteString(b.npzPerWindow())
 	s.WriteString(b.bigDirSection())
 	s.WriteString(b.eegSection())
+	s.WriteString(b.smallSection())
 	s.WriteString(b.diskSection())
 	s.WriteString(b.inflateSection())
 	s.WriteString(b.dirScaleSection())
@@ -140,6 +142,7 @@ func (b *bench) targets() []target {
 		}
 		out = append(out, b.npzTargets(p)...)
 		out = append(out, b.eegTargets(p)...)
+		out = append(out, b.smallTargets(p)...)
 		out = append(out, b.ampTargets(p)...)
 		out = append(out, b.diskTargets(p)...)
 		for _, sys := range []struct {

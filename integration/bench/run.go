@@ -34,7 +34,8 @@ type bench struct {
 	// Workload l's directory is uploaded once per run.
 	bigDirReady   bool
 	bigDirResults []bigDirResult
-	eeg           *eegSet // workload i's archives and their MinIO, once made
+	eeg           *eegSet   // workload i's archives and their MinIO, once made
+	small         *smallSet // workload n's archives and their MinIO, once made
 
 	// disk is workload k's disk counters, once run.
 	disk *diskSet
@@ -108,6 +109,7 @@ func (b *bench) runAll(ctx context.Context) error {
 			b.runNPZView(ctx, profile, endpoint)
 			b.runBigDir(ctx, profile, endpoint)
 			b.runEEG(ctx, profile)
+			b.runSmallIndex(ctx, profile)
 			b.runAmp(ctx, profile)
 			b.runDiskTier(ctx, profile, endpoint)
 			b.runDirScale(ctx, profile, endpoint)
