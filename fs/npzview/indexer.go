@@ -109,7 +109,11 @@ func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a 
 	if err := c.acquire(ctx); err != nil {
 		return SavedArchive{}, nil, err
 	}
-	return s, todo, ix.build(src, todo, s)
+	if err := ix.build(src, todo, s); err != nil {
+		return SavedArchive{}, nil, err
+	}
+	keptHeads(src, s)
+	return s, todo, nil
 }
 
 // indexStreamed reads the zip directory of a with ranged GETs and
@@ -140,7 +144,28 @@ func (ix ArchiveIndexer) indexStreamed(ctx context.Context, limits *IndexLimits,
 		}
 		return ix.build(&forwardReaderAt{r: stream, pos: from, ctx: ctx, core: &c}, todo, s)
 	})
+	if err == nil {
+		err = limits.request(ctx, func() error {
+			keptHeads(s3backend.BindContext(ctx, s3backend.VersionReader{Store: ix.Source, Version: a}), s)
+			return nil
+		})
+	}
 	return s, todo, err
+}
+
+// keptHeads adds to s the heads of the members whose index a mount
+// built (read from src through the index: for a streamed archive, a
+// short GET each); a head that cannot be read is left out.
+func keptHeads(src io.ReaderAt, s SavedArchive) {
+	for name, x := range s.Indexes {
+		if s.Heads[name] != nil {
+			continue
+		}
+		head := make([]byte, min(SavedHeadBytes, x.Size()))
+		if n, err := x.ReadAt(src, head, 0); n == len(head) && (err == nil || errors.Is(err, io.EOF)) {
+			s.Heads[name] = head
+		}
+	}
 }
 
 // unindexed returns the deflated members of dir that have no index in
