@@ -56,23 +56,22 @@ func (ix ArchiveIndexer) IndexArchive(ctx context.Context, a s3backend.Version) 
 	if limits == nil {
 		limits = NewIndexLimits(1<<20, 0)
 	}
-	var dir *npz.Directory
-	var kept map[string]*npz.Index
+	var saved SavedArchive
 	var built []npz.Member
 	var err error
 	if limits.fetchedWhole(a.Size) {
-		dir, kept, built, err = ix.indexWhole(ctx, limits, a)
+		saved, built, err = ix.indexWhole(ctx, limits, a)
 	} else {
-		dir, kept, built, err = ix.indexStreamed(ctx, limits, a)
+		saved, built, err = ix.indexStreamed(ctx, limits, a)
 	}
 	if err != nil {
 		return err
 	}
-	if err := ix.Files.MarkDone(ctx, a, ix.Placement, dir, kept); err != nil {
+	if err := ix.Files.MarkDone(ctx, a, ix.Placement, saved); err != nil {
 		return fmt.Errorf("marking the archive indexed: %w", err)
 	}
-	for _, m := range dir.Members {
-		if kept[m.Name] != nil && !slices.Contains(built, m) {
+	for _, m := range saved.Dir.Members {
+		if saved.Indexes[m.Name] != nil && !slices.Contains(built, m) {
 			ix.Files.RemoveMemberFile(a, m)
 		}
 	}
@@ -86,8 +85,8 @@ func (ix ArchiveIndexer) IndexArchive(ctx context.Context, a s3backend.Version) 
 
 // indexWhole fetches a whole in one GET and indexes it from memory on
 // one core: its zip directory, and the indexes of its deflated members
-// (those Files has, and those built, which it returns).
-func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a s3backend.Version) (*npz.Directory, map[string]*npz.Index, []npz.Member, error) {
+// (those Files has, and those built, which it returns, with their heads).
+func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a s3backend.Version) (SavedArchive, []npz.Member, error) {
 	data := make([]byte, a.Size)
 	err := limits.request(ctx, func() error {
 		n, err := ix.Source.ReadAt(ctx, a, 0, data)
@@ -97,33 +96,37 @@ func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a 
 		return err
 	})
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("fetching the archive: %w", err)
+		return SavedArchive{}, nil, fmt.Errorf("fetching the archive: %w", err)
 	}
 	src := bytes.NewReader(data)
 	dir, err := npz.ReadDirectory(src, a.Size)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("reading the zip directory: %w", err)
+		return SavedArchive{}, nil, fmt.Errorf("reading the zip directory: %w", err)
 	}
-	todo, indexes := ix.unindexed(ctx, a, dir)
+	todo, s := ix.unindexed(ctx, a, dir)
 	c := core{cpu: limits.cpu}
 	defer c.release()
 	if err := c.acquire(ctx); err != nil {
-		return nil, nil, nil, err
+		return SavedArchive{}, nil, err
 	}
-	return dir, indexes, todo, ix.build(src, todo, indexes)
+	if err := ix.build(src, todo, s); err != nil {
+		return SavedArchive{}, nil, err
+	}
+	keptHeads(src, s)
+	return s, todo, nil
 }
 
 // indexStreamed reads the zip directory of a with ranged GETs and
 // builds the indexes its deflated members lack from one stream of the
 // archive, as indexWhole does; its core is given back while the stream
 // is waited for.
-func (ix ArchiveIndexer) indexStreamed(ctx context.Context, limits *IndexLimits, a s3backend.Version) (dir *npz.Directory, indexes map[string]*npz.Index, todo []npz.Member, err error) {
+func (ix ArchiveIndexer) indexStreamed(ctx context.Context, limits *IndexLimits, a s3backend.Version) (s SavedArchive, todo []npz.Member, err error) {
 	err = limits.request(ctx, func() error {
-		dir, err = npz.ReadDirectory(s3backend.BindContext(ctx, s3backend.VersionReader{Store: ix.Source, Version: a}), a.Size)
+		dir, err := npz.ReadDirectory(s3backend.BindContext(ctx, s3backend.VersionReader{Store: ix.Source, Version: a}), a.Size)
 		if err != nil {
 			return fmt.Errorf("reading the zip directory: %w", err)
 		}
-		todo, indexes = ix.unindexed(ctx, a, dir)
+		todo, s = ix.unindexed(ctx, a, dir)
 		if len(todo) == 0 {
 			return nil
 		}
@@ -139,15 +142,36 @@ func (ix ArchiveIndexer) indexStreamed(ctx context.Context, limits *IndexLimits,
 		if err := c.acquire(ctx); err != nil {
 			return err
 		}
-		return ix.build(&forwardReaderAt{r: stream, pos: from, ctx: ctx, core: &c}, todo, indexes)
+		return ix.build(&forwardReaderAt{r: stream, pos: from, ctx: ctx, core: &c}, todo, s)
 	})
-	return dir, indexes, todo, err
+	if err == nil {
+		err = limits.request(ctx, func() error {
+			keptHeads(s3backend.BindContext(ctx, s3backend.VersionReader{Store: ix.Source, Version: a}), s)
+			return nil
+		})
+	}
+	return s, todo, err
+}
+
+// keptHeads adds to s the heads of the members whose index a mount
+// built (read from src through the index: for a streamed archive, a
+// short GET each); a head that cannot be read is left out.
+func keptHeads(src io.ReaderAt, s SavedArchive) {
+	for name, x := range s.Indexes {
+		if s.Heads[name] != nil {
+			continue
+		}
+		head := make([]byte, min(SavedHeadBytes, x.Size()))
+		if n, err := x.ReadAt(src, head, 0); n == len(head) && (err == nil || errors.Is(err, io.EOF)) {
+			s.Heads[name] = head
+		}
+	}
 }
 
 // unindexed returns the deflated members of dir that have no index in
-// Files, in archive order, and the indexes of those that have one (a
-// mount built them already).
-func (ix ArchiveIndexer) unindexed(ctx context.Context, a s3backend.Version, dir *npz.Directory) ([]npz.Member, map[string]*npz.Index) {
+// Files, in archive order, and dir with the indexes of those that have
+// one (a mount built them already; their heads are not at hand).
+func (ix ArchiveIndexer) unindexed(ctx context.Context, a s3backend.Version, dir *npz.Directory) ([]npz.Member, SavedArchive) {
 	var todo []npz.Member
 	indexes := map[string]*npz.Index{}
 	for _, m := range dir.Members {
@@ -161,20 +185,76 @@ func (ix ArchiveIndexer) unindexed(ctx context.Context, a s3backend.Version, dir
 		todo = append(todo, m)
 	}
 	slices.SortFunc(todo, func(x, y npz.Member) int { return int(x.HeaderOffset - y.HeaderOffset) })
-	return todo, indexes
+	return todo, SavedArchive{Dir: dir, Indexes: indexes, Heads: map[string][]byte{}}
 }
 
-// build builds the indexes of todo (in archive order) from src into
-// indexes.
-func (ix ArchiveIndexer) build(src io.ReaderAt, todo []npz.Member, indexes map[string]*npz.Index) error {
+// build builds the indexes of todo (in archive order) from src into s,
+// with each member's head: inflated again through the index from a copy
+// of the start of the member's bytes kept as the build read them (src
+// may be a stream that cannot go back).
+func (ix ArchiveIndexer) build(src io.ReaderAt, todo []npz.Member, s SavedArchive) error {
 	for _, m := range todo {
-		x, err := npz.BuildIndex(src, m, ix.Placement.Span, ix.Placement.RowLead)
+		rec := &startRecorder{r: src, from: m.HeaderOffset, n: headSourceBytes}
+		x, err := npz.BuildIndex(rec, m, ix.Placement.Span, ix.Placement.RowLead)
 		if err != nil {
 			return err
 		}
-		indexes[m.Name] = x
+		s.Indexes[m.Name] = x
+		rec.replay = true
+		head := make([]byte, min(SavedHeadBytes, x.Size()))
+		if n, err := x.ReadAt(rec, head, 0); n == len(head) && (err == nil || errors.Is(err, io.EOF)) {
+			s.Heads[m.Name] = head
+		}
 	}
 	return nil
+}
+
+// headSourceBytes is how much of a member's bytes, from its local
+// header on, build keeps to inflate its head again: a head of
+// SavedHeadBytes takes about that much of a stream that barely
+// compresses, and the inflater reads some way past what it needs.
+const headSourceBytes = 1 << 20
+
+// startRecorder reads through r and keeps a copy of what it read of
+// [from, from+n); as a ReaderAt it then serves those bytes, and io.EOF
+// past what it kept.
+type startRecorder struct {
+	r       io.ReaderAt
+	from, n int64
+	// kept are the pieces read, each at its archive offset.
+	kept []keptPiece
+	// replay is set once the build is over: reads come from kept.
+	replay bool
+}
+
+type keptPiece struct {
+	off  int64
+	data []byte
+}
+
+func (s *startRecorder) ReadAt(p []byte, off int64) (int, error) {
+	if s.replay {
+		return s.replayAt(p, off)
+	}
+	n, err := s.r.ReadAt(p, off)
+	lo, hi := max(off, s.from), min(off+int64(n), s.from+s.n)
+	if hi > lo {
+		s.kept = append(s.kept, keptPiece{off: lo, data: slices.Clone(p[lo-off : hi-off])})
+	}
+	return n, err
+}
+
+func (s *startRecorder) replayAt(p []byte, off int64) (int, error) {
+	for _, k := range s.kept {
+		if off >= k.off && off < k.off+int64(len(k.data)) {
+			n := copy(p, k.data[off-k.off:])
+			if n < len(p) {
+				return n, io.EOF
+			}
+			return n, nil
+		}
+	}
+	return 0, io.EOF
 }
 
 // forwardReaderAt serves reads at increasing offsets from one stream,

@@ -196,22 +196,43 @@ func (p IndexPlacement) encode() []byte {
 	return binary.AppendUvarint(binary.AppendUvarint(nil, uint64(p.Span)), uint64(p.RowLead))
 }
 
+// SavedArchive is what the archive file "bgbfs index" writes holds of
+// one archive version: its zip directory, its deflated members' indexes
+// and, by member, the start of the content (at most SavedHeadBytes).
+// The heads answer the read numpy's header read makes the kernel send at
+// every open (tens of KiB of content, far more than the .npy header the
+// index keeps): with them, a mount's first open of a member costs no
+// fetch of the member's first blocks. Files written before heads were
+// kept have none.
+type SavedArchive struct {
+	Dir     *npz.Directory
+	Indexes map[string]*npz.Index
+	Heads   map[string][]byte
+}
+
+// SavedHeadBytes is how much of a member's content from its start an
+// archive file keeps: what the kernel asks for to answer numpy's read of
+// an array's header (headRegion).
+const SavedHeadBytes = headRegion
+
 // MarkDone records that every compressed member of archive obj is
 // indexed in the dir, with placement p, in one file that also holds the
-// archive's zip directory and its members' indexes: a mount reads that one
-// file at the archive's first open instead of the archive's tail and each
-// index.
-func (f IndexFiles) MarkDone(ctx context.Context, obj s3backend.Version, p IndexPlacement, dir *npz.Directory, indexes map[string]*npz.Index) error {
+// archive's zip directory, its members' indexes and their heads: a mount
+// reads that one file at the archive's first open instead of the
+// archive's tail, each index and each member's first blocks. The heads
+// come after the indexes, so that a file without them (written before)
+// reads the same.
+func (f IndexFiles) MarkDone(ctx context.Context, obj s3backend.Version, p IndexPlacement, s SavedArchive) error {
 	body := p.encode()
-	db, err := dir.MarshalBinary()
+	db, err := s.Dir.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	body = binary.AppendUvarint(body, uint64(len(db)))
-	body = append(body, db...)
-	body = binary.AppendUvarint(body, uint64(len(indexes)))
-	for _, m := range dir.Members {
-		x := indexes[m.Name]
+	body = appendBytes(body, db)
+	body = binary.AppendUvarint(body, uint64(len(s.Indexes)))
+	var heads int
+	for _, m := range s.Dir.Members {
+		x := s.Indexes[m.Name]
 		if x == nil {
 			continue
 		}
@@ -219,13 +240,24 @@ func (f IndexFiles) MarkDone(ctx context.Context, obj s3backend.Version, p Index
 		if err != nil {
 			return err
 		}
-		body = binary.AppendUvarint(body, uint64(len(m.Name)))
-		body = append(body, m.Name...)
-		body = binary.AppendUvarint(body, uint64(len(xb)))
-		body = append(body, xb...)
+		body = appendBytes(appendBytes(body, []byte(m.Name)), xb)
+		if s.Heads[m.Name] != nil {
+			heads++
+		}
+	}
+	body = binary.AppendUvarint(body, uint64(heads))
+	for _, m := range s.Dir.Members {
+		if h := s.Heads[m.Name]; s.Indexes[m.Name] != nil && h != nil {
+			body = appendBytes(appendBytes(body, []byte(m.Name)), h)
+		}
 	}
 	id := indexID{f.Source, obj, ""}
 	return f.Dir.Store(ctx, id.name(archiveDoneSuffix), id.encode(body))
+}
+
+// appendBytes appends b to body, after its length.
+func appendBytes(body, b []byte) []byte {
+	return append(binary.AppendUvarint(body, uint64(len(b))), b...)
 }
 
 // Done reports whether MarkDone recorded archive obj with placement p. A
@@ -244,47 +276,70 @@ func (f IndexFiles) Done(ctx context.Context, obj s3backend.Version, p IndexPlac
 	return err == nil && bytes.HasPrefix(body, p.encode()), nil
 }
 
-// LoadArchive returns the zip directory and the member indexes MarkDone
-// saved for archive obj: an error wrapping io/fs.ErrNotExist if there are
-// none, ErrIndexFileBad if the file is not to be trusted.
-func (f IndexFiles) LoadArchive(ctx context.Context, obj s3backend.Version) (*npz.Directory, map[string]*npz.Index, error) {
+// LoadArchive returns what MarkDone saved for archive obj: an error
+// wrapping io/fs.ErrNotExist if there is none, ErrIndexFileBad if the
+// file is not to be trusted.
+func (f IndexFiles) LoadArchive(ctx context.Context, obj s3backend.Version) (SavedArchive, error) {
 	id := indexID{f.Source, obj, ""}
 	b, err := f.load(ctx, id.name(archiveDoneSuffix))
 	if err != nil {
-		return nil, nil, err
+		return SavedArchive{}, err
 	}
 	body, err := id.decode(b)
 	if err != nil {
-		return nil, nil, err
+		return SavedArchive{}, err
 	}
-	bad := func(why string, args ...any) error {
-		return fmt.Errorf("%w: archive file: %s", ErrIndexFileBad, fmt.Sprintf(why, args...))
-	}
-	r := bytes.NewReader(body)
-	next := func() []byte {
-		n, err := binary.ReadUvarint(r)
-		if err != nil || n > uint64(r.Len()) {
-			return nil
-		}
-		v := make([]byte, n)
-		r.Read(v)
-		return v
-	}
+	r := archiveFileReader{bytes.NewReader(body)}
 	for range 2 { // the placement
 		if _, err := binary.ReadUvarint(r); err != nil {
-			return nil, nil, bad("no placement")
+			return SavedArchive{}, r.bad("no placement")
 		}
 	}
 	if r.Len() == 0 {
-		return nil, nil, fmt.Errorf("archive file without a directory: %w", iofs.ErrNotExist)
+		return SavedArchive{}, fmt.Errorf("archive file without a directory: %w", iofs.ErrNotExist)
 	}
-	dir, err := npz.UnmarshalDirectory(next(), obj.Size)
+	dir, err := npz.UnmarshalDirectory(r.next(), obj.Size)
 	if err != nil {
-		return nil, nil, bad("%v", err)
+		return SavedArchive{}, r.bad("%v", err)
 	}
+	s := SavedArchive{Dir: dir}
+	if s.Indexes, err = r.indexes(dir); err != nil {
+		return SavedArchive{}, err
+	}
+	if r.Len() > 0 { // written before heads were kept if not
+		if s.Heads, err = r.heads(s.Indexes); err != nil {
+			return SavedArchive{}, err
+		}
+	}
+	if r.Len() != 0 {
+		return SavedArchive{}, r.bad("%d bytes after the heads", r.Len())
+	}
+	return s, nil
+}
+
+// archiveFileReader reads the body of an archive file.
+type archiveFileReader struct{ *bytes.Reader }
+
+func (r archiveFileReader) bad(why string, args ...any) error {
+	return fmt.Errorf("%w: archive file: %s", ErrIndexFileBad, fmt.Sprintf(why, args...))
+}
+
+// next reads a length and that many bytes; nil if they are not there.
+func (r archiveFileReader) next() []byte {
+	n, err := binary.ReadUvarint(r)
+	if err != nil || n > uint64(r.Len()) {
+		return nil
+	}
+	v := make([]byte, n)
+	r.Read(v)
+	return v
+}
+
+// indexes reads the member indexes, each of a member of dir.
+func (r archiveFileReader) indexes(dir *npz.Directory) (map[string]*npz.Index, error) {
 	count, err := binary.ReadUvarint(r)
 	if err != nil || count > uint64(len(dir.Members)) {
-		return nil, nil, bad("index count")
+		return nil, r.bad("index count")
 	}
 	members := map[string]npz.Member{}
 	for _, m := range dir.Members {
@@ -292,19 +347,39 @@ func (f IndexFiles) LoadArchive(ctx context.Context, obj s3backend.Version) (*np
 	}
 	indexes := map[string]*npz.Index{}
 	for range count {
-		name := string(next())
+		name := string(r.next())
 		m, ok := members[name]
 		if !ok || indexes[name] != nil {
-			return nil, nil, bad("index of %q, not a member", name)
+			return nil, r.bad("index of %q, not a member", name)
 		}
-		x, err := npz.UnmarshalIndex(next(), m)
+		x, err := npz.UnmarshalIndex(r.next(), m)
 		if err != nil {
-			return nil, nil, bad("index of %q: %v", name, err)
+			return nil, r.bad("index of %q: %v", name, err)
 		}
 		indexes[name] = x
 	}
-	if r.Len() != 0 {
-		return nil, nil, bad("%d bytes after the indexes", r.Len())
+	return indexes, nil
+}
+
+// heads reads the members' heads, each of a member with an index,
+// starting with what that index keeps of the content's start.
+func (r archiveFileReader) heads(indexes map[string]*npz.Index) (map[string][]byte, error) {
+	count, err := binary.ReadUvarint(r)
+	if err != nil || count > uint64(len(indexes)) {
+		return nil, r.bad("head count")
 	}
-	return dir, indexes, nil
+	heads := map[string][]byte{}
+	for range count {
+		name := string(r.next())
+		x := indexes[name]
+		if x == nil || heads[name] != nil {
+			return nil, r.bad("head of %q, not an indexed member", name)
+		}
+		h := r.next()
+		if len(h) > SavedHeadBytes || int64(len(h)) > x.Size() || !bytes.HasPrefix(h, x.Head()) {
+			return nil, r.bad("head of %q: %d bytes, not the start of its content", name, len(h))
+		}
+		heads[name] = h
+	}
+	return heads, nil
 }

@@ -167,7 +167,7 @@ func TestArchiveDone(t *testing.T) {
 	if done, err := files.Done(ctx, obj, p); done || err != nil {
 		t.Fatalf("done before MarkDone: %v, %v", done, err)
 	}
-	if err := files.MarkDone(ctx, obj, p, &npz.Directory{}, nil); err != nil {
+	if err := files.MarkDone(ctx, obj, p, SavedArchive{Dir: &npz.Directory{}}); err != nil {
 		t.Fatal(err)
 	}
 	v2 := obj
@@ -211,7 +211,7 @@ func TestIndexFilesListed(t *testing.T) {
 	if done, err := files.Done(ctx, obj, p); done || err != nil || dir.loads != 0 {
 		t.Fatalf("done %v, %v, %d loads; want not done and no load", done, err, dir.loads)
 	}
-	if err := files.MarkDone(ctx, obj, p, &npz.Directory{}, nil); err != nil {
+	if err := files.MarkDone(ctx, obj, p, SavedArchive{Dir: &npz.Directory{}}); err != nil {
 		t.Fatal(err)
 	}
 	for name := range dir.files {
@@ -222,9 +222,11 @@ func TestIndexFilesListed(t *testing.T) {
 	}
 }
 
-// TestArchiveFile: the archive file saves the zip directory and the
-// member indexes, which read as the originals; an archive file of
-// placement only (no directory) is as good as none.
+// TestArchiveFile: the archive file saves the zip directory, the
+// member indexes and their heads, which read as the originals; a file
+// written before heads were kept reads without them; a head that is not
+// the start of its member's content makes the file untrusted; an
+// archive file of placement only (no directory) is as good as none.
 func TestArchiveFile(t *testing.T) {
 	ctx := context.Background()
 	archive, m, x := indexedArchive(t)
@@ -234,21 +236,28 @@ func TestArchiveFile(t *testing.T) {
 	}
 	obj := s3backend.Version{Key: "a.npz", ETag: `"v1"`, Size: int64(len(archive))}
 	files := IndexFiles{Dir: &memDir{}, Source: "b"}
-	if _, _, err := files.LoadArchive(ctx, obj); !errors.Is(err, iofs.ErrNotExist) {
+	if _, err := files.LoadArchive(ctx, obj); !errors.Is(err, iofs.ErrNotExist) {
 		t.Fatalf("no archive file: %v, want ErrNotExist", err)
 	}
-	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
-	if err := files.MarkDone(ctx, obj, p, dir, map[string]*npz.Index{m.Name: x}); err != nil {
+	head := make([]byte, SavedHeadBytes)
+	if _, err := x.ReadAt(bytes.NewReader(archive), head, 0); err != nil {
 		t.Fatal(err)
 	}
-	gotDir, indexes, err := files.LoadArchive(ctx, obj)
+	p := IndexPlacement{Span: 1 << 20, RowLead: RowLead(128 << 10)}
+	if err := files.MarkDone(ctx, obj, p, SavedArchive{Dir: dir, Indexes: map[string]*npz.Index{m.Name: x}, Heads: map[string][]byte{m.Name: head}}); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := files.LoadArchive(ctx, obj)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(gotDir.Members) != 1 || gotDir.Members[0].Name != m.Name || gotDir.Members[0].CRC32 != m.CRC32 {
-		t.Errorf("directory %+v, want %+v", gotDir.Members, dir.Members)
+	if len(saved.Dir.Members) != 1 || saved.Dir.Members[0].Name != m.Name || saved.Dir.Members[0].CRC32 != m.CRC32 {
+		t.Errorf("directory %+v, want %+v", saved.Dir.Members, dir.Members)
 	}
-	y := indexes[m.Name]
+	if !bytes.Equal(saved.Heads[m.Name], head) {
+		t.Errorf("head of %d bytes read back, want the %d saved", len(saved.Heads[m.Name]), len(head))
+	}
+	y := saved.Indexes[m.Name]
 	if y == nil {
 		t.Fatal("no index of the member")
 	}
@@ -263,7 +272,41 @@ func TestArchiveFile(t *testing.T) {
 	}
 	other := obj
 	other.Size++
-	if _, _, err := files.LoadArchive(ctx, other); !errors.Is(err, iofs.ErrNotExist) {
+	if _, err := files.LoadArchive(ctx, other); !errors.Is(err, iofs.ErrNotExist) {
 		t.Errorf("archive of another size: %v, want ErrNotExist", err)
+	}
+	checkArchiveFileHeads(t, files, obj, p, SavedArchive{Dir: dir, Indexes: map[string]*npz.Index{m.Name: x}}, head)
+}
+
+// checkArchiveFileHeads checks the archive file of obj written without
+// heads (as before they were kept: nothing after the indexes) and with a
+// head that is not its member's.
+func checkArchiveFileHeads(t *testing.T, files IndexFiles, obj s3backend.Version, p IndexPlacement, s SavedArchive, head []byte) {
+	ctx := context.Background()
+	id := indexID{files.Source, obj, ""}
+	name := id.name(archiveDoneSuffix)
+	if err := files.MarkDone(ctx, obj, p, s); err != nil {
+		t.Fatal(err)
+	}
+	mem := files.Dir.(*memDir)
+	body, err := id.decode(mem.files[name])
+	if err != nil || body[len(body)-1] != 0 {
+		t.Fatalf("archive file without heads: %v, last byte of the body %d, want the head count 0", err, body[len(body)-1])
+	}
+	mem.files[name] = id.encode(body[:len(body)-1])
+	saved, err := files.LoadArchive(ctx, obj)
+	if err != nil || len(saved.Heads) != 0 || len(saved.Indexes) != 1 {
+		t.Errorf("archive file written before heads were kept: %d indexes, %d heads, %v; want 1, 0, nil", len(saved.Indexes), len(saved.Heads), err)
+	}
+	for _, m := range s.Dir.Members {
+		wrong := bytes.Clone(head)
+		wrong[0] ^= 1
+		s.Heads = map[string][]byte{m.Name: wrong}
+		if err := files.MarkDone(ctx, obj, p, s); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := files.LoadArchive(ctx, obj); !errors.Is(err, ErrIndexFileBad) {
+			t.Errorf("archive file with a head not of its member: %v, want ErrIndexFileBad", err)
+		}
 	}
 }

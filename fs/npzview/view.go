@@ -57,6 +57,11 @@ type View struct {
 	// about what they take (directoryBytes).
 	dirs     map[string]*npz.Directory
 	dirBytes int64
+	// heads holds the starts of members' content that archive files
+	// keep (SavedArchive.Heads), by indexKey, for the header reads of
+	// first opens; headBytes is what they take.
+	heads     map[string][]byte
+	headBytes int64
 
 	// files, if set, saves indexes across runs: a build first looks
 	// there, and (with saveFiles) writes what it built.
@@ -86,6 +91,13 @@ const (
 	maxBroken   = 1024
 	maxDirBytes = 8 << 20
 )
+
+// maxHeadBytes bounds the memory of the held heads of members (64 KiB
+// each): a head is wanted right after its archive file is read, by the
+// open that read it, and then by later opens of the member while it is
+// held. It is cleared when full, which only costs a later open fetching
+// the member's first blocks.
+const maxHeadBytes = 16 << 20
 
 // directoryBytes is about what dir takes in memory, held under a
 // key of keyLen bytes.
@@ -158,7 +170,7 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 	}
 	v := &View{
 		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes),
-		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{},
+		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{}, heads: map[string][]byte{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
@@ -271,18 +283,45 @@ func (v *View) savedArchive(obj s3backend.Version) *npz.Directory {
 		return nil
 	}
 	defer v.life.Done()
-	dir, indexes, err := v.files.LoadArchive(v.life.Context(), obj)
+	saved, err := v.files.LoadArchive(v.life.Context(), obj)
 	if err != nil {
 		v.fileError(obj, "", err)
 		return nil
 	}
-	for _, m := range dir.Members {
-		if x := indexes[m.Name]; x != nil {
+	for _, m := range saved.Dir.Members {
+		if x := saved.Indexes[m.Name]; x != nil {
 			v.hold(indexKey(obj, m), x)
 			v.loads.Add(1)
 		}
+		if h := saved.Heads[m.Name]; h != nil {
+			v.holdHead(indexKey(obj, m), h)
+		}
 	}
-	return dir
+	return saved.Dir
+}
+
+// holdHead keeps h, the start of the content of the member under key.
+func (v *View) holdHead(key string, h []byte) {
+	n := int64(len(key) + len(h))
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.headBytes+n > maxHeadBytes {
+		clear(v.heads)
+		v.headBytes = 0
+	}
+	if old, ok := v.heads[key]; ok {
+		v.headBytes -= int64(len(key) + len(old))
+	}
+	v.heads[key] = h
+	v.headBytes += n
+}
+
+// savedHead returns the start of the content of member m of obj that
+// its archive file kept, if the view holds it; it must not be modified.
+func (v *View) savedHead(obj s3backend.Version, m npz.Member) []byte {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.heads[indexKey(obj, m)]
 }
 
 func (v *View) brokenMember(key string) error {

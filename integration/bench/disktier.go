@@ -291,6 +291,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // mountWithStats mounts source with its metrics served (eegMount is it
 // for workload i's bucket).
 func (b *bench) mountWithStats(source, endpoint string, creds *testbed.Creds, args ...string) (*eegMounted, error) {
+	return b.mountBinWithStats(b.bin, source, endpoint, creds, args...)
+}
+
+// mountBinWithStats is mountWithStats with binary bin.
+func (b *bench) mountBinWithStats(bin, source, endpoint string, creds *testbed.Creds, args ...string) (*eegMounted, error) {
 	mp, err := os.MkdirTemp(b.work, "mnt-")
 	if err != nil {
 		return nil, err
@@ -301,7 +306,7 @@ func (b *bench) mountWithStats(source, endpoint string, creds *testbed.Creds, ar
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	m, err := testbed.Mount(testbed.MountOptions{
-		Bin: b.bin, Source: source, Mountpoint: mp, Endpoint: endpoint, Creds: creds,
+		Bin: bin, Source: source, Mountpoint: mp, Endpoint: endpoint, Creds: creds,
 		Args: append([]string{"--metrics-addr", addr}, args...),
 	})
 	if err != nil {

@@ -320,7 +320,12 @@ type eegMounted struct {
 }
 
 func (b *bench) eegMount(endpoint string, args ...string) (*eegMounted, error) {
-	return b.mountWithStats("s3://"+eegBucket+"/", endpoint, &testbed.Creds{AccessKey: b.eeg.srv.AccessKey, SecretKey: b.eeg.srv.SecretKey}, args...)
+	return b.eegMountBin(b.bin, endpoint, args...)
+}
+
+// eegMountBin mounts workload i's bucket with binary bin.
+func (b *bench) eegMountBin(bin, endpoint string, args ...string) (*eegMounted, error) {
+	return b.mountBinWithStats(bin, "s3://"+eegBucket+"/", endpoint, &testbed.Creds{AccessKey: b.eeg.srv.AccessKey, SecretKey: b.eeg.srv.SecretKey}, args...)
 }
 
 // daemonCounters reads the daemon's /stats ("name value" lines).

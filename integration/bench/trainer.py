@@ -4,7 +4,9 @@ for shuffled (file, i) pairs, the file reopened for every sample. With
 changed): np.array(np.load(path + ".d/windows.npy", mmap_mode="r")[i]).
 With --each-file-once, the samples are one random window of every file.
 With --epoch, the samples are every window of every file once, shuffled
-(--seed picks the order: one seed per epoch).
+(--seed picks the order: one seed per epoch); with --first K too, only
+the --samples windows from the K-th on in that order (two runs of the
+same seed and different K read different windows).
 With --files N, only the first N files (by name) are read.
 With --forget, each sample drops the file it read from the page cache
 (POSIX_FADV_DONTNEED), as a dataset far larger than memory would: no
@@ -116,6 +118,7 @@ def main():
     p.add_argument("--view", action="store_true")
     p.add_argument("--each-file-once", action="store_true")
     p.add_argument("--epoch", action="store_true")
+    p.add_argument("--first", type=int, default=-1)
     p.add_argument("--files", type=int, default=0)
     p.add_argument("--forget", action="store_true")
     p.add_argument("--verify", metavar="LOCALDIR")
@@ -155,6 +158,8 @@ def main():
     elif a.epoch:
         todo = list(pairs)
         rnd.shuffle(todo)
+        if a.first >= 0:
+            todo = todo[a.first:a.first + a.samples]
     else:
         todo = [rnd.choice(pairs) for _ in range(a.samples)]
     with mp.Pool(a.workers) as pool:
