@@ -133,12 +133,18 @@ func TestFetchTimeout(t *testing.T) {
 	if took > opt.FetchTimeout+time.Second {
 		t.Errorf("read failed after %v, want about %v", took, opt.FetchTimeout)
 	}
+	// Both fetches end: their GETs return, then each fetch records its
+	// failure. A read that came between the two would join the failing
+	// fetch, and this test is of the read after.
 	deadline := time.Now().Add(5 * time.Second)
-	for store.held.Load() > 0 && time.Now().Before(deadline) {
+	for (store.held.Load() > 0 || c.fetchesUnderWay() > 0) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if held := store.held.Load(); held != 0 {
 		t.Errorf("%d GETs still held %v after the fetch timeout", held, time.Since(start))
+	}
+	if n := c.fetchesUnderWay(); n != 0 {
+		t.Errorf("%d blocks still being fetched %v after the fetch timeout", n, time.Since(start))
 	}
 	gets := store.gets.Load()
 	store.speak()
@@ -198,4 +204,11 @@ func TestShortFetchIsNoData(t *testing.T) {
 			})
 		}
 	}
+}
+
+// fetchesUnderWay is how many blocks are being fetched.
+func (c *BlockCache) fetchesUnderWay() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.inflight)
 }
