@@ -528,11 +528,21 @@ func (p *rowPoints) boundary(b *indexBuilder, pos int64) error {
 // for reads near the start, such as an .npy header, which need little of
 // the stream: no CRC-32 is checked, since the member is not read whole.
 func ReadFromStart(r io.ReaderAt, m Member, dataOff int64, p []byte, off int64) (int, error) {
-	if m.Method != Deflated {
-		return 0, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
+	x, err := StartIndex(m, dataOff)
+	if err != nil {
+		return 0, err
 	}
-	x := &Index{member: m, dataOff: dataOff, points: []point{{}}}
 	return x.ReadAt(r, p, off)
+}
+
+// StartIndex returns an index of the deflated member m, whose stream
+// starts at archive offset dataOff, with no access point but the
+// stream's start: its reads inflate from there, as ReadFromStart's do.
+func StartIndex(m Member, dataOff int64) (*Index, error) {
+	if m.Method != Deflated {
+		return nil, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
+	}
+	return &Index{member: m, dataOff: dataOff, points: []point{{}}}, nil
 }
 
 // Span returns the stretch of content [start, end) between the access
@@ -621,51 +631,60 @@ func (x *Index) MemoryBytes() int64 { return x.memory }
 // inflates the stretch before each piece again, so callers should read
 // larger ranges and keep them.
 func (x *Index) ReadAt(r io.ReaderAt, p []byte, off int64) (int, error) {
-	q, eof := clip(p, off, x.member.UncompressedSize)
-	if len(q) == 0 {
-		return 0, eof
-	}
-	if end := off + int64(len(q)); end <= int64(len(x.head)) {
-		return copy(q, x.head[off:end]), eof
-	}
-	n, err := x.read(r, q, off)
-	if err != nil {
-		return n, fmt.Errorf("reading %q at %d: %w", x.member.Name, off, err)
-	}
-	return n, eof
+	n, _, err := x.ReadAtInflating(r, p, off)
+	return n, err
 }
 
-func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
+// ReadAtInflating is ReadAt, and says how many bytes of content the
+// inflater produced for it (none when the head the index keeps served
+// it): from the access point on, the stretch before off included.
+func (x *Index) ReadAtInflating(r io.ReaderAt, p []byte, off int64) (n int, inflated int64, err error) {
+	q, eof := clip(p, off, x.member.UncompressedSize)
+	if len(q) == 0 {
+		return 0, 0, eof
+	}
+	if end := off + int64(len(q)); end <= int64(len(x.head)) {
+		return copy(q, x.head[off:end]), 0, eof
+	}
+	n, inflated, err = x.read(r, q, off)
+	if err != nil {
+		return n, inflated, fmt.Errorf("reading %q at %d: %w", x.member.Name, off, err)
+	}
+	return n, inflated, eof
+}
+
+func (x *Index) read(r io.ReaderAt, q []byte, off int64) (n int, inflated int64, err error) {
 	end := off + int64(len(q))
 	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > off }) - 1
 	pt := x.points[i]
 	history, err := pt.history()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	_, limit, first := x.firstRead(i, end)
 	first = min(first, buildReadSize) // a huge p is read in chunks, not one buffer
 
 	f := newInflater(r, x.dataOff, limit, int(first), readChunk)
 	if err := f.seek(pt.bit, history); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	base := pt.out - int64(f.w) // uncompressed offset of f.out[0]
 	done := f.w                 // f.out[:done] is history or already copied
-	n := 0
+	// What the inflater has produced since the access point.
+	inflatedSoFar := func() int64 { return base + int64(f.w) - pt.out }
 	for {
 		if err := f.step(int(min(int64(f.stopMax()), end-base))); err != nil {
-			return n, err
+			return n, inflatedSoFar(), err
 		}
 		if lo, hi := max(off, base+int64(done)), min(end, base+int64(f.w)); hi > lo {
 			n += copy(q[lo-off:hi-off], f.out[lo-base:hi-base])
 		}
 		done = f.w
 		if base+int64(f.w) >= end {
-			return n, nil
+			return n, inflatedSoFar(), nil
 		}
 		if f.state == streamDone {
-			return n, fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, base+int64(f.w))
+			return n, inflatedSoFar(), fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, base+int64(f.w))
 		}
 		if f.w >= f.stopMax() {
 			base += int64(f.slide())

@@ -108,15 +108,17 @@ func (r *MemberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 	if rest := size - off; int64(len(p)) > rest {
 		p, eof = p[:rest], io.EOF
 	}
-	var err error
+	r.view.memberReads.Add(1)
 	if r.member.Method == npz.Stored {
-		err = r.readStored(ctx, p, off)
-	} else {
-		err = r.readDeflated(ctx, p, off)
+		if err := r.readStored(ctx, p, off); err != nil {
+			return 0, err
+		}
+		return len(p), eof
 	}
-	if err != nil {
+	if err := r.readDeflated(ctx, p, off); err != nil {
 		return 0, err
 	}
+	r.view.returned.Add(int64(len(p)))
 	return len(p), eof
 }
 
@@ -230,23 +232,25 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
-	if x := r.heldIndex(); x != nil {
-		// An index holds the .npy header: numpy's header read of every
-		// np.load then costs no request, and is checked. (Only one in
-		// memory: the archive file bgbfs index writes put its indexes
-		// there when the directory was read; asking an s3:// dir for a
-		// member's own file on every header read would cost a GET each.)
-		if _, err := x.ReadAt(s3backend.BindContext(ctx, r.src), p, off); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-	} else {
+	// An index holds the .npy header: numpy's header read of every
+	// np.load then costs no request, and is checked. (Only one in
+	// memory: the archive file bgbfs index writes put its indexes there
+	// when the directory was read; asking an s3:// dir for a member's own
+	// file on every header read would cost a GET each.)
+	x := r.heldIndex()
+	if x == nil {
 		dataOff, err := r.dataOffset(ctx)
 		if err != nil {
 			return err
 		}
-		if _, err := npz.ReadFromStart(s3backend.BindContext(ctx, r.src), r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
+		if x, err = npz.StartIndex(r.member, dataOff); err != nil {
 			return err
 		}
+	}
+	_, inflated, err := x.ReadAtInflating(s3backend.BindContext(ctx, r.src), p, off)
+	r.view.inflated.Add(inflated)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {
@@ -366,7 +370,9 @@ func (r *MemberReader) inflate(x *npz.Index, start, stop int64, hold bool) ([]by
 		}
 	}
 	data := make([]byte, stop-start)
-	if _, err := x.ReadAt(s3backend.BindContext(r.life.Context(), r.src), data, start); err != nil {
+	_, inflated, err := x.ReadAtInflating(s3backend.BindContext(r.life.Context(), r.src), data, start)
+	r.view.inflated.Add(inflated)
+	if err != nil {
 		return nil, err
 	}
 	if hold {

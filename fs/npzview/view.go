@@ -70,7 +70,13 @@ type View struct {
 	// untrusted file: an I/O or S3 failure).
 	loadFailed atomic.Bool
 
-	builds, hits, buildErrors       atomic.Int64
+	builds, hits, buildErrors atomic.Int64
+	// memberReads counts reads of member files; returned the bytes of
+	// compressed members they returned, inflated the bytes inflated to
+	// answer them (from the access point before each), and
+	// buildInflated those index builds inflated.
+	memberReads, returned, inflated atomic.Int64
+	buildInflated                   atomic.Int64
 	loads, filesIgnored, filesSaved atomic.Int64
 	// kernelReadAhead is the kernel's read-ahead on the mount, which says
 	// how far around a window the kernel reads.
@@ -188,19 +194,30 @@ type Stats struct {
 	// were not trusted (corrupt, truncated, of another format or of
 	// another archive version).
 	IndexLoads, IndexSaves, IndexFilesIgnored int64
+	// MemberReads counts reads of member files (one per FUSE read).
+	// ReturnedBytes are the bytes of compressed members those reads
+	// returned, InflatedBytes those inflated to answer them (from the
+	// access point before each read: InflatedBytes ÷ ReturnedBytes is
+	// what a read costs over what it needs), and IndexInflatedBytes
+	// those index builds inflated.
+	MemberReads, ReturnedBytes, InflatedBytes, IndexInflatedBytes int64
 }
 
 // Stats returns the counters so far.
 func (v *View) Stats() Stats {
 	m := v.indexes.Metrics
 	return Stats{
-		IndexBuilds:       v.builds.Load(),
-		IndexBuildErrors:  v.buildErrors.Load(),
-		IndexHits:         v.hits.Load(),
-		IndexBytes:        int64(m.CostAdded()) - int64(m.CostEvicted()),
-		IndexLoads:        v.loads.Load(),
-		IndexSaves:        v.filesSaved.Load(),
-		IndexFilesIgnored: v.filesIgnored.Load(),
+		IndexBuilds:        v.builds.Load(),
+		IndexBuildErrors:   v.buildErrors.Load(),
+		IndexHits:          v.hits.Load(),
+		IndexBytes:         int64(m.CostAdded()) - int64(m.CostEvicted()),
+		IndexLoads:         v.loads.Load(),
+		IndexSaves:         v.filesSaved.Load(),
+		IndexFilesIgnored:  v.filesIgnored.Load(),
+		MemberReads:        v.memberReads.Load(),
+		ReturnedBytes:      v.returned.Load(),
+		InflatedBytes:      v.inflated.Load(),
+		IndexInflatedBytes: v.buildInflated.Load(),
 	}
 }
 
@@ -314,6 +331,10 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 	r := v.blocks.Open(obj)
 	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
+	if err == nil {
+		// A build inflates the whole member: it checks its size.
+		v.buildInflated.Add(m.UncompressedSize)
+	}
 	if err != nil {
 		v.buildErrors.Add(1)
 		if isDataError(err) {
