@@ -656,39 +656,137 @@ func (x *Index) ReadAtInflating(r io.ReaderAt, p []byte, off int64) (n int, infl
 func (x *Index) read(r io.ReaderAt, q []byte, off int64) (n int, inflated int64, err error) {
 	end := off + int64(len(q))
 	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > off }) - 1
-	pt := x.points[i]
-	history, err := pt.history()
+	c, err := x.openStream(r, i, end, end)
 	if err != nil {
 		return 0, 0, err
 	}
-	_, limit, first := x.firstRead(i, end)
-	first = min(first, buildReadSize) // a huge p is read in chunks, not one buffer
+	err = c.produce(end, func(at int64, out []byte) {
+		if lo, hi := max(off, at), min(end, at+int64(len(out))); hi > lo {
+			n += copy(q[lo-off:hi-off], out[lo-at:hi-at])
+		}
+	})
+	return n, c.inflated(), err
+}
 
+// contentStream inflates the content from an access point on.
+type contentStream struct {
+	f    *inflater
+	from int64 // the access point's content offset
+	base int64 // content offset of f.out[0]
+	done int   // f.out[:done] is history or already produced
+}
+
+// openStream starts inflating from access point i, reading the stream
+// no further than the next access point after limitEnd, in a first read
+// sized for the content up to end.
+func (x *Index) openStream(r io.ReaderAt, i int, end, limitEnd int64) (*contentStream, error) {
+	pt := x.points[i]
+	history, err := pt.history()
+	if err != nil {
+		return nil, err
+	}
+	_, limit, _ := x.firstRead(i, limitEnd)
+	_, _, first := x.firstRead(i, end)
+	first = min(first, buildReadSize) // a huge read is made in chunks, not one buffer
 	f := newInflater(r, x.dataOff, limit, int(first), readChunk)
 	if err := f.seek(pt.bit, history); err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	base := pt.out - int64(f.w) // uncompressed offset of f.out[0]
-	done := f.w                 // f.out[:done] is history or already copied
-	// What the inflater has produced since the access point.
-	inflatedSoFar := func() int64 { return base + int64(f.w) - pt.out }
-	for {
-		if err := f.step(int(min(int64(f.stopMax()), end-base))); err != nil {
-			return n, inflatedSoFar(), err
+	return &contentStream{f: f, from: pt.out, base: pt.out - int64(f.w), done: f.w}, nil
+}
+
+// inflated is how much content c has inflated.
+func (c *contentStream) inflated() int64 { return c.base + int64(c.f.w) - c.from }
+
+// produce inflates on up to content offset end, handing each stretch
+// of new output to emit with its content offset; out is not emit's to
+// keep.
+func (c *contentStream) produce(end int64, emit func(at int64, out []byte)) error {
+	f := c.f
+	for c.base+int64(c.done) < end {
+		if c.base+int64(f.w) < end { // not inflated by an earlier call
+			if err := f.step(int(min(int64(f.stopMax()), end-c.base))); err != nil {
+				return err
+			}
 		}
-		if lo, hi := max(off, base+int64(done)), min(end, base+int64(f.w)); hi > lo {
-			n += copy(q[lo-off:hi-off], f.out[lo-base:hi-base])
+		// A match may run past end: that output is the next call's.
+		if hi := int(min(int64(f.w), end-c.base)); hi > c.done {
+			emit(c.base+int64(c.done), f.out[c.done:hi])
+			c.done = hi
 		}
-		done = f.w
-		if base+int64(f.w) >= end {
-			return n, inflatedSoFar(), nil
+		if c.base+int64(f.w) >= end {
+			return nil
 		}
 		if f.state == streamDone {
-			return n, inflatedSoFar(), fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, base+int64(f.w))
+			return fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, c.base+int64(f.w))
 		}
 		if f.w >= f.stopMax() {
-			base += int64(f.slide())
-			done = f.w
+			d := f.slide()
+			c.base += int64(d)
+			c.done -= d
 		}
 	}
+	return nil
+}
+
+// SpanInflater inflates the span of content that starts at one access
+// point, as far as it is asked, and on from there when asked for more:
+// a reader that inflated part of a span for one read does not inflate it
+// again for the next. It is not safe for concurrent use.
+type SpanInflater struct {
+	x           *Index
+	start, stop int64
+	// data is the content inflated so far, [start, start+len(data)); it
+	// only grows, within its capacity (the span), so slices of it handed
+	// out never change.
+	data []byte
+	c    *contentStream
+}
+
+// SpanInflater returns an inflater of the span of content [start, stop)
+// that Span gives for start, which must be an access point's offset.
+func (x *Index) SpanInflater(start int64) (*SpanInflater, error) {
+	s, stop := x.Span(start)
+	if s != start {
+		return nil, fmt.Errorf("content offset %d of %q is not an access point (the span holding it starts at %d)", start, x.member.Name, s)
+	}
+	return &SpanInflater{x: x, start: start, stop: stop, data: make([]byte, 0, stop-start)}, nil
+}
+
+// Inflate inflates the span up to content offset upto (at most its end)
+// reading through r, and returns the content from the span's start to
+// there or further, and how many bytes it inflated for this call. After
+// an error the SpanInflater is spent: start another.
+func (s *SpanInflater) Inflate(r io.ReaderAt, upto int64) (data []byte, inflated int64, err error) {
+	upto = min(upto, s.stop)
+	if s.start+int64(len(s.data)) >= upto {
+		return s.data, 0, nil
+	}
+	if s.c == nil {
+		i := sort.Search(len(s.x.points), func(k int) bool { return s.x.points[k].out > s.start }) - 1
+		if s.c, err = s.x.openStream(r, i, upto, s.stop); err != nil {
+			return nil, 0, fmt.Errorf("reading %q at %d: %w", s.x.member.Name, s.start, err)
+		}
+	}
+	s.c.f.src = r
+	before := s.c.inflated()
+	err = s.c.produce(upto, func(_ int64, out []byte) { s.data = append(s.data, out...) })
+	if err != nil {
+		return nil, s.c.inflated() - before, fmt.Errorf("reading %q at %d: %w", s.x.member.Name, s.start+int64(len(s.data)), err)
+	}
+	inflated = s.c.inflated() - before
+	if s.start+int64(len(s.data)) >= s.stop {
+		s.c = nil // the span is whole: let its buffers go
+	}
+	return s.data, inflated, nil
+}
+
+// MemoryBytes is what s holds: room for the whole span and, until it is
+// inflated whole, the inflater's buffers.
+func (s *SpanInflater) MemoryBytes() int64 {
+	n := int64(cap(s.data))
+	if s.c != nil {
+		n += int64(len(s.c.f.out)) + int64(cap(s.c.f.buf))
+	}
+	return n
 }

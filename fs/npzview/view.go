@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	iofs "io/fs"
 	"log/slog"
 	"strings"
@@ -78,6 +79,10 @@ type View struct {
 	memberReads, returned, inflated atomic.Int64
 	buildInflated                   atomic.Int64
 	loads, filesIgnored, filesSaved atomic.Int64
+	// wrapInflaterSource, if set, wraps what reads of member files
+	// inflate from: tests count the compressed bytes those inflations
+	// read, beside the view's own count of bytes inflated.
+	wrapInflaterSource func(io.ReaderAt) io.ReaderAt
 	// kernelReadAhead is the kernel's read-ahead on the mount, which says
 	// how far around a window the kernel reads.
 	kernelReadAhead atomic.Int64
