@@ -21,6 +21,7 @@ func TestSpanInflater(t *testing.T) {
 		t.Fatalf("%d access points, want several", x.Points())
 	}
 	start, stop := x.Span(x.points[1].out)
+	bufs := new(Buffers) // shared by the cases, one after the other: reused
 	for _, tt := range []struct {
 		name  string
 		steps []int64 // upto, as offsets from start
@@ -31,7 +32,7 @@ func TestSpanInflater(t *testing.T) {
 		{"one step short of the end", []int64{stop - start - 1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := x.SpanInflater(start)
+			s, err := x.SpanInflater(start, bufs)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,10 +61,10 @@ func TestSpanInflater(t *testing.T) {
 			}
 		})
 	}
-	if _, err := x.SpanInflater(start + 1); err == nil {
+	if _, err := x.SpanInflater(start+1, nil); err == nil {
 		t.Error("SpanInflater at a content offset that is no access point: no error")
 	}
-	s, err := x.SpanInflater(start)
+	s, err := x.SpanInflater(start, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -260,7 +260,7 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 			return err
 		}
 	}
-	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), p, off)
+	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), p, off, r.view.buffers)
 	r.view.inflated.Add(inflated)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return err
@@ -404,7 +404,7 @@ func (r *MemberReader) inflate(x *npz.Index, start, limit int64) ([]byte, error)
 	s := r.heldInflater(start)
 	if s == nil {
 		var err error
-		if s, err = x.SpanInflater(start); err != nil {
+		if s, err = x.SpanInflater(start, r.view.buffers); err != nil {
 			return nil, err
 		}
 	}
@@ -429,7 +429,7 @@ func (r *MemberReader) inflatePiece(x *npz.Index, start, stop int64) ([]byte, er
 	}
 	defer r.life.Done()
 	data := make([]byte, stop-start)
-	_, inflated, err := x.ReadAtInflating(r.archiveBytes(r.life.Context()), data, start)
+	_, inflated, err := x.ReadAtInflating(r.archiveBytes(r.life.Context()), data, start, r.view.buffers)
 	r.view.inflated.Add(inflated)
 	if err != nil {
 		return nil, err

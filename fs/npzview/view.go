@@ -46,6 +46,8 @@ type View struct {
 	building singleflight.Group
 	// spanBudget bounds the decoded spans all open member files hold.
 	spanBudget *cache.Budget
+	// buffers are the inflaters' buffers, reused from read to read.
+	buffers *npz.Buffers
 
 	mu sync.Mutex
 	// broken holds the members whose data is corrupt (bad CRC, undecodable
@@ -168,7 +170,7 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	v := &View{
-		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes),
+		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes), buffers: new(npz.Buffers),
 		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}
