@@ -175,6 +175,9 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 	}
 	r.prefetch(x, off, end)
 	maxSpan := heldSpanFactor * r.view.span
+	r.mu.Lock()
+	rowEnd := r.rowEnd
+	r.mu.Unlock()
 	// The spans a read covers are independent: inflate them in parallel.
 	// Every goroutine writing into p ends before this returns: the
 	// caller's buffer is not ours once it has (go-fuse reuses it for
@@ -185,6 +188,22 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 		at, upto := pos, min(end, stop)
 		dst := p[pos-off : upto-off]
 		pos = upto
+		// A span is inflated whole when a read first needs it: the
+		// kernel reads the rest of the window from it next, while its
+		// compressed bytes, fetched ahead, are still cached. The span
+		// holding the end of the loader's window, or past it, is
+		// inflated only as far as a read asks: the kernel reads around
+		// the row's last page (memcpy touches it early) and stops about
+		// half its read-ahead past the row, short of the rowEnd the
+		// prefetch allows for. So is a short read near the start of a
+		// span (an array's header) unless the kernel is known to read
+		// on. The span's inflater is held with what it inflated: a
+		// later read past it goes on from there.
+		limit := stop
+		if (start < rowEnd && rowEnd < stop) || (rowEnd > 0 && upto > rowEnd) ||
+			(upto-start <= (stop-start)/4 && rowEnd <= upto) {
+			limit = upto
+		}
 		if data, ok := r.heldSpan(start, upto); ok {
 			copy(dst, data[at-start:upto-start])
 		} else if stop-start > maxSpan {
@@ -201,7 +220,7 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			})
 		} else {
 			g.Go(func() error {
-				data, err := r.span(gctx, x, start, upto)
+				data, err := r.span(gctx, x, start, upto, limit)
 				if err != nil {
 					return err
 				}
@@ -345,25 +364,20 @@ func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 	r.src.Prefetch(x.SourceRange(from, to))
 }
 
-// span returns the content from the access point at start on, up to
-// upto, inflating it unless this open holds it. A span is inflated only
-// as far as a read asks, and its inflater is held with what it inflated:
-// the kernel reads a window as a chain of read-ahead units (around the
-// page the loader touches first, around the row's last page, which
-// memcpy touches next, then the middle in order), and each goes on from
-// where the last stopped, while nothing past what the kernel asks is
-// inflated (it reads half its read-ahead past a row's end, not the
-// kernelOvershoot the prefetch allows for). Concurrent requests for one
-// span inflate it once, in the background: a request that is interrupted
-// stops waiting, and the others still get the span. A request that needs
-// more than the inflation it waited for ended with goes on from there.
-func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, upto int64) ([]byte, error) {
+// span returns the content from the access point at start on, at least
+// up to upto, inflating it up to limit (upto or further, at most the
+// next access point) unless this open holds it. Concurrent requests for
+// one span inflate it once, in the background: a request that is
+// interrupted stops waiting, and the others still get the span. A
+// request that needs more than the inflation it waited for ended with
+// goes on from there.
+func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, upto, limit int64) ([]byte, error) {
 	key := "span-" + strconv.FormatInt(start, 10)
 	for {
 		if data, ok := r.heldSpan(start, upto); ok {
 			return data, nil
 		}
-		data, err := cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, upto) })
+		data, err := cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, limit) })
 		if err != nil {
 			return nil, err
 		}
