@@ -71,6 +71,10 @@ var statsLines = []struct {
 	{"npz_index_loads", "bgbfs_npz_index_loads_total", nil},
 	{"npz_index_saves", "bgbfs_npz_index_saves_total", nil},
 	{"npz_index_files_ignored", "bgbfs_npz_index_files_ignored_total", nil},
+	{"npz_member_reads", "bgbfs_npz_member_reads_total", nil},
+	{"npz_returned_bytes", "bgbfs_npz_returned_bytes_total", nil},
+	{"npz_inflated_bytes", "bgbfs_npz_inflated_bytes_total", nil},
+	{"npz_index_inflated_bytes", "bgbfs_npz_index_inflated_bytes_total", nil},
 }
 
 func eq(want string) func(string) bool { return func(v string) bool { return v == want } }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"sync"
 	"unsafe"
 )
 
@@ -528,11 +529,21 @@ func (p *rowPoints) boundary(b *indexBuilder, pos int64) error {
 // for reads near the start, such as an .npy header, which need little of
 // the stream: no CRC-32 is checked, since the member is not read whole.
 func ReadFromStart(r io.ReaderAt, m Member, dataOff int64, p []byte, off int64) (int, error) {
-	if m.Method != Deflated {
-		return 0, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
+	x, err := StartIndex(m, dataOff)
+	if err != nil {
+		return 0, err
 	}
-	x := &Index{member: m, dataOff: dataOff, points: []point{{}}}
 	return x.ReadAt(r, p, off)
+}
+
+// StartIndex returns an index of the deflated member m, whose stream
+// starts at archive offset dataOff, with no access point but the
+// stream's start: its reads inflate from there, as ReadFromStart's do.
+func StartIndex(m Member, dataOff int64) (*Index, error) {
+	if m.Method != Deflated {
+		return nil, fmt.Errorf("%w: %q is not deflated (method %d)", ErrUnsupported, m.Name, m.Method)
+	}
+	return &Index{member: m, dataOff: dataOff, points: []point{{}}}, nil
 }
 
 // Span returns the stretch of content [start, end) between the access
@@ -621,55 +632,223 @@ func (x *Index) MemoryBytes() int64 { return x.memory }
 // inflates the stretch before each piece again, so callers should read
 // larger ranges and keep them.
 func (x *Index) ReadAt(r io.ReaderAt, p []byte, off int64) (int, error) {
-	q, eof := clip(p, off, x.member.UncompressedSize)
-	if len(q) == 0 {
-		return 0, eof
-	}
-	if end := off + int64(len(q)); end <= int64(len(x.head)) {
-		return copy(q, x.head[off:end]), eof
-	}
-	n, err := x.read(r, q, off)
-	if err != nil {
-		return n, fmt.Errorf("reading %q at %d: %w", x.member.Name, off, err)
-	}
-	return n, eof
+	n, _, err := x.ReadAtInflating(r, p, off, nil)
+	return n, err
 }
 
-func (x *Index) read(r io.ReaderAt, q []byte, off int64) (int, error) {
+// ReadAtInflating is ReadAt, and says how many bytes of content the
+// inflater produced for it (none when the head the index keeps served
+// it): from the access point on, the stretch before off included. Its
+// inflater's buffers come from bufs, if not nil, and go back there.
+func (x *Index) ReadAtInflating(r io.ReaderAt, p []byte, off int64, bufs *Buffers) (n int, inflated int64, err error) {
+	q, eof := clip(p, off, x.member.UncompressedSize)
+	if len(q) == 0 {
+		return 0, 0, eof
+	}
+	if end := off + int64(len(q)); end <= int64(len(x.head)) {
+		return copy(q, x.head[off:end]), 0, eof
+	}
+	n, inflated, err = x.read(r, q, off, bufs)
+	if err != nil {
+		return n, inflated, fmt.Errorf("reading %q at %d: %w", x.member.Name, off, err)
+	}
+	return n, inflated, eof
+}
+
+func (x *Index) read(r io.ReaderAt, q []byte, off int64, bufs *Buffers) (n int, inflated int64, err error) {
 	end := off + int64(len(q))
 	i := sort.Search(len(x.points), func(k int) bool { return x.points[k].out > off }) - 1
+	c, err := x.openStream(r, i, end, end, bufs)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.release()
+	err = c.produce(end, func(at int64, out []byte) {
+		if lo, hi := max(off, at), min(end, at+int64(len(out))); hi > lo {
+			n += copy(q[lo-off:hi-off], out[lo-at:hi-at])
+		}
+	})
+	return n, c.inflated(), err
+}
+
+// contentStream inflates the content from an access point on.
+type contentStream struct {
+	f    *inflater
+	bufs *Buffers // where f's buffers go back to, or nil
+	from int64    // the access point's content offset
+	base int64    // content offset of f.out[0]
+	done int      // f.out[:done] is history or already produced
+}
+
+// openStream starts inflating from access point i, reading the stream
+// no further than the next access point after limitEnd, in a first read
+// sized for the content up to end.
+func (x *Index) openStream(r io.ReaderAt, i int, end, limitEnd int64, bufs *Buffers) (*contentStream, error) {
 	pt := x.points[i]
 	history, err := pt.history()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	_, limit, first := x.firstRead(i, end)
-	first = min(first, buildReadSize) // a huge p is read in chunks, not one buffer
-
-	f := newInflater(r, x.dataOff, limit, int(first), readChunk)
+	_, limit, _ := x.firstRead(i, limitEnd)
+	_, _, first := x.firstRead(i, end)
+	first = min(first, buildReadSize) // a huge read is made in chunks, not one buffer
+	f := newInflaterWith(r, x.dataOff, limit, int(first), readChunk, bufs)
+	c := &contentStream{f: f, bufs: bufs, from: pt.out}
 	if err := f.seek(pt.bit, history); err != nil {
-		return 0, err
+		c.release()
+		return nil, err
 	}
-	base := pt.out - int64(f.w) // uncompressed offset of f.out[0]
-	done := f.w                 // f.out[:done] is history or already copied
-	n := 0
-	for {
-		if err := f.step(int(min(int64(f.stopMax()), end-base))); err != nil {
-			return n, err
+	c.base, c.done = pt.out-int64(f.w), f.w
+	return c, nil
+}
+
+// release gives c's buffers back; c is not used after.
+func (c *contentStream) release() {
+	c.bufs.take(c.f)
+	c.f = nil
+}
+
+// Buffers lends inflaters the buffers they decode into and read the
+// compressed stream into, and takes them back when they are done: a
+// reader of many windows then reuses warm memory instead of touching a
+// megabyte of new pages for each. It is safe for concurrent use; a nil
+// *Buffers lends nothing.
+type Buffers struct {
+	out, in sync.Pool
+}
+
+// lend gives f an output buffer and an input buffer with room for first
+// bytes and a quarter more, if b has them.
+func (b *Buffers) lend(f *inflater, first int) {
+	if b == nil {
+		return
+	}
+	if out, ok := b.out.Get().(*outBuffer); ok {
+		f.out = out
+	}
+	if in, ok := b.in.Get().(*[]byte); ok && cap(*in) >= first+first/4 {
+		f.buf = (*in)[:0]
+	}
+}
+
+// take puts f's buffers back in b.
+func (b *Buffers) take(f *inflater) {
+	if b == nil || f == nil {
+		return
+	}
+	b.out.Put(f.out)
+	if cap(f.buf) > 0 {
+		in := f.buf[:0]
+		b.in.Put(&in)
+	}
+	f.out, f.buf = nil, nil
+}
+
+// inflated is how much content c has inflated.
+func (c *contentStream) inflated() int64 { return c.base + int64(c.f.w) - c.from }
+
+// produce inflates on up to content offset end, handing each stretch
+// of new output to emit with its content offset; out is not emit's to
+// keep.
+func (c *contentStream) produce(end int64, emit func(at int64, out []byte)) error {
+	f := c.f
+	for c.base+int64(c.done) < end {
+		if c.base+int64(f.w) < end { // not inflated by an earlier call
+			if err := f.step(int(min(int64(f.stopMax()), end-c.base))); err != nil {
+				return err
+			}
 		}
-		if lo, hi := max(off, base+int64(done)), min(end, base+int64(f.w)); hi > lo {
-			n += copy(q[lo-off:hi-off], f.out[lo-base:hi-base])
+		// A match may run past end: that output is the next call's.
+		if hi := int(min(int64(f.w), end-c.base)); hi > c.done {
+			emit(c.base+int64(c.done), f.out[c.done:hi])
+			c.done = hi
 		}
-		done = f.w
-		if base+int64(f.w) >= end {
-			return n, nil
+		if c.base+int64(f.w) >= end {
+			return nil
 		}
 		if f.state == streamDone {
-			return n, fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, base+int64(f.w))
+			return fmt.Errorf("%w: stream ends at %d, before the indexed size", ErrCorrupt, c.base+int64(f.w))
 		}
 		if f.w >= f.stopMax() {
-			base += int64(f.slide())
-			done = f.w
+			d := f.slide()
+			c.base += int64(d)
+			c.done -= d
 		}
 	}
+	return nil
+}
+
+// SpanInflater inflates the span of content that starts at one access
+// point, as far as it is asked, and on from there when asked for more:
+// a reader that inflated part of a span for one read does not inflate it
+// again for the next. It is not safe for concurrent use.
+type SpanInflater struct {
+	x           *Index
+	bufs        *Buffers
+	start, stop int64
+	// data is the content inflated so far, [start, start+len(data)); it
+	// only grows, within its capacity (the span), so slices of it handed
+	// out never change.
+	data []byte
+	c    *contentStream
+	// err, once set, is what every later call returns: the span's
+	// inflation cannot go on.
+	err error
+}
+
+// SpanInflater returns an inflater of the span of content [start, stop)
+// that Span gives for start, which must be an access point's offset.
+func (x *Index) SpanInflater(start int64, bufs *Buffers) (*SpanInflater, error) {
+	s, stop := x.Span(start)
+	if s != start {
+		return nil, fmt.Errorf("content offset %d of %q is not an access point (the span holding it starts at %d)", start, x.member.Name, s)
+	}
+	return &SpanInflater{x: x, bufs: bufs, start: start, stop: stop, data: make([]byte, 0, stop-start)}, nil
+}
+
+// Inflate inflates the span up to content offset upto (at most its end)
+// reading through r, and returns the content from the span's start to
+// there or further, and how many bytes it inflated for this call. After
+// an error the SpanInflater is spent: start another.
+func (s *SpanInflater) Inflate(r io.ReaderAt, upto int64) (data []byte, inflated int64, err error) {
+	upto = min(upto, s.stop)
+	if s.start+int64(len(s.data)) >= upto {
+		return s.data, 0, nil
+	}
+	if s.err != nil {
+		return nil, 0, s.err
+	}
+	if s.c == nil {
+		i := sort.Search(len(s.x.points), func(k int) bool { return s.x.points[k].out > s.start }) - 1
+		if s.c, err = s.x.openStream(r, i, upto, s.stop, s.bufs); err != nil {
+			s.err = fmt.Errorf("reading %q at %d: %w", s.x.member.Name, s.start, err)
+			return nil, 0, s.err
+		}
+	}
+	s.c.f.src = r
+	before := s.c.inflated()
+	err = s.c.produce(upto, func(_ int64, out []byte) { s.data = append(s.data, out...) })
+	if err != nil {
+		inflated = s.c.inflated() - before
+		s.c.release()
+		s.c = nil
+		s.err = fmt.Errorf("reading %q at %d: %w", s.x.member.Name, s.start+int64(len(s.data)), err)
+		return nil, inflated, s.err
+	}
+	inflated = s.c.inflated() - before
+	if s.start+int64(len(s.data)) >= s.stop {
+		s.c.release() // the span is whole: its buffers go back
+		s.c = nil
+	}
+	return s.data, inflated, nil
+}
+
+// MemoryBytes is what s holds: room for the whole span and, until it is
+// inflated whole, the inflater's buffers.
+func (s *SpanInflater) MemoryBytes() int64 {
+	n := int64(cap(s.data))
+	if s.c != nil {
+		n += int64(len(s.c.f.out)) + int64(cap(s.c.f.buf))
+	}
+	return n
 }

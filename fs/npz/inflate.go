@@ -98,15 +98,25 @@ type inflater struct {
 // of which it may read limit bytes. first and after size its reads from
 // src.
 func newInflater(src io.ReaderAt, base, limit int64, first, after int) *inflater {
-	return &inflater{
+	return newInflaterWith(src, base, limit, first, after, nil)
+}
+
+// newInflaterWith is newInflater with its buffers from bufs, if it has
+// them.
+func newInflaterWith(src io.ReaderAt, base, limit int64, first, after int, bufs *Buffers) *inflater {
+	f := &inflater{
 		src:   src,
 		base:  base,
 		limit: limit,
 		chunk: max(first, 1),
 		after: max(after, 1),
-		out:   new(outBuffer),
 		pin:   -1,
 	}
+	bufs.lend(f, first)
+	if f.out == nil {
+		f.out = new(outBuffer)
+	}
+	return f
 }
 
 // stopMax is the largest stopAt step accepts: whatever the decode loop

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -69,10 +70,14 @@ type MemberReader struct {
 	rowEnd   int64
 }
 
-// decodedSpan is the content [start, stop) after an access point.
+// decodedSpan is the content [start, stop) after an access point; more,
+// if the span goes on past stop, inflates the rest.
 type decodedSpan struct {
 	start, stop int64
 	data        []byte
+	more        *npz.SpanInflater
+	// held is what the span's memory was counted as when it was held.
+	held int64
 }
 
 // newMemberReader returns a reader of member m of archive obj.
@@ -108,15 +113,17 @@ func (r *MemberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 	if rest := size - off; int64(len(p)) > rest {
 		p, eof = p[:rest], io.EOF
 	}
-	var err error
+	r.view.memberReads.Add(1)
 	if r.member.Method == npz.Stored {
-		err = r.readStored(ctx, p, off)
-	} else {
-		err = r.readDeflated(ctx, p, off)
+		if err := r.readStored(ctx, p, off); err != nil {
+			return 0, err
+		}
+		return len(p), eof
 	}
-	if err != nil {
+	if err := r.readDeflated(ctx, p, off); err != nil {
 		return 0, err
 	}
+	r.view.returned.Add(int64(len(p)))
 	return len(p), eof
 }
 
@@ -181,34 +188,39 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 		at, upto := pos, min(end, stop)
 		dst := p[pos-off : upto-off]
 		pos = upto
-		// The span holding the end of the loader's window is inflated
-		// only as far as the kernel will read: on average that saves
-		// half a span per window.
+		// A span is inflated whole when a read first needs it: the
+		// kernel reads the rest of the window from it next, while its
+		// compressed bytes, fetched ahead, are still cached. The span
+		// holding the end of the loader's window, or past it, is
+		// inflated only as far as a read asks: the kernel reads around
+		// the row's last page (memcpy touches it early) and stops about
+		// half its read-ahead past the row, short of the rowEnd the
+		// prefetch allows for. So is a short read near the start of a
+		// span (an array's header) unless the kernel is known to read
+		// on. The span's inflater is held with what it inflated: a
+		// later read past it goes on from there.
 		limit := stop
-		if upto <= rowEnd && rowEnd < stop {
-			limit = rowEnd
+		if (start < rowEnd && rowEnd < stop) || (rowEnd > 0 && upto > rowEnd) ||
+			(upto-start <= (stop-start)/4 && rowEnd <= upto) {
+			limit = upto
 		}
 		if data, ok := r.heldSpan(start, upto); ok {
 			copy(dst, data[at-start:upto-start])
-		} else if stop-start > maxSpan || (upto < stop && upto-start <= (stop-start)/4 && rowEnd <= upto) {
+		} else if stop-start > maxSpan {
 			// An outsize span (one huge deflate block) is not worth
-			// holding; a short read near the start of a span (an
-			// array's header) costs less inflated alone than the
-			// whole span, unless the kernel is known to read on (the
-			// first read of a window starts near a span's start).
-			// Inflate just what is asked, in the background like a
-			// span: inflating up to it may take seconds of CPU, which
-			// an interrupt must not wait for.
+			// holding: inflate just what is asked, in the background
+			// like a span (inflating up to it may take seconds of CPU,
+			// which an interrupt must not wait for).
 			g.Go(func() error {
 				data, err := cache.WaitShared(gctx, &r.inflating, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
-					return r.inflate(x, at, upto, false)
+					return r.inflatePiece(x, at, upto)
 				})
 				copy(dst, data)
 				return err
 			})
 		} else {
 			g.Go(func() error {
-				data, err := r.span(gctx, x, start, limit)
+				data, err := r.span(gctx, x, start, upto, limit)
 				if err != nil {
 					return err
 				}
@@ -232,25 +244,11 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	}
 	if h := r.view.savedHead(r.obj, r.member); off+int64(len(p)) <= int64(len(h)) {
 		// The archive file bgbfs index wrote kept it: a first open
-		// after a restart fetches nothing for numpy's header read.
+		// after a restart fetches and inflates nothing for numpy's
+		// header read.
 		copy(p, h[off:])
-	} else if x := r.heldIndex(); x != nil {
-		// An index holds the .npy header: numpy's header read of every
-		// np.load then costs no request, and is checked. (Only one in
-		// memory: the archive file bgbfs index writes put its indexes
-		// there when the directory was read; asking an s3:// dir for a
-		// member's own file on every header read would cost a GET each.)
-		if _, err := x.ReadAt(s3backend.BindContext(ctx, r.src), p, off); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-	} else {
-		dataOff, err := r.dataOffset(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := npz.ReadFromStart(s3backend.BindContext(ctx, r.src), r.member, dataOff, p, off); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
+	} else if err := r.inflateHead(ctx, p, off); err != nil {
+		return err
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {
@@ -260,6 +258,41 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		}
 	}
 	return nil
+}
+
+// inflateHead inflates p at off from the member's start. An index holds
+// the .npy header: numpy's header read of every np.load then costs no
+// request, and is checked. (Only one in memory: the archive file bgbfs
+// index writes put its indexes there when the directory was read; asking
+// an s3:// dir for a member's own file on every header read would cost a
+// GET each.)
+func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) error {
+	x := r.heldIndex()
+	if x == nil {
+		dataOff, err := r.dataOffset(ctx)
+		if err != nil {
+			return err
+		}
+		if x, err = npz.StartIndex(r.member, dataOff); err != nil {
+			return err
+		}
+	}
+	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), p, off, r.view.buffers)
+	r.view.inflated.Add(inflated)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// archiveBytes is what inflating a piece of the member reads the
+// archive's compressed bytes through.
+func (r *MemberReader) archiveBytes(ctx context.Context) io.ReaderAt {
+	src := s3backend.BindContext(ctx, r.src)
+	if r.view.wrapInflaterSource != nil {
+		return r.view.wrapInflaterSource(src)
+	}
+	return src
 }
 
 // heldIndex returns the member's index if this open holds it or the
@@ -344,50 +377,88 @@ func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 	r.src.Prefetch(x.SourceRange(from, to))
 }
 
-// span returns the content [start, stop) after an access point (stop at
-// most the next one), inflating it unless this open holds it. Concurrent
-// requests for one span inflate it once, in the background: a request
-// that is interrupted stops waiting, and the others still get the span.
-func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, stop int64) ([]byte, error) {
-	if data, ok := r.heldSpan(start, stop); ok {
-		return data, nil
+// span returns the content from the access point at start on, at least
+// up to upto, inflating it up to limit (upto or further, at most the
+// next access point) unless this open holds it. Concurrent requests for
+// one span inflate it once, in the background: a request that is
+// interrupted stops waiting, and the others still get the span. A
+// request that needs more than the inflation it waited for ended with
+// goes on from there.
+func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, upto, limit int64) ([]byte, error) {
+	key := "span-" + strconv.FormatInt(start, 10)
+	for {
+		if data, ok := r.heldSpan(start, upto); ok {
+			return data, nil
+		}
+		data, err := cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, limit) })
+		if err != nil {
+			return nil, err
+		}
+		if start+int64(len(data)) >= upto {
+			return data, nil
+		}
 	}
-	key := strconv.FormatInt(start, 10) + "-" + strconv.FormatInt(stop, 10)
-	return cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, stop, true) })
 }
 
-// inflate inflates [start, stop) into a buffer of its own and, with
-// hold (a span from its access point), holds it if the view's span
-// budget has room. A failure is not held: the next read tries again.
-func (r *MemberReader) inflate(x *npz.Index, start, stop int64, hold bool) ([]byte, error) {
+// inflate inflates the span at start up to limit, going on from what
+// this open holds of it, and holds the result if the view's span budget
+// has room. A failure is not held: the next read tries again.
+func (r *MemberReader) inflate(x *npz.Index, start, limit int64) ([]byte, error) {
 	if !r.life.Start(1) {
 		return nil, errReaderClosed
 	}
 	defer r.life.Done()
-	if hold {
-		if data, ok := r.heldSpan(start, stop); ok { // inflated since the caller looked
-			return data, nil
+	if data, ok := r.heldSpan(start, limit); ok { // inflated since the caller looked
+		return data, nil
+	}
+	s := r.heldInflater(start)
+	if s == nil {
+		var err error
+		if s, err = x.SpanInflater(start, r.view.buffers); err != nil {
+			return nil, err
 		}
 	}
-	data := make([]byte, stop-start)
-	if _, err := x.ReadAt(s3backend.BindContext(r.life.Context(), r.src), data, start); err != nil {
+	data, inflated, err := s.Inflate(r.archiveBytes(r.life.Context()), limit)
+	r.view.inflated.Add(inflated)
+	if err != nil {
+		r.dropSpan(start)
 		return nil, err
 	}
-	if hold {
-		r.hold(decodedSpan{start: start, stop: stop, data: data})
+	held := decodedSpan{start: start, stop: start + int64(len(data)), data: data}
+	if _, stop := x.Span(start); held.stop < stop {
+		held.more = s
+	}
+	r.hold(held)
+	return data, nil
+}
+
+// inflatePiece inflates [start, stop) into a buffer of its own, not held.
+func (r *MemberReader) inflatePiece(x *npz.Index, start, stop int64) ([]byte, error) {
+	if !r.life.Start(1) {
+		return nil, errReaderClosed
+	}
+	defer r.life.Done()
+	data := make([]byte, stop-start)
+	_, inflated, err := x.ReadAtInflating(r.archiveBytes(r.life.Context()), data, start, r.view.buffers)
+	r.view.inflated.Add(inflated)
+	if err != nil {
+		return nil, err
 	}
 	return data, nil
 }
 
-// hold puts s in memory for the next requests, dropping this open's
-// oldest spans beyond heldSpanFactor spans; with no room left in the
-// view's budget (many files open at once), it is not held.
+// hold puts s in memory for the next requests, in place of what this
+// open held of the same span, dropping its oldest spans beyond
+// heldSpanFactor spans; with no room left in the view's budget (many
+// files open at once), it is not held.
 func (r *MemberReader) hold(s decodedSpan) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := s.stop - s.start
+	r.dropSpanLocked(s.start)
+	n := s.memory()
+	s.held = n
 	for len(r.spans) > 0 && r.spanBytes+n > heldSpanFactor*r.view.span {
-		r.dropOldestLocked()
+		r.dropLocked(0)
 	}
 	if r.life.Closed() || !r.view.spanBudget.TryTake(n) {
 		return
@@ -396,11 +467,32 @@ func (r *MemberReader) hold(s decodedSpan) {
 	r.spanBytes += n
 }
 
-func (r *MemberReader) dropOldestLocked() {
-	old := r.spans[0]
-	r.spans = r.spans[1:]
-	r.spanBytes -= old.stop - old.start
-	r.view.spanBudget.Give(old.stop - old.start)
+// memory is what s holds: its content, or, while it can go on, its
+// inflater (its buffers and the whole span's room).
+func (s decodedSpan) memory() int64 {
+	if s.more != nil {
+		return s.more.MemoryBytes()
+	}
+	return s.stop - s.start
+}
+
+func (r *MemberReader) dropSpan(start int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dropSpanLocked(start)
+}
+
+func (r *MemberReader) dropSpanLocked(start int64) {
+	if i := slices.IndexFunc(r.spans, func(s decodedSpan) bool { return s.start == start }); i >= 0 {
+		r.dropLocked(i)
+	}
+}
+
+func (r *MemberReader) dropLocked(i int) {
+	old := r.spans[i]
+	r.spans = slices.Delete(r.spans, i, i+1)
+	r.spanBytes -= old.held
+	r.view.spanBudget.Give(old.held)
 }
 
 // heldSpan returns the content from the access point at start on, if
@@ -416,4 +508,18 @@ func (r *MemberReader) heldSpan(start, upto int64) ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// heldInflater returns the inflater of the span at start this open
+// holds part of, to go on from where it stopped; nil if there is none.
+// Only the inflation of that span (one at a time) uses it.
+func (r *MemberReader) heldInflater(start int64) *npz.SpanInflater {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.spans {
+		if s.start == start {
+			return s.more
+		}
+	}
+	return nil
 }

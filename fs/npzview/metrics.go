@@ -16,6 +16,10 @@ func (v *View) RegisterMetrics(reg prometheus.Registerer) {
 		cache.Gauge("bgbfs_npz_index_bytes", "Memory of the member indexes held.", func(s Stats) int64 { return s.IndexBytes }),
 		cache.Counter("bgbfs_npz_index_loads_total", "Member indexes read from --cache-dir instead of built.", func(s Stats) int64 { return s.IndexLoads }),
 		cache.Counter("bgbfs_npz_index_saves_total", "Member indexes written to --cache-dir.", func(s Stats) int64 { return s.IndexSaves }),
+		cache.Counter("bgbfs_npz_member_reads_total", "Reads of member files (one per FUSE read).", func(s Stats) int64 { return s.MemberReads }),
+		cache.Counter("bgbfs_npz_returned_bytes_total", "Bytes of compressed members returned by reads of member files.", func(s Stats) int64 { return s.ReturnedBytes }),
+		cache.Counter("bgbfs_npz_inflated_bytes_total", "Bytes inflated to answer reads of compressed members, from the access point before each read.", func(s Stats) int64 { return s.InflatedBytes }),
+		cache.Counter("bgbfs_npz_index_inflated_bytes_total", "Bytes inflated by index builds (whole members).", func(s Stats) int64 { return s.IndexInflatedBytes }),
 		cache.Counter("bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", func(s Stats) int64 { return s.IndexFilesIgnored }),
 	)
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	iofs "io/fs"
 	"log/slog"
 	"strings"
@@ -45,6 +46,8 @@ type View struct {
 	building singleflight.Group
 	// spanBudget bounds the decoded spans all open member files hold.
 	spanBudget *cache.Budget
+	// buffers are the inflaters' buffers, reused from read to read.
+	buffers *npz.Buffers
 
 	mu sync.Mutex
 	// broken holds the members whose data is corrupt (bad CRC, undecodable
@@ -75,8 +78,18 @@ type View struct {
 	// untrusted file: an I/O or S3 failure).
 	loadFailed atomic.Bool
 
-	builds, hits, buildErrors       atomic.Int64
+	builds, hits, buildErrors atomic.Int64
+	// memberReads counts reads of member files; returned the bytes of
+	// compressed members they returned, inflated the bytes inflated to
+	// answer them (from the access point before each), and
+	// buildInflated those index builds inflated.
+	memberReads, returned, inflated atomic.Int64
+	buildInflated                   atomic.Int64
 	loads, filesIgnored, filesSaved atomic.Int64
+	// wrapInflaterSource, if set, wraps what reads of member files
+	// inflate from: tests count the compressed bytes those inflations
+	// read, beside the view's own count of bytes inflated.
+	wrapInflaterSource func(io.ReaderAt) io.ReaderAt
 	// kernelReadAhead is the kernel's read-ahead on the mount, which says
 	// how far around a window the kernel reads.
 	kernelReadAhead atomic.Int64
@@ -169,7 +182,7 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	v := &View{
-		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes),
+		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes), buffers: new(npz.Buffers),
 		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{}, heads: map[string][]byte{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}
@@ -200,19 +213,30 @@ type Stats struct {
 	// were not trusted (corrupt, truncated, of another format or of
 	// another archive version).
 	IndexLoads, IndexSaves, IndexFilesIgnored int64
+	// MemberReads counts reads of member files (one per FUSE read).
+	// ReturnedBytes are the bytes of compressed members those reads
+	// returned, InflatedBytes those inflated to answer them (from the
+	// access point before each read: InflatedBytes ÷ ReturnedBytes is
+	// what a read costs over what it needs), and IndexInflatedBytes
+	// those index builds inflated.
+	MemberReads, ReturnedBytes, InflatedBytes, IndexInflatedBytes int64
 }
 
 // Stats returns the counters so far.
 func (v *View) Stats() Stats {
 	m := v.indexes.Metrics
 	return Stats{
-		IndexBuilds:       v.builds.Load(),
-		IndexBuildErrors:  v.buildErrors.Load(),
-		IndexHits:         v.hits.Load(),
-		IndexBytes:        int64(m.CostAdded()) - int64(m.CostEvicted()),
-		IndexLoads:        v.loads.Load(),
-		IndexSaves:        v.filesSaved.Load(),
-		IndexFilesIgnored: v.filesIgnored.Load(),
+		IndexBuilds:        v.builds.Load(),
+		IndexBuildErrors:   v.buildErrors.Load(),
+		IndexHits:          v.hits.Load(),
+		IndexBytes:         int64(m.CostAdded()) - int64(m.CostEvicted()),
+		IndexLoads:         v.loads.Load(),
+		IndexSaves:         v.filesSaved.Load(),
+		IndexFilesIgnored:  v.filesIgnored.Load(),
+		MemberReads:        v.memberReads.Load(),
+		ReturnedBytes:      v.returned.Load(),
+		InflatedBytes:      v.inflated.Load(),
+		IndexInflatedBytes: v.buildInflated.Load(),
 	}
 }
 
@@ -353,6 +377,10 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 	r := v.blocks.Open(obj)
 	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
+	if err == nil {
+		// A build inflates the whole member: it checks its size.
+		v.buildInflated.Add(m.UncompressedSize)
+	}
 	if err != nil {
 		v.buildErrors.Add(1)
 		if isDataError(err) {

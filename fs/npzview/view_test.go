@@ -69,6 +69,12 @@ func newViewFixtureOf(t *testing.T, method uint16, members map[string][]byte, ar
 // members are members.
 func newViewFixtureOfArchive(t *testing.T, data []byte, members map[string][]byte) *viewFixture {
 	t.Helper()
+	return newViewFixtureWith(t, data, members, Config{Span: 64 << 10, IndexBytes: 32 << 20, SpanBytes: 16 << 20})
+}
+
+// newViewFixtureWith is newViewFixtureOfArchive with the view's Config.
+func newViewFixtureWith(t *testing.T, data []byte, members map[string][]byte, c Config) *viewFixture {
+	t.Helper()
 	mem := memstore.New()
 	mem.Put("p/a.npz", data)
 	info, _ := mem.Info("p/a.npz")
@@ -78,7 +84,7 @@ func newViewFixtureOfArchive(t *testing.T, data []byte, members map[string][]byt
 		t.Fatal(err)
 	}
 	t.Cleanup(blocks.Close)
-	view, err := New(blocks, Config{Span: 64 << 10, IndexBytes: 32 << 20, SpanBytes: 16 << 20})
+	view, err := New(blocks, c)
 	if err != nil {
 		t.Fatal(err)
 	}

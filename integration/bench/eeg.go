@@ -87,10 +87,26 @@ type eegSet struct {
 	index *eegIndexSet
 }
 
-// daemonStats are a row's member-index counters from the daemon: builds
+// daemonStats are a row's member-view counters from the daemon: builds
 // and loads from --cache-dir during the row, and the index memory held at
-// its end.
-type daemonStats struct{ builds, loads, indexBytes int64 }
+// its end; reads of member files (FUSE reads), the bytes of compressed
+// members they returned, the bytes inflated for them and for index
+// builds; and the daemon's CPU seconds (user + sys, from /proc).
+type daemonStats struct {
+	builds, loads, indexBytes                int64
+	reads, returned, inflated, indexInflated int64
+	cpu                                      float64
+}
+
+// counterDelta is what the counters say happened between before and after.
+func counterDelta(before, after map[string]int64, cpu rowCPU) daemonStats {
+	d := func(name string) int64 { return after[name] - before[name] }
+	return daemonStats{
+		builds: d("npz_index_builds"), loads: d("npz_index_loads"), indexBytes: after["npz_index_bytes"],
+		reads: d("npz_member_reads"), returned: d("npz_returned_bytes"), inflated: d("npz_inflated_bytes"), indexInflated: d("npz_index_inflated_bytes"),
+		cpu: cpu.daemonUser + cpu.daemonSys,
+	}
+}
 
 func eegKey(profile, system string) string { return profile + "\x00" + system }
 
@@ -377,9 +393,11 @@ func (b *bench) eegRow(profile, system string, m *eegMounted, drop bool, f func(
 	}
 	var before map[string]int64
 	var rss *testbed.RSSSampler
+	var cpuBefore cpuSample
 	if m != nil {
 		before, _ = m.daemonCounters()
 		rss = testbed.SampleRSS(m.pid, 20*time.Millisecond)
+		cpuBefore = sampleCPU(m.pid)
 	}
 	e.counting.WaitQuiet(300*time.Millisecond, 10*time.Second)
 	e.counting.Reset()
@@ -391,13 +409,10 @@ func (b *bench) eegRow(profile, system string, m *eegMounted, drop bool, f func(
 		r.err = err.Error()
 	}
 	if m != nil {
+		cpu := sampleCPU(m.pid).since(cpuBefore)
 		r.rss, _ = rss.Stop()
 		if after, err := m.daemonCounters(); err == nil && before != nil {
-			e.daemon[eegKey(profile, system)] = daemonStats{
-				builds:     after["npz_index_builds"] - before["npz_index_builds"],
-				loads:      after["npz_index_loads"] - before["npz_index_loads"],
-				indexBytes: after["npz_index_bytes"],
-			}
+			e.daemon[eegKey(profile, system)] = counterDelta(before, after, cpu)
 		}
 	}
 	b.rows = append(b.rows, r)
@@ -555,18 +570,23 @@ func (b *bench) eegSection() string {
 		eegLoaders, c.eegCache, c.eegIndexSize, e.files, c.eegWindows, float64(e.files*c.eegWindows*rawHistory)/(1<<20), c.eegCache,
 		c.eegSamples, relPath(b.repo(), e.dir))
 
-	s.WriteString("| profile | path | samples | samples/s | GETs | fetched per window | ÷ compressed window | index builds | index loads | index memory held |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	s.WriteString("| profile | path | samples | samples/s | GETs | fetched per window | ÷ compressed window | index builds | index loads | index memory held | daemon CPU per window | inflated ÷ returned (reads; with builds) | FUSE reads per window |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range b.rows {
 		if r.workload != "i" || r.err != "" || r.m.bytesRead == 0 || r.m.unit != "samples/s" {
 			continue
 		}
 		windows := float64(r.m.bytesRead) / windowBytes
 		perWindow := float64(r.fetched) / windows
-		builds, loads, held := "", "", ""
+		builds, loads, held, cpu, ratio, reads := "", "", "", "0 (no daemon)", "—", "—"
 		if d, ok := e.daemon[eegKey(r.profile, r.system)]; ok {
 			builds, loads, held = strconv.FormatInt(d.builds, 10), strconv.FormatInt(d.loads, 10), fmt.Sprintf("%.0f KiB", float64(d.indexBytes)/1024)
+			cpu = fmt.Sprintf("%.1f ms", 1000*d.cpu/windows)
+			if d.returned > 0 {
+				ratio = fmt.Sprintf("%.3f; %.2f", float64(d.inflated)/float64(d.returned), float64(d.inflated+d.indexInflated)/float64(d.returned))
+				reads = fmt.Sprintf("%.1f", float64(d.reads)/windows)
+			}
 		}
-		fmt.Fprintf(&s, "| %s | %s | %.0f | %.1f | %d | %.2f MB | %.2f× | %s | %s | %s |\n", r.profile, r.system, windows, r.m.value, r.gets, perWindow/1e6, perWindow/cw, builds, loads, held)
+		fmt.Fprintf(&s, "| %s | %s | %.0f | %.1f | %d | %.2f MB | %.2f× | %s | %s | %s | %s | %s | %s |\n", r.profile, r.system, windows, r.m.value, r.gets, perWindow/1e6, perWindow/cw, builds, loads, held, cpu, ratio, reads)
 	}
 
 	s.WriteString("\nThe dataset pass: `np.load(p + \".d/windows.npy\", mmap_mode=\"r\").shape[0]` for every archive, 8 processes, a new daemon.\n\n")

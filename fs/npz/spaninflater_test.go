@@ -1,0 +1,80 @@
+package npz
+
+import (
+	"bytes"
+	"compress/flate"
+	"errors"
+	"testing"
+
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
+)
+
+// A span inflated in steps gets the same content as one ReadAt of it,
+// inflates each byte once (its counts add up to the span), and hands out
+// slices that later steps leave alone; a step asked past the span stops
+// at its end, and a step that fails leaves nothing half-done to trust.
+func TestSpanInflater(t *testing.T) {
+	data := walkData(3<<20+777, 5)
+	stream := npztest.Deflate(data, flate.DefaultCompression)
+	x := streamIndex(t, stream, data, 512<<10)
+	if x.Points() < 3 {
+		t.Fatalf("%d access points, want several", x.Points())
+	}
+	start, stop := x.Span(x.points[1].out)
+	bufs := new(Buffers) // shared by the cases, one after the other: reused
+	for _, tt := range []struct {
+		name  string
+		steps []int64 // upto, as offsets from start
+	}{
+		{"whole", []int64{stop - start}},
+		{"in steps", []int64{1, 4096, 4096, 100_000, 100_001, stop - start}},
+		{"past the end", []int64{50_000, stop - start + 1<<20}},
+		{"one step short of the end", []int64{stop - start - 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := x.SpanInflater(start, bufs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var inflated int64
+			var firsts [][]byte
+			for _, upto := range tt.steps {
+				got, n, err := s.Inflate(&countingReader{r: bytes.NewReader(stream)}, start+upto)
+				if err != nil {
+					t.Fatalf("Inflate to %d: %v", start+upto, err)
+				}
+				inflated += n
+				want := min(start+upto, stop)
+				if int64(len(got)) < want-start || !bytes.Equal(got, data[start:start+int64(len(got))]) {
+					t.Fatalf("Inflate to %d: %d bytes from %d, wrong", want, len(got), start)
+				}
+				firsts = append(firsts, got)
+			}
+			for i, got := range firsts {
+				if !bytes.Equal(got, data[start:start+int64(len(got))]) {
+					t.Fatalf("the content step %d returned changed later", i)
+				}
+			}
+			last := firsts[len(firsts)-1]
+			if end := start + int64(len(last)); inflated < end-start || inflated > end-start+maxMatch {
+				t.Errorf("inflated %d bytes in all for %d of content", inflated, end-start)
+			}
+		})
+	}
+	if _, err := x.SpanInflater(start+1, nil); err == nil {
+		t.Error("SpanInflater at a content offset that is no access point: no error")
+	}
+	s, err := x.SpanInflater(start, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Inflate(failingReader{}, stop); err == nil || !errors.Is(err, errTestRead) {
+		t.Errorf("Inflate through a failing reader: %v, want its error", err)
+	}
+}
+
+var errTestRead = errors.New("test read failure")
+
+type failingReader struct{}
+
+func (failingReader) ReadAt([]byte, int64) (int, error) { return 0, errTestRead }
