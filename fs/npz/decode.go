@@ -219,7 +219,10 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int)
 			return bit, w, runBadDistance, d
 		}
 		if refs := f.refs; refs != nil {
-			// refTracker.mark, written out: see above.
+			// The match at output offset at copies from d back: mark
+			// the history bytes it reads. Of an overlapping match
+			// (d < length) only the first d bytes are history; the
+			// rest is its own output.
 			at := f.outBase + int64(w)
 			for b := at - int64(d); b < at-int64(d)+int64(min(d, length)); b++ {
 				refs.last[b&(refRing-1)] = at

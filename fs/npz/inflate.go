@@ -450,16 +450,6 @@ func newRefTracker() *refTracker {
 	return t
 }
 
-// mark records a match at output offset at copying length bytes from
-// distance d back. Of an overlapping match (d < length) only the first d
-// bytes are history; the rest is its own output.
-func (t *refTracker) mark(at int64, d, length int) {
-	from := at - int64(d)
-	for b := from; b < from+int64(min(d, length)); b++ {
-		t.last[b&(refRing-1)] = at
-	}
-}
-
 // copiedSince reports whether byte b was copied by a match at or after
 // since. b must be within refRing of the output's end.
 func (t *refTracker) copiedSince(b, since int64) bool {
