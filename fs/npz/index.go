@@ -797,13 +797,19 @@ type SpanInflater struct {
 }
 
 // SpanInflater returns an inflater of the span of content [start, stop)
-// that Span gives for start, which must be an access point's offset.
-func (x *Index) SpanInflater(start int64, bufs *Buffers) (*SpanInflater, error) {
+// that Span gives for start, which must be an access point's offset. It
+// inflates into into if that has room for the span (the caller's to
+// reuse once done with the inflater and what it returned), else into a
+// new buffer.
+func (x *Index) SpanInflater(start int64, bufs *Buffers, into []byte) (*SpanInflater, error) {
 	s, stop := x.Span(start)
 	if s != start {
 		return nil, fmt.Errorf("content offset %d of %q is not an access point (the span holding it starts at %d)", start, x.member.Name, s)
 	}
-	return &SpanInflater{x: x, bufs: bufs, start: start, stop: stop, data: make([]byte, 0, stop-start)}, nil
+	if int64(cap(into)) < stop-start {
+		into = make([]byte, 0, stop-start)
+	}
+	return &SpanInflater{x: x, bufs: bufs, start: start, stop: stop, data: into[: 0 : stop-start]}, nil
 }
 
 // Inflate inflates the span up to content offset upto (at most its end)

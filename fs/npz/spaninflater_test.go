@@ -22,17 +22,23 @@ func TestSpanInflater(t *testing.T) {
 	}
 	start, stop := x.Span(x.points[1].out)
 	bufs := new(Buffers) // shared by the cases, one after the other: reused
+	// A buffer used before, with room for the span: what it held must not
+	// show through.
+	used := bytes.Repeat([]byte{0xa5}, int(stop-start)+4096)
 	for _, tt := range []struct {
 		name  string
 		steps []int64 // upto, as offsets from start
+		into  []byte
 	}{
-		{"whole", []int64{stop - start}},
-		{"in steps", []int64{1, 4096, 4096, 100_000, 100_001, stop - start}},
-		{"past the end", []int64{50_000, stop - start + 1<<20}},
-		{"one step short of the end", []int64{stop - start - 1}},
+		{"whole", []int64{stop - start}, nil},
+		{"in steps", []int64{1, 4096, 4096, 100_000, 100_001, stop - start}, nil},
+		{"past the end", []int64{50_000, stop - start + 1<<20}, nil},
+		{"one step short of the end", []int64{stop - start - 1}, nil},
+		{"into a used buffer, in steps", []int64{4096, 100_000, stop - start}, used},
+		{"into a buffer too small", []int64{stop - start}, make([]byte, 1000)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := x.SpanInflater(start, bufs)
+			s, err := x.SpanInflater(start, bufs, tt.into)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -48,7 +54,13 @@ func TestSpanInflater(t *testing.T) {
 				if int64(len(got)) < want-start || !bytes.Equal(got, data[start:start+int64(len(got))]) {
 					t.Fatalf("Inflate to %d: %d bytes from %d, wrong", want, len(got), start)
 				}
+				if int64(cap(got)) > stop-start {
+					t.Fatalf("Inflate to %d: room for %d bytes, past the span's %d", want, cap(got), stop-start)
+				}
 				firsts = append(firsts, got)
+			}
+			if last := firsts[len(firsts)-1]; int64(cap(tt.into)) >= stop-start && &last[0] != &tt.into[0] {
+				t.Error("inflated into a buffer of its own, not the one given with room for the span")
 			}
 			for i, got := range firsts {
 				if !bytes.Equal(got, data[start:start+int64(len(got))]) {
@@ -61,10 +73,10 @@ func TestSpanInflater(t *testing.T) {
 			}
 		})
 	}
-	if _, err := x.SpanInflater(start+1, nil); err == nil {
+	if _, err := x.SpanInflater(start+1, nil, nil); err == nil {
 		t.Error("SpanInflater at a content offset that is no access point: no error")
 	}
-	s, err := x.SpanInflater(start, nil)
+	s, err := x.SpanInflater(start, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
