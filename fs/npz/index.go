@@ -714,7 +714,34 @@ func (c *contentStream) release() {
 // megabyte of new pages for each. It is safe for concurrent use; a nil
 // *Buffers lends nothing.
 type Buffers struct {
-	out, in sync.Pool
+	out sync.Pool
+	// in holds input buffers by size class: class c holds buffers of at
+	// least minInClass<<c bytes, so any buffer a class gives has room
+	// (one pool of mixed sizes gave small ones to large reads, which
+	// then made new buffers).
+	in [inClasses]sync.Pool
+}
+
+const (
+	minInClass = 64 << 10
+	inClasses  = 9 // up to 16 MiB; larger buffers are not kept
+)
+
+// inClass is the class of a buffer of capacity n (room, the class whose
+// buffers all have n bytes or more; else the class it can be kept in),
+// or -1.
+func inClass(n int, room bool) int {
+	c := 0
+	for minInClass<<c < n {
+		c++
+	}
+	if !room && minInClass<<c > n {
+		c--
+	}
+	if c >= inClasses {
+		return -1
+	}
+	return c
 }
 
 // lend gives f an output buffer and an input buffer with room for first
@@ -726,8 +753,10 @@ func (b *Buffers) lend(f *inflater, first int) {
 	if out, ok := b.out.Get().(*outBuffer); ok {
 		f.out = out
 	}
-	if in, ok := b.in.Get().(*[]byte); ok && cap(*in) >= first+first/4 {
-		f.buf = (*in)[:0]
+	if c := inClass(first+first/4, true); c >= 0 {
+		if in, ok := b.in[c].Get().(*[]byte); ok {
+			f.buf = (*in)[:0]
+		}
 	}
 }
 
@@ -737,9 +766,9 @@ func (b *Buffers) take(f *inflater) {
 		return
 	}
 	b.out.Put(f.out)
-	if cap(f.buf) > 0 {
+	if c := inClass(cap(f.buf), false); c >= 0 {
 		in := f.buf[:0]
-		b.in.Put(&in)
+		b.in[c].Put(&in)
 	}
 	f.out, f.buf = nil, nil
 }

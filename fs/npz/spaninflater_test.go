@@ -90,3 +90,33 @@ var errTestRead = errors.New("test read failure")
 type failingReader struct{}
 
 func (failingReader) ReadAt([]byte, int64) (int, error) { return 0, errTestRead }
+
+// An input buffer kept in a class is lent only to reads it has room for.
+func TestInClass(t *testing.T) {
+	for _, tt := range []struct {
+		n          int
+		room, kept int // inClass(n, true), inClass(n, false)
+	}{
+		{1, 0, -1},
+		{minInClass - 1, 0, -1},
+		{minInClass, 0, 0},
+		{minInClass + 1, 1, 0},
+		{2 * minInClass, 1, 1},
+		{1 << 20, 4, 4},
+		{1<<20 + 1<<18, 5, 4},
+		{minInClass << (inClasses - 1), inClasses - 1, inClasses - 1},
+		{minInClass<<(inClasses-1) + 1, -1, inClasses - 1},
+		{minInClass << inClasses, -1, -1},
+	} {
+		if room, kept := inClass(tt.n, true), inClass(tt.n, false); room != tt.room || kept != tt.kept {
+			t.Errorf("inClass(%d) = %d to lend, %d to keep; want %d, %d", tt.n, room, kept, tt.room, tt.kept)
+		}
+	}
+	for n := 1; n < minInClass<<inClasses; n = n*9/8 + 1 {
+		for capacity := 1; capacity < minInClass<<inClasses; capacity = capacity*9/8 + 1 {
+			if c := inClass(n, true); c >= 0 && c == inClass(capacity, false) && capacity < n {
+				t.Fatalf("a buffer of %d bytes kept in class %d, lent for %d", capacity, c, n)
+			}
+		}
+	}
+}
