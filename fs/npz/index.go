@@ -3,6 +3,7 @@ package npz
 import (
 	"bytes"
 	"compress/flate"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -877,6 +878,21 @@ func (s *SpanInflater) Inflate(r io.ReaderAt, upto int64) (data []byte, inflated
 	}
 	return s.data, inflated, nil
 }
+
+// Release gives the buffers of s's inflater back, if it still has them
+// (a span inflated whole gave them back already): s is spent after it.
+// The content it returned is the caller's.
+func (s *SpanInflater) Release() {
+	if s.c != nil {
+		s.c.release()
+		s.c = nil
+	}
+	if s.err == nil {
+		s.err = errSpanReleased
+	}
+}
+
+var errSpanReleased = errors.New("span inflater used after Release")
 
 // MemoryBytes is what s holds: room for the whole span and, until it is
 // inflated whole, the inflater's buffers.

@@ -120,3 +120,31 @@ func TestInClass(t *testing.T) {
 		}
 	}
 }
+
+// A span inflater released part way gives its buffers back and inflates
+// no more; what it returned before stays as it was.
+func TestSpanInflaterRelease(t *testing.T) {
+	data := walkData(2<<20, 6)
+	stream := npztest.Deflate(data, flate.DefaultCompression)
+	x := streamIndex(t, stream, data, 512<<10)
+	start, stop := x.Span(x.points[1].out)
+	s, err := x.SpanInflater(start, new(Buffers), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := s.Inflate(bytes.NewReader(stream), start+100_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Release()
+	if s.c != nil {
+		t.Error("the inflater kept its buffers after Release")
+	}
+	if _, _, err := s.Inflate(bytes.NewReader(stream), stop); err == nil {
+		t.Error("Inflate after Release: no error")
+	}
+	if !bytes.Equal(got, data[start:start+int64(len(got))]) {
+		t.Error("the content returned before Release changed")
+	}
+	s.Release() // twice: nothing more to give
+}

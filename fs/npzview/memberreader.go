@@ -448,6 +448,7 @@ func (r *MemberReader) inflate(x *npz.Index, start, limit int64) (inflatedSpan, 
 	if held.stop < stop {
 		held.more = s
 	}
+	buf.inflater = held.more
 	if r.hold(held) {
 		buf.release()
 		return inflatedSpan{held: true}, nil

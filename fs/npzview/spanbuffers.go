@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
 )
 
 // spanBufferRound is what a new span buffer's size is rounded up to: the
@@ -24,6 +25,9 @@ type spanBuffer struct {
 	data []byte // its whole capacity
 	refs atomic.Int64
 	pool *spanBuffers
+	// inflater, if set, inflates on into data (a span inflated in
+	// part); its own buffers go back with the last reference.
+	inflater *npz.SpanInflater
 }
 
 // acquire takes another reference; the caller must hold one already, or
@@ -37,6 +41,10 @@ func (b *spanBuffer) release() {
 	}
 	switch n := b.refs.Add(-1); {
 	case n == 0:
+		if b.inflater != nil {
+			b.inflater.Release()
+			b.inflater = nil
+		}
 		b.pool.put(b)
 	case n < 0:
 		panic("npzview: span buffer released more often than acquired")
