@@ -60,7 +60,7 @@ func TestSpanBuffers(t *testing.T) {
 }
 
 func TestSpanBufferReleasedTooOften(t *testing.T) {
-	b := newSpanBuffers(cache.NewBudget(1<<20)).get(1000)
+	b := newSpanBuffers(cache.NewBudget(1 << 20)).get(1000)
 	b.release()
 	defer func() {
 		if recover() == nil {
