@@ -745,6 +745,15 @@ func inClass(n int, room bool) int {
 	return c
 }
 
+// inBufferCap is the capacity of a new input buffer for n bytes: its
+// class's size, so that it is lent again to reads as large.
+func inBufferCap(n int) int {
+	if c := inClass(n, true); c >= 0 {
+		return minInClass << c
+	}
+	return n
+}
+
 // lend gives f an output buffer and an input buffer with room for first
 // bytes and a quarter more, if b has them.
 func (b *Buffers) lend(f *inflater, first int) {

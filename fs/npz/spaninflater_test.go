@@ -112,6 +112,13 @@ func TestInClass(t *testing.T) {
 			t.Errorf("inClass(%d) = %d to lend, %d to keep; want %d, %d", tt.n, room, kept, tt.room, tt.kept)
 		}
 	}
+	// A buffer made for n bytes is kept in the class reads of n are
+	// lent from.
+	for n := 1; n < minInClass<<inClasses; n = n*9/8 + 1 {
+		if c, k := inClass(n, true), inClass(inBufferCap(n), false); c >= 0 && c != k {
+			t.Fatalf("a buffer made for %d bytes (%d) is kept in class %d, reads of %d are lent from class %d", n, inBufferCap(n), k, n, c)
+		}
+	}
 	for n := 1; n < minInClass<<inClasses; n = n*9/8 + 1 {
 		for capacity := 1; capacity < minInClass<<inClasses; capacity = capacity*9/8 + 1 {
 			if c := inClass(n, true); c >= 0 && c == inClass(capacity, false) && capacity < n {
