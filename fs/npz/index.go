@@ -3,6 +3,7 @@ package npz
 import (
 	"bytes"
 	"compress/flate"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -714,7 +715,43 @@ func (c *contentStream) release() {
 // megabyte of new pages for each. It is safe for concurrent use; a nil
 // *Buffers lends nothing.
 type Buffers struct {
-	out, in sync.Pool
+	out sync.Pool
+	// in holds input buffers by size class: class c holds buffers of at
+	// least minInClass<<c bytes, so any buffer a class gives has room
+	// (one pool of mixed sizes gave small ones to large reads, which
+	// then made new buffers).
+	in [inClasses]sync.Pool
+}
+
+const (
+	minInClass = 64 << 10
+	inClasses  = 9 // up to 16 MiB; larger buffers are not kept
+)
+
+// inClass is the class of a buffer of capacity n (room, the class whose
+// buffers all have n bytes or more; else the class it can be kept in),
+// or -1.
+func inClass(n int, room bool) int {
+	c := 0
+	for minInClass<<c < n {
+		c++
+	}
+	if !room && minInClass<<c > n {
+		c--
+	}
+	if c >= inClasses {
+		return -1
+	}
+	return c
+}
+
+// inBufferCap is the capacity of a new input buffer for n bytes: its
+// class's size, so that it is lent again to reads as large.
+func inBufferCap(n int) int {
+	if c := inClass(n, true); c >= 0 {
+		return minInClass << c
+	}
+	return n
 }
 
 // lend gives f an output buffer and an input buffer with room for first
@@ -726,8 +763,10 @@ func (b *Buffers) lend(f *inflater, first int) {
 	if out, ok := b.out.Get().(*outBuffer); ok {
 		f.out = out
 	}
-	if in, ok := b.in.Get().(*[]byte); ok && cap(*in) >= first+first/4 {
-		f.buf = (*in)[:0]
+	if c := inClass(first+first/4, true); c >= 0 {
+		if in, ok := b.in[c].Get().(*[]byte); ok {
+			f.buf = (*in)[:0]
+		}
 	}
 }
 
@@ -737,9 +776,9 @@ func (b *Buffers) take(f *inflater) {
 		return
 	}
 	b.out.Put(f.out)
-	if cap(f.buf) > 0 {
+	if c := inClass(cap(f.buf), false); c >= 0 {
 		in := f.buf[:0]
-		b.in.Put(&in)
+		b.in[c].Put(&in)
 	}
 	f.out, f.buf = nil, nil
 }
@@ -797,13 +836,19 @@ type SpanInflater struct {
 }
 
 // SpanInflater returns an inflater of the span of content [start, stop)
-// that Span gives for start, which must be an access point's offset.
-func (x *Index) SpanInflater(start int64, bufs *Buffers) (*SpanInflater, error) {
+// that Span gives for start, which must be an access point's offset. It
+// inflates into into if that has room for the span (the caller's to
+// reuse once done with the inflater and what it returned), else into a
+// new buffer.
+func (x *Index) SpanInflater(start int64, bufs *Buffers, into []byte) (*SpanInflater, error) {
 	s, stop := x.Span(start)
 	if s != start {
 		return nil, fmt.Errorf("content offset %d of %q is not an access point (the span holding it starts at %d)", start, x.member.Name, s)
 	}
-	return &SpanInflater{x: x, bufs: bufs, start: start, stop: stop, data: make([]byte, 0, stop-start)}, nil
+	if int64(cap(into)) < stop-start {
+		into = make([]byte, 0, stop-start)
+	}
+	return &SpanInflater{x: x, bufs: bufs, start: start, stop: stop, data: into[: 0 : stop-start]}, nil
 }
 
 // Inflate inflates the span up to content offset upto (at most its end)
@@ -842,6 +887,21 @@ func (s *SpanInflater) Inflate(r io.ReaderAt, upto int64) (data []byte, inflated
 	}
 	return s.data, inflated, nil
 }
+
+// Release gives the buffers of s's inflater back, if it still has them
+// (a span inflated whole gave them back already): s is spent after it.
+// The content it returned is the caller's.
+func (s *SpanInflater) Release() {
+	if s.c != nil {
+		s.c.release()
+		s.c = nil
+	}
+	if s.err == nil {
+		s.err = errSpanReleased
+	}
+}
+
+var errSpanReleased = errors.New("span inflater used after Release")
 
 // MemoryBytes is what s holds: room for the whole span and, until it is
 // inflated whole, the inflater's buffers.

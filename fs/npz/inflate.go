@@ -182,7 +182,7 @@ func (f *inflater) load() bool {
 	if cap(f.buf) < keep+n {
 		// Room for the kept input to grow a little (a pinned stretch, or
 		// the bytes the bit buffer holds) without a new buffer per read.
-		nb := make([]byte, keep, keep+n+n/4)
+		nb := make([]byte, keep, inBufferCap(keep+n+n/4))
 		copy(nb, f.buf[:keep])
 		f.buf = nb
 	}

@@ -75,7 +75,9 @@ type MemberReader struct {
 type decodedSpan struct {
 	start, stop int64
 	data        []byte
-	more        *npz.SpanInflater
+	// buf holds data; the list of held spans holds a reference to it.
+	buf  *spanBuffer
+	more *npz.SpanInflater
 	// held is what the span's memory was counted as when it was held.
 	held int64
 }
@@ -93,8 +95,9 @@ var errReaderClosed = errors.New("member file closed")
 func (r *MemberReader) Close() {
 	r.life.Close()
 	r.mu.Lock()
-	r.view.spanBudget.Give(r.spanBytes)
-	r.spans, r.spanBytes = nil, 0
+	for len(r.spans) > 0 {
+		r.dropLocked(len(r.spans) - 1)
+	}
 	r.mu.Unlock()
 	r.src.Close()
 }
@@ -204,8 +207,9 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			(upto-start <= (stop-start)/4 && rowEnd <= upto) {
 			limit = upto
 		}
-		if data, ok := r.heldSpan(start, upto); ok {
+		if data, buf, ok := r.heldSpan(start, upto); ok {
 			copy(dst, data[at-start:upto-start])
+			buf.release()
 		} else if stop-start > maxSpan {
 			// An outsize span (one huge deflate block) is not worth
 			// holding: inflate just what is asked, in the background
@@ -220,11 +224,12 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 			})
 		} else {
 			g.Go(func() error {
-				data, err := r.span(gctx, x, start, upto, limit)
+				data, buf, err := r.span(gctx, x, start, upto, limit)
 				if err != nil {
 					return err
 				}
 				copy(dst, data[at-start:upto-start])
+				buf.release()
 				return nil
 			})
 		}
@@ -379,57 +384,79 @@ func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 
 // span returns the content from the access point at start on, at least
 // up to upto, inflating it up to limit (upto or further, at most the
-// next access point) unless this open holds it. Concurrent requests for
-// one span inflate it once, in the background: a request that is
-// interrupted stops waiting, and the others still get the span. A
-// request that needs more than the inflation it waited for ended with
-// goes on from there.
-func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, upto, limit int64) ([]byte, error) {
+// next access point) unless this open holds it, and the reference to
+// release once the caller has copied from it (nil: none needed).
+// Concurrent requests for one span inflate it once, in the background: a
+// request that is interrupted stops waiting, and the others still get
+// the span. A request that needs more than the inflation it waited for
+// ended with goes on from there.
+func (r *MemberReader) span(ctx context.Context, x *npz.Index, start, upto, limit int64) ([]byte, *spanBuffer, error) {
 	key := "span-" + strconv.FormatInt(start, 10)
 	for {
-		if data, ok := r.heldSpan(start, upto); ok {
-			return data, nil
+		if data, buf, ok := r.heldSpan(start, upto); ok {
+			return data, buf, nil
 		}
-		data, err := cache.WaitShared(ctx, &r.inflating, key, func() ([]byte, error) { return r.inflate(x, start, limit) })
+		got, err := cache.WaitShared(ctx, &r.inflating, key, func() (inflatedSpan, error) { return r.inflate(x, start, limit) })
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if start+int64(len(data)) >= upto {
-			return data, nil
+		// A span that was held is read under a reference heldSpan
+		// takes: it may have been dropped since, and its buffer reused.
+		if !got.held && start+int64(len(got.data)) >= upto {
+			return got.data, nil, nil
 		}
 	}
+}
+
+// inflatedSpan is what an inflation of a span ended with: its content,
+// unless held, in which case it is read from the open's held spans.
+type inflatedSpan struct {
+	data []byte
+	held bool
 }
 
 // inflate inflates the span at start up to limit, going on from what
 // this open holds of it, and holds the result if the view's span budget
 // has room. A failure is not held: the next read tries again.
-func (r *MemberReader) inflate(x *npz.Index, start, limit int64) ([]byte, error) {
+func (r *MemberReader) inflate(x *npz.Index, start, limit int64) (inflatedSpan, error) {
 	if !r.life.Start(1) {
-		return nil, errReaderClosed
+		return inflatedSpan{}, errReaderClosed
 	}
 	defer r.life.Done()
-	if data, ok := r.heldSpan(start, limit); ok { // inflated since the caller looked
-		return data, nil
+	if _, buf, ok := r.heldSpan(start, limit); ok { // inflated since the caller looked
+		buf.release()
+		return inflatedSpan{held: true}, nil
 	}
-	s := r.heldInflater(start)
+	_, stop := x.Span(start)
+	s, buf := r.heldInflater(start)
 	if s == nil {
+		buf = r.view.spanBuffers.get(stop - start)
 		var err error
-		if s, err = x.SpanInflater(start, r.view.buffers); err != nil {
-			return nil, err
+		if s, err = x.SpanInflater(start, r.view.buffers, buf.data); err != nil {
+			buf.release()
+			return inflatedSpan{}, err
 		}
 	}
 	data, inflated, err := s.Inflate(r.archiveBytes(r.life.Context()), limit)
 	r.view.inflated.Add(inflated)
 	if err != nil {
 		r.dropSpan(start)
-		return nil, err
+		buf.release()
+		return inflatedSpan{}, err
 	}
-	held := decodedSpan{start: start, stop: start + int64(len(data)), data: data}
-	if _, stop := x.Span(start); held.stop < stop {
+	held := decodedSpan{start: start, stop: start + int64(len(data)), data: data, buf: buf}
+	if held.stop < stop {
 		held.more = s
 	}
-	r.hold(held)
-	return data, nil
+	buf.inflater = held.more
+	if r.hold(held) {
+		buf.release()
+		return inflatedSpan{held: true}, nil
+	}
+	// Not held: the reads waiting for it copy from data without a
+	// reference, so this one is never released and the buffer is never
+	// written again (the garbage collector takes it).
+	return inflatedSpan{data: data}, nil
 }
 
 // inflatePiece inflates [start, stop) into a buffer of its own, not held.
@@ -450,8 +477,9 @@ func (r *MemberReader) inflatePiece(x *npz.Index, start, stop int64) ([]byte, er
 // hold puts s in memory for the next requests, in place of what this
 // open held of the same span, dropping its oldest spans beyond
 // heldSpanFactor spans; with no room left in the view's budget (many
-// files open at once), it is not held.
-func (r *MemberReader) hold(s decodedSpan) {
+// files open at once), it is not held. It says whether s is held; if so
+// the list took a reference to s.buf (the caller holds one).
+func (r *MemberReader) hold(s decodedSpan) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.dropSpanLocked(s.start)
@@ -461,10 +489,12 @@ func (r *MemberReader) hold(s decodedSpan) {
 		r.dropLocked(0)
 	}
 	if r.life.Closed() || !r.view.spanBudget.TryTake(n) {
-		return
+		return false
 	}
+	s.buf.acquire()
 	r.spans = append(r.spans, s)
 	r.spanBytes += n
+	return true
 }
 
 // memory is what s holds: its content, or, while it can go on, its
@@ -493,33 +523,38 @@ func (r *MemberReader) dropLocked(i int) {
 	r.spans = slices.Delete(r.spans, i, i+1)
 	r.spanBytes -= old.held
 	r.view.spanBudget.Give(old.held)
+	old.buf.release()
 }
 
 // heldSpan returns the content from the access point at start on, if
-// this open has it inflated at least up to upto.
-func (r *MemberReader) heldSpan(start, upto int64) ([]byte, bool) {
+// this open has it inflated at least up to upto, with a reference to its
+// buffer: the caller releases it once it has copied what it wants.
+func (r *MemberReader) heldSpan(start, upto int64) ([]byte, *spanBuffer, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, s := range r.spans {
 		if s.start == start && s.stop >= upto {
 			// Most recently used last.
 			r.spans = append(append(r.spans[:i:i], r.spans[i+1:]...), s)
-			return s.data, true
+			s.buf.acquire()
+			return s.data, s.buf, true
 		}
 	}
-	return nil, false
+	return nil, nil, false
 }
 
 // heldInflater returns the inflater of the span at start this open
-// holds part of, to go on from where it stopped; nil if there is none.
-// Only the inflation of that span (one at a time) uses it.
-func (r *MemberReader) heldInflater(start int64) *npz.SpanInflater {
+// holds part of, to go on from where it stopped, with a reference to the
+// buffer it inflates into; nil if there is none. Only the inflation of
+// that span (one at a time) uses it.
+func (r *MemberReader) heldInflater(start int64) (*npz.SpanInflater, *spanBuffer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.spans {
-		if s.start == start {
-			return s.more
+		if s.start == start && s.more != nil {
+			s.buf.acquire()
+			return s.more, s.buf
 		}
 	}
-	return nil
+	return nil, nil
 }

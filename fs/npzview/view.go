@@ -46,8 +46,11 @@ type View struct {
 	building singleflight.Group
 	// spanBudget bounds the decoded spans all open member files hold.
 	spanBudget *cache.Budget
-	// buffers are the inflaters' buffers, reused from read to read.
-	buffers *npz.Buffers
+	// buffers are the inflaters' buffers, reused from read to read;
+	// spanBuffers the decoded spans', reused once no read copies from
+	// them.
+	buffers     *npz.Buffers
+	spanBuffers *spanBuffers
 
 	mu sync.Mutex
 	// broken holds the members whose data is corrupt (bad CRC, undecodable
@@ -181,8 +184,9 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	spanBudget := cache.NewBudget(c.SpanBytes)
 	v := &View{
-		blocks: blocks, span: c.Span, indexes: idx, spanBudget: cache.NewBudget(c.SpanBytes), buffers: new(npz.Buffers),
+		blocks: blocks, span: c.Span, indexes: idx, spanBudget: spanBudget, buffers: new(npz.Buffers), spanBuffers: newSpanBuffers(spanBudget),
 		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{}, heads: map[string][]byte{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}

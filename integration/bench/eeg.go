@@ -428,6 +428,14 @@ func (b *bench) eegTrainer(ctx context.Context, dir string, args ...string) func
 	}
 }
 
+// eegStep is a daemon of workload i and the rows measured on it.
+type eegStep struct {
+	system string
+	args   []string
+	bin    string // the binary, if not the one under test
+	rows   func(m *eegMounted)
+}
+
 // runEEG measures workload i under one profile (and, the first time, the
 // local ceiling).
 func (b *bench) runEEG(ctx context.Context, profile string) {
@@ -470,12 +478,8 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 	unlimited := []string{"--npz-members", "--cache-size", all, "--npz-index-size", all}
 
 	// Each step is a new daemon: its first reads are its first use.
-	steps := []struct {
-		system string
-		args   []string
-		rows   func(m *eegMounted)
-	}{
-		{eegShapes, view, func(m *eegMounted) {
+	steps := []eegStep{
+		{eegShapes, view, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegShapes, m, func() (measurement, error) {
 				r, files, err := b.runTrainer(ctx, train(m), "--workers", strconv.Itoa(eegLoaders), "--view", "--shapes")
 				if err != nil || r.value == 0 {
@@ -484,23 +488,42 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 				return measurement{value: float64(files) / r.value, unit: "s"}, nil
 			})
 		}},
-		{eegWhole, []string{"--cache-size", c.eegCache}, func(m *eegMounted) {
+		{eegWhole, []string{"--cache-size", c.eegCache}, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegWhole, m, b.eegTrainer(ctx, train(m), append([]string{"--forget", "--samples", strconv.Itoa(c.eegWholeSamples)}, verify...)...))
 		}},
-		{eegFirst, view, func(m *eegMounted) {
+		{eegFirst, view, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegFirst, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
 			b.eegMeasure(profile, eegSteady, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
 		}},
-		{eegUnlimitedWarm, unlimited, func(m *eegMounted) {
+		{eegUnlimitedWarm, unlimited, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegUnlimitedWarm, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
 			b.eegMeasure(profile, eegUnlimited, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
 		}},
+	}
+	if c.eegInMemory {
+		// The daemon's CPU with nothing fetched, side by side with the
+		// baseline's in one run.
+		inMemory := steps[len(steps)-1]
+		steps = steps[:0]
+		if base := c.baselineBin; base != "" {
+			label := "bgbfs baseline (" + filepath.Base(base) + ")"
+			warm, steady := baselineRow(label, eegUnlimitedWarm), baselineRow(label, eegUnlimited)
+			steps = append(steps, eegStep{warm, unlimited, base, func(m *eegMounted) {
+				b.eegMeasure(profile, warm, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
+				b.eegMeasure(profile, steady, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
+			}})
+		}
+		steps = append(steps, inMemory)
 	}
 	for _, s := range steps {
 		if ctx.Err() != nil {
 			return
 		}
-		m, err := b.eegMount(endpoint, s.args...)
+		bin := s.bin
+		if bin == "" {
+			bin = b.bin
+		}
+		m, err := b.eegMountBin(bin, endpoint, s.args...)
 		if err != nil {
 			fail(s.system, err)
 			continue
@@ -508,7 +531,9 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		s.rows(m)
 		m.stop()
 	}
-	b.runEEGIndex(ctx, profile, endpoint, view, verify)
+	if !c.eegInMemory {
+		b.runEEGIndex(ctx, profile, endpoint, view, verify)
+	}
 }
 
 // eegTargets are the targets of workload i under profile p.
