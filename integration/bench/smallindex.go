@@ -346,15 +346,18 @@ func (b *bench) smallSection() string {
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "\nWorkload n, `bgbfs index` over many small archives: %d archives of %.0f KB on average (%d distinct, written by `np.savez_compressed`: 2 windows of 19 × 1536 float32 random walks and their labels; each uploaded under %d keys), %d deflated members, %.1f MB compressed of %.1f MB of archives, in a MinIO of their own (files read into the page cache first). "+
-		"Rows: whole-archive GETs of every archive, %d in flight (as many as `bgbfs index` has at most; MB/s of archive bytes); `bgbfs index` with the default `--jobs` into a fresh local dir (MB/s of compressed member bytes over the process's wall time), and the same with the binary before the change (`--baseline-bin`); `npz.BuildIndex` on one core over the distinct archives in memory (the inflater; MB per CPU-s). Machine cores busy: the CPU time of every process over the row's wall time (MinIO and the proxies too). \"unpinned\" rows run every process on every core; \"split\" rows pin the server side (MinIO, and the benchmark's process with the counting and shaping proxies) to one core and each client (the raw GETs and the inflater in a child of the benchmark, `bgbfs index` without `--jobs`, whose default, the cores it may use, is then 1) to another, so that what bounds `bgbfs index` and what it is compared with have the same cores.\n\n",
+		"Rows: whole-archive GETs of every archive, %d in flight (as many as `bgbfs index` has at most; MB/s of archive bytes); `bgbfs index` with the default `--jobs` into a fresh local dir (MB/s of compressed member bytes over the process's wall time), and the same with the binary before the change (`--baseline-bin`); `npz.BuildIndex` on one core over the distinct archives in memory (the inflater; MB per CPU-s). Waited for a core: the time `bgbfs index`'s threads were ready to run and queued for a core (/proc/PID/task/*/schedstat, sampled every 100 ms). Machine cores busy: the CPU time of every process over the row's wall time (MinIO and the proxies too). \"unpinned\" rows run every process on every core; \"split\" rows pin the server side (MinIO, and the benchmark's process with the counting and shaping proxies) to one core and each client (the raw GETs and the inflater in a child of the benchmark, `bgbfs index` without `--jobs`, whose default, the cores it may use, is then 1) to another, so that what bounds `bgbfs index` and what it is compared with have the same cores.\n\n",
 		len(s.keys), s.archives/float64(len(s.keys))/1e3, smallDistinct, smallKeys/smallDistinct, s.deflatedMembers, s.deflated/1e6, s.archives/1e6, npzview.IndexRequests)
-	out.WriteString("| profile | run | jobs or in flight | seconds | MB/s | CPU s | MB per CPU-s | machine cores busy | GETs | dir size | per archive |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	out.WriteString("| profile | run | jobs or in flight | seconds | MB/s | CPU s | MB per CPU-s | waited for a core s | machine cores busy | GETs | dir size | per archive |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range b.rows {
 		run, ok := s.runs[eegKey(r.profile, r.system)]
 		if r.workload != smallWorkload || r.err != "" || !ok {
 			continue
 		}
-		cpu, perCPU, busy, dir, perArchive := "", "", "", "", ""
+		cpu, perCPU, waited, busy, dir, perArchive := "", "", "", "", "", ""
+		if run.runDelay > 0 {
+			waited = fmt.Sprintf("%.1f", run.runDelay)
+		}
 		if run.cpu > 0 {
 			cpu, perCPU = fmt.Sprintf("%.1f", run.cpu), fmt.Sprintf("%.1f", s.deflated/1e6/run.cpu)
 			if r.system == smallInflater || r.system == smallSplitInflater { // over the distinct archives only
@@ -367,8 +370,8 @@ func (b *bench) smallSection() string {
 		if run.dirBytes > 0 {
 			dir, perArchive = fmt.Sprintf("%.0f KiB", float64(run.dirBytes)/1024), fmt.Sprintf("%.2f KiB", float64(run.dirBytes)/float64(len(s.keys))/1024)
 		}
-		fmt.Fprintf(&out, "| %s | %s | %d | %.1f | %.1f | %s | %s | %s | %d | %s | %s |\n",
-			r.profile, r.system, run.jobs, run.seconds, r.m.value, cpu, perCPU, busy, r.gets, dir, perArchive)
+		fmt.Fprintf(&out, "| %s | %s | %d | %.1f | %.1f | %s | %s | %s | %s | %d | %s | %s |\n",
+			r.profile, r.system, run.jobs, run.seconds, r.m.value, cpu, perCPU, waited, busy, r.gets, dir, perArchive)
 	}
 	return out.String()
 }
@@ -393,8 +396,14 @@ func indexCommandWith(ctx context.Context, command func(context.Context, string,
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	machineBefore := machineCPU()
 	start := time.Now()
-	err := cmd.Run()
-	run := eegIndexRun{jobs: jobs, seconds: time.Since(start).Seconds(), machineCPU: machineCPU() - machineBefore}
+	err := cmd.Start()
+	var waited float64
+	if err == nil {
+		stopWatch := watchRunDelay(cmd.Process.Pid)
+		err = cmd.Wait()
+		waited = stopWatch()
+	}
+	run := eegIndexRun{jobs: jobs, seconds: time.Since(start).Seconds(), machineCPU: machineCPU() - machineBefore, runDelay: waited}
 	if err != nil {
 		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 		return run, fmt.Errorf("bgbfs index: %w: %s", err, lines[len(lines)-1])
