@@ -87,7 +87,9 @@ func (ix ArchiveIndexer) IndexArchive(ctx context.Context, a s3backend.Version) 
 // one core: its zip directory, and the indexes of its deflated members
 // (those Files has, and those built, which it returns, with their heads).
 func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a s3backend.Version) (SavedArchive, []npz.Member, error) {
-	data := make([]byte, a.Size)
+	buf := limits.archiveBuffer(a.Size)
+	defer limits.reuse(buf)
+	data := (*buf)[:a.Size]
 	err := limits.request(ctx, func() error {
 		n, err := ix.Source.ReadAt(ctx, a, 0, data)
 		if n == len(data) && errors.Is(err, io.EOF) {
@@ -109,7 +111,7 @@ func (ix ArchiveIndexer) indexWhole(ctx context.Context, limits *IndexLimits, a 
 	if err := c.acquire(ctx); err != nil {
 		return SavedArchive{}, nil, err
 	}
-	if err := ix.build(src, todo, s); err != nil {
+	if err := ix.build(src, true, todo, s); err != nil {
 		return SavedArchive{}, nil, err
 	}
 	keptHeads(src, s)
@@ -142,7 +144,7 @@ func (ix ArchiveIndexer) indexStreamed(ctx context.Context, limits *IndexLimits,
 		if err := c.acquire(ctx); err != nil {
 			return err
 		}
-		return ix.build(&forwardReaderAt{r: stream, pos: from, ctx: ctx, core: &c}, todo, s)
+		return ix.build(&forwardReaderAt{r: stream, pos: from, ctx: ctx, core: &c}, false, todo, s)
 	})
 	if err == nil {
 		err = limits.request(ctx, func() error {
@@ -189,20 +191,25 @@ func (ix ArchiveIndexer) unindexed(ctx context.Context, a s3backend.Version, dir
 }
 
 // build builds the indexes of todo (in archive order) from src into s,
-// with each member's head: inflated again through the index from a copy
-// of the start of the member's bytes kept as the build read them (src
-// may be a stream that cannot go back).
-func (ix ArchiveIndexer) build(src io.ReaderAt, todo []npz.Member, s SavedArchive) error {
+// with each member's head, inflated again through the index: from src
+// if it can be read again (the archive in memory), else from a copy of
+// the start of the member's bytes kept as the build read them (a stream
+// cannot go back).
+func (ix ArchiveIndexer) build(src io.ReaderAt, rereadable bool, todo []npz.Member, s SavedArchive) error {
 	for _, m := range todo {
+		var from io.ReaderAt = src
 		rec := &startRecorder{r: src, from: m.HeaderOffset, n: headSourceBytes}
-		x, err := npz.BuildIndex(rec, m, ix.Placement.Span, ix.Placement.RowLead)
+		if !rereadable {
+			from = rec
+		}
+		x, err := npz.BuildIndex(from, m, ix.Placement.Span, ix.Placement.RowLead)
 		if err != nil {
 			return err
 		}
 		s.Indexes[m.Name] = x
 		rec.replay = true
 		head := make([]byte, min(SavedHeadBytes, x.Size()))
-		if n, err := x.ReadAt(rec, head, 0); n == len(head) && (err == nil || errors.Is(err, io.EOF)) {
+		if n, err := x.ReadAt(from, head, 0); n == len(head) && (err == nil || errors.Is(err, io.EOF)) {
 			s.Heads[m.Name] = head
 		}
 	}

@@ -2,6 +2,7 @@ package npzview
 
 import (
 	"context"
+	"sync"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -31,6 +32,10 @@ type IndexLimits struct {
 	cpu, memory, requests *semaphore.Weighted
 	// wholeMax is the largest archive fetched whole.
 	wholeMax int64
+	// buffers are the buffers of archives fetched whole, for the next:
+	// thousands of small archives would each cost a fresh allocation,
+	// zeroed and faulted in, of the memory the one before gave back.
+	buffers sync.Pool
 }
 
 // NewIndexLimits returns limits for jobs archives inflating at once
@@ -49,12 +54,31 @@ func NewIndexLimits(jobs int, memory int64) *IndexLimits {
 // holds it while the archive is indexed, so that archives fetched and
 // waiting for a core never exceed the budget.
 func (l *IndexLimits) Hold(ctx context.Context, size int64) (release func(), err error) {
-	n := max(min(size, l.wholeMax), minHold)
+	n := max(min(roundedHold(size), l.wholeMax), minHold)
 	if err := l.memory.Acquire(ctx, n); err != nil {
 		return nil, err
 	}
 	return func() { l.memory.Release(n) }, nil
 }
+
+// roundedHold is size rounded up to a whole minHold: what Hold takes and
+// archiveBuffer gives, so that a reused buffer is within what its archive
+// holds of the budget.
+func roundedHold(size int64) int64 { return (size + minHold - 1) / minHold * minHold }
+
+// archiveBuffer returns a buffer of at least size bytes, and no more
+// than Hold took for it, for an archive fetched whole; reuse gives it
+// back once nothing refers to it.
+func (l *IndexLimits) archiveBuffer(size int64) *[]byte {
+	b, ok := l.buffers.Get().(*[]byte)
+	if ok && int64(cap(*b)) >= size && int64(cap(*b)) <= roundedHold(size) {
+		return b
+	}
+	fresh := make([]byte, roundedHold(size))
+	return &fresh
+}
+
+func (l *IndexLimits) reuse(b *[]byte) { l.buffers.Put(b) }
 
 // fetchedWhole reports whether an archive of size bytes is fetched whole.
 func (l *IndexLimits) fetchedWhole(size int64) bool { return size > 0 && size <= l.wholeMax }

@@ -95,6 +95,9 @@ type eegIndexRun struct {
 	// inflater), and of the whole machine (every process, other
 	// tenants' too) over the row.
 	cpu, machineCPU float64
+	// runDelay is the seconds its threads were ready to run and waited
+	// for a core (bgbfs index only; from /proc, sampled).
+	runDelay float64
 	// The dir after a run: its bytes and its index files.
 	dirBytes int64
 	idxFiles int

@@ -40,6 +40,9 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == smallChildArg {
+		os.Exit(runSmallChild())
+	}
 	var c config
 	var profiles, systems, workloads string
 	flag.IntVar(&c.files, "files", 8, "npz files in the dataset (the 8-file workload needs 8)")

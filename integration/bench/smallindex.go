@@ -43,7 +43,7 @@ const (
 	smallKeys     = 6500
 	smallSeed     = 17
 
-	smallInflater = "npz.BuildIndex in-process, 1 core (the inflater)"
+	smallInflater = "unpinned: npz.BuildIndex in-process, 1 core (the inflater)"
 )
 
 // smallGen writes smallDistinct archives of 2 windows of 19 channels x
@@ -64,13 +64,13 @@ for i in range(n):
 
 func smallIndexSystem(jobs int, baseline bool) string {
 	if baseline {
-		return fmt.Sprintf("bgbfs index --jobs %d (before), local dir", jobs)
+		return fmt.Sprintf("unpinned: bgbfs index --jobs %d (before), local dir", jobs)
 	}
-	return fmt.Sprintf("bgbfs index --jobs %d, local dir", jobs)
+	return fmt.Sprintf("unpinned: bgbfs index --jobs %d, local dir", jobs)
 }
 
 func smallRawGets() string {
-	return fmt.Sprintf("raw S3: whole-archive GETs, %d in flight", npzview.IndexRequests)
+	return fmt.Sprintf("unpinned: raw S3: whole-archive GETs, %d in flight", npzview.IndexRequests)
 }
 
 // smallSet is workload n's data, its servers and its runs.
@@ -85,6 +85,7 @@ type smallSet struct {
 	archives, deflated float64
 	deflatedMembers    int
 	runs               map[string]eegIndexRun
+	split              *coreSplit // the split rows' cores, once run
 }
 
 // smallData makes (once) and serves workload n's data.
@@ -275,6 +276,7 @@ func (b *bench) runSmallIndex(ctx context.Context, profile string) {
 			return mbps(int64(s.deflated), time.Duration(run.seconds*float64(time.Second))), run, err
 		})
 	}
+	b.runSmallSplit(ctx, profile, endpoint)
 }
 
 // smallRow runs one row of workload n, counting at its proxy.
@@ -311,12 +313,12 @@ func (b *bench) smallTargets(p string) []target {
 	rawRun, ok2 := s.runs[eegKey(p, smallRawGets())]
 	inf, ok3 := b.find(smallWorkload, "local", smallInflater)
 	infRun := s.runs[eegKey("local", smallInflater)]
+	out := b.smallSplitTarget(p)
 	if !ok1 || !ok2 || !ok3 || infRun.cpu == 0 {
-		return nil
+		return out
 	}
 	network := raw.m.value * s.deflated / s.archives
 	perCore := inf.m.value * infRun.seconds / infRun.cpu // MB per CPU-s
-	var out []target
 	for _, baseline := range []bool{false, true} {
 		system := smallIndexSystem(runtime.NumCPU(), baseline)
 		r, ok := b.find(smallWorkload, p, system)
@@ -344,18 +346,21 @@ func (b *bench) smallSection() string {
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "\nWorkload n, `bgbfs index` over many small archives: %d archives of %.0f KB on average (%d distinct, written by `np.savez_compressed`: 2 windows of 19 × 1536 float32 random walks and their labels; each uploaded under %d keys), %d deflated members, %.1f MB compressed of %.1f MB of archives, in a MinIO of their own (files read into the page cache first). "+
-		"Rows: whole-archive GETs of every archive, %d in flight (as many as `bgbfs index` has at most; MB/s of archive bytes); `bgbfs index` with the default `--jobs` into a fresh local dir (MB/s of compressed member bytes over the process's wall time), and the same with the binary before the change (`--baseline-bin`); `npz.BuildIndex` on one core over the distinct archives in memory (the inflater; MB per CPU-s). Machine cores busy: the CPU time of every process over the row's wall time (MinIO and the proxies too).\n\n",
+		"Rows: whole-archive GETs of every archive, %d in flight (as many as `bgbfs index` has at most; MB/s of archive bytes); `bgbfs index` with the default `--jobs` into a fresh local dir (MB/s of compressed member bytes over the process's wall time), and the same with the binary before the change (`--baseline-bin`); `npz.BuildIndex` on one core over the distinct archives in memory (the inflater; MB per CPU-s). Waited for a core: the time `bgbfs index`'s threads were ready to run and queued for a core (/proc/PID/task/*/schedstat, sampled every 100 ms). Machine cores busy: the CPU time of every process over the row's wall time (MinIO and the proxies too). \"unpinned\" rows run every process on every core; \"split\" rows pin the server side (MinIO, and the benchmark's process with the counting and shaping proxies) to one core and each client (the raw GETs and the inflater in a child of the benchmark, `bgbfs index` without `--jobs`, whose default, the cores it may use, is then 1) to another, so that what bounds `bgbfs index` and what it is compared with have the same cores.\n\n",
 		len(s.keys), s.archives/float64(len(s.keys))/1e3, smallDistinct, smallKeys/smallDistinct, s.deflatedMembers, s.deflated/1e6, s.archives/1e6, npzview.IndexRequests)
-	out.WriteString("| profile | run | jobs or in flight | seconds | MB/s | CPU s | MB per CPU-s | machine cores busy | GETs | dir size | per archive |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	out.WriteString("| profile | run | jobs or in flight | seconds | MB/s | CPU s | MB per CPU-s | waited for a core s | machine cores busy | GETs | dir size | per archive |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range b.rows {
 		run, ok := s.runs[eegKey(r.profile, r.system)]
 		if r.workload != smallWorkload || r.err != "" || !ok {
 			continue
 		}
-		cpu, perCPU, busy, dir, perArchive := "", "", "", "", ""
+		cpu, perCPU, waited, busy, dir, perArchive := "", "", "", "", "", ""
+		if run.runDelay > 0 {
+			waited = fmt.Sprintf("%.1f", run.runDelay)
+		}
 		if run.cpu > 0 {
 			cpu, perCPU = fmt.Sprintf("%.1f", run.cpu), fmt.Sprintf("%.1f", s.deflated/1e6/run.cpu)
-			if r.system == smallInflater { // over the distinct archives only
+			if r.system == smallInflater || r.system == smallSplitInflater { // over the distinct archives only
 				perCPU = fmt.Sprintf("%.1f", r.m.value*run.seconds/run.cpu)
 			}
 		}
@@ -365,8 +370,8 @@ func (b *bench) smallSection() string {
 		if run.dirBytes > 0 {
 			dir, perArchive = fmt.Sprintf("%.0f KiB", float64(run.dirBytes)/1024), fmt.Sprintf("%.2f KiB", float64(run.dirBytes)/float64(len(s.keys))/1024)
 		}
-		fmt.Fprintf(&out, "| %s | %s | %d | %.1f | %.1f | %s | %s | %s | %d | %s | %s |\n",
-			r.profile, r.system, run.jobs, run.seconds, r.m.value, cpu, perCPU, busy, r.gets, dir, perArchive)
+		fmt.Fprintf(&out, "| %s | %s | %d | %.1f | %.1f | %s | %s | %s | %s | %d | %s | %s |\n",
+			r.profile, r.system, run.jobs, run.seconds, r.m.value, cpu, perCPU, waited, busy, r.gets, dir, perArchive)
 	}
 	return out.String()
 }
@@ -375,15 +380,30 @@ func (b *bench) smallSection() string {
 // cacheDir and checks its summary: every one of archives indexed, with
 // members members. The run has its wall time and CPU, and the machine's.
 func indexCommand(ctx context.Context, bin, endpoint string, creds testbed.Creds, source, cacheDir string, jobs, archives, members int) (eegIndexRun, error) {
-	cmd := exec.CommandContext(ctx, bin, "index", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1",
-		"--cache-dir", cacheDir, "--jobs", fmt.Sprint(jobs), source)
+	return indexCommandWith(ctx, exec.CommandContext, bin, endpoint, creds, source, cacheDir, jobs, archives, members)
+}
+
+// indexCommandWith is indexCommand with the command made by command
+// (on a core of its own, say); jobs 0 leaves --jobs to its default.
+func indexCommandWith(ctx context.Context, command func(context.Context, string, ...string) *exec.Cmd, bin, endpoint string, creds testbed.Creds, source, cacheDir string, jobs, archives, members int) (eegIndexRun, error) {
+	args := []string{"index", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1", "--cache-dir", cacheDir}
+	if jobs > 0 {
+		args = append(args, "--jobs", fmt.Sprint(jobs))
+	}
+	cmd := command(ctx, bin, append(args, source)...)
 	cmd.Env = testbed.CleanEnv(&creds)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	machineBefore := machineCPU()
 	start := time.Now()
-	err := cmd.Run()
-	run := eegIndexRun{jobs: jobs, seconds: time.Since(start).Seconds(), machineCPU: machineCPU() - machineBefore}
+	err := cmd.Start()
+	var waited float64
+	if err == nil {
+		stopWatch := watchRunDelay(cmd.Process.Pid)
+		err = cmd.Wait()
+		waited = stopWatch()
+	}
+	run := eegIndexRun{jobs: jobs, seconds: time.Since(start).Seconds(), machineCPU: machineCPU() - machineBefore, runDelay: waited}
 	if err != nil {
 		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 		return run, fmt.Errorf("bgbfs index: %w: %s", err, lines[len(lines)-1])

@@ -67,6 +67,16 @@ func StartMinIO(bin, dir string) (*MinIO, error) {
 	return m, nil
 }
 
+// Pid is the server's process id, or 0 when it is not running.
+func (m *MinIO) Pid() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil || m.proc.Exited() {
+		return 0
+	}
+	return m.proc.Pid()
+}
+
 // Start starts the server (again) on the same ports and data directory
 // and waits until GET /minio/health/live answers 200 and the server does
 // not call itself offline.
