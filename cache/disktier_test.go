@@ -281,7 +281,7 @@ func TestDiskTierBacklogBound(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := tier.pending.Total(); got != DiskWriteBacklog {
+		if got := tier.writes.pending.Total(); got != DiskWriteBacklog {
 			t.Errorf("block size %d: backlog of %d bytes, want %d", bs, got, DiskWriteBacklog)
 		}
 	}

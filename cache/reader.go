@@ -22,9 +22,12 @@ type Reader struct {
 	obj s3backend.Version
 
 	mu      sync.Mutex
-	reading bool  // counted in c.readers
-	random  bool  // never reads ahead (OpenRandom)
-	next    int64 // end of the furthest read in the current stream
+	reading bool // counted in c.readers
+	random  bool // never reads ahead (OpenRandom)
+	// notOnDisk is set for a reader whose bytes are kept in another form
+	// (NotKeptOnDisk).
+	notOnDisk bool
+	next      int64 // end of the furthest read in the current stream
 	// start is where the current stream began: read-ahead held from
 	// before it was jumped over, not passed (zip readers come back).
 	start  int64
@@ -60,6 +63,18 @@ func (r *Reader) Hold(off, n int64) { r.prefetch(off, n, true) }
 // where reads that look in order are still not followed by more.
 func (c *BlockCache) OpenRandom(obj s3backend.Version) *Reader {
 	return &Reader{c: c, obj: obj, random: true}
+}
+
+// NotKeptOnDisk marks r, before its first read, as a reader whose user
+// keeps what it makes of the bytes in the cache dir (the member view keeps
+// the decoded content of a member, not its compressed blocks): the disk
+// tier serves the blocks it holds but does not write those r's fetches
+// bring, so that the dir does not hold one thing twice. A block that a
+// fetch of r brings is not written for another reader waiting for it
+// either. It returns r.
+func (r *Reader) NotKeptOnDisk() *Reader {
+	r.notOnDisk = true
+	return r
 }
 
 // Prefetch starts fetching the blocks of [off, off+n) that are neither
@@ -206,7 +221,7 @@ func (r *Reader) fetchMissing(first int64, blocks [][]byte, waits []*fetch) {
 		for j+1 <= last && blocks[j+1] == nil && waits[j+1] == nil {
 			j++
 		}
-		fetched, _ := r.c.startFetches(r.obj, first+i, first+j, j-i+1, true)
+		fetched, _ := r.c.startFetches(r.obj, first+i, first+j, j-i+1, true, r.notOnDisk)
 		for k, f := range fetched {
 			r.c.misses.Add(1)
 			waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
@@ -249,7 +264,7 @@ func (r *Reader) block(ctx context.Context, idx int64, f *fetch) ([]byte, error)
 	}
 	// The cache may drop a block between two looks; a few tries settle it.
 	for range 3 {
-		retry, _ := r.c.startFetches(r.obj, idx, idx, 1, true)
+		retry, _ := r.c.startFetches(r.obj, idx, idx, 1, true, r.notOnDisk)
 		if retry[0] != nil {
 			return retry[0].wait(ctx, idx)
 		}
@@ -399,7 +414,7 @@ func (r *Reader) fetchAheadLocked(first, last, blocksPerGET int64) bool {
 	if !c.ahead.TryTake(want) {
 		return false
 	}
-	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false)
+	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false, r.notOnDisk)
 	for _, f := range started {
 		c.fetchedAhead.Add(f.size)
 	}

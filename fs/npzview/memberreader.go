@@ -68,6 +68,11 @@ type MemberReader struct {
 	// unknown).
 	dataRead bool
 	rowEnd   int64
+	// decoded is the member's decoded file in the cache dir, once
+	// opened; headUnchecked is set once this open returned the head
+	// without an index (it was not written then).
+	decoded       *cache.ObjectFile
+	headUnchecked bool
 }
 
 // decodedSpan is the content [start, stop) after an access point; more,
@@ -82,7 +87,12 @@ type decodedSpan struct {
 
 // newMemberReader returns a reader of member m of archive obj.
 func newMemberReader(view *View, obj s3backend.Version, m npz.Member) *MemberReader {
-	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: cache.NewLifetime(view.life.Context()), dataOff: -1}
+	src := view.blocks.OpenRandom(obj)
+	if view.decoded != nil {
+		// What it reads is kept decoded.
+		src.NotKeptOnDisk()
+	}
+	return &MemberReader{view: view, obj: obj, member: m, src: src, life: cache.NewLifetime(view.life.Context()), dataOff: -1}
 }
 
 // errReaderClosed is an inflation that starts after the reader was closed.
@@ -95,6 +105,10 @@ func (r *MemberReader) Close() {
 	r.mu.Lock()
 	r.view.spanBudget.Give(r.spanBytes)
 	r.spans, r.spanBytes = nil, 0
+	if r.decoded != nil {
+		r.decoded.Close()
+		r.decoded = nil
+	}
 	r.mu.Unlock()
 	r.src.Close()
 }
@@ -166,6 +180,9 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 	if end <= headRegion {
 		return r.readHead(ctx, p, off)
 	}
+	if r.readDecoded(p, off) {
+		return nil
+	}
 	// No byte past the head is returned before the whole member has
 	// been inflated once and found to match its CRC-32: building the
 	// index does that.
@@ -173,6 +190,23 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 	if err != nil {
 		return err
 	}
+	if err := r.readIndexed(ctx, x, p, off); err != nil {
+		return err
+	}
+	r.keepDecoded(p, off)
+	r.mu.Lock()
+	head := r.headUnchecked && r.decoded == nil
+	r.headUnchecked = false
+	r.mu.Unlock()
+	if head && r.view.decoded != nil {
+		r.keepHead(x)
+	}
+	return nil
+}
+
+// readIndexed fills p with the content at off through the index x.
+func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, off int64) error {
+	end := off + int64(len(p))
 	r.prefetch(x, off, end)
 	maxSpan := heldSpanFactor * r.view.span
 	r.mu.Lock()
@@ -242,13 +276,22 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
-	if h := r.view.savedHead(r.obj, r.member); off+int64(len(p)) <= int64(len(h)) {
+	if r.readDecoded(p, off) {
+		// Read before, decoded: nothing fetched or inflated.
+	} else if h := r.view.savedHead(r.obj, r.member); off+int64(len(p)) <= int64(len(h)) {
 		// The archive file bgbfs index wrote kept it: a first open
 		// after a restart fetches and inflates nothing for numpy's
 		// header read.
 		copy(p, h[off:])
-	} else if err := r.inflateHead(ctx, p, off); err != nil {
+		r.keepDecoded(p, off)
+	} else if checked, err := r.inflateHead(ctx, p, off); err != nil {
 		return err
+	} else if checked {
+		r.keepDecoded(p, off)
+	} else {
+		r.mu.Lock()
+		r.headUnchecked = true
+		r.mu.Unlock()
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {
@@ -260,29 +303,31 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	return nil
 }
 
-// inflateHead inflates p at off from the member's start. An index holds
-// the .npy header: numpy's header read of every np.load then costs no
+// inflateHead inflates p at off from the member's start, and reports
+// whether it did through the member's index (whose build checked the
+// member). An index holds the .npy header: numpy's header read of every np.load then costs no
 // request, and is checked. (Only one in memory: the archive file bgbfs
 // index writes put its indexes there when the directory was read; asking
 // an s3:// dir for a member's own file on every header read would cost a
 // GET each.)
-func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) (bool, error) {
 	x := r.heldIndex()
+	checked := x != nil
 	if x == nil {
 		dataOff, err := r.dataOffset(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if x, err = npz.StartIndex(r.member, dataOff); err != nil {
-			return err
+			return false, err
 		}
 	}
 	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), p, off, r.view.buffers)
 	r.view.inflated.Add(inflated)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return err
+		return false, err
 	}
-	return nil
+	return checked, nil
 }
 
 // archiveBytes is what inflating a piece of the member reads the

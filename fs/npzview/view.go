@@ -70,7 +70,9 @@ type View struct {
 	// there, and (with saveFiles) writes what it built.
 	files     *IndexFiles
 	saveFiles bool
-	logger    *slog.Logger
+	// decoded, if set, keeps decoded members in a local cache dir.
+	decoded *decodedStore
+	logger  *slog.Logger
 	// filesOff is set once a save failed other than by the dir's own
 	// pause: indexes are held in memory only.
 	filesOff atomic.Bool
@@ -159,7 +161,11 @@ type Config struct {
 	// background: a read does not wait for the write).
 	Files      *IndexFiles
 	WriteFiles bool
-	Logger     *slog.Logger
+	// Decoded, if set, is where the view keeps what reads of compressed
+	// members returned, decoded, for later reads; the compressed blocks
+	// read for them are then not kept on disk.
+	Decoded *DecodedFiles
+	Logger  *slog.Logger
 }
 
 // New returns a member view of the archives blocks reads.
@@ -186,6 +192,9 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{}, heads: map[string][]byte{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}
+	if c.Decoded != nil {
+		v.decoded = newDecodedStore(*c.Decoded, c.Logger)
+	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
 	return v, nil
 }
@@ -197,6 +206,7 @@ var errViewClosed = errors.New("npz member view closed: the filesystem is being 
 // and releases the index cache.
 func (v *View) Close() {
 	v.life.Close()
+	v.decoded.wait()
 	v.indexes.Close()
 }
 
@@ -220,6 +230,8 @@ type Stats struct {
 	// what a read costs over what it needs), and IndexInflatedBytes
 	// those index builds inflated.
 	MemberReads, ReturnedBytes, InflatedBytes, IndexInflatedBytes int64
+	// Decoded counts the decoded members kept in the cache dir.
+	Decoded DecodedStats
 }
 
 // Stats returns the counters so far.
@@ -237,6 +249,7 @@ func (v *View) Stats() Stats {
 		ReturnedBytes:      v.returned.Load(),
 		InflatedBytes:      v.inflated.Load(),
 		IndexInflatedBytes: v.buildInflated.Load(),
+		Decoded:            v.decoded.stats(),
 	}
 }
 
@@ -375,6 +388,11 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 	}
 	v.builds.Add(1)
 	r := v.blocks.Open(obj)
+	if v.decoded != nil {
+		// The index is kept, and the content decoded as it is read:
+		// the member's compressed blocks are not.
+		r.NotKeptOnDisk()
+	}
 	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
 	if err == nil {
