@@ -166,9 +166,7 @@ func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, b
 		if err != nil && !errors.Is(err, io.EOF) {
 			return n, err
 		}
-		if ctx.Value(notOnDiskKey{}) == nil {
-			t.writeBlocks(v, id, first+int64(i), bufs[i:j], m)
-		}
+		t.writeKept(ctx, v, id, first+int64(i), bufs[i:j], m)
 		if err != nil {
 			return n, err // io.EOF: the object ended before its listed size
 		}
@@ -182,9 +180,31 @@ func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, b
 	return n, nil
 }
 
-// notOnDiskKey marks the context of a fetch whose blocks the disk tier
-// does not write (Reader.NotKeptOnDisk).
+// notOnDiskKey marks the context of a fetch with the byteRange whose
+// blocks the disk tier does not write (Reader.NotKeptOnDisk).
 type notOnDiskKey struct{}
+
+// writeKept is writeBlocks for the blocks of bufs not wholly inside the
+// range the fetch's reader keeps in another form: the run of those inside
+// is left out.
+func (t *DiskTier) writeKept(ctx context.Context, v s3backend.Version, id ObjectID, first int64, bufs [][]byte, n int) {
+	skip, _ := ctx.Value(notOnDiskKey{}).(byteRange)
+	a, b := len(bufs), len(bufs) // bufs[a:b] are inside skip
+	for k, buf := range bufs {
+		if start := (first + int64(k)) * t.blockSize; skip.holds(start, start+int64(len(buf))) {
+			a, b = min(a, k), k+1
+		}
+	}
+	if a == len(bufs) {
+		t.writeBlocks(v, id, first, bufs, n)
+		return
+	}
+	t.writeBlocks(v, id, first, bufs[:a], n)
+	for _, buf := range bufs[:b] {
+		n -= len(buf)
+	}
+	t.writeBlocks(v, id, first+int64(b), bufs[b:], n)
+}
 
 // wholeBlocks reports whether bufs are the whole blocks of v from off on.
 func (t *DiskTier) wholeBlocks(v s3backend.Version, off int64, bufs [][]byte) bool {

@@ -24,9 +24,9 @@ type Reader struct {
 	mu      sync.Mutex
 	reading bool // counted in c.readers
 	random  bool // never reads ahead (OpenRandom)
-	// notOnDisk is set for a reader whose bytes are kept in another form
-	// (NotKeptOnDisk).
-	notOnDisk bool
+	// notOnDisk is what of the object the reader's user keeps in
+	// another form (NotKeptOnDisk).
+	notOnDisk byteRange
 	next      int64 // end of the furthest read in the current stream
 	// start is where the current stream began: read-ahead held from
 	// before it was jumped over, not passed (zip readers come back).
@@ -65,17 +65,25 @@ func (c *BlockCache) OpenRandom(obj s3backend.Version) *Reader {
 	return &Reader{c: c, obj: obj, random: true}
 }
 
-// NotKeptOnDisk marks r, before its first read, as a reader whose user
-// keeps what it makes of the bytes in the cache dir (the member view keeps
-// the decoded content of a member, not its compressed blocks): the disk
-// tier serves the blocks it holds but does not write those r's fetches
-// bring, so that the dir does not hold one thing twice. A block that a
-// fetch of r brings is not written for another reader waiting for it
-// either. It returns r.
-func (r *Reader) NotKeptOnDisk() *Reader {
-	r.notOnDisk = true
+// NotKeptOnDisk tells r, before its first read, that its user keeps
+// what it makes of the bytes [off, off+n) of the object in the cache dir
+// (the member view keeps the decoded content of a compressed member, not
+// its compressed bytes): the disk tier serves the blocks it holds, but
+// does not write the blocks wholly inside that range that r's fetches
+// bring, so that the dir does not hold one thing twice. The blocks at its
+// edges, which hold other bytes too (a zip directory, another member),
+// are written as any. A block that a fetch of r brings is not written
+// for another reader waiting for it either. It returns r.
+func (r *Reader) NotKeptOnDisk(off, n int64) *Reader {
+	r.notOnDisk = byteRange{off, n}
 	return r
 }
+
+// byteRange is the bytes [off, off+n) of an object.
+type byteRange struct{ off, n int64 }
+
+// holds reports whether [off, end) lies in r.
+func (r byteRange) holds(off, end int64) bool { return r.n > 0 && off >= r.off && end <= r.off+r.n }
 
 // Prefetch starts fetching the blocks of [off, off+n) that are neither
 // cached nor being fetched, in parallel GETs of at most 1 MiB (on S3 a

@@ -2,6 +2,7 @@ package npzview
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
@@ -23,8 +24,8 @@ type DecodedFiles struct {
 	Source string
 }
 
-// DecodedArea is where in a cache dir the decoded members are.
-const DecodedArea = "npy/"
+// decodedArea is where in a cache dir the decoded members are.
+const decodedArea = cache.DecodedArea + "npz/"
 
 // decodedUnit is the unit a decoded member is kept in: a page. The
 // kernel reads a member file in pages, from where the loader touched it,
@@ -123,7 +124,7 @@ func (r *MemberReader) decodedFile() *cache.ObjectFile {
 	}
 	s := r.view.decoded
 	id := s.id(r.obj, r.member)
-	f, err := s.files.Dir.OpenObjectUnits(id.Name(DecodedArea), id, r.member.UncompressedSize, decodedUnit)
+	f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
 	if err != nil {
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(r.obj, r.member, err)
@@ -158,11 +159,16 @@ func (r *MemberReader) dropDecodedFile(f *cache.ObjectFile) {
 // content at off inflated through the member's index (checked), to the
 // member's decoded file. p is copied before it returns.
 func (r *MemberReader) keepDecoded(p []byte, off int64) {
-	s := r.view.decoded
-	if s == nil {
-		return
+	if s := r.view.decoded; s != nil {
+		s.keep(r.obj, r.member, p, off)
 	}
-	size := r.member.UncompressedSize
+}
+
+// keep writes, in the background, the whole units of p, the content of
+// member m of obj at off, checked, to the member's decoded file. p is
+// copied before it returns.
+func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off int64) {
+	size := m.UncompressedSize
 	end := off + int64(len(p))
 	from := (off + decodedUnit - 1) / decodedUnit * decodedUnit
 	to := end / decodedUnit * decodedUnit
@@ -177,9 +183,9 @@ func (r *MemberReader) keepDecoded(p []byte, off int64) {
 		s.writesSkipped.Add(1)
 		return
 	}
-	id := s.id(r.obj, r.member)
+	id := s.id(obj, m)
 	taken := s.writes.Start([][]byte{p[from-off : to-off]}, func(data []byte, _ int) {
-		f, err := dir.CreateObjectUnits(id.Name(DecodedArea), id, size, decodedUnit)
+		f, err := dir.CreateObjectUnits(id.Name(decodedArea), id, size, decodedUnit)
 		if err != nil {
 			s.writesSkipped.Add(1)
 			return
@@ -196,21 +202,35 @@ func (r *MemberReader) keepDecoded(p []byte, off int64) {
 	}
 }
 
-// keepHead writes the start of the member that this open returned
-// before the member's index was at hand (unchecked then, and not
-// written), inflating it again through the index x: numpy reads it on
-// every open, and a later epoch is to read it from disk too.
-func (r *MemberReader) keepHead(x *npz.Index) {
-	if !r.life.Start(1) {
+// keepHead writes the start of member m of obj (numpy reads it on every
+// open, which the kernel asks for before the loader's window), inflated
+// through its index x, unless the dir holds it: the head is read on
+// opens without the index at hand, not checked then, and not written. It
+// is called once the index is at hand (built, or loaded from the dir),
+// and runs in the background under the view's lifetime, through a reader
+// of its own.
+func (v *View) keepHead(obj s3backend.Version, m npz.Member, x *npz.Index) {
+	s := v.decoded
+	if s == nil || !v.life.Start(1) {
 		return
 	}
 	go func() {
-		defer r.life.Done()
-		head := make([]byte, min(headRegion, r.member.UncompressedSize))
-		_, inflated, err := x.ReadAtInflating(r.archiveBytes(r.life.Context()), head, 0, r.view.buffers)
-		r.view.inflated.Add(inflated)
-		if err == nil {
-			r.keepDecoded(head, 0)
+		defer v.life.Done()
+		head := make([]byte, min(headRegion, m.UncompressedSize))
+		id := s.id(obj, m)
+		if f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit); err == nil {
+			held, _ := f.ReadAt(head, 0)
+			f.Close()
+			if held {
+				return
+			}
+		}
+		src := v.blocks.OpenRandom(obj).NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
+		defer src.Close()
+		_, inflated, err := x.ReadAtInflating(s3backend.BindContext(v.life.Context(), src), head, 0, v.buffers)
+		v.inflated.Add(inflated)
+		if err == nil || errors.Is(err, io.EOF) {
+			s.keep(obj, m, head, 0)
 		}
 	}()
 }

@@ -69,10 +69,8 @@ type MemberReader struct {
 	dataRead bool
 	rowEnd   int64
 	// decoded is the member's decoded file in the cache dir, once
-	// opened; headUnchecked is set once this open returned the head
-	// without an index (it was not written then).
-	decoded       *cache.ObjectFile
-	headUnchecked bool
+	// opened.
+	decoded *cache.ObjectFile
 }
 
 // decodedSpan is the content [start, stop) after an access point; more,
@@ -89,8 +87,8 @@ type decodedSpan struct {
 func newMemberReader(view *View, obj s3backend.Version, m npz.Member) *MemberReader {
 	src := view.blocks.OpenRandom(obj)
 	if view.decoded != nil {
-		// What it reads is kept decoded.
-		src.NotKeptOnDisk()
+		// What it reads of the member is kept decoded.
+		src.NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
 	}
 	return &MemberReader{view: view, obj: obj, member: m, src: src, life: cache.NewLifetime(view.life.Context()), dataOff: -1}
 }
@@ -194,13 +192,6 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 		return err
 	}
 	r.keepDecoded(p, off)
-	r.mu.Lock()
-	head := r.headUnchecked && r.decoded == nil
-	r.headUnchecked = false
-	r.mu.Unlock()
-	if head && r.view.decoded != nil {
-		r.keepHead(x)
-	}
 	return nil
 }
 
@@ -288,10 +279,6 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		return err
 	} else if checked {
 		r.keepDecoded(p, off)
-	} else {
-		r.mu.Lock()
-		r.headUnchecked = true
-		r.mu.Unlock()
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {

@@ -384,6 +384,7 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 
 	if x := v.loadIndex(obj, m); x != nil {
 		v.hold(key, x)
+		v.keepHead(obj, m, x)
 		return x, nil
 	}
 	v.builds.Add(1)
@@ -391,7 +392,7 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 	if v.decoded != nil {
 		// The index is kept, and the content decoded as it is read:
 		// the member's compressed blocks are not.
-		r.NotKeptOnDisk()
+		r.NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
 	}
 	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
@@ -412,6 +413,7 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 		return nil, err
 	}
 	v.hold(key, x)
+	v.keepHead(obj, m, x)
 	if v.files != nil && v.saveFiles && !v.filesOff.Load() {
 		if v.life.Start(1) { // Close waits for it
 			go v.saveIndex(obj, m, x)
