@@ -23,9 +23,10 @@ const UnitSize = 64 << 10
 
 // An object file holds some of the units of one byte string of a known
 // size (an object version, or bytes derived from one), named
-// AREA/XX/<32 hex digits of its ObjectID>:
+// AREA/XX/<32 hex digits of its ObjectID>, in units of UnitSize (or of
+// the unit OpenObjectUnits was given, which the header says):
 //
-//	[0, size)           the bytes, unit k at k×UnitSize; a unit not
+//	[0, size)           the bytes, unit k at k×unit; a unit not
 //	                    written is a hole (the file is sparse)
 //	[tail, tail+4 KiB)  the header: magic, format, unit size, size, ID,
 //	                    and a CRC-32C of those; tail is size rounded up
