@@ -456,6 +456,9 @@ func (r *MemberReader) inflate(x *npz.Index, start, limit int64) ([]byte, error)
 		r.dropSpan(start)
 		return nil, err
 	}
+	// Kept decoded (copied now) as far as it was inflated, past what
+	// this read asks: the kernel may read a few pages more next epoch.
+	r.keepDecoded(data, start)
 	held := decodedSpan{start: start, stop: start + int64(len(data)), data: data}
 	if _, stop := x.Span(start); held.stop < stop {
 		held.more = s
