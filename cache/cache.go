@@ -218,6 +218,10 @@ type fetch struct {
 	// demand is set for a fetch a read waits for, unset for read-ahead,
 	// which its reader has paid for already.
 	demand bool
+	// notOnDisk is the byte range that the fetch's reader keeps in
+	// another form (NotKeptOnDisk): the disk tier does not write the
+	// blocks wholly inside it.
+	notOnDisk byteRange
 	// blocks has one buffer per block. They are made when the GET starts,
 	// not when it is queued: fetches waiting for a free request then hold
 	// no memory, and the bytes in flight stay within MaxParallel GETs.
@@ -256,10 +260,10 @@ func (c *BlockCache) cached(obj s3backend.Version, idx int64) ([]byte, bool) {
 
 // startFetches makes sure every block in [first, last] is cached or being
 // fetched, starting GETs (of at most maxBlocks blocks each) for runs that
-// are neither; demand says a read waits for them (not read-ahead). It
-// returns a fetch for each block not in the cache, in order, or nil for the
+// are neither; demand says a read waits for them (not read-ahead), and
+// notOnDisk what of them the disk tier is not to keep. It returns a fetch for each block not in the cache, in order, or nil for the
 // blocks found cached; and the fetches it started.
-func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks int64, demand bool) (perBlock, started []*fetch) {
+func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks int64, demand bool, notOnDisk byteRange) (perBlock, started []*fetch) {
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -278,7 +282,7 @@ func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks 
 			continue
 		}
 		if run == nil || run.count >= maxBlocks {
-			run = &fetch{obj: obj, first: idx, demand: demand, done: make(chan struct{})}
+			run = &fetch{obj: obj, first: idx, demand: demand, notOnDisk: notOnDisk, done: make(chan struct{})}
 			started = append(started, run)
 		}
 		run.count++
@@ -393,6 +397,9 @@ func (c *BlockCache) fetchBytes(ctx context.Context, f *fetch) (n int, release f
 	f.blocks = make([][]byte, f.count)
 	for i := range f.blocks {
 		f.blocks[i] = make([]byte, c.blockLen(f.obj, f.first+int64(i)))
+	}
+	if f.notOnDisk.n > 0 {
+		ctx = context.WithValue(ctx, notOnDiskKey{}, f.notOnDisk)
 	}
 	n, err = c.store.ReadAt(ctx, f.obj, f.first*c.opt.BlockSize, f.blocks...)
 	return n, release, err

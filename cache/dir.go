@@ -21,12 +21,15 @@ import (
 // The areas of a Dir: bgbfs writes, trims and counts files only under
 // these subdirectories, so a --cache-dir shared with other files (a
 // user's ~/.cache) loses none of them.
+// DecodedArea holds bytes derived from objects (the decoded content of
+// compressed .npz members), kept as blocks are.
 const (
 	BlocksArea  = "blocks/"
 	IndexesArea = "indexes/"
+	DecodedArea = "decoded/"
 )
 
-var dirAreas = []string{BlocksArea, IndexesArea}
+var dirAreas = []string{BlocksArea, IndexesArea, DecodedArea}
 
 // ErrDirFull is a store of a block into a Dir that is at its bound with
 // every file in use: the block is not kept (and will be fetched again).

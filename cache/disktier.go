@@ -8,10 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sync/semaphore"
 
 	"github.com/bgbfs/bgbfs/s3backend"
 )
@@ -41,12 +38,8 @@ type DiskTier struct {
 	blockSize int64
 	source    string
 	logger    *slog.Logger
-	// pending bounds the bytes of block copies waiting to be written;
-	// writers bounds the writes under way, so that a burst queues
-	// instead of opening hundreds of files at once.
-	pending *Budget
-	writers *semaphore.Weighted
-	writes  sync.WaitGroup
+	// writes writes block copies in the background.
+	writes *WriteBehind
 
 	hits, misses, checksumFailures, bytesWritten, writesSkipped atomic.Int64
 }
@@ -77,7 +70,7 @@ func NewDiskTier(next s3backend.ObjectStore, dir *Dir, blockSize int64, source s
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &DiskTier{next: next, dir: dir, blockSize: blockSize, source: source, logger: logger,
-		pending: NewBudget(DiskWriteBacklog), writers: semaphore.NewWeighted(diskWriters)}, nil
+		writes: NewWriteBehind(DiskWriteBacklog, diskWriters)}, nil
 }
 
 // DiskStats is a snapshot of the disk tier's counters.
@@ -173,7 +166,7 @@ func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, b
 		if err != nil && !errors.Is(err, io.EOF) {
 			return n, err
 		}
-		t.writeBlocks(v, id, first+int64(i), bufs[i:j], m)
+		t.writeKept(ctx, v, id, first+int64(i), bufs[i:j], m)
 		if err != nil {
 			return n, err // io.EOF: the object ended before its listed size
 		}
@@ -185,6 +178,32 @@ func (t *DiskTier) ReadAt(ctx context.Context, v s3backend.Version, off int64, b
 		}
 	}
 	return n, nil
+}
+
+// notOnDiskKey marks the context of a fetch with the byteRange whose
+// blocks the disk tier does not write (Reader.NotKeptOnDisk).
+type notOnDiskKey struct{}
+
+// writeKept is writeBlocks for the blocks of bufs not wholly inside the
+// range the fetch's reader keeps in another form: the run of those inside
+// is left out.
+func (t *DiskTier) writeKept(ctx context.Context, v s3backend.Version, id ObjectID, first int64, bufs [][]byte, n int) {
+	skip, _ := ctx.Value(notOnDiskKey{}).(byteRange)
+	a, b := len(bufs), len(bufs) // bufs[a:b] are inside skip
+	for k, buf := range bufs {
+		if start := (first + int64(k)) * t.blockSize; skip.holds(start, start+int64(len(buf))) {
+			a, b = min(a, k), k+1
+		}
+	}
+	if a == len(bufs) {
+		t.writeBlocks(v, id, first, bufs, n)
+		return
+	}
+	t.writeBlocks(v, id, first, bufs[:a], n)
+	for _, buf := range bufs[:b] {
+		n -= len(buf)
+	}
+	t.writeBlocks(v, id, first+int64(b), bufs[b:], n)
 }
 
 // wholeBlocks reports whether bufs are the whole blocks of v from off on.
@@ -223,29 +242,7 @@ func (t *DiskTier) writeBlocks(v s3backend.Version, id ObjectID, first int64, bu
 		t.writesSkipped.Add(int64(len(bufs)))
 		return
 	}
-	var size int64
-	taken := 0
-	for _, b := range bufs {
-		if !t.pending.TryTake(int64(len(b))) {
-			break
-		}
-		size += int64(len(b))
-		taken++
-	}
-	t.writesSkipped.Add(int64(len(bufs) - taken))
-	if taken == 0 {
-		return
-	}
-	data := make([]byte, 0, size)
-	for _, b := range bufs[:taken] {
-		data = append(data, b...)
-	}
-	t.writes.Add(1)
-	go func() {
-		defer t.writes.Done()
-		defer t.pending.Give(size)
-		_ = t.writers.Acquire(context.Background(), 1) // cannot fail
-		defer t.writers.Release(1)
+	taken := t.writes.Start(bufs, func(data []byte, taken int) {
 		name := id.Name(BlocksArea)
 		f, err := t.dir.CreateObject(name, id, v.Size)
 		if err != nil {
@@ -263,5 +260,6 @@ func (t *DiskTier) writeBlocks(v s3backend.Version, id ObjectID, first int64, bu
 			}
 			t.bytesWritten.Add(written)
 		}
-	}()
+	})
+	t.writesSkipped.Add(int64(len(bufs) - taken))
 }

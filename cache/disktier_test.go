@@ -281,7 +281,7 @@ func TestDiskTierBacklogBound(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := tier.pending.Total(); got != DiskWriteBacklog {
+		if got := tier.writes.pending.Total(); got != DiskWriteBacklog {
 			t.Errorf("block size %d: backlog of %d bytes, want %d", bs, got, DiskWriteBacklog)
 		}
 	}
@@ -320,5 +320,62 @@ func TestDiskTierReadsResumeAfterTooManyFiles(t *testing.T) {
 		return len(store.ranges) == 0
 	}) {
 		t.Errorf("reads still go to the store (%v) once descriptors are free", store.ranges)
+	}
+}
+
+// TestDiskTierNotKeptOnDisk: of the blocks fetched for a reader marked
+// NotKeptOnDisk, those wholly inside its range are not written to the
+// dir, those at its edges and outside it are; an unmarked reader's are;
+// a marked reader still reads what the dir holds.
+func TestDiskTierNotKeptOnDisk(t *testing.T) {
+	const B = tierBlock
+	data := randomBytes(8 * B)
+	for _, tt := range []struct {
+		name         string
+		keep         [2]int64 // off, n for NotKeptOnDisk; n 0: unmarked
+		from, blocks int64
+		written      int64 // blocks
+	}{
+		{"unmarked", [2]int64{0, 0}, 0, 4, 4},
+		{"all inside", [2]int64{0, 8 * B}, 1, 4, 0},
+		{"edges half out", [2]int64{B / 2, 2 * B}, 0, 4, 3},
+		{"inside a run", [2]int64{2 * B, 2 * B}, 1, 5, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			store, v := storeOf(data)
+			tier := newTier(t, store, t.TempDir(), B, "e/b")
+			newCache := func() *BlockCache {
+				c, err := New(tier, Options{CacheSize: 64 << 20, BlockSize: B, PartSize: 1 << 20, MaxReadAhead: 4 << 20, MaxParallel: 4})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(c.Close)
+				return c
+			}
+			read := func(c *BlockCache) {
+				t.Helper()
+				r := c.OpenRandom(v)
+				if tt.keep[1] > 0 {
+					r.NotKeptOnDisk(tt.keep[0], tt.keep[1])
+				}
+				defer r.Close()
+				off, n := tt.from*B, tt.blocks*B
+				p := make([]byte, n)
+				if got, err := r.ReadAt(context.Background(), p, off); got != int(n) || err != nil || !bytes.Equal(p, data[off:off+n]) {
+					t.Fatalf("read of %d at %d = %d, %v", n, off, got, err)
+				}
+			}
+			read(newCache())
+			tier.Wait()
+			if s := tier.Stats(); s.BytesWritten != tt.written*B || s.Misses != tt.blocks {
+				t.Errorf("%+v; want %d blocks fetched, %d written", s, tt.blocks, tt.written)
+			}
+			// A new memory cache: what was written is read from disk.
+			before := tier.Stats()
+			read(newCache())
+			if s := tier.Stats(); s.Hits-before.Hits != tt.written || s.Misses-before.Misses != tt.blocks-tt.written {
+				t.Errorf("again: %+v, before %+v; want the %d written read from disk", s, before, tt.written)
+			}
+		})
 	}
 }

@@ -23,9 +23,10 @@ const UnitSize = 64 << 10
 
 // An object file holds some of the units of one byte string of a known
 // size (an object version, or bytes derived from one), named
-// AREA/XX/<32 hex digits of its ObjectID>:
+// AREA/XX/<32 hex digits of its ObjectID>, in units of UnitSize (or of
+// the unit OpenObjectUnits was given, which the header says):
 //
-//	[0, size)           the bytes, unit k at k×UnitSize; a unit not
+//	[0, size)           the bytes, unit k at k×unit; a unit not
 //	                    written is a hole (the file is sparse)
 //	[tail, tail+4 KiB)  the header: magic, format, unit size, size, ID,
 //	                    and a CRC-32C of those; tail is size rounded up
@@ -88,6 +89,7 @@ type ObjectFile struct {
 	name     string
 	id       ObjectID
 	size     int64
+	unit     int64 // UnitSize, or what OpenObjectUnits was given
 	tail     int64 // where the header starts
 	writable bool
 }
@@ -95,14 +97,21 @@ type ObjectFile struct {
 // objectLayout returns where an object file of a byte string of size
 // bytes has its header and records, and its length.
 func objectLayout(size int64) (tail, records, length int64) {
-	tail = (size + objectHeaderPage - 1) / objectHeaderPage * objectHeaderPage
-	records = tail + objectHeaderPage
-	return tail, records, records + (size+UnitSize-1)/UnitSize*recordSize
+	return objectLayoutUnits(size, UnitSize)
 }
 
-func objectHeader(id ObjectID, size int64) []byte {
+// objectLayoutUnits is objectLayout for units of unit bytes.
+func objectLayoutUnits(size, unit int64) (tail, records, length int64) {
+	tail = (size + objectHeaderPage - 1) / objectHeaderPage * objectHeaderPage
+	records = tail + objectHeaderPage
+	return tail, records, records + (size+unit-1)/unit*recordSize
+}
+
+func objectHeader(id ObjectID, size int64) []byte { return objectHeaderUnits(id, size, UnitSize) }
+
+func objectHeaderUnits(id ObjectID, size, unit int64) []byte {
 	b := append([]byte(objectMagic), binary.LittleEndian.AppendUint32(nil, objectFormat)...)
-	b = binary.LittleEndian.AppendUint32(b, UnitSize)
+	b = binary.LittleEndian.AppendUint32(b, uint32(unit))
 	b = binary.LittleEndian.AppendUint64(b, uint64(size))
 	b = append(b, id[:]...)
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
@@ -114,6 +123,22 @@ func objectHeader(id ObjectID, size int64) []byte {
 // id (it is removed), ErrDirNotReadable if it cannot be read. It counts
 // as a use of the file.
 func (d *Dir) OpenObject(name string, id ObjectID, size int64) (*ObjectFile, error) {
+	return d.OpenObjectUnits(name, id, size, UnitSize)
+}
+
+// MinUnitSize is the smallest unit an object file may have: a page, the
+// unit in which the kernel reads a file.
+const MinUnitSize = objectHeaderPage
+
+// OpenObjectUnits is OpenObject for a file of units of unit bytes, a
+// power of two from MinUnitSize to UnitSize: bytes derived from an
+// object that are written as the kernel read them, page by page, keep
+// smaller units than the blocks fetched from S3. A file of the same
+// name with other units is not a file of id (it is removed).
+func (d *Dir) OpenObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
+	if err := checkUnit(unit); err != nil {
+		return nil, err
+	}
 	p, err := d.path(name)
 	if err != nil {
 		return nil, err
@@ -122,7 +147,7 @@ func (d *Dir) OpenObject(name string, id ObjectID, size int64) (*ObjectFile, err
 	if err != nil {
 		return nil, err
 	}
-	o := &ObjectFile{d: d, f: f, name: name, id: id, size: size}
+	o := &ObjectFile{d: d, f: f, name: name, id: id, size: size, unit: unit}
 	if err := o.check(fi.Size()); err != nil {
 		f.Close()
 		return nil, err
@@ -136,6 +161,15 @@ func (d *Dir) OpenObject(name string, id ObjectID, size int64) (*ObjectFile, err
 // It fails with ErrDirNotWritable while writes are paused, and
 // ErrDirFull while the dir takes no blocks.
 func (d *Dir) CreateObject(name string, id ObjectID, size int64) (*ObjectFile, error) {
+	return d.CreateObjectUnits(name, id, size, UnitSize)
+}
+
+// CreateObjectUnits is CreateObject for a file of units of unit bytes
+// (see OpenObjectUnits).
+func (d *Dir) CreateObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
+	if err := checkUnit(unit); err != nil {
+		return nil, err
+	}
 	p, err := d.path(name)
 	if err != nil {
 		return nil, err
@@ -143,7 +177,7 @@ func (d *Dir) CreateObject(name string, id ObjectID, size int64) (*ObjectFile, e
 	if err := d.writes.blocked(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrDirNotWritable, err)
 	}
-	o := &ObjectFile{d: d, name: name, id: id, size: size, writable: true}
+	o := &ObjectFile{d: d, name: name, id: id, size: size, unit: unit, writable: true}
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err == nil {
 		o.f = f
@@ -173,10 +207,10 @@ func (d *Dir) CreateObject(name string, id ObjectID, size int64) (*ObjectFile, e
 	if err := d.reserve(made, true); err != nil {
 		return nil, err
 	}
-	f, err = d.createObject(p, id, size)
+	f, err = d.createObject(p, id, size, unit)
 	if errors.Is(err, syscall.ENOENT) {
 		// A directory of the path was removed under the write: once more.
-		f, err = d.createObject(p, id, size)
+		f, err = d.createObject(p, id, size, unit)
 	}
 	if err := d.wrote(made, err); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrDirNotWritable, err)
@@ -188,15 +222,15 @@ func (d *Dir) CreateObject(name string, id ObjectID, size int64) (*ObjectFile, e
 // createObject makes the object file at p: a temporary file with its
 // length and header, linked to p (or, if another process linked one
 // first, that one opened).
-func (d *Dir) createObject(p string, id ObjectID, size int64) (*os.File, error) {
+func (d *Dir) createObject(p string, id ObjectID, size, unit int64) (*os.File, error) {
 	f, err := d.createTemp(filepath.Dir(p))
 	if err != nil {
 		return nil, err
 	}
-	tail, _, length := objectLayout(size)
+	tail, _, length := objectLayoutUnits(size, unit)
 	err = f.Truncate(length)
 	if err == nil {
-		_, err = f.WriteAt(objectHeader(id, size), tail)
+		_, err = f.WriteAt(objectHeaderUnits(id, size, unit), tail)
 	}
 	if err == nil {
 		err = os.Link(f.Name(), p)
@@ -215,7 +249,7 @@ func (d *Dir) createObject(p string, id ObjectID, size int64) (*os.File, error) 
 // check checks that the open file, of length bytes, is a whole object
 // file of the ID and size; one that is not is removed.
 func (o *ObjectFile) check(length int64) error {
-	tail, _, want := objectLayout(o.size)
+	tail, _, want := objectLayoutUnits(o.size, o.unit)
 	o.tail = tail
 	if length != want {
 		return o.damagedFile(fmt.Sprintf("%d bytes, want %d", length, want))
@@ -224,7 +258,7 @@ func (o *ObjectFile) check(length int64) error {
 	if _, err := o.f.ReadAt(hdr, tail); err != nil {
 		return o.readFailed(err)
 	}
-	if !bytes.Equal(hdr, objectHeader(o.id, o.size)) {
+	if !bytes.Equal(hdr, objectHeaderUnits(o.id, o.size, o.unit)) {
 		return o.damagedFile("header not of this object version (or not whole)")
 	}
 	return nil
@@ -256,11 +290,23 @@ func (o *ObjectFile) Close() error { return o.f.Close() }
 // error if they are not whole units (the last may end at the end).
 func (o *ObjectFile) units(off int64, n int) (k0, k1 int64, err error) {
 	end := off + int64(n)
-	if off < 0 || off%UnitSize != 0 || n <= 0 || end > o.size || (end%UnitSize != 0 && end != o.size) {
-		return 0, 0, fmt.Errorf("cache dir: [%d, %d) of %d bytes is not whole units of %d", off, end, o.size, UnitSize)
+	if off < 0 || off%o.unit != 0 || n <= 0 || end > o.size || (end%o.unit != 0 && end != o.size) {
+		return 0, 0, fmt.Errorf("cache dir: [%d, %d) of %d bytes is not whole units of %d", off, end, o.size, o.unit)
 	}
-	return off / UnitSize, (end + UnitSize - 1) / UnitSize, nil
+	return off / o.unit, (end + o.unit - 1) / o.unit, nil
 }
+
+// checkUnit checks a unit size asked of OpenObjectUnits or
+// CreateObjectUnits.
+func checkUnit(unit int64) error {
+	if unit < MinUnitSize || unit > UnitSize || unit&(unit-1) != 0 {
+		return fmt.Errorf("cache dir: unit of %d bytes is not a power of two from %d to %d", unit, MinUnitSize, UnitSize)
+	}
+	return nil
+}
+
+// Unit is the size of the file's units.
+func (o *ObjectFile) Unit() int64 { return o.unit }
 
 // unitCRC is the CRC-32C of the ID, the unit's index and its bytes.
 func unitCRC(id ObjectID, k int64, data []byte) uint32 {
@@ -272,7 +318,7 @@ func unitCRC(id ObjectID, k int64, data []byte) uint32 {
 
 // records reads the records of units [k0, k1).
 func (o *ObjectFile) records(k0, k1 int64) ([]byte, error) {
-	_, records, _ := objectLayout(o.size)
+	_, records, _ := objectLayoutUnits(o.size, o.unit)
 	recs := make([]byte, (k1-k0)*recordSize)
 	if _, err := o.f.ReadAt(recs, records+k0*recordSize); err != nil {
 		return nil, o.readFailed(err)
@@ -310,7 +356,7 @@ func (o *ObjectFile) ReadAt(p []byte, off int64) (bool, error) {
 	var bad []int64
 	held := true
 	for k := k0; k < k1; k++ {
-		data := p[(k-k0)*UnitSize : min(int64(len(p)), (k-k0+1)*UnitSize)]
+		data := p[(k-k0)*o.unit : min(int64(len(p)), (k-k0+1)*o.unit)]
 		rec := recs[(k-k0)*recordSize : (k-k0+1)*recordSize]
 		if unitCRC(o.id, k, data) != binary.LittleEndian.Uint32(rec) {
 			held = false
@@ -343,7 +389,7 @@ func (o *ObjectFile) clear(k int64, rec []byte) bool {
 		return true
 	}
 	defer f.Close()
-	_, records, _ := objectLayout(o.size)
+	_, records, _ := objectLayoutUnits(o.size, o.unit)
 	now := make([]byte, recordSize)
 	if _, err := f.ReadAt(now, records+k*recordSize); err != nil || !bytes.Equal(now, rec) {
 		return err != nil
@@ -380,7 +426,7 @@ func (o *ObjectFile) WriteAt(p []byte, off int64) (int64, error) {
 		} else {
 			runs = append(runs, [2]int64{k, k + 1})
 		}
-		n += min(UnitSize, o.size-k*UnitSize)
+		n += min(o.unit, o.size-k*o.unit)
 	}
 	if n == 0 {
 		return 0, nil
@@ -391,10 +437,10 @@ func (o *ObjectFile) WriteAt(p []byte, off int64) (int64, error) {
 	if err := o.d.reserve(space, true); err != nil {
 		return 0, err
 	}
-	_, records, _ := objectLayout(o.size)
+	_, records, _ := objectLayoutUnits(o.size, o.unit)
 	err = nil
 	for _, r := range runs {
-		from, to := (r[0]-k0)*UnitSize, min(int64(len(p)), (r[1]-k0)*UnitSize)
+		from, to := (r[0]-k0)*o.unit, min(int64(len(p)), (r[1]-k0)*o.unit)
 		if _, err = o.f.WriteAt(p[from:to], off+from); err != nil {
 			break
 		}
@@ -405,7 +451,7 @@ func (o *ObjectFile) WriteAt(p []byte, off int64) (int64, error) {
 		}
 		rec := recs[(r[0]-k0)*recordSize : (r[1]-k0)*recordSize]
 		for k := r[0]; k < r[1]; k++ {
-			data := p[(k-k0)*UnitSize : min(int64(len(p)), (k-k0+1)*UnitSize)]
+			data := p[(k-k0)*o.unit : min(int64(len(p)), (k-k0+1)*o.unit)]
 			binary.LittleEndian.PutUint32(rec[(k-r[0])*recordSize:], unitCRC(o.id, k, data))
 			binary.LittleEndian.PutUint32(rec[(k-r[0])*recordSize+4:], recordMark)
 		}

@@ -319,3 +319,67 @@ func TestDirCountsObjectFilesByDiskSpace(t *testing.T) {
 		t.Errorf("the trim removed a file far within the bound: %v", err)
 	}
 }
+
+// TestObjectFileSmallUnits: a file of page units keeps each page with
+// its own check, reads and writes must be whole pages, a file of the same
+// name with other units is not that file, and a unit size that is not a
+// power of two from a page to UnitSize is refused.
+func TestObjectFileSmallUnits(t *testing.T) {
+	o := newObjectFixture(t, 10*MinUnitSize+77) // 11 pages, the last short
+	size := int64(len(o.data))
+	w, err := o.d.CreateObjectUnits(o.name, o.id, size, MinUnitSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := w.WriteAt(o.data[3*MinUnitSize:5*MinUnitSize], 3*MinUnitSize); n != 2*MinUnitSize || err != nil {
+		t.Fatalf("write of pages 3-4 = %d, %v", n, err)
+	}
+	if n, err := w.WriteAt(o.data[10*MinUnitSize:], 10*MinUnitSize); n != 77 || err != nil {
+		t.Fatalf("write of the short last page = %d, %v", n, err)
+	}
+	w.Close()
+	r, err := o.d.OpenObjectUnits(o.name, o.id, size, MinUnitSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		from, to int64
+		held     bool
+	}{{3 * MinUnitSize, 5 * MinUnitSize, true}, {4 * MinUnitSize, 5 * MinUnitSize, true}, {10 * MinUnitSize, size, true}, {2 * MinUnitSize, 4 * MinUnitSize, false}, {5 * MinUnitSize, 6 * MinUnitSize, false}} {
+		p := make([]byte, tt.to-tt.from)
+		held, err := r.ReadAt(p, tt.from)
+		if held != tt.held || err != nil || (held && !bytes.Equal(p, o.data[tt.from:tt.to])) {
+			t.Errorf("read [%d, %d) = %v, %v; want held %v with its bytes", tt.from, tt.to, held, err, tt.held)
+		}
+	}
+	if _, err := r.ReadAt(make([]byte, 100), 3*MinUnitSize); err == nil {
+		t.Error("a read of part of a page succeeded")
+	}
+	r.Close()
+	// Damage in one page loses that page only.
+	f, err := os.OpenFile(o.path(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{o.data[4*MinUnitSize+9] ^ 1}, 4*MinUnitSize+9)
+	f.Close()
+	r, err = o.d.OpenObjectUnits(o.name, o.id, size, MinUnitSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held, err := r.ReadAt(make([]byte, 2*MinUnitSize), 3*MinUnitSize); held || !errors.Is(err, ErrDamaged) {
+		t.Errorf("read over a damaged page = %v, %v; want ErrDamaged", held, err)
+	}
+	if held, err := r.ReadAt(make([]byte, MinUnitSize), 3*MinUnitSize); !held || err != nil {
+		t.Errorf("the page beside the damaged one = %v, %v; want held", held, err)
+	}
+	r.Close()
+	if _, err := o.d.OpenObject(o.name, o.id, size); !errors.Is(err, ErrDamaged) {
+		t.Errorf("opened with the dir's own units: %v; want ErrDamaged", err)
+	}
+	for _, unit := range []int64{0, 2048, 3 * MinUnitSize, 2 * UnitSize} {
+		if _, err := o.d.CreateObjectUnits(o.name, o.id, size, unit); err == nil {
+			t.Errorf("units of %d bytes taken", unit)
+		}
+	}
+}

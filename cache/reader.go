@@ -22,9 +22,12 @@ type Reader struct {
 	obj s3backend.Version
 
 	mu      sync.Mutex
-	reading bool  // counted in c.readers
-	random  bool  // never reads ahead (OpenRandom)
-	next    int64 // end of the furthest read in the current stream
+	reading bool // counted in c.readers
+	random  bool // never reads ahead (OpenRandom)
+	// notOnDisk is what of the object the reader's user keeps in
+	// another form (NotKeptOnDisk).
+	notOnDisk byteRange
+	next      int64 // end of the furthest read in the current stream
 	// start is where the current stream began: read-ahead held from
 	// before it was jumped over, not passed (zip readers come back).
 	start  int64
@@ -61,6 +64,26 @@ func (r *Reader) Hold(off, n int64) { r.prefetch(off, n, true) }
 func (c *BlockCache) OpenRandom(obj s3backend.Version) *Reader {
 	return &Reader{c: c, obj: obj, random: true}
 }
+
+// NotKeptOnDisk tells r, before its first read, that its user keeps
+// what it makes of the bytes [off, off+n) of the object in the cache dir
+// (the member view keeps the decoded content of a compressed member, not
+// its compressed bytes): the disk tier serves the blocks it holds, but
+// does not write the blocks wholly inside that range that r's fetches
+// bring, so that the dir does not hold one thing twice. The blocks at its
+// edges, which hold other bytes too (a zip directory, another member),
+// are written as any. A block that a fetch of r brings is not written
+// for another reader waiting for it either. It returns r.
+func (r *Reader) NotKeptOnDisk(off, n int64) *Reader {
+	r.notOnDisk = byteRange{off, n}
+	return r
+}
+
+// byteRange is the bytes [off, off+n) of an object.
+type byteRange struct{ off, n int64 }
+
+// holds reports whether [off, end) lies in r.
+func (r byteRange) holds(off, end int64) bool { return r.n > 0 && off >= r.off && end <= r.off+r.n }
 
 // Prefetch starts fetching the blocks of [off, off+n) that are neither
 // cached nor being fetched, in parallel GETs of at most 1 MiB (on S3 a
@@ -206,7 +229,7 @@ func (r *Reader) fetchMissing(first int64, blocks [][]byte, waits []*fetch) {
 		for j+1 <= last && blocks[j+1] == nil && waits[j+1] == nil {
 			j++
 		}
-		fetched, _ := r.c.startFetches(r.obj, first+i, first+j, j-i+1, true)
+		fetched, _ := r.c.startFetches(r.obj, first+i, first+j, j-i+1, true, r.notOnDisk)
 		for k, f := range fetched {
 			r.c.misses.Add(1)
 			waits[i+int64(k)] = f // nil if cached since we looked: block() finds it
@@ -249,7 +272,7 @@ func (r *Reader) block(ctx context.Context, idx int64, f *fetch) ([]byte, error)
 	}
 	// The cache may drop a block between two looks; a few tries settle it.
 	for range 3 {
-		retry, _ := r.c.startFetches(r.obj, idx, idx, 1, true)
+		retry, _ := r.c.startFetches(r.obj, idx, idx, 1, true, r.notOnDisk)
 		if retry[0] != nil {
 			return retry[0].wait(ctx, idx)
 		}
@@ -399,7 +422,7 @@ func (r *Reader) fetchAheadLocked(first, last, blocksPerGET int64) bool {
 	if !c.ahead.TryTake(want) {
 		return false
 	}
-	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false)
+	fetches, started := c.startFetches(r.obj, first, last, blocksPerGET, false, r.notOnDisk)
 	for _, f := range started {
 		c.fetchedAhead.Add(f.size)
 	}

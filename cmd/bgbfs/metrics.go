@@ -75,6 +75,11 @@ var statsLines = []struct {
 	{"npz_returned_bytes", "bgbfs_npz_returned_bytes_total", nil},
 	{"npz_inflated_bytes", "bgbfs_npz_inflated_bytes_total", nil},
 	{"npz_index_inflated_bytes", "bgbfs_npz_index_inflated_bytes_total", nil},
+	{"npz_decoded_hits", "bgbfs_npz_decoded_hits_total", nil},
+	{"npz_decoded_read_bytes", "bgbfs_npz_decoded_read_bytes_total", nil},
+	{"npz_decoded_written_bytes", "bgbfs_npz_decoded_written_bytes_total", nil},
+	{"npz_decoded_writes_skipped", "bgbfs_npz_decoded_writes_skipped_total", nil},
+	{"npz_decoded_damaged", "bgbfs_npz_decoded_damaged_total", nil},
 }
 
 func eq(want string) func(string) bool { return func(v string) bool { return v == want } }

@@ -145,6 +145,9 @@ func limitMemory(o mountOptions) {
 	beside += max(0, o.listingMemory-bgfs.DefaultListingMemory)
 	if o.cacheDir.local != "" {
 		beside += cache.DiskWriteBacklog // block copies waiting for the disk
+		if o.npzMembers {
+			beside += npzview.DecodedWriteBacklog // decoded bytes waiting
+		}
 	}
 	debug.SetMemoryLimit(o.cache.CacheSize + beside + runtimeHeadroom)
 }
@@ -228,7 +231,12 @@ func (m *liveMount) startNPZView(o mountOptions, client *s3backend.Client, dir *
 	files, save := indexFiles(o, client, dir)
 	// Indexes and decoded spans have bounds of their own, beside
 	// --cache-size.
-	npzView, err := npzview.New(blocks, npzview.Config{Span: o.npzSpan, IndexBytes: o.npzIndexBytes, SpanBytes: o.npzSpanBytes, Files: files, WriteFiles: save, Logger: logger})
+	var decoded *npzview.DecodedFiles
+	if dir != nil {
+		// Only a local dir: reading an s3:// one would be a GET a read.
+		decoded = &npzview.DecodedFiles{Dir: dir, Source: o.source(o.bucket)}
+	}
+	npzView, err := npzview.New(blocks, npzview.Config{Span: o.npzSpan, IndexBytes: o.npzIndexBytes, SpanBytes: o.npzSpanBytes, Files: files, WriteFiles: save, Decoded: decoded, Logger: logger})
 	if err != nil {
 		return nil, err
 	}

@@ -68,6 +68,9 @@ type MemberReader struct {
 	// unknown).
 	dataRead bool
 	rowEnd   int64
+	// decoded is the member's decoded file in the cache dir, once
+	// opened.
+	decoded *cache.ObjectFile
 }
 
 // decodedSpan is the content [start, stop) after an access point; more,
@@ -84,7 +87,12 @@ type decodedSpan struct {
 
 // newMemberReader returns a reader of member m of archive obj.
 func newMemberReader(view *View, obj s3backend.Version, m npz.Member) *MemberReader {
-	return &MemberReader{view: view, obj: obj, member: m, src: view.blocks.OpenRandom(obj), life: cache.NewLifetime(view.life.Context()), dataOff: -1}
+	src := view.blocks.OpenRandom(obj)
+	if view.decoded != nil {
+		// What it reads of the member is kept decoded.
+		src.NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
+	}
+	return &MemberReader{view: view, obj: obj, member: m, src: src, life: cache.NewLifetime(view.life.Context()), dataOff: -1}
 }
 
 // errReaderClosed is an inflation that starts after the reader was closed.
@@ -97,6 +105,10 @@ func (r *MemberReader) Close() {
 	r.mu.Lock()
 	for len(r.spans) > 0 {
 		r.dropLocked(len(r.spans) - 1)
+	}
+	if r.decoded != nil {
+		r.decoded.Close()
+		r.decoded = nil
 	}
 	r.mu.Unlock()
 	r.src.Close()
@@ -169,6 +181,9 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 	if end <= headRegion {
 		return r.readHead(ctx, p, off)
 	}
+	if r.readDecoded(p, off) {
+		return nil
+	}
 	// No byte past the head is returned before the whole member has
 	// been inflated once and found to match its CRC-32: building the
 	// index does that.
@@ -176,6 +191,16 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) er
 	if err != nil {
 		return err
 	}
+	if err := r.readIndexed(ctx, x, p, off); err != nil {
+		return err
+	}
+	r.keepDecoded(p, off)
+	return nil
+}
+
+// readIndexed fills p with the content at off through the index x.
+func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, off int64) error {
+	end := off + int64(len(p))
 	r.prefetch(x, off, end)
 	maxSpan := heldSpanFactor * r.view.span
 	r.mu.Lock()
@@ -247,13 +272,18 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	if err := r.view.brokenMember(indexKey(r.obj, r.member)); err != nil {
 		return err
 	}
-	if h := r.view.savedHead(r.obj, r.member); off+int64(len(p)) <= int64(len(h)) {
+	if r.readDecoded(p, off) {
+		// Read before, decoded: nothing fetched or inflated.
+	} else if h := r.view.savedHead(r.obj, r.member); off+int64(len(p)) <= int64(len(h)) {
 		// The archive file bgbfs index wrote kept it: a first open
 		// after a restart fetches and inflates nothing for numpy's
 		// header read.
 		copy(p, h[off:])
-	} else if err := r.inflateHead(ctx, p, off); err != nil {
+		r.keepDecoded(p, off)
+	} else if checked, err := r.inflateHead(ctx, p, off); err != nil {
 		return err
+	} else if checked {
+		r.keepDecoded(p, off)
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {
@@ -265,29 +295,31 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	return nil
 }
 
-// inflateHead inflates p at off from the member's start. An index holds
-// the .npy header: numpy's header read of every np.load then costs no
+// inflateHead inflates p at off from the member's start, and reports
+// whether it did through the member's index (whose build checked the
+// member). An index holds the .npy header: numpy's header read of every np.load then costs no
 // request, and is checked. (Only one in memory: the archive file bgbfs
 // index writes put its indexes there when the directory was read; asking
 // an s3:// dir for a member's own file on every header read would cost a
 // GET each.)
-func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) error {
+func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) (bool, error) {
 	x := r.heldIndex()
+	checked := x != nil
 	if x == nil {
 		dataOff, err := r.dataOffset(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if x, err = npz.StartIndex(r.member, dataOff); err != nil {
-			return err
+			return false, err
 		}
 	}
 	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), p, off, r.view.buffers)
 	r.view.inflated.Add(inflated)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return err
+		return false, err
 	}
-	return nil
+	return checked, nil
 }
 
 // archiveBytes is what inflating a piece of the member reads the
@@ -444,6 +476,10 @@ func (r *MemberReader) inflate(x *npz.Index, start, limit int64) (inflatedSpan, 
 		buf.release()
 		return inflatedSpan{}, err
 	}
+	// Kept decoded (copied now, while this inflation holds the
+	// buffer) as far as it was inflated, past what this read asks: the
+	// kernel may read a few pages more next epoch.
+	r.keepDecoded(data, start)
 	held := decodedSpan{start: start, stop: start + int64(len(data)), data: data, buf: buf}
 	if held.stop < stop {
 		held.more = s

@@ -20,6 +20,11 @@ func (v *View) RegisterMetrics(reg prometheus.Registerer) {
 		cache.Counter("bgbfs_npz_returned_bytes_total", "Bytes of compressed members returned by reads of member files.", func(s Stats) int64 { return s.ReturnedBytes }),
 		cache.Counter("bgbfs_npz_inflated_bytes_total", "Bytes inflated to answer reads of compressed members, from the access point before each read.", func(s Stats) int64 { return s.InflatedBytes }),
 		cache.Counter("bgbfs_npz_index_inflated_bytes_total", "Bytes inflated by index builds (whole members).", func(s Stats) int64 { return s.IndexInflatedBytes }),
+		cache.Counter("bgbfs_npz_decoded_hits_total", "Reads of compressed members answered from their decoded content in --cache-dir (no fetch, no inflating).", func(s Stats) int64 { return s.Decoded.Hits }),
+		cache.Counter("bgbfs_npz_decoded_read_bytes_total", "Bytes of compressed members read from their decoded content in --cache-dir.", func(s Stats) int64 { return s.Decoded.HitBytes }),
+		cache.Counter("bgbfs_npz_decoded_written_bytes_total", "Decoded bytes of compressed members written to --cache-dir.", func(s Stats) int64 { return s.Decoded.BytesWritten }),
+		cache.Counter("bgbfs_npz_decoded_writes_skipped_total", "Writes of decoded bytes to --cache-dir not made (backlog full, dir full or paused).", func(s Stats) int64 { return s.Decoded.WritesSkipped }),
+		cache.Counter("bgbfs_npz_decoded_damaged_total", "Decoded files or units in --cache-dir found damaged (dropped, and inflated again).", func(s Stats) int64 { return s.Decoded.Damaged }),
 		cache.Counter("bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", func(s Stats) int64 { return s.IndexFilesIgnored }),
 	)
 }

@@ -73,7 +73,9 @@ type View struct {
 	// there, and (with saveFiles) writes what it built.
 	files     *IndexFiles
 	saveFiles bool
-	logger    *slog.Logger
+	// decoded, if set, keeps decoded members in a local cache dir.
+	decoded *decodedStore
+	logger  *slog.Logger
 	// filesOff is set once a save failed other than by the dir's own
 	// pause: indexes are held in memory only.
 	filesOff atomic.Bool
@@ -162,7 +164,11 @@ type Config struct {
 	// background: a read does not wait for the write).
 	Files      *IndexFiles
 	WriteFiles bool
-	Logger     *slog.Logger
+	// Decoded, if set, is where the view keeps what reads of compressed
+	// members returned, decoded, for later reads; the compressed blocks
+	// read for them are then not kept on disk.
+	Decoded *DecodedFiles
+	Logger  *slog.Logger
 }
 
 // New returns a member view of the archives blocks reads.
@@ -190,6 +196,9 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 		life: cache.NewLifetime(context.Background()), broken: map[string]error{}, dirs: map[string]*npz.Directory{}, heads: map[string][]byte{},
 		files: c.Files, saveFiles: c.WriteFiles, logger: c.Logger,
 	}
+	if c.Decoded != nil {
+		v.decoded = newDecodedStore(*c.Decoded, c.Logger)
+	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
 	return v, nil
 }
@@ -201,6 +210,7 @@ var errViewClosed = errors.New("npz member view closed: the filesystem is being 
 // and releases the index cache.
 func (v *View) Close() {
 	v.life.Close()
+	v.decoded.wait()
 	v.indexes.Close()
 }
 
@@ -224,6 +234,8 @@ type Stats struct {
 	// what a read costs over what it needs), and IndexInflatedBytes
 	// those index builds inflated.
 	MemberReads, ReturnedBytes, InflatedBytes, IndexInflatedBytes int64
+	// Decoded counts the decoded members kept in the cache dir.
+	Decoded DecodedStats
 }
 
 // Stats returns the counters so far.
@@ -241,6 +253,7 @@ func (v *View) Stats() Stats {
 		ReturnedBytes:      v.returned.Load(),
 		InflatedBytes:      v.inflated.Load(),
 		IndexInflatedBytes: v.buildInflated.Load(),
+		Decoded:            v.decoded.stats(),
 	}
 }
 
@@ -375,10 +388,16 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 
 	if x := v.loadIndex(obj, m); x != nil {
 		v.hold(key, x)
+		v.keepHead(obj, m, x)
 		return x, nil
 	}
 	v.builds.Add(1)
 	r := v.blocks.Open(obj)
+	if v.decoded != nil {
+		// The index is kept, and the content decoded as it is read:
+		// the member's compressed blocks are not.
+		r.NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
+	}
 	x, err := npz.BuildIndex(s3backend.BindContext(v.life.Context(), r), m, v.span, v.rowLead())
 	r.Close()
 	if err == nil {
@@ -398,6 +417,7 @@ func (v *View) build(obj s3backend.Version, m npz.Member, key string) (*npz.Inde
 		return nil, err
 	}
 	v.hold(key, x)
+	v.keepHead(obj, m, x)
 	if v.files != nil && v.saveFiles && !v.filesOff.Load() {
 		if v.life.Start(1) { // Close waits for it
 			go v.saveIndex(obj, m, x)

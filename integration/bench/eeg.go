@@ -34,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +63,13 @@ const (
 	eegUnlimitedWarm = "bgbfs view, unlimited memory: first touch"
 	eegUnlimited     = "bgbfs view, unlimited memory: steady"
 	eegCeiling       = "local .npy, mmap_mode=\"r\" (ceiling)"
+	// The decoded windows a daemon keeps in a local --cache-dir: one
+	// daemon reads a shuffled set of windows (epoch 1), a new one with
+	// the same dir reads them again (epoch 2).
+	eegDecoded1 = "bgbfs view, local --cache-dir: epoch 1 (windows kept decoded)"
+	eegDecoded2 = "bgbfs view, local --cache-dir: epoch 2 from the dir's decoded windows, after a restart"
+	// eegDecodedSeed picks the shuffled windows both epochs read.
+	eegDecodedSeed = "31"
 )
 
 // eegSet is workload i's data and the servers in front of it.
@@ -473,6 +481,15 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 	}
 	train := func(m *eegMounted) string { return filepath.Join(m.mp, "train") }
 	view := []string{"--npz-members", "--cache-size", c.eegCache, "--npz-index-size", c.eegIndexSize}
+	// Epochs 1 and 2 with a local dir: the same shuffled windows, each
+	// daemon new.
+	decodedDir := filepath.Join(b.work, "decoded-"+profile)
+	if err := os.RemoveAll(decodedDir); err != nil {
+		fail(eegDecoded1, err)
+		return
+	}
+	decoded := append(slices.Clone(view), "--cache-dir", decodedDir)
+	decodedEpoch := append([]string{"--view", "--forget", "--epoch", "--seed", eegDecodedSeed, "--first", "0", "--samples", samples}, verify...)
 	// Unlimited: blocks and indexes each bounded above all the archives.
 	all := fmt.Sprintf("%dMiB", int64(e.archives)>>20+512)
 	unlimited := []string{"--npz-members", "--cache-size", all, "--npz-index-size", all}
@@ -494,6 +511,12 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		{eegFirst, view, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegFirst, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
 			b.eegMeasure(profile, eegSteady, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
+		}},
+		{eegDecoded1, decoded, "", func(m *eegMounted) {
+			b.eegMeasure(profile, eegDecoded1, m, b.eegTrainer(ctx, train(m), decodedEpoch...))
+		}},
+		{eegDecoded2, decoded, "", func(m *eegMounted) {
+			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch...))
 		}},
 		{eegUnlimitedWarm, unlimited, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegUnlimitedWarm, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
@@ -564,6 +587,18 @@ func (b *bench) eegTargets(p string) []target {
 			out = append(out, target{fmt.Sprintf("(i) view steady: bytes fetched per window ≤ 1.5× its compressed size (%.2f MB)", e.compressedWindow(b.cfg.eegWindows)/1e6), p,
 				fmt.Sprintf("%.2f MB = %.2f×", perWindow/1e6, r), verdict(r <= 1.5)})
 		}
+	}
+	if d2, ok := b.find("i", p, eegDecoded2); ok && d2.m.bytesRead > 0 {
+		if l, ok := b.find("i", "local", eegCeiling); ok {
+			r := d2.m.value / l.m.value
+			out = append(out, target{"(i) epoch 2 from the dir's decoded windows ≥ 0.9× local uncompressed .npy", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d2.m.value, l.m.value), verdict(r >= 0.9)})
+		}
+		windows := float64(d2.m.bytesRead) / windowBytes
+		if d, ok := e.daemon[eegKey(p, eegDecoded2)]; ok {
+			ms := 1000 * d.cpu / windows
+			out = append(out, target{"(i) epoch 2 from the dir's decoded windows: ≤ 1 ms of daemon CPU per window", p, fmt.Sprintf("%.2f ms", ms), verdict(ms <= 1)})
+		}
+		out = append(out, target{"(i) epoch 2 from the dir's decoded windows: no GET", p, fmt.Sprintf("%d GETs, %.1f MB", d2.gets, float64(d2.fetched)/1e6), verdict(d2.gets == 0)})
 	}
 	if pass, ok := b.find("i", p, eegShapes); ok {
 		gets := float64(pass.gets) / float64(e.files)

@@ -1,0 +1,261 @@
+package npzview
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
+	"github.com/bgbfs/bgbfs/s3backend"
+)
+
+// DecodedFiles is where the view keeps what reads of compressed members
+// returned, decoded: a later read of the same bytes (the next epoch, or
+// the next mount) reads them from local disk, with no fetch and no
+// inflating. Only a local dir keeps them (an s3:// dir would make every
+// read a GET).
+type DecodedFiles struct {
+	Dir *cache.Dir
+	// Source names the store the archives are read from (its endpoint
+	// and bucket), as the disk tier's does.
+	Source string
+}
+
+// decodedArea is where in a cache dir the decoded members are.
+const decodedArea = cache.DecodedArea + "npz/"
+
+// decodedUnit is the unit a decoded member is kept in: a page. The
+// kernel reads a member file in pages, from where the loader touched it,
+// not in the dir's 64 KiB units: with those, a read would keep only the
+// units it covers whole, and its neighbours the ones they cover, so that
+// the units between reads (at both ends of every window) would never be
+// kept.
+const decodedUnit = cache.MinUnitSize
+
+// DecodedWriteBacklog bounds the copies of decoded bytes waiting to be
+// written (memory beside --cache-size, as the disk tier's backlog), and
+// decodedWriters the files written at once.
+const (
+	DecodedWriteBacklog = 64 << 20
+	decodedWriters      = 4
+)
+
+// decodedStore writes and reads the decoded members of one view. A
+// member's file is a cache.ObjectFile in units of a page, named by a hash
+// of the store, the archive's key, version tag (ETag) and size, and the
+// member's name, CRC-32 and size: a file of another version of the
+// archive is never looked at. Each unit is checked against its CRC-32C
+// on every read; a unit that fails is dropped, logged and counted, and
+// the read inflates its bytes again (which writes them again). Only bytes
+// inflated through an index are written: building the index inflated the
+// whole member and checked it against its CRC-32.
+type decodedStore struct {
+	files  DecodedFiles
+	writes *cache.WriteBehind
+	logger *slog.Logger
+
+	hits, hitBytes, bytesWritten, writesSkipped, damaged atomic.Int64
+}
+
+func newDecodedStore(files DecodedFiles, logger *slog.Logger) *decodedStore {
+	return &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger}
+}
+
+// id names the decoded content of member m of archive obj.
+func (s *decodedStore) id(obj s3backend.Version, m npz.Member) cache.ObjectID {
+	return cache.NewObjectID("npz-member", s.files.Source, obj.Key, obj.Tag(), strconv.FormatInt(obj.Size, 10),
+		m.Name, strconv.FormatUint(uint64(m.CRC32), 16), strconv.FormatInt(m.UncompressedSize, 10))
+}
+
+// damage counts and logs damage found in a decoded file.
+func (s *decodedStore) damage(obj s3backend.Version, m npz.Member, err error) {
+	s.damaged.Add(1)
+	s.logger.Warn("cache dir: damaged decoded member dropped; inflating it again", "archive", obj.Key, "member", m.Name, "dir", s.files.Dir, "reason", err)
+}
+
+// readDecoded fills p with the content at off from the member's decoded
+// file, if it holds every unit p touches, and reports whether it did.
+func (r *MemberReader) readDecoded(p []byte, off int64) bool {
+	s := r.view.decoded
+	if s == nil {
+		return false
+	}
+	size := r.member.UncompressedSize
+	end := off + int64(len(p))
+	from := off / decodedUnit * decodedUnit
+	to := min((end+decodedUnit-1)/decodedUnit*decodedUnit, size)
+	f := r.decodedFile()
+	if f == nil {
+		return false
+	}
+	buf := p
+	if from != off || to != end {
+		buf = make([]byte, to-from)
+	}
+	held, err := f.ReadAt(buf, from)
+	if !held {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(r.obj, r.member, err)
+		}
+		// Opened again next time: the file may be made anew meanwhile
+		// (when it was damaged, or another process removed it).
+		r.dropDecodedFile(f)
+		return false
+	}
+	if len(buf) != len(p) {
+		copy(p, buf[off-from:])
+	}
+	s.hits.Add(1)
+	s.hitBytes.Add(int64(len(p)))
+	return true
+}
+
+// decodedFile returns the member's decoded file, open for reading, or
+// nil if the dir holds none.
+func (r *MemberReader) decodedFile() *cache.ObjectFile {
+	r.mu.Lock()
+	f := r.decoded
+	r.mu.Unlock()
+	if f != nil {
+		return f
+	}
+	s := r.view.decoded
+	id := s.id(r.obj, r.member)
+	f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
+	if err != nil {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(r.obj, r.member, err)
+		}
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.decoded != nil || r.life.Closed() { // another read opened it first
+		f.Close()
+		return r.decoded
+	}
+	r.decoded = f
+	return f
+}
+
+// dropDecodedFile closes f if it is the reader's decoded file.
+func (r *MemberReader) dropDecodedFile(f *cache.ObjectFile) {
+	r.mu.Lock()
+	if r.decoded != f {
+		f = nil
+	} else {
+		r.decoded = nil
+	}
+	r.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+}
+
+// keepDecoded writes, in the background, the whole units of p, the
+// content at off inflated through the member's index (checked), to the
+// member's decoded file. p is copied before it returns.
+func (r *MemberReader) keepDecoded(p []byte, off int64) {
+	if s := r.view.decoded; s != nil {
+		s.keep(r.obj, r.member, p, off)
+	}
+}
+
+// keep writes, in the background, the whole units of p, the content of
+// member m of obj at off, checked, to the member's decoded file. p is
+// copied before it returns.
+func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off int64) {
+	size := m.UncompressedSize
+	end := off + int64(len(p))
+	from := (off + decodedUnit - 1) / decodedUnit * decodedUnit
+	to := end / decodedUnit * decodedUnit
+	if end == size {
+		to = end
+	}
+	if to <= from {
+		return
+	}
+	dir := s.files.Dir
+	if dir.WriteErr() != nil || !dir.TakesBlocks() {
+		s.writesSkipped.Add(1)
+		return
+	}
+	id := s.id(obj, m)
+	taken := s.writes.Start([][]byte{p[from-off : to-off]}, func(data []byte, _ int) {
+		f, err := dir.CreateObjectUnits(id.Name(decodedArea), id, size, decodedUnit)
+		if err != nil {
+			s.writesSkipped.Add(1)
+			return
+		}
+		defer f.Close()
+		n, err := f.WriteAt(data, from)
+		if err != nil {
+			s.writesSkipped.Add(1)
+		}
+		s.bytesWritten.Add(n)
+	})
+	if taken == 0 {
+		s.writesSkipped.Add(1)
+	}
+}
+
+// keepHead writes the start of member m of obj (numpy reads it on every
+// open, which the kernel asks for before the loader's window), inflated
+// through its index x, unless the dir holds it: the head is read on
+// opens without the index at hand, not checked then, and not written. It
+// is called once the index is at hand (built, or loaded from the dir),
+// and runs in the background under the view's lifetime, through a reader
+// of its own.
+func (v *View) keepHead(obj s3backend.Version, m npz.Member, x *npz.Index) {
+	s := v.decoded
+	if s == nil || !v.life.Start(1) {
+		return
+	}
+	go func() {
+		defer v.life.Done()
+		head := make([]byte, min(headRegion, m.UncompressedSize))
+		id := s.id(obj, m)
+		if f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit); err == nil {
+			held, _ := f.ReadAt(head, 0)
+			f.Close()
+			if held {
+				return
+			}
+		}
+		src := v.blocks.OpenRandom(obj).NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
+		defer src.Close()
+		_, inflated, err := x.ReadAtInflating(s3backend.BindContext(v.life.Context(), src), head, 0, v.buffers)
+		v.inflated.Add(inflated)
+		if err == nil || errors.Is(err, io.EOF) {
+			s.keep(obj, m, head, 0)
+		}
+	}()
+}
+
+// DecodedStats is a snapshot of the decoded members' counters.
+type DecodedStats struct {
+	// Hits counts reads of member files answered from decoded files,
+	// HitBytes their bytes.
+	Hits, HitBytes int64
+	// BytesWritten counts decoded bytes written to the dir;
+	// WritesSkipped the writes not made (backlog full, dir full or
+	// paused); Damaged the decoded files and units found damaged.
+	BytesWritten, WritesSkipped, Damaged int64
+}
+
+func (s *decodedStore) stats() DecodedStats {
+	if s == nil {
+		return DecodedStats{}
+	}
+	return DecodedStats{Hits: s.hits.Load(), HitBytes: s.hitBytes.Load(), BytesWritten: s.bytesWritten.Load(), WritesSkipped: s.writesSkipped.Load(), Damaged: s.damaged.Load()}
+}
+
+// wait waits for the writes started so far.
+func (s *decodedStore) wait() {
+	if s != nil {
+		s.writes.Wait()
+	}
+}

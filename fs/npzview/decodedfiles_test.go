@@ -1,0 +1,238 @@
+package npzview
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz/npztest"
+	"github.com/bgbfs/bgbfs/s3backend"
+	"github.com/bgbfs/bgbfs/s3backend/memstore"
+)
+
+// decodedFixture is an archive in a memstore.Faulty and a local cache
+// dir that views over it keep decoded members in; each view is a new
+// daemon's: its own block cache, nothing in memory.
+type decodedFixture struct {
+	store *memstore.Faulty
+	mem   *memstore.Store
+	root  string
+	dir   *cache.Dir
+	stop  func() // the latest view's
+}
+
+func newDecodedFixture(t *testing.T, data []byte) *decodedFixture {
+	t.Helper()
+	mem := memstore.New()
+	mem.Put("p/a.npz", data)
+	root := t.TempDir()
+	dir, err := cache.OpenDir(root, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dir.Close)
+	return &decodedFixture{store: &memstore.Faulty{Store: mem}, mem: mem, root: root, dir: dir}
+}
+
+// view returns a new view of the archive as it is now in the store, and
+// the archive. The view before it stops first, as a daemon's would
+// before the next starts: its fetches ahead and writes end.
+func (d *decodedFixture) view(t *testing.T) (*View, *Archive) {
+	t.Helper()
+	if d.stop != nil {
+		d.stop()
+	}
+	blocks, err := cache.New(d.store, viewCacheOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view, err := New(blocks, Config{Span: 64 << 10, IndexBytes: 32 << 20, SpanBytes: 16 << 20, Decoded: &DecodedFiles{Dir: d.dir, Source: "e/b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.stop = sync.OnceFunc(func() {
+		blocks.Close()
+		view.Close()
+	})
+	t.Cleanup(d.stop)
+	info, _ := d.mem.Info("p/a.npz")
+	obj := s3backend.Version{Key: info.Key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
+	return view, view.Archive(obj, func(string, string) {})
+}
+
+// open opens member name of a through view, closed when the test ends.
+func openMember(t *testing.T, a *Archive, name string) *MemberReader {
+	t.Helper()
+	members, err := a.Members(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		if m.Name == name {
+			r := a.Open(m)
+			t.Cleanup(r.Close)
+			return r
+		}
+	}
+	t.Fatalf("no member %q", name)
+	return nil
+}
+
+// readAll reads each of reads from r and fails the test on wrong bytes.
+func readAll(t *testing.T, r *MemberReader, reads [][2]int64, want []byte) {
+	t.Helper()
+	for _, rd := range reads {
+		got, err := readMember(r, int(rd[1]), rd[0])
+		end := min(rd[0]+rd[1], int64(len(want)))
+		if err != nil || !bytes.Equal(got, want[rd[0]:end]) {
+			t.Fatalf("read of %d at %d: %v, or wrong bytes", rd[1], rd[0], err)
+		}
+	}
+}
+
+// kernelLike are reads of a member of size bytes as the kernel makes
+// them for a loader: numpy's header read, then whole pages of two
+// windows, in runs of 128 KiB that do not start on 64 KiB, and the end.
+func kernelLike(size int64) [][2]int64 {
+	reads := [][2]int64{{0, headRegion}}
+	for _, start := range []int64{300 << 10, 1<<20 + 12<<10} {
+		for off := start; off < start+600<<10; off += 128 << 10 {
+			reads = append(reads, [2]int64{off, 128 << 10})
+		}
+	}
+	last := (size - 1) / 4096 * 4096
+	return append(reads, [2]int64{last - 128<<10, size - (last - 128<<10)})
+}
+
+// A restart reads what an earlier daemon read from the dir: no GET, no
+// inflating, the right bytes, for reads of the same pages and for reads
+// within them that are not whole pages; a read that reaches past what
+// was kept inflates as before.
+func TestDecodedMembersServeLaterReads(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	size := int64(len(want))
+	reads := kernelLike(size)
+
+	view, a := d.view(t)
+	readAll(t, openMember(t, a, "windows.npy"), reads, want)
+	view.decoded.wait()
+	if s := view.Stats().Decoded; s.BytesWritten == 0 || s.Hits != 0 {
+		t.Fatalf("first daemon: %+v; want bytes written, no hits", s)
+	}
+
+	for _, tt := range []struct {
+		name  string
+		reads [][2]int64
+		hits  bool
+	}{
+		{"the same reads", reads, true},
+		{"inside them, not whole pages", [][2]int64{{100, 5000}, {300<<10 + 77, 200 << 10}, {size - 10, 10}}, true},
+		{"past what was kept", [][2]int64{{950 << 10, 64 << 10}}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			view, a := d.view(t)
+			r := openMember(t, a, "windows.npy")
+			gets := d.store.Gets.Load()
+			readAll(t, r, tt.reads, want)
+			s := view.Stats()
+			switch newGets := d.store.Gets.Load() - gets; {
+			case tt.hits && (newGets != 0 || s.InflatedBytes != 0 || s.IndexBuilds != 0 || s.Decoded.Hits != int64(len(tt.reads))):
+				t.Errorf("%d GETs, stats %+v; want every read from the dir, nothing fetched or inflated", newGets, s)
+			case !tt.hits && (newGets == 0 || s.Decoded.Hits != 0):
+				t.Errorf("%d GETs, stats %+v; want the read fetched and inflated", newGets, s)
+			}
+		})
+	}
+}
+
+// The head that an open returns before the member's index is at hand is
+// not checked, and not written then; once the index is built (by a read
+// of any open), the head is inflated again through it and kept.
+func TestDecodedHeadKeptOnceChecked(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	head := [][2]int64{{0, headRegion}}
+
+	view, a := d.view(t)
+	r := openMember(t, a, "windows.npy")
+	readAll(t, r, head, want)
+	view.decoded.wait()
+	if s := view.Stats(); s.Decoded.BytesWritten != 0 || s.IndexBuilds != 0 {
+		t.Fatalf("after a head read without an index: %+v; want nothing written", s)
+	}
+	readAll(t, openMember(t, a, "windows.npy"), [][2]int64{{500 << 10, 128 << 10}}, want)
+
+	view, a = d.view(t)
+	r = openMember(t, a, "windows.npy")
+	gets := d.store.Gets.Load()
+	readAll(t, r, head, want)
+	if n, s := d.store.Gets.Load()-gets, view.Stats(); n != 0 || s.Decoded.Hits != 1 {
+		t.Errorf("head after a restart: %d GETs, %+v; want it from the dir", n, s)
+	}
+}
+
+// A damaged unit is never returned: the read inflates its bytes again
+// (fetching them), logs and counts the damage, and writes them again.
+func TestDecodedDamagedUnitRefetched(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	reads := kernelLike(int64(len(want)))
+	view, a := d.view(t)
+	r := openMember(t, a, "windows.npy")
+	readAll(t, r, reads, want)
+	view.decoded.wait()
+
+	// One byte of the first window, on disk.
+	id := view.decoded.id(r.obj, r.member)
+	f, err := os.OpenFile(filepath.Join(d.root, id.Name(decodedArea)), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := int64(300<<10 + 5000)
+	if _, err := f.WriteAt([]byte{want[at] ^ 0x40}, at); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	view, a = d.view(t)
+	r = openMember(t, a, "windows.npy")
+	gets := d.store.Gets.Load()
+	readAll(t, r, reads, want)
+	view.decoded.wait()
+	if n, s := d.store.Gets.Load()-gets, view.Stats().Decoded; n == 0 || s.Damaged != 1 || s.BytesWritten == 0 {
+		t.Errorf("over a damaged unit: %d GETs, %+v; want it fetched, counted once and written again", n, s)
+	}
+
+	view, a = d.view(t)
+	r = openMember(t, a, "windows.npy")
+	gets = d.store.Gets.Load()
+	readAll(t, r, reads, want)
+	if n, s := d.store.Gets.Load()-gets, view.Stats().Decoded; n != 0 || s.Damaged != 0 {
+		t.Errorf("after it was written again: %d GETs, %+v; want every read from the dir", n, s)
+	}
+}
+
+// A new version of the archive (another ETag; members of the same
+// sizes) never reads the old version's decoded file.
+func TestDecodedNewVersionNotServedOld(t *testing.T) {
+	old := npztest.NPY(12, 150<<10, 3)
+	labels := npztest.Floats(1000, 2)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": old, "labels.npy": labels}))
+	reads := kernelLike(int64(len(old)))
+	view, a := d.view(t)
+	readAll(t, openMember(t, a, "windows.npy"), reads, old)
+	view.decoded.wait()
+
+	renewed := npztest.NPY(12, 150<<10, 4)
+	d.mem.Put("p/a.npz", archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": renewed, "labels.npy": labels}))
+	view, a = d.view(t)
+	readAll(t, openMember(t, a, "windows.npy"), reads, renewed)
+	if s := view.Stats().Decoded; s.Hits != 0 {
+		t.Errorf("the new version: %+v; want no read from the old version's file", s)
+	}
+}
