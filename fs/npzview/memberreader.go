@@ -402,8 +402,17 @@ func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 		// starts may begin up to a page after the page's start.
 		touched := off + (end-off)/2 + pageSize - 1
 		if row := (touched - layout.DataOffset) / layout.RowBytes; touched >= layout.DataOffset && row < layout.Rows {
-			// The kernel reads on a little past the row's end.
-			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+r.view.kernelOvershoot(), x.Size())
+			// The kernel reads on a little past the row's end. With a
+			// decoded dir, one read-ahead further: a later epoch read
+			// from the dir runs ahead of the loader further than this
+			// one, which waits on fetches (seen 200 KiB past a row with
+			// a read-ahead of 128 KiB), and what it reads that this
+			// epoch did not keep is fetched again.
+			overshoot := r.view.kernelOvershoot()
+			if r.view.decoded != nil {
+				overshoot += r.view.kernelReadAhead.Load()
+			}
+			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+overshoot, x.Size())
 			r.mu.Lock()
 			r.rowEnd = rowEnd
 			r.mu.Unlock()
