@@ -371,6 +371,25 @@ func (o *ObjectFile) ReadAt(p []byte, off int64) (bool, error) {
 	return held, nil
 }
 
+// HeldUnits reports, for each unit of the bytes at off (whole units, the
+// last may end at the end), whether its record says the file holds it;
+// its bytes are checked only when read.
+func (o *ObjectFile) HeldUnits(off int64, n int) ([]bool, error) {
+	k0, k1, err := o.units(off, n)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := o.records(k0, k1)
+	if err != nil {
+		return nil, err
+	}
+	held := make([]bool, k1-k0)
+	for i := range held {
+		held[i] = marked(recs[i*recordSize:])
+	}
+	return held, nil
+}
+
 // clear zeroes the record rec of unit k, found damaged, so that the unit
 // reads as missing and is written again; it reports whether the record
 // was still rec, that is whether this read is the one to report the

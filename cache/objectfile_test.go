@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -354,6 +355,9 @@ func TestObjectFileSmallUnits(t *testing.T) {
 	}
 	if _, err := r.ReadAt(make([]byte, 100), 3*MinUnitSize); err == nil {
 		t.Error("a read of part of a page succeeded")
+	}
+	if held, err := r.HeldUnits(2*MinUnitSize, int(size-2*MinUnitSize)); err != nil || !slices.Equal(held, []bool{false, true, true, false, false, false, false, false, true}) {
+		t.Errorf("held units from page 2 on = %v, %v; want pages 3, 4 and 10", held, err)
 	}
 	r.Close()
 	// Damage in one page loses that page only.

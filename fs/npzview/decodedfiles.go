@@ -1,7 +1,9 @@
 package npzview
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -87,22 +89,27 @@ func (r *MemberReader) readDecoded(p []byte, off int64) bool {
 	end := off + int64(len(p))
 	from := off / decodedUnit * decodedUnit
 	to := min((end+decodedUnit-1)/decodedUnit*decodedUnit, size)
-	f := r.decodedFile()
-	if f == nil {
+	d := r.decodedFile()
+	if d == nil {
 		return false
 	}
+	defer r.releaseDecodedFile(d)
+	f := d.f
 	buf := p
 	if from != off || to != end {
 		buf = make([]byte, to-from)
 	}
 	held, err := f.ReadAt(buf, from)
 	if !held {
+		if err == nil && s.logger.Enabled(context.Background(), slog.LevelDebug) {
+			r.logDecodedMiss(f, from, to, off, end)
+		}
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(r.obj, r.member, err)
 		}
 		// Opened again next time: the file may be made anew meanwhile
 		// (when it was damaged, or another process removed it).
-		r.dropDecodedFile(f)
+		r.dropDecodedFile(d)
 		return false
 	}
 	if len(buf) != len(p) {
@@ -113,15 +120,44 @@ func (r *MemberReader) readDecoded(p []byte, off int64) bool {
 	return true
 }
 
-// decodedFile returns the member's decoded file, open for reading, or
-// nil if the dir holds none.
-func (r *MemberReader) decodedFile() *cache.ObjectFile {
-	r.mu.Lock()
-	f := r.decoded
-	r.mu.Unlock()
-	if f != nil {
-		return f
+// sharedDecoded is a member's decoded file, open for reading, shared by
+// the reads of one open: it is closed once the last read using it has
+// released it (another read may drop it from the open meanwhile, and a
+// read of a closed file would pause the dir's reads). users counts the
+// reads using it and the open's own reference, under the reader's mu.
+type sharedDecoded struct {
+	f     *cache.ObjectFile
+	users int
+}
+
+// logDecodedMiss logs which units of [from, to) the decoded file lacks,
+// for a read of [off, end): a later epoch that still fetches shows where
+// the kernel read what an earlier one did not.
+func (r *MemberReader) logDecodedMiss(f *cache.ObjectFile, from, to, off, end int64) {
+	held, err := f.HeldUnits(from, int(to-from))
+	if err != nil {
+		return
 	}
+	var missing []int64
+	for i, ok := range held {
+		if !ok {
+			missing = append(missing, from/decodedUnit+int64(i))
+		}
+	}
+	r.view.decoded.logger.Debug("decoded member: read not held whole; inflating it", "archive", r.obj.Key, "member", r.member.Name,
+		"off", off, "end", end, "units_missing", fmt.Sprint(missing), "unit", decodedUnit)
+}
+
+// decodedFile returns the member's decoded file, open for reading, or
+// nil if the dir holds none; the caller releases it.
+func (r *MemberReader) decodedFile() *sharedDecoded {
+	r.mu.Lock()
+	if d := r.decoded; d != nil {
+		d.users++
+		r.mu.Unlock()
+		return d
+	}
+	r.mu.Unlock()
 	s := r.view.decoded
 	id := s.id(r.obj, r.member)
 	f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
@@ -133,25 +169,39 @@ func (r *MemberReader) decodedFile() *cache.ObjectFile {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.decoded != nil || r.life.Closed() { // another read opened it first
+	if d := r.decoded; d != nil || r.life.Closed() { // another read opened it first
 		f.Close()
-		return r.decoded
+		if d != nil {
+			d.users++
+		}
+		return d
 	}
-	r.decoded = f
-	return f
+	r.decoded = &sharedDecoded{f: f, users: 2}
+	return r.decoded
 }
 
-// dropDecodedFile closes f if it is the reader's decoded file.
-func (r *MemberReader) dropDecodedFile(f *cache.ObjectFile) {
+// releaseDecodedFile ends a use of d, closing it after the last.
+func (r *MemberReader) releaseDecodedFile(d *sharedDecoded) {
 	r.mu.Lock()
-	if r.decoded != f {
-		f = nil
-	} else {
+	d.users--
+	last := d.users == 0
+	r.mu.Unlock()
+	if last {
+		d.f.Close()
+	}
+}
+
+// dropDecodedFile makes the next read open the member's decoded file
+// anew, if d is the one the open holds.
+func (r *MemberReader) dropDecodedFile(d *sharedDecoded) {
+	r.mu.Lock()
+	held := r.decoded == d
+	if held {
 		r.decoded = nil
 	}
 	r.mu.Unlock()
-	if f != nil {
-		f.Close()
+	if held {
+		r.releaseDecodedFile(d)
 	}
 }
 

@@ -5,10 +5,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
 	"github.com/bgbfs/bgbfs/cache"
+	"github.com/bgbfs/bgbfs/fs/npz"
 	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 	"github.com/bgbfs/bgbfs/s3backend"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
@@ -23,6 +25,7 @@ type decodedFixture struct {
 	root  string
 	dir   *cache.Dir
 	stop  func() // the latest view's
+	span  int64  // the views' checkpoint span
 }
 
 func newDecodedFixture(t *testing.T, data []byte) *decodedFixture {
@@ -35,7 +38,7 @@ func newDecodedFixture(t *testing.T, data []byte) *decodedFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(dir.Close)
-	return &decodedFixture{store: &memstore.Faulty{Store: mem}, mem: mem, root: root, dir: dir}
+	return &decodedFixture{store: &memstore.Faulty{Store: mem}, mem: mem, root: root, dir: dir, span: 64 << 10}
 }
 
 // view returns a new view of the archive as it is now in the store, and
@@ -50,7 +53,7 @@ func (d *decodedFixture) view(t *testing.T) (*View, *Archive) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view, err := New(blocks, Config{Span: 64 << 10, IndexBytes: 32 << 20, SpanBytes: 16 << 20, Decoded: &DecodedFiles{Dir: d.dir, Source: "e/b"}})
+	view, err := New(blocks, Config{Span: d.span, IndexBytes: 32 << 20, SpanBytes: 16 << 20, Decoded: &DecodedFiles{Dir: d.dir, Source: "e/b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,5 +237,90 @@ func TestDecodedNewVersionNotServedOld(t *testing.T) {
 	readAll(t, openMember(t, a, "windows.npy"), reads, renewed)
 	if s := view.Stats().Decoded; s.Hits != 0 {
 		t.Errorf("the new version: %+v; want no read from the old version's file", s)
+	}
+}
+
+// The kernel reads on past a row's end as far as its read-ahead takes it,
+// and not always as far each time: epoch 2, read from the dir, runs
+// ahead further than epoch 1, which waited on fetches. What the first
+// daemon keeps reaches as far as the kernel may read past the row (the
+// stretch fetched with the window anyway), so that such a read of the
+// next daemon is still answered from the dir, with no GET.
+func TestDecodedKeepsPastRowEnd(t *testing.T) {
+	want := npztest.NPY(4, 600<<10, 5)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	d.span = 1 << 20
+	l, err := npz.ParseNPYHeader(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Row 1, as the kernel reads it for a loader that maps it: around
+	// the page the loader touches first, then on in 128 KiB, stopping
+	// half its read-ahead past the row.
+	rowStart, rowEnd := l.DataOffset+l.RowBytes, l.DataOffset+2*l.RowBytes
+	var epoch1 [][2]int64
+	for off := rowStart/pageSize*pageSize - 64<<10; off < rowEnd+64<<10; off += 128 << 10 {
+		epoch1 = append(epoch1, [2]int64{off, 128 << 10})
+	}
+	// Epoch 2 runs on 204 KiB past the row (the bench saw 160 and 200).
+	past := [2]int64{rowEnd/pageSize*pageSize + 76<<10, 128 << 10}
+	epoch2 := append([][2]int64{{0, headRegion}}, append(slices.Clone(epoch1), past)...)
+
+	view, a := d.view(t)
+	readAll(t, openMember(t, a, "windows.npy"), append([][2]int64{{0, headRegion}}, epoch1...), want)
+	view.decoded.wait()
+
+	view, a = d.view(t)
+	r := openMember(t, a, "windows.npy")
+	gets := d.store.Gets.Load()
+	readAll(t, r, epoch2, want)
+	if n, s := d.store.Gets.Load()-gets, view.Stats(); n != 0 || s.Decoded.Hits != int64(len(epoch2)) {
+		t.Errorf("epoch 2, reading %d KiB past the row: %d GETs, %d of %d reads from the dir; want all, no GET",
+			(past[0]+past[1]-rowEnd)>>10, n, s.Decoded.Hits, len(epoch2))
+	}
+}
+
+// Reads of one open at once, some answered from the dir and some not:
+// one that misses must not close the decoded file under another that is
+// reading it (a failed read pauses the dir's reads, and every read after
+// it would fetch and inflate).
+func TestDecodedConcurrentHitsAndMisses(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	held := [2]int64{300 << 10, 128 << 10}
+	view, a := d.view(t)
+	readAll(t, openMember(t, a, "windows.npy"), [][2]int64{{0, headRegion}, held}, want)
+	view.decoded.wait()
+
+	view, a = d.view(t)
+	r := openMember(t, a, "windows.npy")
+	var g sync.WaitGroup
+	done := make(chan struct{})
+	for range 3 {
+		g.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if got, err := readMember(r, int(held[1]), held[0]); err != nil || !bytes.Equal(got, want[held[0]:held[0]+held[1]]) {
+					t.Errorf("read of the held pages: %v, or wrong bytes", err)
+					return
+				}
+			}
+		})
+	}
+	// Pages not held, each the first read of its span.
+	for off := int64(500 << 10); off < int64(len(want)); off += 64 << 10 {
+		readAll(t, r, [][2]int64{{off, pageSize}}, want)
+	}
+	close(done)
+	g.Wait()
+
+	hits := view.Stats().Decoded.Hits
+	readAll(t, openMember(t, a, "windows.npy"), [][2]int64{held}, want)
+	if n := view.Stats().Decoded.Hits - hits; n != 1 {
+		t.Errorf("held pages, read by a new open after the misses: %d reads from the dir; want 1", n)
 	}
 }

@@ -70,7 +70,7 @@ type MemberReader struct {
 	rowEnd   int64
 	// decoded is the member's decoded file in the cache dir, once
 	// opened.
-	decoded *cache.ObjectFile
+	decoded *sharedDecoded
 }
 
 // decodedSpan is the content [start, stop) after an access point; more,
@@ -106,11 +106,12 @@ func (r *MemberReader) Close() {
 	for len(r.spans) > 0 {
 		r.dropLocked(len(r.spans) - 1)
 	}
-	if r.decoded != nil {
-		r.decoded.Close()
-		r.decoded = nil
-	}
+	f := r.decoded
+	r.decoded = nil
 	r.mu.Unlock()
+	if f != nil {
+		r.releaseDecodedFile(f)
+	}
 	r.src.Close()
 }
 
@@ -231,6 +232,14 @@ func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, 
 		if (start < rowEnd && rowEnd < stop) || (rowEnd > 0 && upto > rowEnd) ||
 			(upto-start <= (stop-start)/4 && rowEnd <= upto) {
 			limit = upto
+		}
+		if r.view.decoded != nil && start < rowEnd && rowEnd < stop && upto < rowEnd {
+			// Kept decoded, the span goes on to rowEnd (its compressed
+			// bytes are fetched with the window): the kernel's reads
+			// past the row reach further on some epochs than on others,
+			// and a later epoch's read that touched a page not kept
+			// would fetch and inflate.
+			limit = min(stop, (rowEnd+decodedUnit-1)/decodedUnit*decodedUnit)
 		}
 		if data, buf, ok := r.heldSpan(start, upto); ok {
 			copy(dst, data[at-start:upto-start])
@@ -393,8 +402,17 @@ func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 		// starts may begin up to a page after the page's start.
 		touched := off + (end-off)/2 + pageSize - 1
 		if row := (touched - layout.DataOffset) / layout.RowBytes; touched >= layout.DataOffset && row < layout.Rows {
-			// The kernel reads on a little past the row's end.
-			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+r.view.kernelOvershoot(), x.Size())
+			// The kernel reads on a little past the row's end. With a
+			// decoded dir, one read-ahead further: a later epoch read
+			// from the dir runs ahead of the loader further than this
+			// one, which waits on fetches (seen 200 KiB past a row with
+			// a read-ahead of 128 KiB), and what it reads that this
+			// epoch did not keep is fetched again.
+			overshoot := r.view.kernelOvershoot()
+			if r.view.decoded != nil {
+				overshoot += r.view.kernelReadAhead.Load()
+			}
+			rowEnd = min(layout.DataOffset+(row+1)*layout.RowBytes+overshoot, x.Size())
 			r.mu.Lock()
 			r.rowEnd = rowEnd
 			r.mu.Unlock()

@@ -116,6 +116,22 @@ func counterDelta(before, after map[string]int64, cpu rowCPU) daemonStats {
 	}
 }
 
+// printDecodedCounters says on stderr what a row's daemon did with decoded
+// members in its --cache-dir, if anything: a write skipped in epoch 1 is
+// a miss (and a fetch) in epoch 2.
+func printDecodedCounters(system string, before, after map[string]int64) {
+	names := []string{"npz_decoded_hits", "npz_decoded_read_bytes", "npz_decoded_written_bytes", "npz_decoded_writes_skipped", "npz_decoded_damaged"}
+	var line strings.Builder
+	for _, n := range names {
+		if d := after[n] - before[n]; d != 0 {
+			fmt.Fprintf(&line, " %s=%d", n, d)
+		}
+	}
+	if line.Len() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: %s:%s\n", system, line.String())
+	}
+}
+
 func eegKey(profile, system string) string { return profile + "\x00" + system }
 
 // compressedWindow is the mean compressed size of one window.
@@ -421,6 +437,7 @@ func (b *bench) eegRow(profile, system string, m *eegMounted, drop bool, f func(
 		r.rss, _ = rss.Stop()
 		if after, err := m.daemonCounters(); err == nil && before != nil {
 			e.daemon[eegKey(profile, system)] = counterDelta(before, after, cpu)
+			printDecodedCounters(system, before, after)
 		}
 	}
 	b.rows = append(b.rows, r)
@@ -538,6 +555,9 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		}
 		steps = append(steps, inMemory)
 	}
+	if c.eegDecoded {
+		steps = slices.DeleteFunc(steps, func(s eegStep) bool { return s.system != eegDecoded1 && s.system != eegDecoded2 })
+	}
 	for _, s := range steps {
 		if ctx.Err() != nil {
 			return
@@ -554,7 +574,7 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		s.rows(m)
 		m.stop()
 	}
-	if !c.eegInMemory {
+	if !c.eegInMemory && !c.eegDecoded {
 		b.runEEGIndex(ctx, profile, endpoint, view, verify)
 	}
 }

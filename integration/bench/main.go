@@ -31,6 +31,8 @@ type config struct {
 	eegCache, eegIndexSize                            string
 	// eegInMemory runs only workload i's unlimited-memory rows.
 	eegInMemory bool
+	// eegDecoded runs only workload i's two --cache-dir epochs.
+	eegDecoded bool
 	// Workload j: np.load of workload i's archives by 8 processes at once.
 	ampRounds                    int
 	baselineBin                  string
@@ -62,6 +64,7 @@ func main() {
 	flag.StringVar(&c.eegCache, "eeg-cache-size", "64MiB", "bgbfs --cache-size of workload i's view and whole-member rows: far smaller than the data")
 	flag.StringVar(&c.eegIndexSize, "eeg-index-size", "32MiB", "bgbfs --npz-index-size of workload i's view rows: too small for 32 KiB of raw history per window of every archive")
 	flag.BoolVar(&c.eegInMemory, "eeg-in-memory", false, "workload i: only the unlimited-memory rows (every block in memory), with --baseline-bin that binary's first")
+	flag.BoolVar(&c.eegDecoded, "eeg-decoded", false, "workload i: only the two epochs with a local --cache-dir (windows kept decoded, then read back by a new daemon)")
 	flag.IntVar(&c.ampRounds, "amp-rounds", 1, "runs of workload j per binary and mount")
 	flag.StringVar(&c.baselineBin, "baseline-bin", "", "another bgbfs binary (e.g. built from main) to run workload j with too, alternating with the one under test, workload n's bgbfs index, and workload i's restart rows (with --eeg-in-memory, its in-memory rows)")
 	flag.StringVar(&workloads, "workloads", "a,b,c,d,e,f,g,h,i,j,k,l,n,inflate", "workloads to run (h or i alone, with --systems bgbfs: only the .npz member view rows; j: np.load of i's archives by 8 processes; k: the disk tier, epochs 1 and 2 of i's archives with --cache-dir, S3-like profile only; l: ls -l of 100,000 objects, bgbfs and the SDK; n: bgbfs index over 6,500 small archives, with --systems bgbfs; inflate: one numpy-written member inflated by bgbfs's inflater, libdeflate-gunzip and igzip, no mount; m, not run unless named: a --cache-dir of the bucket's file count by layout, its walk, start-up and metadata I/O at the bound, loopback only)")
