@@ -88,8 +88,9 @@ type decodedSpan struct {
 // newMemberReader returns a reader of member m of archive obj.
 func newMemberReader(view *View, obj s3backend.Version, m npz.Member) *MemberReader {
 	src := view.blocks.OpenRandom(obj)
-	if view.decoded != nil {
-		// What it reads of the member is kept decoded.
+	if view.decoded != nil && m.Method != npz.Stored {
+		// What it reads of the member is kept decoded. (A stored
+		// member's reads are ranges of the archive, kept as blocks.)
 		src.NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
 	}
 	return &MemberReader{view: view, obj: obj, member: m, src: src, life: cache.NewLifetime(view.life.Context()), dataOff: -1}
