@@ -275,6 +275,12 @@ func (v *View) keepHead(obj s3backend.Version, m npz.Member, x *npz.Index) {
 				return
 			}
 		}
+		if h := v.savedHead(obj, m); len(h) >= len(head) {
+			// The archive file bgbfs index wrote kept it, checked
+			// against the index: nothing to fetch or inflate.
+			s.keep(obj, m, h[:len(head)], 0)
+			return
+		}
 		src := v.blocks.OpenRandom(obj).NotKeptOnDisk(m.HeaderOffset, m.CompressedSize)
 		defer src.Close()
 		_, inflated, err := x.ReadAtInflating(s3backend.BindContext(v.life.Context(), src), head, 0, v.buffers)

@@ -324,3 +324,38 @@ func TestDecodedConcurrentHitsAndMisses(t *testing.T) {
 		t.Errorf("held pages, read by a new open after the misses: %d reads from the dir; want 1", n)
 	}
 }
+
+// A head the archive file kept (bgbfs index checked it against the
+// index) is written to the dir as it is, once the index is at hand: no
+// fetch, no inflating.
+func TestDecodedHeadFromArchiveFile(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	data := archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)})
+	// An index built elsewhere (as bgbfs index would).
+	_, a := newDecodedFixture(t, data).view(t)
+	built := openMember(t, a, "windows.npy")
+	readAll(t, built, [][2]int64{{500 << 10, 128 << 10}}, want)
+	x, err := built.indexFor(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d := newDecodedFixture(t, data)
+	view, a := d.view(t)
+	r := openMember(t, a, "windows.npy")
+	view.holdHead(indexKey(r.obj, r.member), want[:headRegion])
+	gets := d.store.Gets.Load()
+	view.keepHead(r.obj, r.member, x)
+	d.stop() // waits for keepHead and the writes it started
+	if n := d.store.Gets.Load() - gets; n != 0 {
+		t.Errorf("writing a head the archive file kept: %d GETs, want 0", n)
+	}
+
+	view, a = d.view(t)
+	r = openMember(t, a, "windows.npy")
+	gets = d.store.Gets.Load()
+	readAll(t, r, [][2]int64{{0, headRegion}}, want)
+	if n, s := d.store.Gets.Load()-gets, view.Stats(); n != 0 || s.Decoded.Hits != 1 {
+		t.Errorf("head after a restart: %d GETs, %+v; want it from the dir", n, s)
+	}
+}
