@@ -261,8 +261,9 @@ func (c *BlockCache) cached(obj s3backend.Version, idx int64) ([]byte, bool) {
 // startFetches makes sure every block in [first, last] is cached or being
 // fetched, starting GETs (of at most maxBlocks blocks each) for runs that
 // are neither; demand says a read waits for them (not read-ahead), and
-// notOnDisk what of them the disk tier is not to keep. It returns a fetch for each block not in the cache, in order, or nil for the
-// blocks found cached; and the fetches it started.
+// notOnDisk what of them the disk tier is not to keep. It returns a
+// fetch for each block not in the cache, in order, or nil for the blocks
+// found cached; and the fetches it started.
 func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks int64, demand bool, notOnDisk byteRange) (perBlock, started []*fetch) {
 	out := make([]*fetch, last-first+1)
 	c.mu.Lock()
