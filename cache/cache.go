@@ -263,10 +263,15 @@ func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
 
 // cached returns a block from the cache without counting a hit or miss.
 func (c *BlockCache) cached(obj s3backend.Version, idx int64) ([]byte, bool) {
+	return c.cachedKey(blockKey(obj, idx))
+}
+
+// cachedKey is cached with the block's key made already.
+func (c *BlockCache) cachedKey(key string) ([]byte, bool) {
 	if c.blocks == nil {
 		return nil, false
 	}
-	return c.blocks.Get(blockKey(obj, idx))
+	return c.blocks.Get(key)
 }
 
 // startFetches makes sure every block in [first, last] is cached or being
@@ -289,7 +294,7 @@ func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks 
 			out[idx-first], run = f, nil
 			continue
 		}
-		if _, ok := c.cached(obj, idx); ok {
+		if _, ok := c.cachedKey(key); ok {
 			run = nil
 			continue
 		}
