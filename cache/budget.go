@@ -7,6 +7,9 @@ import "sync"
 // member file that cannot get room for a decoded span does not keep it.
 type Budget struct {
 	total int64
+	// watch, if set, is told the bytes taken after every change, in the
+	// order of the changes.
+	watch func(used int64)
 	mu    sync.Mutex
 	used  int64
 }
@@ -22,6 +25,7 @@ func (b *Budget) TryTake(n int64) bool {
 		return false
 	}
 	b.used += n
+	b.changed()
 	return true
 }
 
@@ -32,6 +36,13 @@ func (b *Budget) Give(n int64) {
 	b.used -= n
 	if b.used < 0 {
 		panic("cache: budget given back more than was taken")
+	}
+	b.changed()
+}
+
+func (b *Budget) changed() {
+	if b.watch != nil {
+		b.watch(b.used)
 	}
 }
 

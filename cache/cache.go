@@ -78,10 +78,14 @@ func (o Options) Validate() error {
 	return nil
 }
 
-// CacheSize is split three ways: 1/aheadShare for read-ahead,
+// CacheSize is split three ways: 1/aheadShare at most for read-ahead,
 // 1/demandShare (at least a block) for blocks being fetched because a read
 // needs them now, the rest for cached blocks. Without a bound on the
 // second, 64 readers missing at once held 40 MiB beyond a 64 MiB cache.
+// The cached blocks also have the room read-ahead does not hold at the
+// moment: the read-ahead share set apart for good kept a third of the
+// blocks of data that fit in the cache out of it (BENCHMARKS.md, "Every
+// block in memory, kept").
 const (
 	aheadShare  = 4
 	demandShare = 8
@@ -141,7 +145,7 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 	c.ahead = NewBudget(opt.CacheSize / aheadShare)
 	c.demandBytes = max(opt.CacheSize/demandShare, opt.BlockSize)
 	c.demand = semaphore.NewWeighted(c.demandBytes)
-	blockBytes := opt.CacheSize - c.ahead.Total() - c.demandBytes
+	blockBytes := opt.CacheSize - c.demandBytes
 	blocks, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
 		NumCounters: max(10*blockBytes/opt.BlockSize, 1000),
 		MaxCost:     blockBytes,
@@ -155,6 +159,13 @@ func New(store s3backend.ObjectStore, opt Options) (*BlockCache, error) {
 		return nil, fmt.Errorf("create block cache: %w", err)
 	}
 	c.blocks = blocks
+	// Read-ahead takes its room from the cached blocks' as it takes it
+	// from its budget, before it fetches: the blocks it brings are set
+	// into the cache with the room already made, and the cached blocks,
+	// read-ahead and demand fetches together stay within CacheSize. (A
+	// held block is counted twice while the cache holds it too: read-ahead
+	// holds little for long, and it is the cache that may drop it.)
+	c.ahead.watch = func(used int64) { blocks.UpdateMaxCost(blockBytes - used) }
 	return c, nil
 }
 
@@ -252,10 +263,15 @@ func (f *fetch) wait(ctx context.Context, idx int64) ([]byte, error) {
 
 // cached returns a block from the cache without counting a hit or miss.
 func (c *BlockCache) cached(obj s3backend.Version, idx int64) ([]byte, bool) {
+	return c.cachedKey(blockKey(obj, idx))
+}
+
+// cachedKey is cached with the block's key made already.
+func (c *BlockCache) cachedKey(key string) ([]byte, bool) {
 	if c.blocks == nil {
 		return nil, false
 	}
-	return c.blocks.Get(blockKey(obj, idx))
+	return c.blocks.Get(key)
 }
 
 // startFetches makes sure every block in [first, last] is cached or being
@@ -278,7 +294,7 @@ func (c *BlockCache) startFetches(obj s3backend.Version, first, last, maxBlocks 
 			out[idx-first], run = f, nil
 			continue
 		}
-		if _, ok := c.cached(obj, idx); ok {
+		if _, ok := c.cachedKey(key); ok {
 			run = nil
 			continue
 		}

@@ -164,7 +164,7 @@ func (h *memberHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 	}
 	ctx, cancel, deadline := h.deadlines.start(ctx, t.ReadTimeout, off, len(dest))
 	defer cancel()
-	n, err := h.reader.ReadAt(ctx, dest, off)
+	held, err := h.reader.ReadHeld(ctx, dest, off)
 	// Only the reader's own io.EOF ends the file: a short answer is all
 	// the kernel caches of those pages, zeros after it. An error that
 	// wraps io.EOF (a connection closed early) is an error.
@@ -178,8 +178,31 @@ func (h *memberHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 		}
 		return nil, errno
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return heldReply{held}, 0
 }
+
+// heldReply is a read's answer written to the kernel from the decoded
+// spans it was found in, without a copy into the request's buffer:
+// go-fuse writes it with writev (Slices) and calls Done once it is
+// written or dropped, which lets the spans' buffers be reused.
+type heldReply struct{ held *npzview.HeldRead }
+
+func (r heldReply) Size() int { return r.held.Len() }
+
+func (r heldReply) Slices() ([][]byte, fuse.Status) { return r.held.Slices(), fuse.OK }
+
+func (r heldReply) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if cap(buf) < r.held.Len() {
+		buf = make([]byte, r.held.Len())
+	}
+	buf = buf[:0]
+	for _, s := range r.held.Slices() {
+		buf = append(buf, s...)
+	}
+	return buf, fuse.OK
+}
+
+func (r heldReply) Done() { r.held.Release() }
 
 func (h *memberHandle) Release(ctx context.Context) syscall.Errno {
 	h.reader.Close()

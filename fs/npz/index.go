@@ -64,14 +64,57 @@ type point struct {
 
 // history returns the window a decoder starting at p needs.
 func (p point) history() ([]byte, error) {
-	h := make([]byte, min(p.out, windowSize))
+	return p.historyInto(make([]byte, p.historySize()), nil)
+}
+
+// historySize is the length of p's window.
+func (p point) historySize() int64 { return min(p.out, windowSize) }
+
+// historyInto inflates p's window into h, historySize bytes, with a
+// decompressor bufs lends if it has one: a new one for every span a
+// reader opens allocated and zeroed its tables and its own 32 KiB
+// window, a few percent of the daemon's CPU with every block in memory.
+func (p point) historyInto(h []byte, bufs *Buffers) ([]byte, error) {
 	if len(h) == 0 {
 		return h, nil
 	}
-	if _, err := io.ReadFull(flate.NewReader(bytes.NewReader(p.window)), h); err != nil {
+	w := bufs.windowReader(p.window)
+	_, err := io.ReadFull(w.zr, h)
+	bufs.keepWindowReader(w)
+	if err != nil {
 		return nil, fmt.Errorf("%w: access point window at %d: %w", ErrCorrupt, p.out, err)
 	}
 	return h, nil
+}
+
+// windowReader inflates an access point's deflated window.
+type windowReader struct {
+	src bytes.Reader
+	zr  io.ReadCloser
+}
+
+// windowReader returns a decompressor reading window, b's if it has one.
+func (b *Buffers) windowReader(window []byte) *windowReader {
+	if b != nil {
+		if w, ok := b.windows.Get().(*windowReader); ok {
+			w.src.Reset(window)
+			if w.zr.(flate.Resetter).Reset(&w.src, nil) == nil {
+				return w
+			}
+		}
+	}
+	w := &windowReader{}
+	w.src.Reset(window)
+	w.zr = flate.NewReader(&w.src)
+	return w
+}
+
+// keepWindowReader puts w back in b for the next window.
+func (b *Buffers) keepWindowReader(w *windowReader) {
+	if b != nil {
+		w.src.Reset(nil)
+		b.windows.Put(w)
+	}
 }
 
 // BuildIndex inflates the deflated member m of r once, reading its
@@ -686,15 +729,17 @@ type contentStream struct {
 // sized for the content up to end.
 func (x *Index) openStream(r io.ReaderAt, i int, end, limitEnd int64, bufs *Buffers) (*contentStream, error) {
 	pt := x.points[i]
-	history, err := pt.history()
-	if err != nil {
-		return nil, err
-	}
 	_, limit, _ := x.firstRead(i, limitEnd)
 	_, _, first := x.firstRead(i, end)
 	first = min(first, buildReadSize) // a huge read is made in chunks, not one buffer
 	f := newInflaterWith(r, x.dataOff, limit, int(first), readChunk, bufs)
 	c := &contentStream{f: f, bufs: bufs, from: pt.out}
+	// The window is inflated where seek puts it, at the start of out.
+	history, err := pt.historyInto(f.out[:pt.historySize()], bufs)
+	if err != nil {
+		c.release()
+		return nil, err
+	}
 	if err := f.seek(pt.bit, history); err != nil {
 		c.release()
 		return nil, err
@@ -721,6 +766,8 @@ type Buffers struct {
 	// (one pool of mixed sizes gave small ones to large reads, which
 	// then made new buffers).
 	in [inClasses]sync.Pool
+	// windows holds decompressors of access points' windows.
+	windows sync.Pool
 }
 
 const (

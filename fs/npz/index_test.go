@@ -96,10 +96,16 @@ func TestIndexReadAt(t *testing.T) {
 				if x.fullWindows != 0 {
 					t.Errorf("%s level %d span %d: %d sparse windows failed their check", name, level, span, x.fullWindows)
 				}
+				// Each window again through decompressors a
+				// Buffers lends, one after the other.
+				bufs := new(Buffers)
 				for i, p := range x.points[1:] {
 					h, err := p.history()
 					if err != nil || p.out-x.points[i].out < span || len(h) != int(min(p.out, windowSize)) {
 						t.Fatalf("%s level %d span %d: bad point %d: out %d (previous %d), window %d, %v", name, level, span, i+1, p.out, x.points[i].out, len(h), err)
+					}
+					if lent, err := p.historyInto(make([]byte, p.historySize()), bufs); err != nil || !bytes.Equal(lent, h) {
+						t.Fatalf("%s level %d span %d: point %d: window through a lent decompressor differs (%v)", name, level, span, i+1, err)
 					}
 					for k, c := range h {
 						if want := data[p.out-int64(len(h))+int64(k)]; c != 0 && c != want {

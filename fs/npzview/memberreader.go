@@ -119,12 +119,76 @@ func (r *MemberReader) Close() {
 // ReadAt reads len(p) bytes of the content at off, fewer only at its end
 // (with io.EOF). Nothing writes into p once it has returned.
 func (r *MemberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	h, err := r.read(ctx, p, off, false)
+	if h == nil {
+		return 0, err
+	}
+	n := h.copyTo(p)
+	h.Release()
+	return n, err
+}
+
+// HeldRead is content a member file read without copying it out of the
+// spans it was decoded into: its slices, in order, are the bytes read,
+// valid until Release (then a span's buffer may be written with another
+// span). It is for a reply written to the kernel straight from them.
+type HeldRead struct {
+	slices [][]byte
+	bufs   []*spanBuffer
+	n      int
+}
+
+// Slices are the bytes read, in order.
+func (h *HeldRead) Slices() [][]byte { return h.slices }
+
+// Len is the number of bytes read.
+func (h *HeldRead) Len() int { return h.n }
+
+// Release gives back the span buffers h reads from; the slices must not
+// be read after it. A second Release does nothing.
+func (h *HeldRead) Release() {
+	for _, b := range h.bufs {
+		b.release()
+	}
+	h.bufs = nil
+}
+
+// copyTo copies the bytes read into p (in place for slices of p), and
+// returns their number.
+func (h *HeldRead) copyTo(p []byte) int {
+	n := 0
+	for _, s := range h.slices {
+		if len(s) > 0 && &s[0] == &p[n] {
+			n += len(s) // read into p already
+			continue
+		}
+		n += copy(p[n:], s)
+	}
+	return n
+}
+
+// ReadHeld reads len(p) bytes of the content at off, fewer only at its
+// end (with io.EOF), as ReadAt does, but answers what it finds in
+// decoded spans with references to them instead of copies into p (p
+// holds the rest): the caller releases the result once it no longer
+// reads it. Nothing writes into p once it has returned. On an error
+// other than io.EOF the result is nil.
+func (r *MemberReader) ReadHeld(ctx context.Context, p []byte, off int64) (*HeldRead, error) {
+	h, err := r.read(ctx, p, off, true)
+	if h == nil && (err == nil || err == io.EOF) {
+		h = &HeldRead{}
+	}
+	return h, err
+}
+
+// read is ReadAt, and with refs set ReadHeld.
+func (r *MemberReader) read(ctx context.Context, p []byte, off int64, refs bool) (*HeldRead, error) {
 	if off < 0 {
-		return 0, cache.ErrNegativeOffset
+		return nil, cache.ErrNegativeOffset
 	}
 	size := r.member.UncompressedSize
 	if off >= size {
-		return 0, io.EOF
+		return nil, io.EOF
 	}
 	var eof error
 	if rest := size - off; int64(len(p)) > rest {
@@ -133,15 +197,16 @@ func (r *MemberReader) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 	r.view.memberReads.Add(1)
 	if r.member.Method == npz.Stored {
 		if err := r.readStored(ctx, p, off); err != nil {
-			return 0, err
+			return nil, err
 		}
-		return len(p), eof
+		return &HeldRead{slices: [][]byte{p}, n: len(p)}, eof
 	}
-	if err := r.readDeflated(ctx, p, off); err != nil {
-		return 0, err
+	h, err := r.readDeflated(ctx, p, off, refs)
+	if err != nil {
+		return nil, err
 	}
 	r.view.returned.Add(int64(len(p)))
-	return len(p), eof
+	return h, eof
 }
 
 // dataOffset returns where the member's data starts, reading its local
@@ -177,46 +242,63 @@ func (r *MemberReader) readStored(ctx context.Context, p []byte, off int64) erro
 	return err
 }
 
-// readDeflated fills p with the content at off, span by span.
-func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64) error {
+// readDeflated reads the content at off, len(p) bytes, span by span:
+// into p, or with refs set, as references to the spans holding it where
+// they can be kept (not with a decoded dir, which keeps what is read
+// from p).
+func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64, refs bool) (*HeldRead, error) {
+	whole := &HeldRead{slices: [][]byte{p}, n: len(p)}
 	end := off + int64(len(p))
 	if end <= headRegion {
-		return r.readHead(ctx, p, off)
+		if err := r.readHead(ctx, p, off); err != nil {
+			return nil, err
+		}
+		return whole, nil
 	}
 	if r.readDecoded(p, off) {
-		return nil
+		return whole, nil
 	}
 	// No byte past the head is returned before the whole member has
 	// been inflated once and found to match its CRC-32: building the
 	// index does that.
 	x, err := r.indexFor(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := r.readIndexed(ctx, x, p, off); err != nil {
-		return err
+	h, err := r.readIndexed(ctx, x, off, end)
+	if err != nil {
+		return nil, err
 	}
+	if refs && r.view.decoded == nil {
+		return h, nil
+	}
+	h.copyTo(p)
+	h.Release()
 	r.keepDecoded(p, off)
-	return nil
+	return whole, nil
 }
 
-// readIndexed fills p with the content at off through the index x.
-func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, off int64) error {
-	end := off + int64(len(p))
+// readIndexed reads the content [off, end) through the index x, as
+// references to the spans holding it (or to buffers of its own).
+func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, off, end int64) (*HeldRead, error) {
 	r.prefetch(x, off, end)
 	maxSpan := heldSpanFactor * r.view.span
 	r.mu.Lock()
 	rowEnd := r.rowEnd
 	r.mu.Unlock()
-	// The spans a read covers are independent: inflate them in parallel.
-	// Every goroutine writing into p ends before this returns: the
-	// caller's buffer is not ours once it has (go-fuse reuses it for
-	// another request's reply).
-	g, gctx := errgroup.WithContext(ctx)
+	// The spans a read covers are independent: inflate them in parallel,
+	// each goroutine setting its own piece.
+	var pieces []heldPiece
 	for pos := off; pos < end; {
+		_, stop := x.Span(pos)
+		pieces = append(pieces, heldPiece{})
+		pos = min(end, stop)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for pos, i := off, 0; pos < end; i++ {
 		start, stop := x.Span(pos)
 		at, upto := pos, min(end, stop)
-		dst := p[pos-off : upto-off]
+		piece := &pieces[i]
 		pos = upto
 		// A span is inflated whole when a read first needs it: the
 		// kernel reads the rest of the window from it next, while its
@@ -243,8 +325,7 @@ func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, 
 			limit = min(stop, (rowEnd+decodedUnit-1)/decodedUnit*decodedUnit)
 		}
 		if data, buf, ok := r.heldSpan(start, upto); ok {
-			copy(dst, data[at-start:upto-start])
-			buf.release()
+			*piece = heldPiece{data[at-start : upto-start], buf}
 		} else if stop-start > maxSpan {
 			// An outsize span (one huge deflate block) is not worth
 			// holding: inflate just what is asked, in the background
@@ -254,8 +335,11 @@ func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, 
 				data, err := cache.WaitShared(gctx, &r.inflating, "piece-"+strconv.FormatInt(at, 10)+"-"+strconv.FormatInt(upto, 10), func() ([]byte, error) {
 					return r.inflatePiece(x, at, upto)
 				})
-				copy(dst, data)
-				return err
+				if err != nil {
+					return err
+				}
+				*piece = heldPiece{data: data}
+				return nil
 			})
 		} else {
 			g.Go(func() error {
@@ -263,13 +347,31 @@ func (r *MemberReader) readIndexed(ctx context.Context, x *npz.Index, p []byte, 
 				if err != nil {
 					return err
 				}
-				copy(dst, data[at-start:upto-start])
-				buf.release()
+				*piece = heldPiece{data[at-start : upto-start], buf}
 				return nil
 			})
 		}
 	}
-	return g.Wait()
+	err := g.Wait()
+	h := &HeldRead{slices: make([][]byte, 0, len(pieces)), n: int(end - off)}
+	for _, c := range pieces {
+		h.slices = append(h.slices, c.data)
+		if c.buf != nil {
+			h.bufs = append(h.bufs, c.buf)
+		}
+	}
+	if err != nil {
+		h.Release()
+		return nil, err
+	}
+	return h, nil
+}
+
+// heldPiece is the content one span gives a read, and the reference to
+// the buffer holding it (nil: a buffer nothing writes again).
+type heldPiece struct {
+	data []byte
+	buf  *spanBuffer
 }
 
 // readHead fills p, which ends within headRegion, from the index if one

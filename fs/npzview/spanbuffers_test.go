@@ -2,7 +2,10 @@ package npzview
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 
@@ -148,5 +151,88 @@ func TestSpanBuffersUnderConcurrentReads(t *testing.T) {
 	}
 	if n, bytes := f.view.spanBuffers.idle(); n == 0 || bytes > f.view.spanBudget.Total() {
 		t.Errorf("%d buffers of %d bytes free, budget %d", n, bytes, f.view.spanBudget.Total())
+	}
+}
+
+// A reply written from held spans (ReadHeld) keeps their buffers from
+// being reused until it is released, however long the kernel takes: the
+// span dropped, the open closed, and another open inflating every span
+// meanwhile must leave its bytes as they were. Nothing is written into
+// the caller's buffer for the bytes the spans answer, and once released
+// no reference is left.
+func TestHeldReadOutlivesItsSpansAndOpen(t *testing.T) {
+	want := npztest.NPY(20, 300<<10, 7)
+	f := newViewFixtureOf(t, npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
+	r := f.reader(t, "windows.npy")
+	x := f.index(t, r)
+	// A read across a span's end, after the head: two pieces or more.
+	_, stop := x.Span(5 * 300 << 10)
+	off, n := stop-4096, 128<<10
+	dest := bytes.Repeat([]byte{0xa5}, n)
+	h, err := r.ReadHeld(context.Background(), dest, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Len() != n || len(h.Slices()) < 2 || len(h.bufs) != len(h.Slices()) {
+		t.Fatalf("%d bytes in %d slices on %d buffers, want %d in 2 or more, each on a buffer", h.Len(), len(h.Slices()), len(h.bufs), n)
+	}
+	if !bytes.Equal(dest, bytes.Repeat([]byte{0xa5}, n)) {
+		t.Error("the caller's buffer was written though held spans answered the read")
+	}
+	r.Close()
+	other := f.reader(t, "windows.npy")
+	for pos := int64(headRegion); pos < x.Size(); {
+		s, e := x.Span(pos)
+		if _, err := readMember(other, int(e-s), s); err != nil {
+			t.Fatal(err)
+		}
+		pos = e
+	}
+	if got := bytes.Join(h.Slices(), nil); !bytes.Equal(got, want[off:off+int64(n)]) {
+		t.Fatal("a span's buffer was written while a held read still had it")
+	}
+	bufs := slices.Clone(h.bufs)
+	h.Release()
+	h.Release() // a second release does nothing
+	for _, b := range bufs {
+		if refs := b.refs.Load(); refs != 0 {
+			t.Errorf("a buffer has %d references once the read and its open released it", refs)
+		}
+	}
+}
+
+// ReadHeld returns the same bytes as ReadAt wherever it reads: in the
+// head, across spans, at the end, past it.
+func TestReadHeldMatchesReadAt(t *testing.T) {
+	want := npztest.NPY(20, 300<<10, 9)
+	f := newViewFixtureOf(t, npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
+	r := f.reader(t, "windows.npy")
+	size := int64(len(want))
+	for _, tt := range []struct {
+		name string
+		off  int64
+		n    int
+	}{
+		{"head", 0, 4096},
+		{"past the head", headRegion + 100, 128 << 10},
+		{"a window", 3 * 300 << 10, 300 << 10},
+		{"the end, short", size - 1000, 4096},
+		{"past the end", size, 4096},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := make([]byte, tt.n)
+			h, err := r.ReadHeld(context.Background(), dest, tt.off)
+			if err != nil && err != io.EOF {
+				t.Fatal(err)
+			}
+			defer h.Release()
+			wantN := int(max(0, min(int64(tt.n), size-tt.off)))
+			if wantEOF := tt.off+int64(tt.n) >= size; (err == io.EOF) != wantEOF {
+				t.Errorf("error %v, want io.EOF: %v", err, wantEOF)
+			}
+			if got := bytes.Join(h.Slices(), nil); h.Len() != wantN || !bytes.Equal(got, want[min(tt.off, size):min(tt.off, size)+int64(wantN)]) {
+				t.Errorf("%d bytes (Len %d), want %d from the source", len(got), h.Len(), wantN)
+			}
+		})
 	}
 }
