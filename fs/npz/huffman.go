@@ -345,40 +345,62 @@ type literalCodes struct {
 	entry [256]uint32
 }
 
+// pairScratch is pairLiterals' scratch space.
+type pairScratch struct {
+	// single is a copy of the main table, whose entries still hold one
+	// literal each.
+	single [1 << litTableBits]uint32
+	// at and add list the seconds that fit after a first code of one
+	// length n: at the j of the entries c + j<<n of a code c, add the
+	// second's bits and literal.
+	at  [1 << (litTableBits - 1)]uint16
+	add [1 << (litTableBits - 1)]uint32
+}
+
 // pairLiterals makes each main-table entry of a literal whose code leaves
 // room for the next literal's code decode both: float data is mostly
 // literals, and one lookup for two (a short exponent byte and the next
 // mantissa byte, say) shortens the chain of dependent lookups the decode
-// loop waits on. firsts are the literal codes that may come first;
-// single is scratch space for a copy of the main table, whose entries
-// still hold one literal each.
+// loop waits on. firsts are the literal codes that may come first.
 //
 // A literal code c of length n fills the entries c + j<<n; the one at j
 // pairs with the code single[j] decodes if that is a literal whose code
-// fits in the table's bits past n. For codes of one length the j that
-// pair are the same, so the branch on it is mostly predicted.
-func pairLiterals(t *litTable, firsts *literalCodes, single *[1 << litTableBits]uint32) {
+// fits in the table's bits past n. Which j pair depends only on n, so
+// they are listed once per length and every code of that length then
+// stores its pairs with no test: a block of float data has a hundred or
+// more 8-bit literal codes, of which each has 8 entries to try and about
+// one that pairs, and the table is built again for each of the ~5,000
+// blocks of a member.
+func pairLiterals(t *litTable, firsts *literalCodes, p *pairScratch) {
 	if firsts.n == 0 {
 		return
 	}
 	// Only the entries a second code is read from: below 1<<room of the
 	// shortest first code.
-	shortest := firsts.entry[0] & 63
-	copy(single[:1<<(litTableBits-shortest)], t[:])
-	for k := range firsts.n {
-		first := firsts.entry[k]
-		n := first & 63
+	shortest := int(firsts.entry[0] & 63)
+	copy(p.single[:1<<(litTableBits-shortest)], t[:])
+	for k := 0; k < firsts.n; {
+		n := int(firsts.entry[k] & 63)
 		room := litTableBits - n
 		if room < shortest {
 			return // so are the rest: they are no shorter
 		}
-		pair := 2<<litCount | first&0xFF00 | n
-		i, step := int(firsts.code[k]), 1<<n
-		for _, second := range single[:1<<room] {
-			if second>>litCount != 0 && second&63 <= room {
-				t[i&(1<<litTableBits-1)] = pair + second&63 | (second&0xFF00)<<8
+		m := 0
+		for j, second := range p.single[:1<<room] {
+			if second>>litCount != 0 && int(second&63) <= room {
+				p.at[m&(len(p.at)-1)] = uint16(j)
+				p.add[m&(len(p.add)-1)] = second&63 | (second&0xFF00)<<8
+				m++
 			}
-			i += step
+		}
+		at, add := p.at[:m], p.add[:m]
+		for ; k < firsts.n && int(firsts.entry[k]&63) == n; k++ {
+			first := firsts.entry[k]
+			pair := 2<<litCount | first&0xFF00 | uint32(n)
+			code := int(firsts.code[k])
+			for i, j := range at {
+				t[(code+int(j)<<n)&(1<<litTableBits-1)] = pair + add[i]
+			}
 		}
 	}
 }

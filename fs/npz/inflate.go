@@ -89,8 +89,8 @@ type inflater struct {
 	dynLit  litTable
 	dynDist distTable
 	clen    clenTable
-	firsts  literalCodes              // scratch for pairLiterals
-	single  [1 << litTableBits]uint32 // scratch for pairLiterals
+	firsts  literalCodes // scratch for pairLiterals
+	pairs   pairScratch
 	lengths [maxLit + maxDist]uint8
 }
 
@@ -338,7 +338,7 @@ func (f *inflater) dynamicHeader() error {
 	if err := buildTable(f.dynLit[:], lengths[:nlit], litSyms[:], litTableBits, &f.firsts); err != nil {
 		return fmt.Errorf("literal/length code: %w", err)
 	}
-	pairLiterals(&f.dynLit, &f.firsts, &f.single)
+	pairLiterals(&f.dynLit, &f.firsts, &f.pairs)
 	if err := buildTable(f.dynDist[:], lengths[nlit:], distSyms[:], distTableBits, nil); err != nil {
 		return fmt.Errorf("distance code: %w", err)
 	}

@@ -335,3 +335,74 @@ func TestInflateTruncated(t *testing.T) {
 		}
 	}
 }
+
+// TestPairLiterals checks every main-table entry of literal/length
+// tables after pairLiterals against a decode of the canonical codes
+// themselves: a literal whose code leaves room for a whole literal code
+// after it decodes both, any other entry is as buildTable made it. The
+// codes are those of TestInflateEveryCode (mostly 15 bits, a few short)
+// and float-like ones (a few short codes among many of 8 and 9 bits, as
+// zlib writes for float data).
+func TestPairLiterals(t *testing.T) {
+	floatLike := func(seed uint64) []uint8 {
+		l := make([]uint8, maxLit)
+		for i := range l {
+			l[i] = 9
+		}
+		room := 1<<maxCodeLen - maxLit<<(maxCodeLen-9)
+		rng := rand.New(rand.NewPCG(seed, 7))
+		shorten := func(s, times int) {
+			for ; times > 0 && l[s] > 1 && room >= 1<<(maxCodeLen-l[s]); times-- {
+				room -= 1 << (maxCodeLen - l[s])
+				l[s]--
+			}
+		}
+		for range 5 { // the exponent bytes
+			shorten(rng.IntN(256), 2+rng.IntN(6))
+		}
+		for range 4 * maxLit {
+			shorten(rng.IntN(maxLit), 1)
+		}
+		return l
+	}
+	var cases [][]uint8
+	for seed := range uint64(20) {
+		cases = append(cases, completeLengths(maxLit, seed), floatLike(seed))
+	}
+	for c, lengths := range cases {
+		var table litTable
+		var firsts literalCodes
+		var scratch pairScratch
+		if err := buildTable(table[:], lengths, litSyms[:], litTableBits, &firsts); err != nil {
+			continue // incomplete: not a table pairLiterals sees
+		}
+		single := table
+		pairLiterals(&table, &firsts, &scratch)
+		codes := canonical(lengths)
+		// decode returns the symbol whose code is the low bits of i.
+		decode := func(i int) (sym, n int) {
+			for s, l := range lengths {
+				if l > 0 && uint64(i)&(1<<l-1) == bits.Reverse64(codes[s])>>(64-l) {
+					return s, int(l)
+				}
+			}
+			return -1, 0
+		}
+		pairs := 0
+		for i := range 1 << litTableBits {
+			want := single[i]
+			if s1, n1 := decode(i); s1 >= 0 && s1 < 256 && n1 < litTableBits {
+				if s2, n2 := decode(i >> n1); s2 >= 0 && s2 < 256 && n1+n2 <= litTableBits {
+					want = 2<<litCount | uint32(s2)<<16 | uint32(s1)<<8 | uint32(n1+n2)
+					pairs++
+				}
+			}
+			if table[i] != want {
+				t.Fatalf("case %d: entry %d is %#x, want %#x", c, i, table[i], want)
+			}
+		}
+		if pairs == 0 {
+			t.Errorf("case %d: no pairs: the case tests nothing", c)
+		}
+	}
+}
