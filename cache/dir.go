@@ -308,13 +308,14 @@ func (d *Dir) touch(p string, fi iofs.FileInfo) {
 	}
 }
 
-// Remove deletes the file name, if it is there: a file found damaged.
+// Remove deletes the file name, if it is there: a file found damaged
+// (either half of a pair removes the pair).
 func (d *Dir) Remove(name string) { d.remove(name) }
 
 // remove deletes the file name and reports whether this call did.
 func (d *Dir) remove(name string) bool {
 	p, err := d.path(name)
-	if err != nil || os.Remove(p) != nil {
+	if err != nil || removeFile(p) != nil {
 		return false
 	}
 	d.removed.Add(1)
@@ -565,7 +566,7 @@ func (d *Dir) trim() error {
 			if d.beforeRemove != nil {
 				d.beforeRemove(f.path)
 			}
-			err := os.Remove(f.path)
+			err := removeFile(f.path) // a pair whole
 			switch {
 			case err == nil:
 				removed += f.size
