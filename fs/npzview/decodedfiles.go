@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -26,8 +32,11 @@ type DecodedFiles struct {
 	Source string
 }
 
-// decodedArea is where in a cache dir the decoded members are.
-const decodedArea = cache.DecodedArea + "npz/"
+// decodedArea is where in a cache dir the decoded members are, as object
+// pairs: a complete member's data file is the member, which the kernel
+// may read directly. (Files of the single-file layout, in "npz/", are
+// never read: they go idle and are trimmed.)
+const decodedArea = cache.DecodedArea + "npz-pairs/"
 
 // decodedUnit is the unit a decoded member is kept in: a page. The
 // kernel reads a member file in pages, from where the loader touched it,
@@ -45,6 +54,15 @@ const (
 	decodedWriters      = 4
 )
 
+// completeRecheck is how often an open looks again whether a member's
+// decoded file is complete (reading all its records: 170 KB for an
+// 85 MB member), and decodedVerifiers the checks of whole members run at
+// once.
+const (
+	completeRecheck  = time.Second
+	decodedVerifiers = 2
+)
+
 // decodedStore writes and reads the decoded members of one view. A
 // member's file is a cache.ObjectFile in units of a page, named by a hash
 // of the store, the archive's key, version tag (ETag) and size, and the
@@ -59,11 +77,35 @@ type decodedStore struct {
 	writes *cache.WriteBehind
 	logger *slog.Logger
 
-	hits, hitBytes, bytesWritten, writesSkipped, damaged atomic.Int64
+	// direct is set while complete members' data files, checked whole,
+	// are handed out (DirectFile).
+	direct atomic.Bool
+	// verifiers runs the checks of whole members, decodedVerifiers at
+	// once.
+	verifiers errgroup.Group
+	mu        sync.Mutex
+	// checks is what this mount knows of the members' decoded files:
+	// one entry per member opened while direct is set.
+	checks map[cache.ObjectID]*memberCheck
+
+	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed atomic.Int64
+}
+
+// memberCheck is what a mount knows of one member's decoded file, under
+// the store's mu: whether it checked the data file whole (which file:
+// one removed and made anew is checked again), whether a check is
+// running, and when the last one started.
+type memberCheck struct {
+	verified  bool
+	data      cache.FileIdentity
+	checking  bool
+	checkedAt time.Time
 }
 
 func newDecodedStore(files DecodedFiles, logger *slog.Logger) *decodedStore {
-	return &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger}
+	s := &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger, checks: map[cache.ObjectID]*memberCheck{}}
+	s.verifiers.SetLimit(decodedVerifiers)
+	return s
 }
 
 // id names the decoded content of member m of archive obj.
@@ -160,7 +202,7 @@ func (r *MemberReader) decodedFile() *sharedDecoded {
 	r.mu.Unlock()
 	s := r.view.decoded
 	id := s.id(r.obj, r.member)
-	f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
+	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
 	if err != nil {
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(r.obj, r.member, err)
@@ -235,7 +277,7 @@ func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off i
 	}
 	id := s.id(obj, m)
 	taken := s.writes.Start([][]byte{p[from-off : to-off]}, func(data []byte, _ int) {
-		f, err := dir.CreateObjectUnits(id.Name(decodedArea), id, size, decodedUnit)
+		f, err := dir.CreateObjectPair(id.Name(decodedArea), id, size, decodedUnit)
 		if err != nil {
 			s.writesSkipped.Add(1)
 			return
@@ -268,7 +310,7 @@ func (v *View) keepHead(obj s3backend.Version, m npz.Member, x *npz.Index) {
 		defer v.life.Done()
 		head := make([]byte, min(headRegion, m.UncompressedSize))
 		id := s.id(obj, m)
-		if f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit); err == nil {
+		if f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit); err == nil {
 			held, _ := f.ReadAt(head, 0)
 			f.Close()
 			if held {
@@ -300,13 +342,18 @@ type DecodedStats struct {
 	// WritesSkipped the writes not made (backlog full, dir full or
 	// paused); Damaged the decoded files and units found damaged.
 	BytesWritten, WritesSkipped, Damaged int64
+	// Verified counts complete decoded files checked whole against
+	// their member's CRC-32 (then handed out by DirectFile),
+	// VerifyFailed those that failed (removed; also in Damaged).
+	Verified, VerifyFailed int64
 }
 
 func (s *decodedStore) stats() DecodedStats {
 	if s == nil {
 		return DecodedStats{}
 	}
-	return DecodedStats{Hits: s.hits.Load(), HitBytes: s.hitBytes.Load(), BytesWritten: s.bytesWritten.Load(), WritesSkipped: s.writesSkipped.Load(), Damaged: s.damaged.Load()}
+	return DecodedStats{Hits: s.hits.Load(), HitBytes: s.hitBytes.Load(), BytesWritten: s.bytesWritten.Load(), WritesSkipped: s.writesSkipped.Load(), Damaged: s.damaged.Load(),
+		Verified: s.verified.Load(), VerifyFailed: s.verifyFailed.Load()}
 }
 
 // wait waits for the writes started so far.
@@ -314,4 +361,122 @@ func (s *decodedStore) wait() {
 	if s != nil {
 		s.writes.Wait()
 	}
+}
+
+// SetDirectFiles turns on (or off) DirectFile: the mount hands complete
+// decoded members to the kernel to read directly (FUSE passthrough),
+// once it knows the kernel takes them. Without a local cache dir it does
+// nothing.
+func (v *View) SetDirectFiles(on bool) {
+	if v.decoded != nil {
+		v.decoded.direct.Store(on)
+	}
+}
+
+// DirectFile returns the decoded data file of member m, open for
+// reading, if this mount checked that file whole against the member's
+// CRC-32: its bytes are the member's, at their own offsets, and its
+// length is the member's size. Otherwise it returns nil and, if the file
+// may be complete, starts that check in the background (at most once a
+// second per member, one at a time): a later open gets it. The caller
+// closes the file. Nothing read through it is checked again: a file
+// changed on disk after the check goes unnoticed until the next mount.
+func (a *Archive) DirectFile(m Member) *os.File {
+	v, mm := a.view, m.member
+	s := v.decoded
+	if s == nil || !s.direct.Load() || mm.Method == npz.Stored {
+		return nil
+	}
+	id := s.id(a.obj, mm)
+	s.mu.Lock()
+	c := s.checks[id]
+	if c == nil {
+		c = &memberCheck{}
+		s.checks[id] = c
+	}
+	if c.verified {
+		want := c.data
+		s.mu.Unlock()
+		f, got, err := s.files.Dir.OpenPairData(id.Name(decodedArea))
+		if err == nil && got == want {
+			return f
+		}
+		if f != nil {
+			f.Close()
+		}
+		// Removed (trimmed, or found damaged), or made anew since: checked
+		// again once complete.
+		s.mu.Lock()
+		if c.data == want {
+			c.verified = false
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	start := !c.checking && time.Since(c.checkedAt) >= completeRecheck
+	if start {
+		c.checking, c.checkedAt = true, time.Now()
+	}
+	s.mu.Unlock()
+	if start {
+		v.startVerify(a.obj, mm, id, c)
+	}
+	return nil
+}
+
+// startVerify checks in the background, under the view's lifetime,
+// whether member m's decoded file is complete and, if it is, the whole
+// file against the member's CRC-32, and records the result in c.
+func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck) {
+	s := v.decoded
+	done := func(data cache.FileIdentity, ok bool) {
+		s.mu.Lock()
+		c.checking = false
+		if ok {
+			c.verified, c.data = true, data
+		}
+		s.mu.Unlock()
+	}
+	if !v.life.Start(1) {
+		done(cache.FileIdentity{}, false)
+		return
+	}
+	started := s.verifiers.TryGo(func() error {
+		defer v.life.Done()
+		done(s.verify(obj, m, id))
+		return nil
+	})
+	if !started { // as many checks running as allowed: a later open tries
+		v.life.Done()
+		done(cache.FileIdentity{}, false)
+	}
+}
+
+// verify checks member m's decoded file: complete, and its content
+// matching the member's CRC-32 (from the zip directory). A file that
+// fails is removed, logged and counted as damaged. It returns the
+// identity of the data file it checked, and whether it passed.
+func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) (cache.FileIdentity, bool) {
+	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
+	if err != nil {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(obj, m, err)
+		}
+		return cache.FileIdentity{}, false
+	}
+	defer f.Close()
+	if complete, err := f.Complete(); err != nil || !complete {
+		return cache.FileIdentity{}, false
+	}
+	h := crc32.NewIEEE()
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(f.Data(), 0, m.UncompressedSize), make([]byte, 1<<20)); err != nil {
+		return cache.FileIdentity{}, false
+	}
+	if got := h.Sum32(); got != m.CRC32 {
+		s.verifyFailed.Add(1)
+		s.damage(obj, m, f.Drop(fmt.Sprintf("content fails the member's CRC-32 (%08x, want %08x)", got, m.CRC32)))
+		return cache.FileIdentity{}, false
+	}
+	s.verified.Add(1)
+	return f.DataIdentity(), true
 }
