@@ -308,6 +308,18 @@ func (d *Dir) touch(p string, fi iofs.FileInfo) {
 	}
 }
 
+// ProbeFile returns a new empty file of the dir's decoded area, already
+// unlinked: to try what the kernel takes of the dir's files (a FUSE
+// passthrough backing file).
+func (d *Dir) ProbeFile() (*os.File, error) {
+	f, err := d.createTemp(filepath.Join(d.root, DecodedArea))
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
 // Remove deletes the file name, if it is there: a file found damaged
 // (either half of a pair removes the pair).
 func (d *Dir) Remove(name string) { d.remove(name) }
