@@ -81,7 +81,7 @@ type decodedStore struct {
 	// are handed out (DirectFile).
 	direct atomic.Bool
 	// verifiers runs the checks of whole members, decodedVerifiers at
-	// once.
+	// once; the others wait their turn.
 	verifiers errgroup.Group
 	mu        sync.Mutex
 	// checks is what this mount knows of the members' decoded files:
@@ -441,15 +441,17 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 		done(cache.FileIdentity{}, false)
 		return
 	}
-	started := s.verifiers.TryGo(func() error {
+	// Go waits for one of the decodedVerifiers slots: not on the open's
+	// path.
+	go s.verifiers.Go(func() error {
 		defer v.life.Done()
+		if v.life.Context().Err() != nil { // unmounting
+			done(cache.FileIdentity{}, false)
+			return nil
+		}
 		done(s.verify(obj, m, id))
 		return nil
 	})
-	if !started { // as many checks running as allowed: a later open tries
-		v.life.Done()
-		done(cache.FileIdentity{}, false)
-	}
 }
 
 // verify checks member m's decoded file: complete, and its content
