@@ -206,3 +206,25 @@ func TestObjectPairTrimmedWhole(t *testing.T) {
 		})
 	}
 }
+
+// HashData hashes the data file whole, whatever its size against the
+// O_DIRECT reads' alignment; a data file cut short is damage.
+func TestObjectPairHashData(t *testing.T) {
+	for _, size := range []int{1, MinUnitSize, 3*hashChunk + 77, 2 * hashChunk} {
+		o := newPairFixture(t, size)
+		o.writePair(t, 0, int64(size))
+		r, err := o.d.OpenObjectPair(o.name, o.id, int64(size), MinUnitSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if err := r.HashData(&got); err != nil || !bytes.Equal(got.Bytes(), o.data) {
+			t.Errorf("size %d: HashData wrote %d bytes, %v; want the data", size, got.Len(), err)
+		}
+		os.Truncate(filepath.Join(o.root, o.name), int64(size/2))
+		if err := r.HashData(&got); !errors.Is(err, ErrDamaged) {
+			t.Errorf("size %d, cut short: %v, want ErrDamaged", size, err)
+		}
+		r.Close()
+	}
+}

@@ -92,11 +92,14 @@ type decodedStore struct {
 }
 
 // memberCheck is what a mount knows of one member's decoded file, under
-// the store's mu: whether it checked the data file whole (which file:
-// one removed and made anew is checked again), whether a check is
-// running, and when the last one started.
+// the store's mu: whether it checked the data file whole, and that file,
+// held open while it is the pair's (its inode number cannot be reused
+// meanwhile, so a file removed and made anew under the name is told
+// apart, and checked again); whether a check is running, and when the
+// last one started.
 type memberCheck struct {
 	verified  bool
+	file      *os.File
 	data      cache.FileIdentity
 	checking  bool
 	checkedAt time.Time
@@ -397,20 +400,27 @@ func (a *Archive) DirectFile(m Member) *os.File {
 	if c.verified {
 		want := c.data
 		s.mu.Unlock()
-		f, got, err := s.files.Dir.OpenPairData(id.Name(decodedArea))
-		if err == nil && got == want {
-			return f
-		}
-		if f != nil {
-			f.Close()
-		}
-		// Removed (trimmed, or found damaged), or made anew since: checked
-		// again once complete.
+		got, err := s.files.Dir.PairDataIdentity(id.Name(decodedArea))
 		s.mu.Lock()
-		if c.data == want {
-			c.verified = false
+		var stale *os.File
+		if c.verified && c.data == want {
+			if err == nil && got == want {
+				// Under mu: the file is not closed meanwhile.
+				f, err := cache.DupFile(c.file)
+				s.mu.Unlock()
+				if err != nil {
+					return nil
+				}
+				return f
+			}
+			// Removed (trimmed, or found damaged), or made anew since:
+			// checked again once complete.
+			stale, c.file, c.verified = c.file, nil, false
 		}
 		s.mu.Unlock()
+		if stale != nil {
+			stale.Close()
+		}
 		return nil
 	}
 	start := !c.checking && time.Since(c.checkedAt) >= completeRecheck
@@ -429,16 +439,23 @@ func (a *Archive) DirectFile(m Member) *os.File {
 // file against the member's CRC-32, and records the result in c.
 func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck) {
 	s := v.decoded
-	done := func(data cache.FileIdentity, ok bool) {
+	done := func(f *os.File) {
 		s.mu.Lock()
 		c.checking = false
-		if ok {
-			c.verified, c.data = true, data
+		if f != nil {
+			fi, err := f.Stat()
+			if err == nil {
+				c.verified, c.file, c.data = true, f, cache.IdentityOf(fi)
+				f = nil
+			}
 		}
 		s.mu.Unlock()
+		if f != nil {
+			f.Close()
+		}
 	}
 	if !v.life.Start(1) {
-		done(cache.FileIdentity{}, false)
+		done(nil)
 		return
 	}
 	// Go waits for one of the decodedVerifiers slots: not on the open's
@@ -446,7 +463,7 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 	go s.verifiers.Go(func() error {
 		defer v.life.Done()
 		if v.life.Context().Err() != nil { // unmounting
-			done(cache.FileIdentity{}, false)
+			done(nil)
 			return nil
 		}
 		done(s.verify(obj, m, id))
@@ -456,29 +473,55 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 
 // verify checks member m's decoded file: complete, and its content
 // matching the member's CRC-32 (from the zip directory). A file that
-// fails is removed, logged and counted as damaged. It returns the
-// identity of the data file it checked, and whether it passed.
-func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) (cache.FileIdentity, bool) {
+// fails is removed, logged and counted as damaged. It returns the data
+// file it checked, open, if it passed; nil if not.
+func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) *os.File {
 	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
 	if err != nil {
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(obj, m, err)
 		}
-		return cache.FileIdentity{}, false
+		return nil
 	}
 	defer f.Close()
 	if complete, err := f.Complete(); err != nil || !complete {
-		return cache.FileIdentity{}, false
+		return nil
 	}
 	h := crc32.NewIEEE()
-	if _, err := io.CopyBuffer(h, io.NewSectionReader(f.Data(), 0, m.UncompressedSize), make([]byte, 1<<20)); err != nil {
-		return cache.FileIdentity{}, false
+	if err := f.HashData(h); err != nil {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(obj, m, err)
+		}
+		return nil
 	}
 	if got := h.Sum32(); got != m.CRC32 {
 		s.verifyFailed.Add(1)
 		s.damage(obj, m, f.Drop(fmt.Sprintf("content fails the member's CRC-32 (%08x, want %08x)", got, m.CRC32)))
-		return cache.FileIdentity{}, false
+		return nil
+	}
+	data, err := f.DupData()
+	if err != nil {
+		return nil
 	}
 	s.verified.Add(1)
-	return f.DataIdentity(), true
+	return data
+}
+
+// closeChecked closes the data files held for the members checked.
+func (s *decodedStore) closeChecked() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	var files []*os.File
+	for _, c := range s.checks {
+		if c.file != nil {
+			files = append(files, c.file)
+			c.file, c.verified = nil, false
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range files {
+		f.Close()
+	}
 }
