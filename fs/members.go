@@ -189,7 +189,7 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 		return nil, 0, syscall.EROFS
 	}
 	n.tree.Metrics.opened(1)
-	if h := n.openDirect(); h != nil {
+	if h := n.openDirect(ctx); h != nil {
 		n.tree.Metrics.passthroughOpened()
 		return h, 0, 0
 	}
@@ -202,9 +202,9 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 // checked whole) and no page-cached open is live, or if a passthrough
 // open is live (every open then must be one). Otherwise it counts a
 // page-cached open and returns nil.
-func (n *memberNode) openDirect() *memberDirectHandle {
+func (n *memberNode) openDirect(ctx context.Context) *memberDirectHandle {
 	// Opened with no lock held.
-	direct, unused := n.opens.open(n.dir.members.DirectFile(n.member))
+	direct, unused := n.opens.open(n.dir.members.DirectFile(ctx, n.member))
 	if unused != nil {
 		unused.Close()
 	}

@@ -212,21 +212,35 @@ func TestNPZPassthrough(t *testing.T) {
 		}
 	})
 
-	// A page-cached open held while the member's check runs and after:
-	// opens from several processes at once never fail, whatever kind
-	// each gets; once it is closed, opens are passthrough.
+	// A page-cached open held while the member becomes complete, is
+	// checked, and after: opens from several processes at once never
+	// fail, whatever kind each gets; once it is closed, opens are
+	// passthrough.
 	t.Run("mixed opens", func(t *testing.T) {
 		m.Unmount(t)
-		m = mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
 		one := archives[1:2]
-		// Held by this process: a page-cached open, made before the
-		// member's check starts (it starts it).
+		// One page's record cleared: the member is not complete, and
+		// its first open is page-cached.
+		_, rowBytes, hdr := one[0].Member("windows.npy")
+		at := hdr + 3*rowBytes + 100
+		rec, err := os.OpenFile(files[one[0].Name]+".units", os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = rec.WriteAt(make([]byte, 8), 4096+at/4096*8)
+		rec.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m = mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
 		held, err := os.Open(filepath.Join(m.Mountpoint, one[0].Name+".d", "windows.npy"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer held.Close()
-		if _, err := held.Read(make([]byte, 4096)); err != nil {
+		// Read through the held open: inflated again and kept, so that
+		// the member becomes complete.
+		if _, err := held.ReadAt(make([]byte, rowBytes), hdr+3*rowBytes); err != nil {
 			t.Fatal(err)
 		}
 		readConcurrently := func(what string) {
@@ -240,8 +254,11 @@ func TestNPZPassthrough(t *testing.T) {
 			}
 			wg.Wait()
 		}
-		readConcurrently("while the check may run")
-		m.waitMetric(t, metricVerified, 1)
+		readConcurrently("while the member becomes complete and is checked")
+		// Opens start the check (once a second at most).
+		if !pollUntil(20*time.Second, func() bool { touchMembers(t, m.Mountpoint, one); return m.metric(t, metricVerified) >= 1 }) {
+			t.Fatalf("the member was never checked; stderr:\n%s", lastBytes(m.Stderr(), 3000))
+		}
 		readConcurrently("checked, a page-cached open held")
 		if n := m.metric(t, metricPassthrough); n != 0 {
 			t.Errorf("%v passthrough opens while a page-cached open was held, want 0", n)

@@ -57,10 +57,12 @@ const (
 // completeRecheck is how often an open looks again whether a member's
 // decoded file is complete (reading all its records: 170 KB for an
 // 85 MB member), and decodedVerifiers the checks of whole members run at
-// once.
+// once (mostly waiting for the disk: they read around the page cache).
 const (
 	completeRecheck  = time.Second
-	decodedVerifiers = 2
+	decodedVerifiers = 4
+	// checkWait bounds how long an open waits for its member's check.
+	checkWait = time.Second
 )
 
 // decodedStore writes and reads the decoded members of one view. A
@@ -103,6 +105,8 @@ type memberCheck struct {
 	data      cache.FileIdentity
 	checking  bool
 	checkedAt time.Time
+	// done is closed when the check under way ends.
+	done chan struct{}
 }
 
 func newDecodedStore(files DecodedFiles, logger *slog.Logger) *decodedStore {
@@ -379,12 +383,15 @@ func (v *View) SetDirectFiles(on bool) {
 // DirectFile returns the decoded data file of member m, open for
 // reading, if this mount checked that file whole against the member's
 // CRC-32: its bytes are the member's, at their own offsets, and its
-// length is the member's size. Otherwise it returns nil and, if the file
-// may be complete, starts that check in the background (at most once a
-// second per member, one at a time): a later open gets it. The caller
-// closes the file. Nothing read through it is checked again: a file
-// changed on disk after the check goes unnoticed until the next mount.
-func (a *Archive) DirectFile(m Member) *os.File {
+// length is the member's size. Otherwise, if the file may be complete,
+// it starts that check in the background (at most once a second per
+// member, decodedVerifiers at once) and waits for it, up to checkWait
+// or until ctx ends: served by the daemon meanwhile, an open would cost
+// it the reads the check saves. It returns nil if the file is not (yet)
+// checked. The caller closes the file. Nothing read through it is
+// checked again: a file changed on disk after the check goes unnoticed
+// until the next mount.
+func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 	v, mm := a.view, m.member
 	s := v.decoded
 	if s == nil || !s.direct.Load() || mm.Method == npz.Stored {
@@ -397,39 +404,56 @@ func (a *Archive) DirectFile(m Member) *os.File {
 		c = &memberCheck{}
 		s.checks[id] = c
 	}
-	if c.verified {
-		want := c.data
+	if !c.verified {
+		start := !c.checking && time.Since(c.checkedAt) >= completeRecheck
+		if start {
+			c.checking, c.checkedAt, c.done = true, time.Now(), make(chan struct{})
+		}
+		checking, done := c.checking, c.done
 		s.mu.Unlock()
-		got, err := s.files.Dir.PairDataIdentity(id.Name(decodedArea))
+		if start {
+			v.startVerify(a.obj, mm, id, c)
+		}
+		if !checking {
+			return nil
+		}
+		wait := time.NewTimer(checkWait)
+		defer wait.Stop()
+		select {
+		case <-done:
+		case <-wait.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
 		s.mu.Lock()
-		var stale *os.File
-		if c.verified && c.data == want {
-			if err == nil && got == want {
-				// Under mu: the file is not closed meanwhile.
-				f, err := cache.DupFile(c.file)
-				s.mu.Unlock()
-				if err != nil {
-					return nil
-				}
-				return f
-			}
-			// Removed (trimmed, or found damaged), or made anew since:
-			// checked again once complete.
-			stale, c.file, c.verified = c.file, nil, false
+		if !c.verified {
+			s.mu.Unlock()
+			return nil
 		}
-		s.mu.Unlock()
-		if stale != nil {
-			stale.Close()
-		}
-		return nil
 	}
-	start := !c.checking && time.Since(c.checkedAt) >= completeRecheck
-	if start {
-		c.checking, c.checkedAt = true, time.Now()
+	want := c.data
+	s.mu.Unlock()
+	got, err := s.files.Dir.PairDataIdentity(id.Name(decodedArea))
+	s.mu.Lock()
+	var stale *os.File
+	if c.verified && c.data == want {
+		if err == nil && got == want {
+			// Under mu: the file is not closed meanwhile.
+			f, err := cache.DupFile(c.file)
+			s.mu.Unlock()
+			if err != nil {
+				return nil
+			}
+			return f
+		}
+		// Removed (trimmed, or found damaged), or made anew since:
+		// checked again once complete.
+		stale, c.file, c.verified = c.file, nil, false
 	}
 	s.mu.Unlock()
-	if start {
-		v.startVerify(a.obj, mm, id, c)
+	if stale != nil {
+		stale.Close()
 	}
 	return nil
 }
@@ -441,7 +465,8 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 	s := v.decoded
 	done := func(f *os.File) {
 		s.mu.Lock()
-		c.checking = false
+		close(c.done)
+		c.checking, c.done = false, nil
 		if f != nil {
 			fi, err := f.Stat()
 			if err == nil {

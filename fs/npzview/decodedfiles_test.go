@@ -400,7 +400,7 @@ func (d *decodedFixture) readWhole(t *testing.T, view *View, a *Archive, name st
 func pollDirect(view *View, a *Archive, m Member) *os.File {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if f := a.DirectFile(m); f != nil {
+		if f := a.DirectFile(context.Background(), m); f != nil {
 			return f
 		}
 		if view.Stats().Decoded.VerifyFailed > 0 {
@@ -493,7 +493,7 @@ func TestDecodedDirectFile(t *testing.T) {
 				os.Remove(filepath.Join(d.root, id.Name(decodedArea)+cache.RecordsSuffix))
 				os.Remove(filepath.Join(d.root, id.Name(decodedArea)))
 				d.readWhole(t, view, a, "windows.npy", want)
-				if f := a.DirectFile(m); f != nil {
+				if f := a.DirectFile(context.Background(), m); f != nil {
 					f.Close()
 					t.Error("a data file made anew after the check was handed out")
 				}
