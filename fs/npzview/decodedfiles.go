@@ -63,6 +63,10 @@ const (
 	decodedVerifiers = 4
 	// checkWait bounds how long an open waits for its member's check.
 	checkWait = time.Second
+	// identityRecheck is how often an open looks whether the checked
+	// file is still the pair's (two stats): in between, opens get the
+	// checked file, held open, whatever was done to the name.
+	identityRecheck = 10 * time.Second
 )
 
 // decodedStore writes and reads the decoded members of one view. A
@@ -105,6 +109,9 @@ type memberCheck struct {
 	data      cache.FileIdentity
 	checking  bool
 	checkedAt time.Time
+	// identityAt is when the name was last found to be the checked
+	// file's.
+	identityAt time.Time
 	// done is closed when the check under way ends.
 	done chan struct{}
 }
@@ -432,6 +439,9 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 			return nil
 		}
 	}
+	if time.Since(c.identityAt) < identityRecheck {
+		return s.dupChecked(c)
+	}
 	want := c.data
 	s.mu.Unlock()
 	got, err := s.files.Dir.PairDataIdentity(id.Name(decodedArea))
@@ -439,13 +449,8 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 	var stale *os.File
 	if c.verified && c.data == want {
 		if err == nil && got == want {
-			// Under mu: the file is not closed meanwhile.
-			f, err := cache.DupFile(c.file)
-			s.mu.Unlock()
-			if err != nil {
-				return nil
-			}
-			return f
+			c.identityAt = time.Now()
+			return s.dupChecked(c)
 		}
 		// Removed (trimmed, or found damaged), or made anew since:
 		// checked again once complete.
@@ -456,6 +461,18 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 		stale.Close()
 	}
 	return nil
+}
+
+// dupChecked returns the checked file of c on a descriptor of its own;
+// it is called with s.mu held (so that the file is not closed meanwhile)
+// and unlocks it.
+func (s *decodedStore) dupChecked(c *memberCheck) *os.File {
+	f, err := cache.DupFile(c.file)
+	s.mu.Unlock()
+	if err != nil {
+		return nil
+	}
+	return f
 }
 
 // startVerify checks in the background, under the view's lifetime,

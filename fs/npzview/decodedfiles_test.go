@@ -467,7 +467,7 @@ func TestDecodedDirectFile(t *testing.T) {
 				t.Fatalf("DirectFile = %v; want a file: %v", f, tt.direct)
 			}
 			if f != nil {
-				got, err := io.ReadAll(f)
+				got, err := io.ReadAll(io.NewSectionReader(f, 0, int64(len(want)))) // descriptors of one file share an offset
 				f.Close()
 				if err != nil || !bytes.Equal(got, want) {
 					t.Errorf("the direct file is not the member: %d bytes, %v", len(got), err)
@@ -489,13 +489,25 @@ func TestDecodedDirectFile(t *testing.T) {
 				}
 			}
 			if tt.direct {
-				// Made anew on disk: not the file checked.
-				os.Remove(filepath.Join(d.root, id.Name(decodedArea)+cache.RecordsSuffix))
-				os.Remove(filepath.Join(d.root, id.Name(decodedArea)))
+				// Made anew on disk, then damaged: what is handed out is
+				// the file checked (held open), or nothing, never the
+				// new one.
+				data := filepath.Join(d.root, id.Name(decodedArea))
+				os.Remove(data + cache.RecordsSuffix)
+				os.Remove(data)
 				d.readWhole(t, view, a, "windows.npy", want)
+				f, err := os.OpenFile(data, os.O_RDWR, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.WriteAt([]byte{want[100] ^ 1}, 100)
+				f.Close()
 				if f := a.DirectFile(context.Background(), m); f != nil {
+					got, err := io.ReadAll(io.NewSectionReader(f, 0, int64(len(want)))) // descriptors of one file share an offset
 					f.Close()
-					t.Error("a data file made anew after the check was handed out")
+					if err != nil || !bytes.Equal(got, want) {
+						t.Errorf("after the pair was made anew and damaged, the file handed out is not the member (%d bytes, %v)", len(got), err)
+					}
 				}
 			}
 		})
