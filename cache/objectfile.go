@@ -35,8 +35,10 @@ const UnitSize = 64 << 10
 //	                    the ID, the unit's index and its bytes, and a
 //	                    mark; zero for a unit not written
 //
-// The bytes lie at their own offsets, so that a complete file could be
-// handed to the kernel as it is. A file appears whole: it is made under
+// The bytes lie at their own offsets. (A file past their end holds the
+// header and records, so it cannot be handed to the kernel as the byte
+// string: an object pair, objectpair.go, keeps them in a file beside.)
+// A file appears whole: it is made under
 // a temporary name with its header and length, then linked to its name.
 // A writer writes a unit's bytes before its record, so that no process
 // sees a record before its unit. Every writer of a unit writes the same
