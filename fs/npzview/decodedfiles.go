@@ -481,20 +481,22 @@ func (s *decodedStore) dupChecked(c *memberCheck) *os.File {
 func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck) {
 	s := v.decoded
 	done := func(f *os.File) {
+		var data cache.FileIdentity
+		if f != nil {
+			if fi, err := f.Stat(); err == nil {
+				data = cache.IdentityOf(fi)
+			} else {
+				f.Close()
+				f = nil
+			}
+		}
 		s.mu.Lock()
 		close(c.done)
 		c.checking, c.done = false, nil
 		if f != nil {
-			fi, err := f.Stat()
-			if err == nil {
-				c.verified, c.file, c.data = true, f, cache.IdentityOf(fi)
-				f = nil
-			}
+			c.verified, c.file, c.data, c.identityAt = true, f, data, time.Now()
 		}
 		s.mu.Unlock()
-		if f != nil {
-			f.Close()
-		}
 	}
 	if !v.life.Start(1) {
 		done(nil)
