@@ -308,13 +308,26 @@ func (d *Dir) touch(p string, fi iofs.FileInfo) {
 	}
 }
 
-// Remove deletes the file name, if it is there: a file found damaged.
+// ProbeFile returns a new empty file of the dir's decoded area, already
+// unlinked: to try what the kernel takes of the dir's files (a FUSE
+// passthrough backing file).
+func (d *Dir) ProbeFile() (*os.File, error) {
+	f, err := d.createTemp(filepath.Join(d.root, DecodedArea))
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
+// Remove deletes the file name, if it is there: a file found damaged
+// (either half of a pair removes the pair).
 func (d *Dir) Remove(name string) { d.remove(name) }
 
 // remove deletes the file name and reports whether this call did.
 func (d *Dir) remove(name string) bool {
 	p, err := d.path(name)
-	if err != nil || os.Remove(p) != nil {
+	if err != nil || removeFile(p) != nil {
 		return false
 	}
 	d.removed.Add(1)
@@ -565,7 +578,7 @@ func (d *Dir) trim() error {
 			if d.beforeRemove != nil {
 				d.beforeRemove(f.path)
 			}
-			err := os.Remove(f.path)
+			err := removeFile(f.path) // a pair whole
 			switch {
 			case err == nil:
 				removed += f.size

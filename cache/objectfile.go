@@ -35,8 +35,10 @@ const UnitSize = 64 << 10
 //	                    the ID, the unit's index and its bytes, and a
 //	                    mark; zero for a unit not written
 //
-// The bytes lie at their own offsets, so that a complete file could be
-// handed to the kernel as it is. A file appears whole: it is made under
+// The bytes lie at their own offsets. (A file past their end holds the
+// header and records, so it cannot be handed to the kernel as the byte
+// string: an object pair, objectpair.go, keeps them in a file beside.)
+// A file appears whole: it is made under
 // a temporary name with its header and length, then linked to its name.
 // A writer writes a unit's bytes before its record, so that no process
 // sees a record before its unit. Every writer of a unit writes the same
@@ -81,17 +83,25 @@ func (id ObjectID) Name(area string) string {
 	return area + s[:2] + "/" + s
 }
 
-// ObjectFile is an object file of a Dir, open for reading or writing.
-// Its methods are safe for concurrent use.
+// ObjectFile is an object file of a Dir, or a pair of files (see
+// OpenObjectPair), open for reading or writing. Its methods are safe for
+// concurrent use.
 type ObjectFile struct {
-	d        *Dir
-	f        *os.File
-	name     string
-	id       ObjectID
-	size     int64
-	unit     int64 // UnitSize, or what OpenObjectUnits was given
-	tail     int64 // where the header starts
+	d    *Dir
+	f    *os.File
+	name string
+	id   ObjectID
+	size int64
+	unit int64 // UnitSize, or what OpenObjectUnits was given
+	tail int64 // where the header starts
+	// rf holds the records: f itself, or a pair's records file; they
+	// start at recBase in it.
+	rf       *os.File
+	recBase  int64
+	pair     bool
 	writable bool
+	// data is f's identity, for a pair.
+	data FileIdentity
 }
 
 // objectLayout returns where an object file of a byte string of size
@@ -110,7 +120,11 @@ func objectLayoutUnits(size, unit int64) (tail, records, length int64) {
 func objectHeader(id ObjectID, size int64) []byte { return objectHeaderUnits(id, size, UnitSize) }
 
 func objectHeaderUnits(id ObjectID, size, unit int64) []byte {
-	b := append([]byte(objectMagic), binary.LittleEndian.AppendUint32(nil, objectFormat)...)
+	return objectHeaderFormat(id, size, unit, objectFormat)
+}
+
+func objectHeaderFormat(id ObjectID, size, unit int64, format uint32) []byte {
+	b := append([]byte(objectMagic), binary.LittleEndian.AppendUint32(nil, format)...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(unit))
 	b = binary.LittleEndian.AppendUint64(b, uint64(size))
 	b = append(b, id[:]...)
@@ -136,10 +150,7 @@ const MinUnitSize = objectHeaderPage
 // smaller units than the blocks fetched from S3. A file of the same
 // name with other units is not a file of id (it is removed).
 func (d *Dir) OpenObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
-	if err := checkUnit(unit); err != nil {
-		return nil, err
-	}
-	p, err := d.path(name)
+	p, err := d.objectPath(name, unit)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +158,7 @@ func (d *Dir) OpenObjectUnits(name string, id ObjectID, size, unit int64) (*Obje
 	if err != nil {
 		return nil, err
 	}
-	o := &ObjectFile{d: d, f: f, name: name, id: id, size: size, unit: unit}
+	o := &ObjectFile{d: d, f: f, rf: f, name: name, id: id, size: size, unit: unit}
 	if err := o.check(fi.Size()); err != nil {
 		f.Close()
 		return nil, err
@@ -167,10 +178,7 @@ func (d *Dir) CreateObject(name string, id ObjectID, size int64) (*ObjectFile, e
 // CreateObjectUnits is CreateObject for a file of units of unit bytes
 // (see OpenObjectUnits).
 func (d *Dir) CreateObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
-	if err := checkUnit(unit); err != nil {
-		return nil, err
-	}
-	p, err := d.path(name)
+	p, err := d.objectPath(name, unit)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +188,7 @@ func (d *Dir) CreateObjectUnits(name string, id ObjectID, size, unit int64) (*Ob
 	o := &ObjectFile{d: d, name: name, id: id, size: size, unit: unit, writable: true}
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err == nil {
-		o.f = f
+		o.f, o.rf = f, f
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
 			if err = o.check(fi.Size()); err == nil {
@@ -215,7 +223,8 @@ func (d *Dir) CreateObjectUnits(name string, id ObjectID, size, unit int64) (*Ob
 	if err := d.wrote(made, err); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrDirNotWritable, err)
 	}
-	o.f = f
+	o.f, o.rf = f, f
+	o.tail, o.recBase, _ = objectLayoutUnits(size, unit)
 	return o, nil
 }
 
@@ -223,15 +232,25 @@ func (d *Dir) CreateObjectUnits(name string, id ObjectID, size, unit int64) (*Ob
 // length and header, linked to p (or, if another process linked one
 // first, that one opened).
 func (d *Dir) createObject(p string, id ObjectID, size, unit int64) (*os.File, error) {
+	return d.linkNew(p, func(f *os.File) error {
+		tail, _, length := objectLayoutUnits(size, unit)
+		if err := f.Truncate(length); err != nil {
+			return err
+		}
+		_, err := f.WriteAt(objectHeaderUnits(id, size, unit), tail)
+		return err
+	})
+}
+
+// linkNew makes a file at p: a temporary file filled by fill, linked to
+// p (or, if another process linked one first, that one opened), open
+// for reading and writing.
+func (d *Dir) linkNew(p string, fill func(*os.File) error) (*os.File, error) {
 	f, err := d.createTemp(filepath.Dir(p))
 	if err != nil {
 		return nil, err
 	}
-	tail, _, length := objectLayoutUnits(size, unit)
-	err = f.Truncate(length)
-	if err == nil {
-		_, err = f.WriteAt(objectHeaderUnits(id, size, unit), tail)
-	}
+	err = fill(f)
 	if err == nil {
 		err = os.Link(f.Name(), p)
 	}
@@ -261,13 +280,18 @@ func (o *ObjectFile) check(length int64) error {
 	if !bytes.Equal(hdr, objectHeaderUnits(o.id, o.size, o.unit)) {
 		return o.damagedFile("header not of this object version (or not whole)")
 	}
+	o.recBase = tail + objectHeaderPage
 	return nil
 }
 
 // damagedFile removes the damaged file. Two reads may find it at once:
 // the one that removes it reports the damage, the other a missing file.
 func (o *ObjectFile) damagedFile(why string) error {
-	if !o.d.remove(o.name) {
+	name := o.name
+	if o.pair {
+		name += RecordsSuffix // removed first, and the data file with it
+	}
+	if !o.d.remove(name) {
 		return fmt.Errorf("cache dir: %s: %w (removed as damaged by another read)", o.name, iofs.ErrNotExist)
 	}
 	return fmt.Errorf("%w: %s: %s (removed)", ErrDamaged, o.name, why)
@@ -284,7 +308,15 @@ func (o *ObjectFile) readFailed(err error) error {
 }
 
 // Close closes the file.
-func (o *ObjectFile) Close() error { return o.f.Close() }
+func (o *ObjectFile) Close() error {
+	err := o.f.Close()
+	if o.pair {
+		if rerr := o.rf.Close(); err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
 
 // units returns the units [k0, k1) that the bytes [off, off+n) are, or an
 // error if they are not whole units (the last may end at the end).
@@ -294,6 +326,15 @@ func (o *ObjectFile) units(off int64, n int) (k0, k1 int64, err error) {
 		return 0, 0, fmt.Errorf("cache dir: [%d, %d) of %d bytes is not whole units of %d", off, end, o.size, o.unit)
 	}
 	return off / o.unit, (end + o.unit - 1) / o.unit, nil
+}
+
+// objectPath is the path of the object file (or pair) name of units of
+// unit bytes.
+func (d *Dir) objectPath(name string, unit int64) (string, error) {
+	if err := checkUnit(unit); err != nil {
+		return "", err
+	}
+	return d.path(name)
 }
 
 // checkUnit checks a unit size asked of OpenObjectUnits or
@@ -318,9 +359,8 @@ func unitCRC(id ObjectID, k int64, data []byte) uint32 {
 
 // records reads the records of units [k0, k1).
 func (o *ObjectFile) records(k0, k1 int64) ([]byte, error) {
-	_, records, _ := objectLayoutUnits(o.size, o.unit)
 	recs := make([]byte, (k1-k0)*recordSize)
-	if _, err := o.f.ReadAt(recs, records+k0*recordSize); err != nil {
+	if _, err := o.rf.ReadAt(recs, o.recBase+k0*recordSize); err != nil {
 		return nil, o.readFailed(err)
 	}
 	return recs, nil
@@ -399,7 +439,11 @@ func (o *ObjectFile) clear(k int64, rec []byte) bool {
 	if o.d.writes.current() != nil {
 		return true
 	}
-	p, err := o.d.path(o.name)
+	name := o.name
+	if o.pair {
+		name += RecordsSuffix
+	}
+	p, err := o.d.path(name)
 	if err != nil {
 		return true
 	}
@@ -408,7 +452,7 @@ func (o *ObjectFile) clear(k int64, rec []byte) bool {
 		return true
 	}
 	defer f.Close()
-	_, records, _ := objectLayoutUnits(o.size, o.unit)
+	records := o.recBase
 	now := make([]byte, recordSize)
 	if _, err := f.ReadAt(now, records+k*recordSize); err != nil || !bytes.Equal(now, rec) {
 		return err != nil
@@ -456,7 +500,6 @@ func (o *ObjectFile) WriteAt(p []byte, off int64) (int64, error) {
 	if err := o.d.reserve(space, true); err != nil {
 		return 0, err
 	}
-	_, records, _ := objectLayoutUnits(o.size, o.unit)
 	err = nil
 	for _, r := range runs {
 		from, to := (r[0]-k0)*o.unit, min(int64(len(p)), (r[1]-k0)*o.unit)
@@ -474,7 +517,7 @@ func (o *ObjectFile) WriteAt(p []byte, off int64) (int64, error) {
 			binary.LittleEndian.PutUint32(rec[(k-r[0])*recordSize:], unitCRC(o.id, k, data))
 			binary.LittleEndian.PutUint32(rec[(k-r[0])*recordSize+4:], recordMark)
 		}
-		_, err = o.f.WriteAt(rec, records+r[0]*recordSize)
+		_, err = o.rf.WriteAt(rec, o.recBase+r[0]*recordSize)
 	}
 	if err := o.d.wrote(space, err); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrDirNotWritable, err)

@@ -3,8 +3,10 @@ package fs
 import (
 	"context"
 	"io"
+	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -109,6 +111,54 @@ type memberNode struct {
 	tree   *tree
 	dir    *memberDirNode
 	member npzview.Member
+	opens  openKinds
+}
+
+// openKinds counts the live opens of one member file by kind: the
+// kernel refuses (ETXTBSY, and the user's open fails) a passthrough open
+// while the inode has page-cached opens, and a page-cached one while it
+// has passthrough opens. An open is counted before the reply to OPEN and
+// uncounted at RELEASE, so the counts are never below the kernel's.
+type openKinds struct {
+	mu             sync.Mutex
+	cached, direct int
+	// file is the decoded data file the live passthrough opens share
+	// (go-fuse registers one backing file per inode while they last).
+	file *os.File
+}
+
+// open counts an open given f, the member's data file if it may be read
+// directly (or nil), and returns the file the open reads directly (nil:
+// it is page-cached): f if no open is live, the shared file if
+// passthrough opens are. The caller closes unused, f when not taken.
+func (k *openKinds) open(f *os.File) (direct, unused *os.File) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.direct == 0 && (f == nil || k.cached > 0) {
+		k.cached++
+		return nil, f
+	}
+	if k.file == nil {
+		k.file, f = f, nil
+	}
+	k.direct++
+	return k.file, f
+}
+
+// release uncounts an open of the kind open said; after the last
+// passthrough open it returns the shared file, for the caller to close.
+func (k *openKinds) release(direct bool) (last *os.File) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !direct {
+		k.cached--
+		return nil
+	}
+	k.direct--
+	if k.direct == 0 {
+		last, k.file = k.file, nil
+	}
+	return last
 }
 
 var (
@@ -139,7 +189,66 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 		return nil, 0, syscall.EROFS
 	}
 	n.tree.Metrics.opened(1)
+	if h := n.openDirect(ctx); h != nil {
+		n.tree.Metrics.passthroughOpened()
+		return h, 0, 0
+	}
 	return &memberHandle{node: n, reader: n.dir.members.Open(n.member)}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// openDirect returns a handle through which the kernel reads the
+// member's decoded file itself (FUSE passthrough: the daemon does
+// nothing per read), if the view hands out that file (complete, and
+// checked whole) and no page-cached open is live, or if a passthrough
+// open is live (every open then must be one). Otherwise it counts a
+// page-cached open and returns nil.
+func (n *memberNode) openDirect(ctx context.Context) *memberDirectHandle {
+	// Opened with no lock held.
+	direct, unused := n.opens.open(n.dir.members.DirectFile(ctx, n.member))
+	if unused != nil {
+		unused.Close()
+	}
+	if direct == nil {
+		return nil
+	}
+	return &memberDirectHandle{node: n, f: direct}
+}
+
+// memberDirectHandle is one passthrough open of a member file: the
+// kernel reads f, the member's decoded data file, directly.
+type memberDirectHandle struct {
+	node *memberNode
+	f    *os.File
+}
+
+var (
+	_ gofs.FilePassthroughFder = (*memberDirectHandle)(nil)
+	_ gofs.FileReader          = (*memberDirectHandle)(nil)
+	_ gofs.FileReleaser        = (*memberDirectHandle)(nil)
+)
+
+func (h *memberDirectHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), true }
+
+// Read serves a read the kernel sends after all (go-fuse opens a file
+// page-cached when it cannot register its backing file): from the same
+// file, checked whole at this mount.
+func (h *memberDirectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer h.node.tree.Metrics.observe("read", time.Now())
+	n, err := h.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return nil, h.node.tree.errno(ctx, "read", h.node.path(), err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *memberDirectHandle) Release(ctx context.Context) syscall.Errno {
+	n := h.node
+	if last := n.opens.release(true); last != nil {
+		// The kernel holds the backing file while it needs it.
+		last.Close()
+	}
+	n.tree.Metrics.opened(-1)
+	return 0
 }
 
 // memberHandle is one open of a member file.
@@ -206,6 +315,7 @@ func (r heldReply) Done() { r.held.Release() }
 
 func (h *memberHandle) Release(ctx context.Context) syscall.Errno {
 	h.reader.Close()
+	h.node.opens.release(false)
 	h.node.tree.Metrics.opened(-1)
 	return 0
 }

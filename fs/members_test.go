@@ -6,6 +6,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -173,5 +174,56 @@ func TestMemberDirLookupInterruptedWhileDirectoryLoads(t *testing.T) {
 	}
 	if gets := f.store.Gets.Load(); gets != 1 {
 		t.Errorf("%d GETs for the zip directory, want 1", gets)
+	}
+}
+
+// openKinds never lets the kinds of open mix on one member: a file that
+// may be read directly is used only while no page-cached open is live,
+// and every open is passthrough while one is (sharing the first one's
+// file, whether or not it was given one); the shared file is handed back
+// to close after the last passthrough open.
+func TestOpenKinds(t *testing.T) {
+	newFile := func() *os.File {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	a, b := newFile(), newFile()
+	type step struct {
+		// open (with file, or nil) or release (of the kind direct).
+		release, direct bool
+		file            *os.File
+		// want is the file the open reads directly, or the file a
+		// release hands back; unused the file an open leaves.
+		want, unused *os.File
+	}
+	for _, tt := range []struct {
+		name  string
+		steps []step
+	}{
+		{"no file: page-cached", []step{{file: nil, want: nil}, {release: true, direct: false, want: nil}}},
+		{"a file, none live: passthrough", []step{{file: a, want: a}, {release: true, direct: true, want: a}}},
+		{"a file while a cached open lives: cached", []step{{file: nil}, {file: a, want: nil, unused: a}, {release: true}, {file: b, want: nil, unused: b}, {release: true}, {release: true}, {file: b, want: b}}},
+		{"no file while a passthrough open lives: passthrough, shared", []step{{file: a, want: a}, {file: nil, want: a}, {release: true, direct: true, want: nil}, {release: true, direct: true, want: a}}},
+		{"a second file while one is shared: the first", []step{{file: a, want: a}, {file: b, want: a, unused: b}, {release: true, direct: true}, {release: true, direct: true, want: a}, {file: b, want: b}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var k openKinds
+			for i, s := range tt.steps {
+				if s.release {
+					if last := k.release(s.direct); last != s.want {
+						t.Fatalf("step %d: release handed back %v, want %v", i, last, s.want)
+					}
+					continue
+				}
+				direct, unused := k.open(s.file)
+				if direct != s.want || unused != s.unused {
+					t.Fatalf("step %d: open(%v) = %v, %v; want %v, %v", i, s.file, direct, unused, s.want, s.unused)
+				}
+			}
+		})
 	}
 }

@@ -11,6 +11,9 @@ import (
 type Metrics struct {
 	ops         *prometheus.HistogramVec
 	openHandles prometheus.Gauge
+	// passthroughOpens counts opens of member files the kernel reads
+	// directly (FUSE passthrough).
+	passthroughOpens prometheus.Counter
 }
 
 // NewMetrics registers the FUSE metrics with reg.
@@ -25,8 +28,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "bgbfs_open_files",
 			Help: "Files open through the mount.",
 		}),
+		passthroughOpens: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgbfs_npz_passthrough_opens_total",
+			Help: "Opens of member files whose decoded content in --cache-dir the kernel reads directly (FUSE passthrough), not through bgbfs.",
+		}),
 	}
-	reg.MustRegister(m.ops, m.openHandles)
+	reg.MustRegister(m.ops, m.openHandles, m.passthroughOpens)
 	return m
 }
 
@@ -40,5 +47,11 @@ func (m *Metrics) observe(op string, start time.Time) {
 func (m *Metrics) opened(delta float64) {
 	if m != nil {
 		m.openHandles.Add(delta)
+	}
+}
+
+func (m *Metrics) passthroughOpened() {
+	if m != nil {
+		m.passthroughOpens.Inc()
 	}
 }

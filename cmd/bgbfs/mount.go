@@ -128,6 +128,7 @@ func startMount(ctx context.Context, o mountOptions, stderr io.Writer) (_ *liveM
 	}
 	tuneKernelReadAhead(mp, o.kernelReadAhead, npzView, logger)
 	logMounted(logger, m, o, client.Region())
+	startPassthrough(m.server, o, dir, npzView, logger)
 	return m, nil
 }
 
@@ -279,6 +280,49 @@ func tuneKernelReadAhead(mp string, bytes int64, npzView *npzview.View, logger *
 		// The member view reads around windows as the kernel does.
 		npzView.SetKernelReadAhead(bytes)
 	}
+}
+
+// startPassthrough lets the kernel read complete decoded members in the
+// cache dir directly (FUSE passthrough), with --npz-members, a local
+// --cache-dir and --npz-passthrough, if it takes a file of the dir as a
+// backing file; it says in one line whether it does, and why not. (If
+// go-fuse failed to register a backing file on an open, it would open
+// the file page-cached, silently, and the kinds of open counted per
+// member would be wrong: so it is tried once first.)
+func startPassthrough(server *fuse.Server, o mountOptions, dir *cache.Dir, npzView *npzview.View, logger *slog.Logger) {
+	if npzView == nil || dir == nil {
+		return
+	}
+	var why error
+	if !o.npzPassthrough {
+		why = errors.New("--npz-passthrough=false")
+	} else {
+		why = probePassthrough(server, dir)
+	}
+	if why != nil {
+		logger.Info("decoded members served by bgbfs, not by FUSE passthrough", "reason", why)
+		return
+	}
+	npzView.SetDirectFiles(true)
+	logger.Info("decoded members served by FUSE passthrough once complete and checked", "dir", dir)
+}
+
+// probePassthrough registers a file of dir with the kernel as a backing
+// file, and unregisters it.
+func probePassthrough(server *fuse.Server, dir *cache.Dir) error {
+	f, err := dir.ProbeFile()
+	if err != nil {
+		return fmt.Errorf("no file of the cache dir to try it with: %w", err)
+	}
+	defer f.Close()
+	id, errno := server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno != 0 {
+		return fmt.Errorf("the kernel refused a backing file (passthrough needs Linux 6.9 or later, CAP_SYS_ADMIN, and the dir on a file system not stacked): %w", errno)
+	}
+	if errno := server.UnregisterBackingFd(id); errno != 0 {
+		return fmt.Errorf("unregistering a backing file: %w", errno)
+	}
+	return nil
 }
 
 // logMounted logs the mount and every setting it runs with.

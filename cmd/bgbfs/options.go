@@ -40,6 +40,9 @@ type mountOptions struct {
 	// output distance between access points of a compressed member.
 	npzMembers bool
 	npzSpan    int64
+	// npzPassthrough lets the kernel read complete decoded members in a
+	// local cache dir directly (FUSE passthrough).
+	npzPassthrough bool
 	// npzIndexBytes bounds member indexes and npzSpanBytes decoded
 	// spans, both apart from --cache-size.
 	npzIndexBytes, npzSpanBytes int64
@@ -146,6 +149,7 @@ func declareMountFlags(fs *pflag.FlagSet, getenv func(string) string, o *mountOp
 	fs.BoolVar(&o.npzMembers, "npz-members", false, "beside every NAME.npz show NAME.npz.d/, a directory of its members as files (windows.npy, ...) with random access into compressed ones; memory beside --cache-size: --npz-index-size for indexes and 64 checkpoint spans for decoded stretches of members; --block-size and --kernel-read-ahead default to 128KiB and 128KiB")
 	fs.StringVar(&f.npzSpan, "npz-checkpoint-span", "1MiB", "output distance between the access points indexed in a compressed .npz member (at least one before each .npy row): a read inflates at most this much more than it returns")
 	fs.StringVar(&f.npzIndexSize, "npz-index-size", "256MiB", "memory for the indexes of compressed .npz members, beside --cache-size: about 23KB per archive of 73 EEG windows written by numpy, so the default holds the indexes of about 11,000 such archives; an index evicted is built again by inflating its member whole")
+	fs.BoolVar(&o.npzPassthrough, "npz-passthrough", true, "with --npz-members and a local --cache-dir, let the kernel read a compressed member's decoded file in the dir directly (FUSE passthrough: bgbfs does nothing per read) once the file is complete and checked whole against the member's CRC-32; needs Linux 6.9 or later and root; false serves every read through bgbfs")
 	f.readCacheDir = addCacheDirFlags(fs, "keep fetched blocks and (with --npz-members) member indexes in this local directory across runs, so later epochs, restarts and other mounts on the machine read them from disk; or s3://BUCKET/PREFIX/ to read member indexes \"bgbfs index\" wrote there")
 	fs.StringVar(&f.listingMemory, "listing-memory", "32MiB", "memory for directory listings (about 200 bytes an entry), least recently used dropped first; the listing of a directory in use is kept even when larger")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics and plain counters at /stats (e.g. 127.0.0.1:9180); off when empty")

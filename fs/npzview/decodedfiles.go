@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -26,8 +32,11 @@ type DecodedFiles struct {
 	Source string
 }
 
-// decodedArea is where in a cache dir the decoded members are.
-const decodedArea = cache.DecodedArea + "npz/"
+// decodedArea is where in a cache dir the decoded members are, as object
+// pairs: a complete member's data file is the member, which the kernel
+// may read directly. (Files of the single-file layout, in "npz/", are
+// never read: they go idle and are trimmed.)
+const decodedArea = cache.DecodedArea + "npz-pairs/"
 
 // decodedUnit is the unit a decoded member is kept in: a page. The
 // kernel reads a member file in pages, from where the loader touched it,
@@ -45,6 +54,21 @@ const (
 	decodedWriters      = 4
 )
 
+// completeRecheck is how often an open looks again whether a member's
+// decoded file is complete (reading all its records: 170 KB for an
+// 85 MB member), and decodedVerifiers the checks of whole members run at
+// once (mostly waiting for the disk: they read around the page cache).
+const (
+	completeRecheck  = time.Second
+	decodedVerifiers = 4
+	// checkWait bounds how long an open waits for its member's check.
+	checkWait = time.Second
+	// identityRecheck is how often an open looks whether the checked
+	// file is still the pair's (two stats): in between, opens get the
+	// checked file, held open, whatever was done to the name.
+	identityRecheck = 10 * time.Second
+)
+
 // decodedStore writes and reads the decoded members of one view. A
 // member's file is a cache.ObjectFile in units of a page, named by a hash
 // of the store, the archive's key, version tag (ETag) and size, and the
@@ -59,11 +83,43 @@ type decodedStore struct {
 	writes *cache.WriteBehind
 	logger *slog.Logger
 
-	hits, hitBytes, bytesWritten, writesSkipped, damaged atomic.Int64
+	// direct is set while complete members' data files, checked whole,
+	// are handed out (DirectFile).
+	direct atomic.Bool
+	// verifiers runs the checks of whole members, decodedVerifiers at
+	// once; the others wait their turn.
+	verifiers errgroup.Group
+	mu        sync.Mutex
+	// checks is what this mount knows of the members' decoded files:
+	// one entry per member opened while direct is set.
+	checks map[cache.ObjectID]*memberCheck
+
+	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed atomic.Int64
+}
+
+// memberCheck is what a mount knows of one member's decoded file, under
+// the store's mu: whether it checked the data file whole, and that file,
+// held open while it is the pair's (its inode number cannot be reused
+// meanwhile, so a file removed and made anew under the name is told
+// apart, and checked again); whether a check is running, and when the
+// last one started.
+type memberCheck struct {
+	verified  bool
+	file      *os.File
+	data      cache.FileIdentity
+	checking  bool
+	checkedAt time.Time
+	// identityAt is when the name was last found to be the checked
+	// file's.
+	identityAt time.Time
+	// done is closed when the check under way ends.
+	done chan struct{}
 }
 
 func newDecodedStore(files DecodedFiles, logger *slog.Logger) *decodedStore {
-	return &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger}
+	s := &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger, checks: map[cache.ObjectID]*memberCheck{}}
+	s.verifiers.SetLimit(decodedVerifiers)
+	return s
 }
 
 // id names the decoded content of member m of archive obj.
@@ -160,7 +216,7 @@ func (r *MemberReader) decodedFile() *sharedDecoded {
 	r.mu.Unlock()
 	s := r.view.decoded
 	id := s.id(r.obj, r.member)
-	f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
+	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, r.member.UncompressedSize, decodedUnit)
 	if err != nil {
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(r.obj, r.member, err)
@@ -235,7 +291,7 @@ func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off i
 	}
 	id := s.id(obj, m)
 	taken := s.writes.Start([][]byte{p[from-off : to-off]}, func(data []byte, _ int) {
-		f, err := dir.CreateObjectUnits(id.Name(decodedArea), id, size, decodedUnit)
+		f, err := dir.CreateObjectPair(id.Name(decodedArea), id, size, decodedUnit)
 		if err != nil {
 			s.writesSkipped.Add(1)
 			return
@@ -268,7 +324,7 @@ func (v *View) keepHead(obj s3backend.Version, m npz.Member, x *npz.Index) {
 		defer v.life.Done()
 		head := make([]byte, min(headRegion, m.UncompressedSize))
 		id := s.id(obj, m)
-		if f, err := s.files.Dir.OpenObjectUnits(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit); err == nil {
+		if f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit); err == nil {
 			held, _ := f.ReadAt(head, 0)
 			f.Close()
 			if held {
@@ -300,18 +356,216 @@ type DecodedStats struct {
 	// WritesSkipped the writes not made (backlog full, dir full or
 	// paused); Damaged the decoded files and units found damaged.
 	BytesWritten, WritesSkipped, Damaged int64
+	// Verified counts complete decoded files checked whole against
+	// their member's CRC-32 (then handed out by DirectFile),
+	// VerifyFailed those that failed (removed; also in Damaged).
+	Verified, VerifyFailed int64
 }
 
 func (s *decodedStore) stats() DecodedStats {
 	if s == nil {
 		return DecodedStats{}
 	}
-	return DecodedStats{Hits: s.hits.Load(), HitBytes: s.hitBytes.Load(), BytesWritten: s.bytesWritten.Load(), WritesSkipped: s.writesSkipped.Load(), Damaged: s.damaged.Load()}
+	return DecodedStats{Hits: s.hits.Load(), HitBytes: s.hitBytes.Load(), BytesWritten: s.bytesWritten.Load(), WritesSkipped: s.writesSkipped.Load(), Damaged: s.damaged.Load(),
+		Verified: s.verified.Load(), VerifyFailed: s.verifyFailed.Load()}
 }
 
 // wait waits for the writes started so far.
 func (s *decodedStore) wait() {
 	if s != nil {
 		s.writes.Wait()
+	}
+}
+
+// SetDirectFiles turns on (or off) DirectFile: the mount hands complete
+// decoded members to the kernel to read directly (FUSE passthrough),
+// once it knows the kernel takes them. Without a local cache dir it does
+// nothing.
+func (v *View) SetDirectFiles(on bool) {
+	if v.decoded != nil {
+		v.decoded.direct.Store(on)
+	}
+}
+
+// DirectFile returns the decoded data file of member m, open for
+// reading, if this mount checked that file whole against the member's
+// CRC-32: its bytes are the member's, at their own offsets, and its
+// length is the member's size. Otherwise, if the file may be complete,
+// it starts that check in the background (at most once a second per
+// member, decodedVerifiers at once) and waits for it, up to checkWait
+// or until ctx ends: served by the daemon meanwhile, an open would cost
+// it the reads the check saves. It returns nil if the file is not (yet)
+// checked. The caller closes the file. Nothing read through it is
+// checked again: a file changed on disk after the check goes unnoticed
+// until the next mount.
+func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
+	v, mm := a.view, m.member
+	s := v.decoded
+	if s == nil || !s.direct.Load() || mm.Method == npz.Stored {
+		return nil
+	}
+	id := s.id(a.obj, mm)
+	s.mu.Lock()
+	c := s.checks[id]
+	if c == nil {
+		c = &memberCheck{}
+		s.checks[id] = c
+	}
+	if !c.verified {
+		start := !c.checking && time.Since(c.checkedAt) >= completeRecheck
+		if start {
+			c.checking, c.checkedAt, c.done = true, time.Now(), make(chan struct{})
+		}
+		checking, done := c.checking, c.done
+		s.mu.Unlock()
+		if start {
+			v.startVerify(a.obj, mm, id, c)
+		}
+		if !checking {
+			return nil
+		}
+		wait := time.NewTimer(checkWait)
+		defer wait.Stop()
+		select {
+		case <-done:
+		case <-wait.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+		s.mu.Lock()
+		if !c.verified {
+			s.mu.Unlock()
+			return nil
+		}
+	}
+	if time.Since(c.identityAt) < identityRecheck {
+		return s.dupChecked(c)
+	}
+	want := c.data
+	s.mu.Unlock()
+	got, err := s.files.Dir.PairDataIdentity(id.Name(decodedArea))
+	s.mu.Lock()
+	var stale *os.File
+	if c.verified && c.data == want {
+		if err == nil && got == want {
+			c.identityAt = time.Now()
+			return s.dupChecked(c)
+		}
+		// Removed (trimmed, or found damaged), or made anew since:
+		// checked again once complete.
+		stale, c.file, c.verified = c.file, nil, false
+	}
+	s.mu.Unlock()
+	if stale != nil {
+		stale.Close()
+	}
+	return nil
+}
+
+// dupChecked returns the checked file of c on a descriptor of its own;
+// it is called with s.mu held (so that the file is not closed meanwhile)
+// and unlocks it.
+func (s *decodedStore) dupChecked(c *memberCheck) *os.File {
+	f, err := cache.DupFile(c.file)
+	s.mu.Unlock()
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// startVerify checks in the background, under the view's lifetime,
+// whether member m's decoded file is complete and, if it is, the whole
+// file against the member's CRC-32, and records the result in c.
+func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck) {
+	s := v.decoded
+	done := func(f *os.File) {
+		var data cache.FileIdentity
+		if f != nil {
+			if fi, err := f.Stat(); err == nil {
+				data = cache.IdentityOf(fi)
+			} else {
+				f.Close()
+				f = nil
+			}
+		}
+		s.mu.Lock()
+		close(c.done)
+		c.checking, c.done = false, nil
+		if f != nil {
+			c.verified, c.file, c.data, c.identityAt = true, f, data, time.Now()
+		}
+		s.mu.Unlock()
+	}
+	if !v.life.Start(1) {
+		done(nil)
+		return
+	}
+	// Go waits for one of the decodedVerifiers slots: not on the open's
+	// path.
+	go s.verifiers.Go(func() error {
+		defer v.life.Done()
+		if v.life.Context().Err() != nil { // unmounting
+			done(nil)
+			return nil
+		}
+		done(s.verify(obj, m, id))
+		return nil
+	})
+}
+
+// verify checks member m's decoded file: complete, and its content
+// matching the member's CRC-32 (from the zip directory). A file that
+// fails is removed, logged and counted as damaged. It returns the data
+// file it checked, open, if it passed; nil if not.
+func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) *os.File {
+	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
+	if err != nil {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(obj, m, err)
+		}
+		return nil
+	}
+	defer f.Close()
+	if complete, err := f.Complete(); err != nil || !complete {
+		return nil
+	}
+	h := crc32.NewIEEE()
+	if err := f.HashData(h); err != nil {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(obj, m, err)
+		}
+		return nil
+	}
+	if got := h.Sum32(); got != m.CRC32 {
+		s.verifyFailed.Add(1)
+		s.damage(obj, m, f.Drop(fmt.Sprintf("content fails the member's CRC-32 (%08x, want %08x)", got, m.CRC32)))
+		return nil
+	}
+	data, err := f.DupData()
+	if err != nil {
+		return nil
+	}
+	s.verified.Add(1)
+	return data
+}
+
+// closeChecked closes the data files held for the members checked.
+func (s *decodedStore) closeChecked() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	var files []*os.File
+	for _, c := range s.checks {
+		if c.file != nil {
+			files = append(files, c.file)
+			c.file, c.verified = nil, false
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range files {
+		f.Close()
 	}
 }

@@ -3,11 +3,13 @@ package npzview
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -357,5 +359,157 @@ func TestDecodedHeadFromArchiveFile(t *testing.T) {
 	readAll(t, r, [][2]int64{{0, headRegion}}, want)
 	if n, s := d.store.Gets.Load()-gets, view.Stats(); n != 0 || s.Decoded.Hits != 1 {
 		t.Errorf("head after a restart: %d GETs, %+v; want it from the dir", n, s)
+	}
+}
+
+// readWhole reads all of member name of a in runs of 128 KiB, and waits
+// until its decoded file is complete (the head is written once the
+// index is at hand, in the background).
+func (d *decodedFixture) readWhole(t *testing.T, view *View, a *Archive, name string, want []byte) Member {
+	t.Helper()
+	r := openMember(t, a, name)
+	var reads [][2]int64
+	for off := int64(0); off < int64(len(want)); off += 128 << 10 {
+		reads = append(reads, [2]int64{off, 128 << 10})
+	}
+	readAll(t, r, reads, want)
+	id := view.decoded.id(r.obj, r.member)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		view.decoded.wait()
+		f, err := d.dir.OpenObjectPair(id.Name(decodedArea), id, int64(len(want)), decodedUnit)
+		if err == nil {
+			complete, _ := f.Complete()
+			f.Close()
+			if complete {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the decoded file never became complete")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	members, _ := a.Members(context.Background())
+	return members[slices.IndexFunc(members, func(m Member) bool { return m.Name == name })]
+}
+
+// pollDirect calls DirectFile until it returns a file or the view's
+// checks have ended for good (passed or failed, counted), for up to
+// a few seconds.
+func pollDirect(view *View, a *Archive, m Member) *os.File {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if f := a.DirectFile(context.Background(), m); f != nil {
+			return f
+		}
+		if view.Stats().Decoded.VerifyFailed > 0 {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// DirectFile hands out a member's decoded data file only once it is
+// complete and checked whole against the member's CRC-32, on a mount
+// that turned it on; a file that fails the check is removed, logged as
+// damaged, and read the old way; one replaced on disk after its check
+// is not handed out.
+func TestDecodedDirectFile(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	for _, tt := range []struct {
+		name string
+		// whole reads the member whole before; off leaves direct files
+		// off; harm changes the dir before the restart.
+		whole, off bool
+		harm       func(t *testing.T, data string)
+		// direct is whether DirectFile returns the file; verified and
+		// failed the checks counted.
+		direct           bool
+		verified, failed int64
+	}{
+		{name: "complete", whole: true, direct: true, verified: 1},
+		{name: "incomplete", direct: false},
+		{name: "direct files off", whole: true, off: true, direct: false},
+		{name: "a byte flipped", whole: true, harm: func(t *testing.T, data string) {
+			f, err := os.OpenFile(data, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt([]byte{want[200<<10] ^ 1}, 200<<10)
+			f.Close()
+		}, direct: false, failed: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+			view, a := d.view(t)
+			var m Member
+			if tt.whole {
+				m = d.readWhole(t, view, a, "windows.npy", want)
+			} else {
+				readAll(t, openMember(t, a, "windows.npy"), kernelLike(int64(len(want))), want)
+				view.decoded.wait()
+			}
+			id := view.decoded.id(a.obj, m.member)
+			if tt.harm != nil {
+				tt.harm(t, filepath.Join(d.root, id.Name(decodedArea)))
+			}
+			view, a = d.view(t)
+			view.SetDirectFiles(!tt.off)
+			members, err := a.Members(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			m = members[slices.IndexFunc(members, func(m Member) bool { return m.Name == "windows.npy" })]
+			f := pollDirect(view, a, m)
+			if (f != nil) != tt.direct {
+				t.Fatalf("DirectFile = %v; want a file: %v", f, tt.direct)
+			}
+			if f != nil {
+				got, err := io.ReadAll(io.NewSectionReader(f, 0, int64(len(want)))) // descriptors of one file share an offset
+				f.Close()
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("the direct file is not the member: %d bytes, %v", len(got), err)
+				}
+			}
+			s := view.Stats().Decoded
+			if s.Verified != tt.verified || s.VerifyFailed != tt.failed || s.Damaged != tt.failed {
+				t.Errorf("stats %+v; want %d verified, %d failed and damaged", s, tt.verified, tt.failed)
+			}
+			if tt.failed > 0 {
+				if _, err := os.Stat(filepath.Join(d.root, id.Name(decodedArea))); err == nil {
+					t.Error("the file that failed its check is still there")
+				}
+				// Read the old way: right bytes, fetched.
+				gets := d.store.Gets.Load()
+				readAll(t, openMember(t, a, "windows.npy"), [][2]int64{{200 << 10, 4096}}, want)
+				if d.store.Gets.Load() == gets {
+					t.Error("after the failed check a read was not fetched")
+				}
+			}
+			if tt.direct {
+				// Made anew on disk, then damaged: what is handed out is
+				// the file checked (held open), or nothing, never the
+				// new one.
+				data := filepath.Join(d.root, id.Name(decodedArea))
+				os.Remove(data + cache.RecordsSuffix)
+				os.Remove(data)
+				d.readWhole(t, view, a, "windows.npy", want)
+				f, err := os.OpenFile(data, os.O_RDWR, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.WriteAt([]byte{want[100] ^ 1}, 100)
+				f.Close()
+				if f := a.DirectFile(context.Background(), m); f != nil {
+					got, err := io.ReadAll(io.NewSectionReader(f, 0, int64(len(want)))) // descriptors of one file share an offset
+					f.Close()
+					if err != nil || !bytes.Equal(got, want) {
+						t.Errorf("after the pair was made anew and damaged, the file handed out is not the member (%d bytes, %v)", len(got), err)
+					}
+				}
+			}
+		})
 	}
 }

@@ -211,6 +211,7 @@ var errViewClosed = errors.New("npz member view closed: the filesystem is being 
 func (v *View) Close() {
 	v.life.Close()
 	v.decoded.wait()
+	v.decoded.closeChecked()
 	v.indexes.Close()
 }
 

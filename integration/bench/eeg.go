@@ -64,12 +64,18 @@ const (
 	eegUnlimited     = "bgbfs view, unlimited memory: steady"
 	eegCeiling       = "local .npy, mmap_mode=\"r\" (ceiling)"
 	// The decoded windows a daemon keeps in a local --cache-dir: one
-	// daemon reads a shuffled set of windows (epoch 1), a new one with
-	// the same dir reads them again (epoch 2).
-	eegDecoded1 = "bgbfs view, local --cache-dir: epoch 1 (windows kept decoded)"
-	eegDecoded2 = "bgbfs view, local --cache-dir: epoch 2 from the dir's decoded windows, after a restart"
-	// eegDecodedSeed picks the shuffled windows both epochs read.
-	eegDecodedSeed = "31"
+	// daemon reads every window once, shuffled (epoch 1), so every
+	// member is whole in the dir; a new one with the same dir reads
+	// every window again in another order (epoch 2), its members read by
+	// the kernel directly once checked (FUSE passthrough); another new
+	// one does the same with --npz-passthrough=false, every read served
+	// by the daemon.
+	eegDecoded1      = "bgbfs view, local --cache-dir: epoch 1 (windows kept decoded)"
+	eegDecoded2      = "bgbfs view, local --cache-dir: epoch 2 from the dir's decoded windows, after a restart"
+	eegDecoded2NoFP  = "bgbfs view, local --cache-dir, --npz-passthrough=false: epoch 2 from the dir's decoded windows, after a restart"
+	eegDecodedSeed1  = "31"
+	eegDecodedSeed2  = "32"
+	eegDecodedSeedNo = "33"
 )
 
 // eegSet is workload i's data and the servers in front of it.
@@ -120,7 +126,8 @@ func counterDelta(before, after map[string]int64, cpu rowCPU) daemonStats {
 // members in its --cache-dir, if anything: a write skipped in epoch 1 is
 // a miss (and a fetch) in epoch 2.
 func printDecodedCounters(system string, before, after map[string]int64) {
-	names := []string{"npz_decoded_hits", "npz_decoded_read_bytes", "npz_decoded_written_bytes", "npz_decoded_writes_skipped", "npz_decoded_damaged"}
+	names := []string{"npz_decoded_hits", "npz_decoded_read_bytes", "npz_decoded_written_bytes", "npz_decoded_writes_skipped", "npz_decoded_damaged",
+		"npz_decoded_verified", "npz_decoded_verify_failed", "npz_passthrough_opens"}
 	var line strings.Builder
 	for _, n := range names {
 		if d := after[n] - before[n]; d != 0 {
@@ -506,7 +513,10 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		return
 	}
 	decoded := append(slices.Clone(view), "--cache-dir", decodedDir)
-	decodedEpoch := append([]string{"--view", "--forget", "--epoch", "--seed", eegDecodedSeed, "--first", "0", "--samples", samples}, verify...)
+	// A whole epoch each: every window once, in the seed's order.
+	decodedEpoch := func(seed string) []string {
+		return append([]string{"--view", "--forget", "--epoch", "--seed", seed}, verify...)
+	}
 	// Unlimited: blocks and indexes each bounded above all the archives.
 	all := fmt.Sprintf("%dMiB", int64(e.archives)>>20+512)
 	unlimited := []string{"--npz-members", "--cache-size", all, "--npz-index-size", all}
@@ -530,10 +540,13 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 			b.eegMeasure(profile, eegSteady, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--samples", samples}, verify...)...))
 		}},
 		{eegDecoded1, decoded, "", func(m *eegMounted) {
-			b.eegMeasure(profile, eegDecoded1, m, b.eegTrainer(ctx, train(m), decodedEpoch...))
+			b.eegMeasure(profile, eegDecoded1, m, b.eegTrainer(ctx, train(m), decodedEpoch(eegDecodedSeed1)...))
 		}},
 		{eegDecoded2, decoded, "", func(m *eegMounted) {
-			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch...))
+			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch(eegDecodedSeed2)...))
+		}},
+		{eegDecoded2NoFP, append(slices.Clone(decoded), "--npz-passthrough=false"), "", func(m *eegMounted) {
+			b.eegMeasure(profile, eegDecoded2NoFP, m, b.eegTrainer(ctx, train(m), decodedEpoch(eegDecodedSeedNo)...))
 		}},
 		{eegUnlimitedWarm, unlimited, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegUnlimitedWarm, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
@@ -556,7 +569,9 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 		steps = append(steps, inMemory)
 	}
 	if c.eegDecoded {
-		steps = slices.DeleteFunc(steps, func(s eegStep) bool { return s.system != eegDecoded1 && s.system != eegDecoded2 })
+		steps = slices.DeleteFunc(steps, func(s eegStep) bool {
+			return s.system != eegDecoded1 && s.system != eegDecoded2 && s.system != eegDecoded2NoFP
+		})
 	}
 	for _, s := range steps {
 		if ctx.Err() != nil {
