@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/bgbfs/bgbfs/cache"
 	"github.com/bgbfs/bgbfs/fs/npz"
@@ -93,6 +94,13 @@ type decodedStore struct {
 	// checks is what this mount knows of the members' decoded files:
 	// one entry per member opened while direct is set.
 	checks map[cache.ObjectID]*memberCheck
+	// held is the checked files held open and the checks under way
+	// (each may hold one), under mu; heldMax bounds it, so that the
+	// descriptors held stay within what the process may open (the
+	// bucket has ~13,000 compressed members). A member past it is
+	// served by the daemon, logged once (heldFull).
+	held, heldMax int
+	heldFull      bool
 
 	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed atomic.Int64
 }
@@ -117,7 +125,8 @@ type memberCheck struct {
 }
 
 func newDecodedStore(files DecodedFiles, logger *slog.Logger) *decodedStore {
-	s := &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger, checks: map[cache.ObjectID]*memberCheck{}}
+	s := &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger, checks: map[cache.ObjectID]*memberCheck{},
+		heldMax: heldFilesMax()}
 	s.verifiers.SetLimit(decodedVerifiers)
 	return s
 }
@@ -412,7 +421,7 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 		s.checks[id] = c
 	}
 	if !c.verified {
-		start := !c.checking && time.Since(c.checkedAt) >= completeRecheck
+		start := !c.checking && time.Since(c.checkedAt) >= completeRecheck && s.holdLocked()
 		if start {
 			c.checking, c.checkedAt, c.done = true, time.Now(), make(chan struct{})
 		}
@@ -455,6 +464,7 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 		// Removed (trimmed, or found damaged), or made anew since:
 		// checked again once complete.
 		stale, c.file, c.verified = c.file, nil, false
+		s.held--
 	}
 	s.mu.Unlock()
 	if stale != nil {
@@ -495,6 +505,8 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 		c.checking, c.done = false, nil
 		if f != nil {
 			c.verified, c.file, c.data, c.identityAt = true, f, data, time.Now()
+		} else {
+			s.held--
 		}
 		s.mu.Unlock()
 	}
@@ -562,10 +574,36 @@ func (s *decodedStore) closeChecked() {
 		if c.file != nil {
 			files = append(files, c.file)
 			c.file, c.verified = nil, false
+			s.held--
 		}
 	}
 	s.mu.Unlock()
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// holdLocked takes one of the descriptors a check may hold (with s.mu
+// held), and reports whether there was one.
+func (s *decodedStore) holdLocked() bool {
+	if s.held < s.heldMax {
+		s.held++
+		return true
+	}
+	if !s.heldFull {
+		s.heldFull = true
+		s.logger.Warn("decoded members past this many are served by bgbfs, not by FUSE passthrough: each one read directly holds a file open, and half the process's open-file limit is the most they may hold", "members", s.heldMax)
+	}
+	return false
+}
+
+// heldFilesMax is how many checked files a mount may hold open: half its
+// open-file limit (Go raises the soft limit to the hard one at start),
+// the rest left for the block files, sockets and opens of the daemon.
+func heldFilesMax() int {
+	var l unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &l); err != nil {
+		return 0
+	}
+	return int(min(l.Cur/2, 1<<20))
 }

@@ -423,7 +423,9 @@ func TestDecodedDirectFile(t *testing.T) {
 		// whole reads the member whole before; off leaves direct files
 		// off; harm changes the dir before the restart.
 		whole, off bool
-		harm       func(t *testing.T, data string)
+		// noRoom leaves no open file to hold a checked member with.
+		noRoom bool
+		harm   func(t *testing.T, data string)
 		// direct is whether DirectFile returns the file; verified and
 		// failed the checks counted.
 		direct           bool
@@ -432,6 +434,7 @@ func TestDecodedDirectFile(t *testing.T) {
 		{name: "complete", whole: true, direct: true, verified: 1},
 		{name: "incomplete", direct: false},
 		{name: "direct files off", whole: true, off: true, direct: false},
+		{name: "no open file left to hold", whole: true, noRoom: true, direct: false},
 		{name: "a byte flipped", whole: true, harm: func(t *testing.T, data string) {
 			f, err := os.OpenFile(data, os.O_RDWR, 0)
 			if err != nil {
@@ -457,6 +460,9 @@ func TestDecodedDirectFile(t *testing.T) {
 			}
 			view, a = d.view(t)
 			view.SetDirectFiles(!tt.off)
+			if tt.noRoom {
+				view.decoded.heldMax = 0
+			}
 			members, err := a.Members(context.Background())
 			if err != nil {
 				t.Fatal(err)
