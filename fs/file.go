@@ -26,7 +26,17 @@ type fileNode struct {
 var (
 	_ gofs.NodeOpener    = (*fileNode)(nil)
 	_ gofs.NodeGetattrer = (*fileNode)(nil)
+	_ gofs.NodeFlusher   = (*fileNode)(nil)
 )
+
+// Flush is the kernel's call on every close(2) of a file, which a
+// read-only file has nothing to do in; ENOSYS makes the kernel stop
+// sending it for the whole mount (fc->no_flush), saving a request each
+// close: numpy opens a member file about four times a sample.
+func (f *fileNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	f.tree.Metrics.observe("flush", time.Now())
+	return syscall.ENOSYS
+}
 
 func (f *fileNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	f.tree.fileAttr(f.entry, &out.Attr)

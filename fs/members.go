@@ -164,7 +164,14 @@ func (k *openKinds) release(direct bool) (last *os.File) {
 var (
 	_ gofs.NodeOpener    = (*memberNode)(nil)
 	_ gofs.NodeGetattrer = (*memberNode)(nil)
+	_ gofs.NodeFlusher   = (*memberNode)(nil)
 )
+
+// Flush: see fileNode.Flush.
+func (n *memberNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	n.tree.Metrics.observe("flush", time.Now())
+	return syscall.ENOSYS
+}
 
 func (n *memberNode) path() string { return n.dir.path() + "/" + n.member.Name }
 

@@ -154,6 +154,18 @@ func TestMetrics(t *testing.T) {
 	if fuseOps(after, "open") <= fuseOps(before, "open") {
 		t.Errorf("bgbfs_fuse_operation_duration_seconds_count{op=open} did not grow (%v → %v)", fuseOps(before, "open"), fuseOps(after, "open"))
 	}
+	// A read-only file has nothing to flush: the first close's FLUSH is
+	// answered ENOSYS, and the kernel sends no other for the mount.
+	for range 5 {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	if n := fuseOps(scrapeMetrics(t, addr), "flush"); n != 1 {
+		t.Errorf("the kernel sent %v FLUSH requests for 6 closes, want 1 (then no more for the mount)", n)
+	}
 	// Every block the read needed counts once per read call as a hit
 	// (cached, held by read-ahead, being fetched) or a miss (fetched for
 	// the read): a cold sequential read is mostly read-ahead's hits.
