@@ -191,6 +191,11 @@ func TestNPZPassthrough(t *testing.T) {
 	// nothing.
 	m = mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
 	t.Run("read by the kernel", func(t *testing.T) {
+		// An open made before the mount turned passthrough on (just
+		// after it appeared in mountinfo) starts no check.
+		if !m.waitLog(passthroughOnMsg) {
+			t.Fatalf("no %q line; stderr:\n%s", passthroughOnMsg, lastBytes(m.Stderr(), 3000))
+		}
 		touchMembers(t, m.Mountpoint, archives)
 		m.waitMetric(t, metricVerified, passthroughArchives)
 		dropPageCache(t)
@@ -285,8 +290,18 @@ func TestNPZPassthrough(t *testing.T) {
 		}
 		f.Close()
 		m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
-		touchMembers(t, m.Mountpoint, archives)
-		m.waitMetric(t, metricVerifyFailed, 1)
+		// Opens start the check: poll, since an open made before the
+		// mount turned passthrough on (just after it appeared in
+		// mountinfo) starts none.
+		if !pollUntil(20*time.Second, func() bool {
+			touchMembers(t, m.Mountpoint, archives)
+			return m.metric(t, metricVerifyFailed) >= 1
+		}) {
+			t.Fatalf("the damaged member was never checked; stderr:\n%s", lastBytes(m.Stderr(), 3000))
+		}
+		if n := m.metric(t, metricVerifyFailed); n != 1 {
+			t.Errorf("%v failed checks, want 1", n)
+		}
 		dropPageCache(t)
 		proxy.WaitQuiet(300*time.Millisecond, 10*time.Second)
 		proxy.Reset()
