@@ -63,6 +63,10 @@ const (
 	eegUnlimitedWarm = "bgbfs view, unlimited memory: first touch"
 	eegUnlimited     = "bgbfs view, unlimited memory: steady"
 	eegCeiling       = "local .npy, mmap_mode=\"r\" (ceiling)"
+	// eegCeilingEpoch is the ceiling for epoch 2 from the dir: a whole
+	// epoch in epoch 2's order, nothing dropped while it runs (see
+	// decodedEpoch2).
+	eegCeilingEpoch = "local .npy, mmap_mode=\"r\": a whole epoch in epoch 2's order, pages kept"
 	// The decoded windows a daemon keeps in a local --cache-dir: one
 	// daemon reads every window once, shuffled (epoch 1), so every
 	// member is whole in the dir; a new one with the same dir reads
@@ -89,11 +93,12 @@ type eegSet struct {
 	archives                 float64 // bytes of all the archives
 	// Every deflated member (windows and labels): what `bgbfs index`
 	// inflates.
-	deflated        float64
-	deflatedMembers int
-	srv             *testbed.MinIO
-	counting        *testbed.CountingProxy
-	ceilingDone     bool
+	deflated         float64
+	deflatedMembers  int
+	srv              *testbed.MinIO
+	counting         *testbed.CountingProxy
+	ceilingDone      bool
+	ceilingEpochDone bool
 	// daemon is what each row's daemon said (at /stats), by row key.
 	daemon map[string]daemonStats
 	// index is the part about kept indexes: `bgbfs index` runs and the view after a
@@ -517,6 +522,14 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 	decodedEpoch := func(seed string) []string {
 		return append([]string{"--view", "--forget", "--epoch", "--seed", seed}, verify...)
 	}
+	// Epoch 2 keeps the pages it reads, and so does its local ceiling:
+	// a passthrough member's POSIX_FADV_DONTNEED does not reach its
+	// backing file in the dir (Linux 6.18), so with --forget the kernel
+	// would keep what the passthrough rows read past each window, and
+	// the local row drop it. Each window is still read once.
+	decodedEpoch2 := func(seed string) []string {
+		return append([]string{"--view", "--epoch", "--seed", seed}, verify...)
+	}
 	// Unlimited: blocks and indexes each bounded above all the archives.
 	all := fmt.Sprintf("%dMiB", int64(e.archives)>>20+512)
 	unlimited := []string{"--npz-members", "--cache-size", all, "--npz-index-size", all}
@@ -543,10 +556,14 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 			b.eegMeasure(profile, eegDecoded1, m, b.eegTrainer(ctx, train(m), decodedEpoch(eegDecodedSeed1)...))
 		}},
 		{eegDecoded2, decoded, "", func(m *eegMounted) {
-			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch(eegDecodedSeed2)...))
+			if !e.ceilingEpochDone {
+				e.ceilingEpochDone = true
+				b.eegMeasure("local", eegCeilingEpoch, nil, b.eegTrainer(ctx, e.npy, "--view", "--epoch", "--seed", eegDecodedSeed2))
+			}
+			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed2)...))
 		}},
 		{eegDecoded2NoFP, append(slices.Clone(decoded), "--npz-passthrough=false"), "", func(m *eegMounted) {
-			b.eegMeasure(profile, eegDecoded2NoFP, m, b.eegTrainer(ctx, train(m), decodedEpoch(eegDecodedSeedNo)...))
+			b.eegMeasure(profile, eegDecoded2NoFP, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeedNo)...))
 		}},
 		{eegUnlimitedWarm, unlimited, "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegUnlimitedWarm, m, b.eegTrainer(ctx, train(m), append([]string{"--view", "--forget", "--each-file-once"}, verify...)...))
@@ -624,9 +641,9 @@ func (b *bench) eegTargets(p string) []target {
 		}
 	}
 	if d2, ok := b.find("i", p, eegDecoded2); ok && d2.m.bytesRead > 0 {
-		if l, ok := b.find("i", "local", eegCeiling); ok {
+		if l, ok := b.find("i", "local", eegCeilingEpoch); ok {
 			r := d2.m.value / l.m.value
-			out = append(out, target{"(i) epoch 2 from the dir's decoded windows ≥ 0.9× local uncompressed .npy", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d2.m.value, l.m.value), verdict(r >= 0.9)})
+			out = append(out, target{"(i) epoch 2 from the dir's decoded windows ≥ 0.9× local uncompressed .npy (the same epoch)", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d2.m.value, l.m.value), verdict(r >= 0.9)})
 		}
 		windows := float64(d2.m.bytesRead) / windowBytes
 		if d, ok := e.daemon[eegKey(p, eegDecoded2)]; ok {
