@@ -71,6 +71,12 @@ type MemberReader struct {
 	// decoded is the member's decoded file in the cache dir, once
 	// opened.
 	decoded *sharedDecoded
+	// aheadOff and aheadEnd are the archive bytes this open asked to
+	// fetch ahead: the kernel's later reads of the same window ask for
+	// them again, and asking the cache (a lookup per block, the
+	// read-ahead budget taken and given back) cost as much as a
+	// fetch-free read's other bookkeeping.
+	aheadOff, aheadEnd int64
 }
 
 // decodedSpan is the content [start, stop) after an access point; more,
@@ -387,15 +393,20 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	if r.readDecoded(p, off) {
 		// Read before, decoded: nothing fetched or inflated.
 	} else if h := r.view.savedHead(r.obj, r.member); off+int64(len(p)) <= int64(len(h)) {
-		// The archive file bgbfs index wrote kept it: a first open
-		// after a restart fetches and inflates nothing for numpy's
-		// header read.
+		// The archive file bgbfs index wrote kept it, or an earlier
+		// open inflated it through the index: numpy's header read of
+		// every np.load fetches and inflates nothing.
 		copy(p, h[off:])
 		r.keepDecoded(p, off)
-	} else if checked, err := r.inflateHead(ctx, p, off); err != nil {
-		return err
-	} else if checked {
+	} else if x := r.heldIndex(); x != nil {
+		h, err := r.inflateHeadRegion(ctx, x)
+		if err != nil {
+			return err
+		}
+		copy(p, h[off:])
 		r.keepDecoded(p, off)
+	} else if err := r.inflateHead(ctx, p, off); err != nil {
+		return err
 	}
 	if off == 0 {
 		if l, err := npz.ParseNPYHeader(p); err == nil {
@@ -407,31 +418,41 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 	return nil
 }
 
-// inflateHead inflates p at off from the member's start, and reports
-// whether it did through the member's index (whose build checked the
-// member). An index holds the .npy header: numpy's header read of every np.load then costs no
-// request, and is checked. (Only one in memory: the archive file bgbfs
-// index writes put its indexes there when the directory was read; asking
-// an s3:// dir for a member's own file on every header read would cost a
-// GET each.)
-func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) (bool, error) {
-	x := r.heldIndex()
-	checked := x != nil
-	if x == nil {
-		dataOff, err := r.dataOffset(ctx)
-		if err != nil {
-			return false, err
-		}
-		if x, err = npz.StartIndex(r.member, dataOff); err != nil {
-			return false, err
-		}
+// inflateHead inflates p at off from the start of the member's stream,
+// with no index: the bytes are not checked (the member has not been
+// inflated whole), and nothing is kept.
+func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) error {
+	dataOff, err := r.dataOffset(ctx)
+	if err != nil {
+		return err
+	}
+	x, err := npz.StartIndex(r.member, dataOff)
+	if err != nil {
+		return err
 	}
 	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), p, off, r.view.buffers)
 	r.view.inflated.Add(inflated)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return false, err
+		return err
 	}
-	return checked, nil
+	return nil
+}
+
+// inflateHeadRegion inflates the member's head region (headRegion
+// bytes, or the member if shorter) through its index x (whose build
+// checked the member), and keeps it in the view for the header reads of
+// later opens: numpy reads the header on every np.load, through a new
+// open, and the kernel asks for the pages around it; the index alone
+// keeps too little of the head to answer that.
+func (r *MemberReader) inflateHeadRegion(ctx context.Context, x *npz.Index) ([]byte, error) {
+	h := make([]byte, min(headRegion, r.member.UncompressedSize))
+	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), h, 0, r.view.buffers)
+	r.view.inflated.Add(inflated)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	r.view.holdHead(indexKey(r.obj, r.member), h)
+	return h, nil
 }
 
 // archiveBytes is what inflating a piece of the member reads the
@@ -532,8 +553,44 @@ func (r *MemberReader) prefetch(x *npz.Index, off, end int64) {
 	if rowEnd > 0 && end <= rowEnd {
 		to = min(to, rowEnd)
 	}
-	r.src.Prefetch(x.SourceRange(from, to))
+	off, n := x.SourceRange(from, to)
+	for _, a := range r.notAskedAhead(off, off+n) {
+		if r.view.onPrefetch != nil {
+			r.view.onPrefetch(a.off, a.n)
+		}
+		r.src.Prefetch(a.off, a.n)
+	}
 }
+
+// notAskedAhead returns the parts of the archive bytes [off, end) this
+// open has not asked to fetch ahead yet, and counts them as asked. Only
+// one stretch is remembered: an open reads one window, in order or
+// around it. A part asked before whose fetch failed, or whose blocks the
+// cache dropped since, is fetched by the read that needs it.
+func (r *MemberReader) notAskedAhead(off, end int64) []byteRange {
+	if off >= end {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.aheadOff >= r.aheadEnd || end < r.aheadOff || off > r.aheadEnd {
+		r.aheadOff, r.aheadEnd = off, end
+		return []byteRange{{off, end - off}}
+	}
+	var parts []byteRange
+	if off < r.aheadOff {
+		parts = append(parts, byteRange{off, r.aheadOff - off})
+		r.aheadOff = off
+	}
+	if end > r.aheadEnd {
+		parts = append(parts, byteRange{r.aheadEnd, end - r.aheadEnd})
+		r.aheadEnd = end
+	}
+	return parts
+}
+
+// byteRange is the bytes [off, off+n).
+type byteRange struct{ off, n int64 }
 
 // span returns the content from the access point at start on, at least
 // up to upto, inflating it up to limit (upto or further, at most the

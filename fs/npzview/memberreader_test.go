@@ -132,3 +132,95 @@ func TestMemberReaderSpanBudget(t *testing.T) {
 		t.Errorf("%d bytes of decoded spans still held after every reader closed", n)
 	}
 }
+
+// numpy reads an array's header through a new open on every np.load.
+// Once the member's index is held, the first open's header read inflates
+// the head and the view keeps it: later opens' header reads inflate
+// nothing, and get the right bytes.
+func TestMemberHeadInflatedOnce(t *testing.T) {
+	want := npztest.NPY(20, 300<<10, 7)
+	f := newViewFixtureOf(t, npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
+	f.index(t, f.reader(t, "windows.npy"))
+	for _, tt := range []struct {
+		name        string
+		off, n      int64
+		wantInflate bool
+	}{
+		{"first open", 0, headRegion, true},
+		{"second open", 0, headRegion, false},
+		{"a smaller read", 0, 16 << 10, false},
+		{"within the head", 100, 8 << 10, false},
+	} {
+		r := f.reader(t, "windows.npy")
+		before := f.view.Stats().InflatedBytes
+		got, err := readMember(r, int(tt.n), tt.off)
+		if err != nil || !bytes.Equal(got, want[tt.off:tt.off+tt.n]) {
+			t.Fatalf("%s: header read at %d: %v (right bytes: %v)", tt.name, tt.off, err, bytes.Equal(got, want[tt.off:tt.off+tt.n]))
+		}
+		if inflated := f.view.Stats().InflatedBytes - before; (inflated > 0) != tt.wantInflate {
+			t.Errorf("%s: header read inflated %d bytes, want inflating: %v", tt.name, inflated, tt.wantInflate)
+		}
+		if tt.off == 0 && (r.layout == nil || r.layout.RowBytes != 300<<10) {
+			t.Errorf("%s: layout after the header read: %+v", tt.name, r.layout)
+		}
+	}
+}
+
+// The kernel reads one window as a chain of requests; the first asks the
+// block cache to fetch the window's compressed bytes ahead. The others,
+// and the same reads again, ask for nothing more: with every block
+// cached, each ask was a lookup per block for nothing.
+func TestMemberReadsAskAheadOnce(t *testing.T) {
+	const rowBytes = 300 << 10
+	want := npztest.NPY(20, rowBytes, 7)
+	f := newViewFixtureOf(t, npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}, nil)
+	x := f.index(t, f.reader(t, "windows.npy"))
+	var mu sync.Mutex
+	var asked []byteRange
+	f.view.onPrefetch = func(off, n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked = append(asked, byteRange{off, n})
+	}
+	r := f.reader(t, "windows.npy")
+	if _, err := readMember(r, headRegion, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Row 7, in the kernel's 128 KiB reads, from its first page on.
+	rowStart := int64(len(want)) - 20*rowBytes + 7*rowBytes
+	var reads []int64
+	for off := rowStart &^ (128<<10 - 1); off < rowStart+rowBytes; off += 128 << 10 {
+		reads = append(reads, off)
+	}
+	askedBy := func() int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		var n int64
+		for i, a := range asked {
+			for _, b := range asked[:i] {
+				if a.off < b.off+b.n && b.off < a.off+a.n {
+					t.Errorf("asked for archive bytes %d+%d again (asked %d+%d before)", a.off, a.n, b.off, b.n)
+				}
+			}
+			n += a.n
+		}
+		asked = asked[:0]
+		return n
+	}
+	for pass := range 2 {
+		for _, off := range reads {
+			got, err := readMember(r, 128<<10, off)
+			if err != nil || !bytes.Equal(got, want[off:off+int64(len(got))]) {
+				t.Fatalf("pass %d: read at %d: %v", pass, off, err)
+			}
+		}
+		n := askedBy()
+		if pass == 0 {
+			if _, compressed := x.SourceRange(rowStart, rowStart+rowBytes); n < compressed {
+				t.Errorf("the window's reads asked for %d bytes ahead, less than its %d compressed bytes", n, compressed)
+			}
+		} else if n != 0 {
+			t.Errorf("reading the window again asked for %d bytes ahead, want 0", n)
+		}
+	}
+}

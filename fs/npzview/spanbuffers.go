@@ -71,19 +71,27 @@ func newSpanBuffers(budget *cache.Budget) *spanBuffers {
 }
 
 // get returns a buffer of at least n bytes, with one reference: the
-// caller's.
+// caller's. It is the smallest free one that fits: a window's spans are
+// a whole checkpoint span and short ones (the row's end, the stretch
+// past it), and a short span given a long buffer left the next long span
+// none, which then took a megabyte of fresh pages.
 func (p *spanBuffers) get(n int64) *spanBuffer {
 	p.mu.Lock()
+	best := -1
 	for i, b := range p.free {
-		if int64(len(b.data)) >= n {
-			p.free[i] = p.free[len(p.free)-1]
-			p.free[len(p.free)-1] = nil
-			p.free = p.free[:len(p.free)-1]
-			p.freeBytes -= int64(len(b.data))
-			p.mu.Unlock()
-			b.refs.Store(1)
-			return b
+		if l := len(b.data); int64(l) >= n && (best < 0 || l < len(p.free[best].data)) {
+			best = i
 		}
+	}
+	if best >= 0 {
+		b := p.free[best]
+		p.free[best] = p.free[len(p.free)-1]
+		p.free[len(p.free)-1] = nil
+		p.free = p.free[:len(p.free)-1]
+		p.freeBytes -= int64(len(b.data))
+		p.mu.Unlock()
+		b.refs.Store(1)
+		return b
 	}
 	p.mu.Unlock()
 	b := &spanBuffer{data: make([]byte, (n+spanBufferRound-1)/spanBufferRound*spanBufferRound), pool: p}

@@ -236,3 +236,20 @@ func TestReadHeldMatchesReadAt(t *testing.T) {
 		})
 	}
 }
+
+// A window's spans are a long one and short ones: a short span takes the
+// smallest free buffer that fits, leaving the long one for the next long
+// span, which would otherwise take fresh memory.
+func TestSpanBuffersSmallestThatFits(t *testing.T) {
+	const long, short = 1 << 20, 200 << 10
+	p := newSpanBuffers(cache.NewBudget(8 * long))
+	longBuf, shortBuf := p.get(long), p.get(short)
+	longBuf.release()
+	shortBuf.release()
+	if got := p.get(short); got != shortBuf {
+		t.Errorf("get(%d) took a buffer of %d bytes; want the free one of %d", short, len(got.data), len(shortBuf.data))
+	}
+	if got := p.get(long); got != longBuf {
+		t.Errorf("get(%d) made a new buffer; want the free one of %d bytes", long, len(longBuf.data))
+	}
+}

@@ -63,9 +63,10 @@ type View struct {
 	// about what they take (directoryBytes).
 	dirs     map[string]*npz.Directory
 	dirBytes int64
-	// heads holds the starts of members' content that archive files
-	// keep (SavedArchive.Heads), by indexKey, for the header reads of
-	// first opens; headBytes is what they take.
+	// heads holds the starts of members' content (headRegion bytes)
+	// that archive files keep (SavedArchive.Heads) or that reads
+	// inflated through the member's index, by indexKey, for the header
+	// reads of later opens; headBytes is what they take.
 	heads     map[string][]byte
 	headBytes int64
 
@@ -95,6 +96,9 @@ type View struct {
 	// inflate from: tests count the compressed bytes those inflations
 	// read, beside the view's own count of bytes inflated.
 	wrapInflaterSource func(io.ReaderAt) io.ReaderAt
+	// onPrefetch, if set, is told of every stretch of an archive reads
+	// of member files ask the block cache to fetch ahead.
+	onPrefetch func(off, n int64)
 	// kernelReadAhead is the kernel's read-ahead on the mount, which says
 	// how far around a window the kernel reads.
 	kernelReadAhead atomic.Int64
@@ -111,10 +115,10 @@ const (
 )
 
 // maxHeadBytes bounds the memory of the held heads of members (64 KiB
-// each): a head is wanted right after its archive file is read, by the
-// open that read it, and then by later opens of the member while it is
-// held. It is cleared when full, which only costs a later open fetching
-// the member's first blocks.
+// each): a head is wanted by every np.load of its member (each reads the
+// array's header through a new open). It is cleared when full, which
+// only costs a later open inflating the head again (and, after a
+// restart, fetching the member's first blocks).
 const maxHeadBytes = 16 << 20
 
 // directoryBytes is about what dir takes in memory, held under a
