@@ -399,7 +399,7 @@ func (r *MemberReader) readHead(ctx context.Context, p []byte, off int64) error 
 		copy(p, h[off:])
 		r.keepDecoded(p, off)
 	} else if x := r.heldIndex(); x != nil {
-		h, err := r.inflateHeadRegion(ctx, x)
+		h, err := r.inflateHeadRegion(ctx, x, off+int64(len(p)))
 		if err != nil {
 			return err
 		}
@@ -438,14 +438,19 @@ func (r *MemberReader) inflateHead(ctx context.Context, p []byte, off int64) err
 	return nil
 }
 
-// inflateHeadRegion inflates the member's head region (headRegion
-// bytes, or the member if shorter) through its index x (whose build
-// checked the member), and keeps it in the view for the header reads of
-// later opens: numpy reads the header on every np.load, through a new
-// open, and the kernel asks for the pages around it; the index alone
-// keeps too little of the head to answer that.
-func (r *MemberReader) inflateHeadRegion(ctx context.Context, x *npz.Index) ([]byte, error) {
-	h := make([]byte, min(headRegion, r.member.UncompressedSize))
+// inflateHeadRegion inflates the member's first end bytes (whole pages,
+// at most headRegion, or the member if shorter) through its index x
+// (whose build checked the member), and keeps them in the view for the
+// header reads of later opens: numpy reads the header on every np.load,
+// through a new open, and the kernel asks for the pages around it; the
+// index alone keeps too little of the head to answer that. Only what was
+// asked is inflated and kept: with many more members than the view
+// holds heads of (at the bucket's 13,000 members), most header reads
+// miss, and each would otherwise inflate the whole region.
+func (r *MemberReader) inflateHeadRegion(ctx context.Context, x *npz.Index, end int64) ([]byte, error) {
+	const page = 4 << 10
+	end = (end + page - 1) / page * page
+	h := make([]byte, min(end, headRegion, r.member.UncompressedSize))
 	_, inflated, err := x.ReadAtInflating(r.archiveBytes(ctx), h, 0, r.view.buffers)
 	r.view.inflated.Add(inflated)
 	if err != nil && !errors.Is(err, io.EOF) {
