@@ -546,6 +546,17 @@ func memberNamed(t *testing.T, a *Archive, name string) Member {
 	return members[i]
 }
 
+// newDirectFixture is a decoded fixture whose view hands out direct
+// files, its member windows.npy, and that member's content.
+func newDirectFixture(t *testing.T) (*decodedFixture, *View, *Archive, Member, []byte) {
+	t.Helper()
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	view, a := d.view(t)
+	view.SetDirectFiles(true)
+	return d, view, a, memberNamed(t, a, "windows.npy"), want
+}
+
 // bytesRead is what the kernel counts this process read through
 // read-like calls (rchar).
 func bytesRead(t *testing.T) int64 {
@@ -572,11 +583,7 @@ func bytesRead(t *testing.T) int64 {
 // wait for none, even with every check slot taken: the mount counts the
 // units it writes. Once that count says complete, an open gets the file.
 func TestDecodedDirectFileIncompleteCostsNothing(t *testing.T) {
-	want := npztest.NPY(12, 150<<10, 3)
-	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
-	view, a := d.view(t)
-	view.SetDirectFiles(true)
-	m := memberNamed(t, a, "windows.npy")
+	d, view, a, m, want := newDirectFixture(t)
 	if f := a.DirectFile(context.Background(), m); f != nil {
 		t.Fatal("DirectFile of a member never read returned a file")
 	}
@@ -633,11 +640,7 @@ func TestDecodedDirectFileIncompleteCostsNothing(t *testing.T) {
 // incomplete, no file is handed out, and once a read writes the unit
 // again the file is checked and handed out.
 func TestDecodedDirectFileCountCorrected(t *testing.T) {
-	want := npztest.NPY(12, 150<<10, 3)
-	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
-	view, a := d.view(t)
-	view.SetDirectFiles(true)
-	m := memberNamed(t, a, "windows.npy")
+	d, view, a, m, want := newDirectFixture(t)
 	a.DirectFile(context.Background(), m)
 	d.readWhole(t, view, a, "windows.npy", want)
 	id := view.decoded.id(a.obj, m.member)
@@ -671,11 +674,7 @@ func TestDecodedDirectFileCountCorrected(t *testing.T) {
 // nothing to the member for recountIdle: a mount that only read a member
 // others completed gets the file.
 func TestDecodedDirectFileLearnsOthersWrites(t *testing.T) {
-	want := npztest.NPY(12, 150<<10, 3)
-	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
-	view, a := d.view(t)
-	view.SetDirectFiles(true)
-	m := memberNamed(t, a, "windows.npy")
+	d, view, a, m, want := newDirectFixture(t)
 	if f := a.DirectFile(context.Background(), m); f != nil {
 		t.Fatal("DirectFile of a member never read returned a file")
 	}
