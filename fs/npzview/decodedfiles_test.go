@@ -560,13 +560,14 @@ func newDirectFixture(t *testing.T) (*decodedFixture, *View, *Archive, Member, [
 // bytesRead is what the kernel counts this process read through
 // read-like calls (rchar).
 func bytesRead(t *testing.T) int64 {
+	const name = "rchar"
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/io")
 	if err != nil {
 		t.Skip("no /proc/self/io:", err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+		if v, ok := strings.CutPrefix(line, name+": "); ok {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -574,7 +575,7 @@ func bytesRead(t *testing.T) int64 {
 			return n
 		}
 	}
-	t.Fatal("no rchar in /proc/self/io")
+	t.Fatalf("no %s in /proc/self/io", name)
 	return 0
 }
 
@@ -692,4 +693,25 @@ func TestDecodedDirectFileLearnsOthersWrites(t *testing.T) {
 		t.Fatal("the member another process completed is not handed out after recountIdle")
 	}
 	f.Close()
+}
+
+// An epoch that reads a member whole keeps every unit, those across
+// the boundaries of its spans too (which no span's inflating keeps), so
+// that the next epoch makes no GET.
+func TestDecodedEpochKeepsEveryUnit(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	view, a := d.view(t)
+	d.readWhole(t, view, a, "windows.npy", want)
+	_, a = d.view(t)
+	r := openMember(t, a, "windows.npy")
+	gets := d.store.Gets.Load()
+	var reads [][2]int64
+	for off := int64(0); off < int64(len(want)); off += 128 << 10 {
+		reads = append(reads, [2]int64{off, 128 << 10})
+	}
+	readAll(t, r, reads, want)
+	if n := d.store.Gets.Load() - gets; n != 0 {
+		t.Errorf("the next epoch made %d GETs", n)
+	}
 }
