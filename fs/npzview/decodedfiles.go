@@ -12,8 +12,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
@@ -90,6 +92,10 @@ type decodedStore struct {
 	// direct is set while complete members' data files, checked whole,
 	// are handed out (DirectFile).
 	direct atomic.Bool
+	// backing registers files with the kernel (TryBacking), if set;
+	// backingRefused is set once a registration failed (logged once).
+	backing        atomic.Pointer[BackingFiles]
+	backingRefused atomic.Bool
 	// verifiers runs the checks of whole members, decodedVerifiers at
 	// once; the others wait their turn.
 	verifiers errgroup.Group
@@ -456,6 +462,60 @@ func (s *decodedStore) wait() {
 func (v *View) SetDirectFiles(on bool) {
 	if v.decoded != nil {
 		v.decoded.direct.Store(on)
+	}
+}
+
+// BackingFiles registers files with the kernel as FUSE passthrough
+// backing files, as fuse.Server does.
+type BackingFiles interface {
+	RegisterBackingFd(*fuse.BackingMap) (int32, syscall.Errno)
+	UnregisterBackingFd(id int32) syscall.Errno
+}
+
+// SetBackingFiles gives the view what TryBacking registers files with.
+func (v *View) SetBackingFiles(b BackingFiles) {
+	if v.decoded != nil {
+		v.decoded.backing.Store(&b)
+	}
+}
+
+// TryBacking registers f, a file DirectFile returned, with the kernel as
+// a backing file and unregisters it, and reports whether the kernel took
+// it. The file system tries it before an open that go-fuse will register
+// f for: when that registration fails, go-fuse answers the open
+// page-cached and stops registering for the whole mount, silently, and
+// an open of a member whose passthrough opens are live is then refused
+// by the kernel (EIO). A file the kernel refuses is served by bgbfs; the
+// first refusal is logged at warn, with the reason, later ones at debug.
+func (a *Archive) TryBacking(f *os.File, m Member) bool {
+	s := a.view.decoded
+	if s == nil {
+		return false
+	}
+	b := s.backing.Load()
+	if b == nil {
+		return true
+	}
+	id, errno := (*b).RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno == 0 {
+		(*b).UnregisterBackingFd(id)
+		return true
+	}
+	level := slog.LevelDebug
+	if !s.backingRefused.Swap(true) {
+		level = slog.LevelWarn
+	}
+	s.logger.Log(context.Background(), level, "decoded member served by bgbfs: the kernel refused its file for FUSE passthrough", "archive", a.obj.Key, "member", m.member.Name, "file", f.Name(), "reason", errno)
+	return false
+}
+
+// PassthroughLost turns DirectFile off for good: the kernel read a file
+// DirectFile returned through bgbfs, so go-fuse failed to register it
+// (after TryBacking passed) and registers no file for this mount any
+// more. It logs that once.
+func (a *Archive) PassthroughLost() {
+	if s := a.view.decoded; s != nil && s.direct.Swap(false) {
+		s.logger.Warn("decoded members served by bgbfs from now on: go-fuse failed to register a file for FUSE passthrough, and registers none for this mount any more")
 	}
 }
 
