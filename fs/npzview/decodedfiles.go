@@ -101,7 +101,11 @@ type decodedStore struct {
 	verifiers errgroup.Group
 	mu        sync.Mutex
 	// checks is what this mount knows of the members' decoded files:
-	// one entry per member opened while direct is set.
+	// one entry per member opened while direct is set, for the mount's
+	// life. Not bounded: an entry without a held file is a few hundred
+	// bytes (a few MB for the bucket's ~13,000 compressed members), one
+	// with a file is bounded by heldMax, and an entry dropped would cost
+	// a read of the member's records at its next open.
 	checks map[cache.ObjectID]*memberCheck
 	// held is the checked files held open and the checks under way
 	// (each may hold one), under mu; heldMax bounds it, so that the
