@@ -227,19 +227,21 @@ func (o *ObjectFile) anyWritten() (bool, error) {
 	return false, nil
 }
 
-// Complete reports whether the record of every unit is set: the file
-// holds the whole byte string (its bytes are checked only when read).
-func (o *ObjectFile) Complete() (bool, error) {
+// MissingUnits returns how many units' records are not set: 0 when the
+// file holds the whole byte string (its bytes are checked only when
+// read).
+func (o *ObjectFile) MissingUnits() (int64, error) {
 	recs, err := o.records(0, (o.size+o.unit-1)/o.unit)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
+	var missing int64
 	for i := 0; i < len(recs); i += recordSize {
 		if !marked(recs[i:]) {
-			return false, nil
+			missing++
 		}
 	}
-	return true, nil
+	return missing, nil
 }
 
 // HashData writes the whole data file of a pair, as it is on disk

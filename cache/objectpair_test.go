@@ -68,17 +68,17 @@ func TestObjectPairLayout(t *testing.T) {
 			t.Errorf("%s: %v, %v; want %d bytes", tt.name, fi, err, tt.want)
 		}
 	}
-	complete := func() bool {
+	missing := func() int64 {
 		r, err := o.d.OpenObjectPair(o.name, o.id, size, MinUnitSize)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer r.Close()
-		c, err := r.Complete()
+		n, err := r.MissingUnits()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return c
+		return n
 	}
 	for _, tt := range []struct {
 		from, to int64
@@ -88,11 +88,11 @@ func TestObjectPairLayout(t *testing.T) {
 			t.Errorf("read [%d, %d) = %v, %v; want held %v", tt.from, tt.to, held, err, tt.held)
 		}
 	}
-	if complete() {
-		t.Error("a pair of 2 pages of 11 is complete")
+	if n := missing(); n != 9 {
+		t.Errorf("a pair of 2 pages of 11 misses %d units; want 9", n)
 	}
 	o.writePair(t, 0, size)
-	if !complete() {
+	if n := missing(); n != 0 {
 		t.Error("a pair of every page is not complete")
 	}
 	data, err := os.ReadFile(filepath.Join(o.root, o.name))

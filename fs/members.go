@@ -129,12 +129,23 @@ type openKinds struct {
 
 // open counts an open given f, the member's data file if it may be read
 // directly (or nil), and returns the file the open reads directly (nil:
-// it is page-cached): f if no open is live, the shared file if
-// passthrough opens are. The caller closes unused, f when not taken.
-func (k *openKinds) open(f *os.File) (direct, unused *os.File) {
+// it is page-cached): f if no open is live and try(f) says the kernel
+// takes it as a backing file, the shared file if passthrough opens are.
+// The caller closes unused, f when not taken.
+func (k *openKinds) open(f *os.File, try func(*os.File) bool) (direct, unused *os.File) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.direct == 0 && (f == nil || k.cached > 0) {
+	refused := false
+	if k.direct == 0 && f != nil && k.cached == 0 {
+		// The first passthrough open: go-fuse registers f for it, and a
+		// registration that fails would turn passthrough off for the
+		// whole mount (see npzview.Archive.TryBacking). Tried with no
+		// lock held; the counts may change meanwhile.
+		k.mu.Unlock()
+		refused = !try(f)
+		k.mu.Lock()
+	}
+	if k.direct == 0 && (f == nil || k.cached > 0 || refused) {
 		k.cached++
 		return nil, f
 	}
@@ -211,7 +222,7 @@ func (n *memberNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 // page-cached open and returns nil.
 func (n *memberNode) openDirect(ctx context.Context) *memberDirectHandle {
 	// Opened with no lock held.
-	direct, unused := n.opens.open(n.dir.members.DirectFile(ctx, n.member))
+	direct, unused := n.opens.open(n.dir.members.DirectFile(ctx, n.member), func(f *os.File) bool { return n.dir.members.TryBacking(f, n.member) })
 	if unused != nil {
 		unused.Close()
 	}
@@ -237,10 +248,12 @@ var (
 func (h *memberDirectHandle) PassthroughFd() (int, bool) { return int(h.f.Fd()), true }
 
 // Read serves a read the kernel sends after all (go-fuse opens a file
-// page-cached when it cannot register its backing file): from the same
-// file, checked whole at this mount.
+// page-cached when it cannot register its backing file, and registers
+// none for the mount from then on): from the same file, checked whole at
+// this mount.
 func (h *memberDirectHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	defer h.node.tree.Metrics.observe("read", time.Now())
+	h.node.dir.members.PassthroughLost()
 	n, err := h.f.ReadAt(dest, off)
 	if err != nil && err != io.EOF {
 		return nil, h.node.tree.errno(ctx, "read", h.node.path(), err)

@@ -193,9 +193,10 @@ func TestOpenKinds(t *testing.T) {
 	}
 	a, b := newFile(), newFile()
 	type step struct {
-		// open (with file, or nil) or release (of the kind direct).
-		release, direct bool
-		file            *os.File
+		// open (with file, or nil) or release (of the kind direct);
+		// refused makes the kernel refuse file as a backing file.
+		release, direct, refused bool
+		file                     *os.File
 		// want is the file the open reads directly, or the file a
 		// release hands back; unused the file an open leaves.
 		want, unused *os.File
@@ -209,6 +210,8 @@ func TestOpenKinds(t *testing.T) {
 		{"a file while a cached open lives: cached", []step{{file: nil}, {file: a, want: nil, unused: a}, {release: true}, {file: b, want: nil, unused: b}, {release: true}, {release: true}, {file: b, want: b}}},
 		{"no file while a passthrough open lives: passthrough, shared", []step{{file: a, want: a}, {file: nil, want: a}, {release: true, direct: true, want: nil}, {release: true, direct: true, want: a}}},
 		{"a second file while one is shared: the first", []step{{file: a, want: a}, {file: b, want: a, unused: b}, {release: true, direct: true}, {release: true, direct: true, want: a}, {file: b, want: b}}},
+		{"a file the kernel refuses: cached", []step{{file: a, refused: true, want: nil, unused: a}, {file: b, want: nil, unused: b}, {release: true}, {release: true}, {file: b, want: b}}},
+		{"refused while a passthrough open lives: not tried, shared", []step{{file: a, want: a}, {file: b, refused: true, want: a, unused: b}, {release: true, direct: true}, {release: true, direct: true, want: a}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var k openKinds
@@ -219,7 +222,7 @@ func TestOpenKinds(t *testing.T) {
 					}
 					continue
 				}
-				direct, unused := k.open(s.file)
+				direct, unused := k.open(s.file, func(*os.File) bool { return !s.refused })
 				if direct != s.want || unused != s.unused {
 					t.Fatalf("step %d: open(%v) = %v, %v; want %v, %v", i, s.file, direct, unused, s.want, s.unused)
 				}

@@ -35,6 +35,7 @@ const (
 	metricPassthrough   = "bgbfs_npz_passthrough_opens_total"
 	passthroughOnMsg    = "decoded members served by FUSE passthrough"
 	passthroughOffMsg   = "decoded members served by bgbfs, not by FUSE passthrough"
+	refusedMsg          = "the kernel refused its file for FUSE passthrough"
 )
 
 // windowsScript reads every window of windows.npy of each archive named:
@@ -169,6 +170,20 @@ func touchMembers(t testing.TB, mp string, archives []*idxArchive) {
 	}
 }
 
+// epochOne reads every window of the archives through a mount with
+// cache dir dir, so that every member is whole in the dir (unmounting
+// waits for the writes), and returns their data files.
+func epochOne(t *testing.T, dir, endpoint string, archives []*idxArchive) map[string]string {
+	t.Helper()
+	m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: endpoint})
+	if !m.waitLog(passthroughOnMsg) {
+		t.Fatalf("no %q line at start (this test runs as root on Linux 6.9 or later); stderr:\n%s", passthroughOnMsg, lastBytes(m.Stderr(), 3000))
+	}
+	mustReadWindows(t, m.Mountpoint, archives, "rows")
+	m.Unmount(t)
+	return decodedDataFiles(t, dir, archives)
+}
+
 func TestNPZPassthrough(t *testing.T) {
 	d := idxFixture(t)
 	archives := d.Archives[:passthroughArchives]
@@ -176,20 +191,12 @@ func TestNPZPassthrough(t *testing.T) {
 	proxy := newProxy(t, srv.Endpoint)
 	dir := t.TempDir()
 
-	// Epoch 1: every window read, so every member is whole in the dir
-	// (unmounting waits for the writes).
-	m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
-	if !m.waitLog(passthroughOnMsg) {
-		t.Fatalf("no %q line at start (this test runs as root on Linux 6.9 or later); stderr:\n%s", passthroughOnMsg, lastBytes(m.Stderr(), 3000))
-	}
-	mustReadWindows(t, m.Mountpoint, archives, "rows")
-	m.Unmount(t)
-	files := decodedDataFiles(t, dir, archives)
+	files := epochOne(t, dir, proxy.URL, archives)
 
 	// Epoch 2 on a new daemon: once checked, every member is read by
 	// the kernel from its file: no GET, and the daemon reads next to
 	// nothing.
-	m = mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
+	m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
 	t.Run("read by the kernel", func(t *testing.T) {
 		// An open made before the mount turned passthrough on (just
 		// after it appeared in mountinfo) starts no check.
@@ -260,7 +267,7 @@ func TestNPZPassthrough(t *testing.T) {
 			wg.Wait()
 		}
 		readConcurrently("while the member becomes complete and is checked")
-		// Opens start the check (once a second at most).
+		// An open once the member is known complete starts the check.
 		if !pollUntil(20*time.Second, func() bool { touchMembers(t, m.Mountpoint, one); return m.metric(t, metricVerified) >= 1 }) {
 			t.Fatalf("the member was never checked; stderr:\n%s", lastBytes(m.Stderr(), 3000))
 		}
@@ -334,4 +341,76 @@ func TestNPZPassthrough(t *testing.T) {
 			t.Errorf("%s = %v with --npz-passthrough=false", metricPassthrough, n)
 		}
 	})
+}
+
+// A decoded file the kernel refuses as a backing file (here: on an
+// overlayfs, a stacked file system, while the dir's own files are not)
+// is served by bgbfs, logged; the other members stay passthrough, and
+// an open of one whose passthrough open is held still succeeds (go-fuse,
+// left to register the refused file, would have answered that open
+// page-cached and turned passthrough off for the mount, and the kernel
+// would have refused the mixed open: EIO).
+func TestNPZPassthroughRefusedFile(t *testing.T) {
+	d := idxFixture(t)
+	archives := d.Archives[:passthroughArchives]
+	srv := env.server(t)
+	dir := t.TempDir()
+	files := epochOne(t, dir, srv.Endpoint, archives)
+	// Two archives whose files are in different directories: the
+	// refused one's is put on an overlayfs.
+	var kept, refused *idxArchive
+	for _, a := range archives[1:] {
+		if filepath.Dir(files[a.Name]) != filepath.Dir(files[archives[0].Name]) {
+			kept, refused = archives[0], a
+		}
+	}
+	if refused == nil {
+		t.Skip("every archive's decoded file is in one directory")
+	}
+	over := filepath.Dir(files[refused.Name])
+	upper, work := t.TempDir(), t.TempDir()
+	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", "lowerdir="+over+",upperdir="+upper+",workdir="+work, over).CombinedOutput(); err != nil {
+		t.Skipf("no overlayfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", over).Run() })
+
+	m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: srv.Endpoint})
+	defer m.Unmount(t)
+	if !m.waitLog(passthroughOnMsg) {
+		t.Fatalf("no %q line; stderr:\n%s", passthroughOnMsg, lastBytes(m.Stderr(), 3000))
+	}
+	keptOne := []*idxArchive{kept}
+	if !pollUntil(20*time.Second, func() bool { touchMembers(t, m.Mountpoint, keptOne); return m.metric(t, metricPassthrough) >= 1 }) {
+		t.Fatalf("the kept member was never opened passthrough; stderr:\n%s", lastBytes(m.Stderr(), 3000))
+	}
+	held, err := os.Open(filepath.Join(m.Mountpoint, kept.Name+".d", "windows.npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := held.Read(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	passthrough := m.metric(t, metricPassthrough)
+	refusedOne := []*idxArchive{refused}
+	if !pollUntil(20*time.Second, func() bool { touchMembers(t, m.Mountpoint, refusedOne); return m.metric(t, metricVerified) >= 2 }) {
+		t.Fatalf("the member on the overlayfs was never checked; stderr:\n%s", lastBytes(m.Stderr(), 3000))
+	}
+	touchMembers(t, m.Mountpoint, refusedOne)
+	mustReadWindows(t, m.Mountpoint, refusedOne, "rows")
+	if n := m.metric(t, metricPassthrough); n != passthrough {
+		t.Errorf("%v passthrough opens of the member whose file the kernel refuses, want 0", n-passthrough)
+	}
+	if !strings.Contains(m.Stderr(), refusedMsg) {
+		t.Errorf("no %q line; stderr:\n%s", refusedMsg, lastBytes(m.Stderr(), 3000))
+	}
+	// The kept member: opened again while its passthrough open is held,
+	// and after.
+	mustReadWindows(t, m.Mountpoint, keptOne, "rows")
+	held.Close()
+	before := m.metric(t, metricPassthrough)
+	mustReadWindows(t, m.Mountpoint, keptOne, "rows")
+	if m.metric(t, metricPassthrough) == before {
+		t.Error("the kept member's opens are no longer passthrough")
+	}
 }

@@ -287,8 +287,9 @@ func tuneKernelReadAhead(mp string, bytes int64, npzView *npzview.View, logger *
 // --cache-dir and --npz-passthrough, if it takes a file of the dir as a
 // backing file; it says in one line whether it does, and why not. (If
 // go-fuse failed to register a backing file on an open, it would open
-// the file page-cached, silently, and the kinds of open counted per
-// member would be wrong: so it is tried once first.)
+// the file page-cached, silently, and register none for the mount from
+// then on: so it is tried once first, and the view tries each member's
+// file before its first passthrough open.)
 func startPassthrough(server *fuse.Server, o mountOptions, dir *cache.Dir, npzView *npzview.View, logger *slog.Logger) {
 	if npzView == nil || dir == nil {
 		return
@@ -303,6 +304,7 @@ func startPassthrough(server *fuse.Server, o mountOptions, dir *cache.Dir, npzVi
 		logger.Info("decoded members served by bgbfs, not by FUSE passthrough", "reason", why)
 		return
 	}
+	npzView.SetBackingFiles(server)
 	npzView.SetDirectFiles(true)
 	logger.Info("decoded members served by FUSE passthrough once complete and checked", "dir", dir)
 }

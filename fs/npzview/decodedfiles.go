@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
@@ -55,12 +58,9 @@ const (
 	decodedWriters      = 4
 )
 
-// completeRecheck is how often an open looks again whether a member's
-// decoded file is complete (reading all its records: 170 KB for an
-// 85 MB member), and decodedVerifiers the checks of whole members run at
-// once (mostly waiting for the disk: they read around the page cache).
+// decodedVerifiers is how many checks of whole members run at once
+// (mostly waiting for the disk: they read around the page cache).
 const (
-	completeRecheck  = time.Second
 	decodedVerifiers = 4
 	// checkWait bounds how long an open waits for its member's check.
 	checkWait = time.Second
@@ -68,6 +68,11 @@ const (
 	// file is still the pair's (two stats): in between, opens get the
 	// checked file, held open, whatever was done to the name.
 	identityRecheck = 10 * time.Second
+	// recountIdle is how long an open of a member this mount counts as
+	// incomplete, and has written nothing to since it last read the
+	// member's records, waits before reading them again: units written
+	// by another process sharing the dir are not counted otherwise.
+	recountIdle = time.Minute
 )
 
 // decodedStore writes and reads the decoded members of one view. A
@@ -87,12 +92,20 @@ type decodedStore struct {
 	// direct is set while complete members' data files, checked whole,
 	// are handed out (DirectFile).
 	direct atomic.Bool
+	// backing registers files with the kernel (TryBacking), if set;
+	// backingRefused is set once a registration failed (logged once).
+	backing        atomic.Pointer[BackingFiles]
+	backingRefused atomic.Bool
 	// verifiers runs the checks of whole members, decodedVerifiers at
 	// once; the others wait their turn.
 	verifiers errgroup.Group
 	mu        sync.Mutex
 	// checks is what this mount knows of the members' decoded files:
-	// one entry per member opened while direct is set.
+	// one entry per member opened while direct is set, for the mount's
+	// life. Not bounded: an entry without a held file is a few hundred
+	// bytes (a few MB for the bucket's ~13,000 compressed members), one
+	// with a file is bounded by heldMax, and an entry dropped would cost
+	// a read of the member's records at its next open.
 	checks map[cache.ObjectID]*memberCheck
 	// held is the checked files held open and the checks under way
 	// (each may hold one), under mu; heldMax bounds it, so that the
@@ -101,22 +114,48 @@ type decodedStore struct {
 	// served by the daemon, logged once (heldFull).
 	held, heldMax int
 	heldFull      bool
+	// recountIdle is recountIdle, or what a test sets.
+	recountIdle time.Duration
 
 	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed atomic.Int64
 }
 
 // memberCheck is what a mount knows of one member's decoded file, under
-// the store's mu: whether it checked the data file whole, and that file,
-// held open while it is the pair's (its inode number cannot be reused
-// meanwhile, so a file removed and made anew under the name is told
-// apart, and checked again); whether a check is running, and when the
-// last one started.
+// the store's mu: how many of its units are missing, whether it checked
+// the data file whole, and that file, held open while it is the pair's
+// (its inode number cannot be reused meanwhile, so a file removed and
+// made anew under the name is told apart, and checked again); whether a
+// check is running.
+//
+// The units missing are learned from the records once, at the first
+// open, then counted down as this mount writes units: an open of a
+// member not known complete reads nothing and waits for nothing. The
+// count may say complete too early (two writers of one unit at once, a
+// unit cleared as damaged, the pair trimmed and made anew): the check
+// then reads the records, and the count starts again from them. It may
+// say incomplete too long (units written by another process): an open
+// reads the records again once this mount has written nothing to the
+// member for recountIdle.
 type memberCheck struct {
-	verified  bool
-	file      *os.File
-	data      cache.FileIdentity
-	checking  bool
-	checkedAt time.Time
+	// counted is set once missing is known; missing is the units the
+	// data file lacks, as far as this mount knows (<= 0: complete).
+	counted bool
+	missing int64
+	// reading is set while the records are read (a count, or a check),
+	// and wroteDuring counts the units this mount wrote meanwhile: the
+	// read may or may not have seen them, so they are taken off its
+	// result (the count errs towards complete, which a check corrects).
+	reading     bool
+	wroteDuring int64
+	// countedAt is when the records were last read, wroteSince whether
+	// this mount wrote a unit since.
+	countedAt  time.Time
+	wroteSince bool
+
+	verified bool
+	file     *os.File
+	data     cache.FileIdentity
+	checking bool
 	// identityAt is when the name was last found to be the checked
 	// file's.
 	identityAt time.Time
@@ -124,9 +163,39 @@ type memberCheck struct {
 	done chan struct{}
 }
 
+// learned records what a read of the member's records found: missing
+// units (or err, if it could not tell). Called with s.mu held.
+func (c *memberCheck) learned(missing int64, err error) {
+	c.reading, c.countedAt, c.wroteSince = false, time.Now(), false
+	c.counted, c.missing = err == nil, missing-c.wroteDuring
+	c.wroteDuring = 0
+}
+
+// wrote counts units this mount wrote to the member's file. Called with
+// s.mu held.
+func (c *memberCheck) wrote(units int64) {
+	c.wroteSince = true
+	if c.reading {
+		c.wroteDuring += units
+	}
+	c.missing -= units
+}
+
+// needsCount reports whether an open should read the member's records
+// (see memberCheck), idle being recountIdle. Called with s.mu held.
+func (c *memberCheck) needsCount(idle time.Duration) bool {
+	if c.reading || c.checking {
+		return false
+	}
+	if !c.counted {
+		return c.countedAt.IsZero() || time.Since(c.countedAt) >= idle
+	}
+	return c.missing > 0 && !c.wroteSince && time.Since(c.countedAt) >= idle
+}
+
 func newDecodedStore(files DecodedFiles, logger *slog.Logger) *decodedStore {
 	s := &decodedStore{files: files, writes: cache.NewWriteBehind(DecodedWriteBacklog, decodedWriters), logger: logger, checks: map[cache.ObjectID]*memberCheck{},
-		heldMax: heldFilesMax()}
+		heldMax: heldFilesMax(), recountIdle: recountIdle}
 	s.verifiers.SetLimit(decodedVerifiers)
 	return s
 }
@@ -311,6 +380,10 @@ func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off i
 			s.writesSkipped.Add(1)
 		}
 		s.bytesWritten.Add(n)
+		if n > 0 {
+			// Only the last unit may be short.
+			s.noteWritten(id, (n+decodedUnit-1)/decodedUnit)
+		}
 	})
 	if taken == 0 {
 		s.writesSkipped.Add(1)
@@ -396,14 +469,69 @@ func (v *View) SetDirectFiles(on bool) {
 	}
 }
 
+// BackingFiles registers files with the kernel as FUSE passthrough
+// backing files, as fuse.Server does.
+type BackingFiles interface {
+	RegisterBackingFd(*fuse.BackingMap) (int32, syscall.Errno)
+	UnregisterBackingFd(id int32) syscall.Errno
+}
+
+// SetBackingFiles gives the view what TryBacking registers files with.
+func (v *View) SetBackingFiles(b BackingFiles) {
+	if v.decoded != nil {
+		v.decoded.backing.Store(&b)
+	}
+}
+
+// TryBacking registers f, a file DirectFile returned, with the kernel as
+// a backing file and unregisters it, and reports whether the kernel took
+// it. The file system tries it before an open that go-fuse will register
+// f for: when that registration fails, go-fuse answers the open
+// page-cached and stops registering for the whole mount, silently, and
+// an open of a member whose passthrough opens are live is then refused
+// by the kernel (EIO). A file the kernel refuses is served by bgbfs; the
+// first refusal is logged at warn, with the reason, later ones at debug.
+func (a *Archive) TryBacking(f *os.File, m Member) bool {
+	s := a.view.decoded
+	if s == nil {
+		return false
+	}
+	b := s.backing.Load()
+	if b == nil {
+		return true
+	}
+	id, errno := (*b).RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno == 0 {
+		(*b).UnregisterBackingFd(id)
+		return true
+	}
+	level := slog.LevelDebug
+	if !s.backingRefused.Swap(true) {
+		level = slog.LevelWarn
+	}
+	s.logger.Log(context.Background(), level, "decoded member served by bgbfs: the kernel refused its file for FUSE passthrough", "archive", a.obj.Key, "member", m.member.Name, "file", f.Name(), "reason", errno)
+	return false
+}
+
+// PassthroughLost turns DirectFile off for good: the kernel read a file
+// DirectFile returned through bgbfs, so go-fuse failed to register it
+// (after TryBacking passed) and registers no file for this mount any
+// more. It logs that once.
+func (a *Archive) PassthroughLost() {
+	if s := a.view.decoded; s != nil && s.direct.Swap(false) {
+		s.logger.Warn("decoded members served by bgbfs from now on: go-fuse failed to register a file for FUSE passthrough, and registers none for this mount any more")
+	}
+}
+
 // DirectFile returns the decoded data file of member m, open for
 // reading, if this mount checked that file whole against the member's
 // CRC-32: its bytes are the member's, at their own offsets, and its
-// length is the member's size. Otherwise, if the file may be complete,
-// it starts that check in the background (at most once a second per
-// member, decodedVerifiers at once) and waits for it, up to checkWait
-// or until ctx ends: served by the daemon meanwhile, an open would cost
-// it the reads the check saves. It returns nil if the file is not (yet)
+// length is the member's size. Otherwise, if the file is known complete
+// (memberCheck), it starts that check in the background
+// (decodedVerifiers at once) and waits for it, up to checkWait or until
+// ctx ends: served by the daemon meanwhile, an open would cost it the
+// reads the check saves. An open of a member not known complete neither
+// starts a check nor waits. It returns nil if the file is not (yet)
 // checked. The caller closes the file. Nothing read through it is
 // checked again: a file changed on disk after the check goes unnoticed
 // until the next mount.
@@ -421,9 +549,16 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 		s.checks[id] = c
 	}
 	if !c.verified {
-		start := !c.checking && time.Since(c.checkedAt) >= completeRecheck && s.holdLocked()
+		if c.needsCount(s.recountIdle) {
+			c.reading = true
+			s.mu.Unlock()
+			missing, err := s.countMissing(a.obj, mm, id)
+			s.mu.Lock()
+			c.learned(missing, err)
+		}
+		start := !c.checking && c.counted && c.missing <= 0 && s.holdLocked()
 		if start {
-			c.checking, c.checkedAt, c.done = true, time.Now(), make(chan struct{})
+			c.checking, c.reading, c.wroteDuring, c.done = true, true, 0, make(chan struct{})
 		}
 		checking, done := c.checking, c.done
 		s.mu.Unlock()
@@ -462,8 +597,9 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 			return s.dupChecked(c)
 		}
 		// Removed (trimmed, or found damaged), or made anew since:
-		// checked again once complete.
+		// counted and checked again once complete.
 		stale, c.file, c.verified = c.file, nil, false
+		c.counted, c.countedAt = false, time.Time{}
 		s.held--
 	}
 	s.mu.Unlock()
@@ -472,6 +608,35 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 	}
 	return nil
 }
+
+// noteWritten counts units this mount wrote to the decoded file id.
+func (s *decodedStore) noteWritten(id cache.ObjectID, units int64) {
+	s.mu.Lock()
+	if c := s.checks[id]; c != nil {
+		c.wrote(units)
+	}
+	s.mu.Unlock()
+}
+
+// countMissing reads the records of member m's decoded file and returns
+// how many of its units it lacks (all of them if there is no file).
+func (s *decodedStore) countMissing(obj s3backend.Version, m npz.Member, id cache.ObjectID) (int64, error) {
+	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
+	if err != nil {
+		if errors.Is(err, cache.ErrDamaged) {
+			s.damage(obj, m, err)
+		}
+		if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, cache.ErrDamaged) {
+			return unitsOf(m), nil
+		}
+		return 0, err
+	}
+	defer f.Close()
+	return f.MissingUnits()
+}
+
+// unitsOf is how many units member m's decoded file has.
+func unitsOf(m npz.Member) int64 { return (m.UncompressedSize + decodedUnit - 1) / decodedUnit }
 
 // dupChecked returns the checked file of c on a descriptor of its own;
 // it is called with s.mu held (so that the file is not closed meanwhile)
@@ -490,19 +655,20 @@ func (s *decodedStore) dupChecked(c *memberCheck) *os.File {
 // file against the member's CRC-32, and records the result in c.
 func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck) {
 	s := v.decoded
-	done := func(f *os.File) {
+	done := func(f *os.File, missing int64, err error) {
 		var data cache.FileIdentity
 		if f != nil {
-			if fi, err := f.Stat(); err == nil {
+			if fi, serr := f.Stat(); serr == nil {
 				data = cache.IdentityOf(fi)
 			} else {
 				f.Close()
-				f = nil
+				f, err = nil, serr
 			}
 		}
 		s.mu.Lock()
 		close(c.done)
 		c.checking, c.done = false, nil
+		c.learned(missing, err)
 		if f != nil {
 			c.verified, c.file, c.data, c.identityAt = true, f, data, time.Now()
 		} else {
@@ -511,7 +677,7 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 		s.mu.Unlock()
 	}
 	if !v.life.Start(1) {
-		done(nil)
+		done(nil, 0, context.Canceled)
 		return
 	}
 	// Go waits for one of the decodedVerifiers slots: not on the open's
@@ -519,7 +685,7 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 	go s.verifiers.Go(func() error {
 		defer v.life.Done()
 		if v.life.Context().Err() != nil { // unmounting
-			done(nil)
+			done(nil, 0, context.Canceled)
 			return nil
 		}
 		done(s.verify(obj, m, id))
@@ -530,37 +696,43 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 // verify checks member m's decoded file: complete, and its content
 // matching the member's CRC-32 (from the zip directory). A file that
 // fails is removed, logged and counted as damaged. It returns the data
-// file it checked, open, if it passed; nil if not.
-func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) *os.File {
+// file it checked, open, if it passed; if not, nil and the units the
+// file lacks (all of them once removed), or the error that kept it from
+// telling.
+func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) (*os.File, int64, error) {
 	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
 	if err != nil {
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(obj, m, err)
 		}
-		return nil
+		if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, cache.ErrDamaged) {
+			return nil, unitsOf(m), nil
+		}
+		return nil, 0, err
 	}
 	defer f.Close()
-	if complete, err := f.Complete(); err != nil || !complete {
-		return nil
+	if missing, err := f.MissingUnits(); err != nil || missing > 0 {
+		return nil, missing, err
 	}
 	h := crc32.NewIEEE()
 	if err := f.HashData(h); err != nil {
 		if errors.Is(err, cache.ErrDamaged) {
 			s.damage(obj, m, err)
+			return nil, unitsOf(m), nil
 		}
-		return nil
+		return nil, 0, err
 	}
 	if got := h.Sum32(); got != m.CRC32 {
 		s.verifyFailed.Add(1)
 		s.damage(obj, m, f.Drop(fmt.Sprintf("content fails the member's CRC-32 (%08x, want %08x)", got, m.CRC32)))
-		return nil
+		return nil, unitsOf(m), nil
 	}
 	data, err := f.DupData()
 	if err != nil {
-		return nil
+		return nil, 0, err
 	}
 	s.verified.Add(1)
-	return data
+	return data, 0, nil
 }
 
 // closeChecked closes the data files held for the members checked.

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +53,16 @@ func (d *decodedFixture) view(t *testing.T) (*View, *Archive) {
 	if d.stop != nil {
 		d.stop()
 	}
+	view, a, stop := d.newView(t)
+	d.stop = stop
+	return view, a
+}
+
+// newView returns a new view of the archive as it is now in the store,
+// the archive, and what stops the view (also run when the test ends):
+// another daemon's, beside the fixture's latest.
+func (d *decodedFixture) newView(t *testing.T) (*View, *Archive, func()) {
+	t.Helper()
 	blocks, err := cache.New(d.store, viewCacheOptions)
 	if err != nil {
 		t.Fatal(err)
@@ -59,14 +71,14 @@ func (d *decodedFixture) view(t *testing.T) (*View, *Archive) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.stop = sync.OnceFunc(func() {
+	stop := sync.OnceFunc(func() {
 		blocks.Close()
 		view.Close()
 	})
-	t.Cleanup(d.stop)
+	t.Cleanup(stop)
 	info, _ := d.mem.Info("p/a.npz")
 	obj := s3backend.Version{Key: info.Key, ETag: info.ETag, Size: info.Size, LastModified: info.LastModified}
-	return view, view.Archive(obj, func(string, string) {})
+	return view, view.Archive(obj, func(string, string) {}), stop
 }
 
 // open opens member name of a through view, closed when the test ends.
@@ -379,9 +391,9 @@ func (d *decodedFixture) readWhole(t *testing.T, view *View, a *Archive, name st
 		view.decoded.wait()
 		f, err := d.dir.OpenObjectPair(id.Name(decodedArea), id, int64(len(want)), decodedUnit)
 		if err == nil {
-			complete, _ := f.Complete()
+			missing, err := f.MissingUnits()
 			f.Close()
-			if complete {
+			if err == nil && missing == 0 {
 				break
 			}
 		}
@@ -517,5 +529,189 @@ func TestDecodedDirectFile(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// memberNamed returns member name of a.
+func memberNamed(t *testing.T, a *Archive, name string) Member {
+	t.Helper()
+	members, err := a.Members(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(members, func(m Member) bool { return m.Name == name })
+	if i < 0 {
+		t.Fatalf("no member %q", name)
+	}
+	return members[i]
+}
+
+// newDirectFixture is a decoded fixture whose view hands out direct
+// files, its member windows.npy, and that member's content.
+func newDirectFixture(t *testing.T) (*decodedFixture, *View, *Archive, Member, []byte) {
+	t.Helper()
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	view, a := d.view(t)
+	view.SetDirectFiles(true)
+	return d, view, a, memberNamed(t, a, "windows.npy"), want
+}
+
+// bytesRead is what the kernel counts this process read through
+// read-like calls (rchar).
+func bytesRead(t *testing.T) int64 {
+	const name = "rchar"
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skip("no /proc/self/io:", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+": "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/self/io", name)
+	return 0
+}
+
+// In the epoch that writes a member, opens of it read its records once
+// (the kernel's count of the bytes the process read), start no check and
+// wait for none, even with every check slot taken: the mount counts the
+// units it writes. Once that count says complete, an open gets the file.
+func TestDecodedDirectFileIncompleteCostsNothing(t *testing.T) {
+	d, view, a, m, want := newDirectFixture(t)
+	if f := a.DirectFile(context.Background(), m); f != nil {
+		t.Fatal("DirectFile of a member never read returned a file")
+	}
+	readAll(t, openMember(t, a, "windows.npy"), kernelLike(int64(len(want))), want)
+	view.decoded.wait()
+
+	before := bytesRead(t)
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(1100 * time.Millisecond)
+		}
+		if f := a.DirectFile(context.Background(), m); f != nil {
+			t.Fatal("DirectFile of an incomplete member returned a file")
+		}
+		view.decoded.verifiers.Wait()
+	}
+	records := (m.member.UncompressedSize + decodedUnit - 1) / decodedUnit * 8
+	if n := bytesRead(t) - before; n >= records {
+		t.Errorf("3 opens of an incomplete member read %d bytes; its records are %d", n, records)
+	}
+
+	// Every check slot taken: an open that waited for a check of its
+	// own would wait checkWait.
+	release := make(chan struct{})
+	for range decodedVerifiers {
+		view.decoded.verifiers.Go(func() error { <-release; return nil })
+	}
+	time.Sleep(1100 * time.Millisecond)
+	start := time.Now()
+	f := a.DirectFile(context.Background(), m)
+	took := time.Since(start)
+	close(release)
+	if f != nil {
+		t.Fatal("DirectFile of an incomplete member returned a file")
+	}
+	if took >= checkWait/2 {
+		t.Errorf("an open of an incomplete member waited %v", took)
+	}
+
+	d.readWhole(t, view, a, "windows.npy", want)
+	f = pollDirect(view, a, m)
+	if f == nil {
+		t.Fatal("the member this mount wrote whole is not handed out")
+	}
+	f.Close()
+	if s := view.Stats().Decoded; s.Verified != 1 {
+		t.Errorf("stats %+v; want 1 verified", s)
+	}
+}
+
+// The count errs towards complete, and the check corrects it: a unit
+// whose record was cleared after this mount wrote it (as another
+// process finding it damaged does) makes the check find the file
+// incomplete, no file is handed out, and once a read writes the unit
+// again the file is checked and handed out.
+func TestDecodedDirectFileCountCorrected(t *testing.T) {
+	d, view, a, m, want := newDirectFixture(t)
+	a.DirectFile(context.Background(), m)
+	d.readWhole(t, view, a, "windows.npy", want)
+	id := view.decoded.id(a.obj, m.member)
+	records := filepath.Join(d.root, id.Name(decodedArea)) + cache.RecordsSuffix
+	rf, err := os.OpenFile(records, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const unit = 100
+	if _, err := rf.WriteAt(make([]byte, 8), 4096+unit*8); err != nil {
+		t.Fatal(err)
+	}
+	rf.Close()
+	if f := pollDirect(view, a, m); f != nil {
+		f.Close()
+		t.Fatal("a file missing a unit was handed out")
+	}
+	if s := view.Stats().Decoded; s.Verified != 0 || s.VerifyFailed != 0 {
+		t.Fatalf("stats %+v; want nothing verified or failed", s)
+	}
+	readAll(t, openMember(t, a, "windows.npy"), [][2]int64{{unit * decodedUnit, decodedUnit}}, want)
+	view.decoded.wait()
+	f := pollDirect(view, a, m)
+	if f == nil {
+		t.Fatal("the file completed again is not handed out")
+	}
+	f.Close()
+}
+
+// Units another process writes are learned once this mount has written
+// nothing to the member for recountIdle: a mount that only read a member
+// others completed gets the file.
+func TestDecodedDirectFileLearnsOthersWrites(t *testing.T) {
+	d, view, a, m, want := newDirectFixture(t)
+	if f := a.DirectFile(context.Background(), m); f != nil {
+		t.Fatal("DirectFile of a member never read returned a file")
+	}
+	other, oa, _ := d.newView(t)
+	d.readWhole(t, other, oa, "windows.npy", want)
+	if f := a.DirectFile(context.Background(), m); f != nil {
+		f.Close()
+		t.Fatal("within recountIdle, the other process's units were counted")
+	}
+	view.decoded.mu.Lock()
+	view.decoded.recountIdle = 0
+	view.decoded.mu.Unlock()
+	f := pollDirect(view, a, m)
+	if f == nil {
+		t.Fatal("the member another process completed is not handed out after recountIdle")
+	}
+	f.Close()
+}
+
+// An epoch that reads a member whole keeps every unit, those across
+// the boundaries of its spans too (which no span's inflating keeps), so
+// that the next epoch makes no GET.
+func TestDecodedEpochKeepsEveryUnit(t *testing.T) {
+	want := npztest.NPY(12, 150<<10, 3)
+	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
+	view, a := d.view(t)
+	d.readWhole(t, view, a, "windows.npy", want)
+	_, a = d.view(t)
+	r := openMember(t, a, "windows.npy")
+	gets := d.store.Gets.Load()
+	var reads [][2]int64
+	for off := int64(0); off < int64(len(want)); off += 128 << 10 {
+		reads = append(reads, [2]int64{off, 128 << 10})
+	}
+	readAll(t, r, reads, want)
+	if n := d.store.Gets.Load() - gets; n != 0 {
+		t.Errorf("the next epoch made %d GETs", n)
 	}
 }

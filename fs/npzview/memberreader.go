@@ -250,8 +250,7 @@ func (r *MemberReader) readStored(ctx context.Context, p []byte, off int64) erro
 
 // readDeflated reads the content at off, len(p) bytes, span by span:
 // into p, or with refs set, as references to the spans holding it where
-// they can be kept (not with a decoded dir, which keeps what is read
-// from p).
+// they can be kept.
 func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64, refs bool) (*HeldRead, error) {
 	whole := &HeldRead{slices: [][]byte{p}, n: len(p)}
 	end := off + int64(len(p))
@@ -275,12 +274,42 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64, re
 	if err != nil {
 		return nil, err
 	}
-	if refs && r.view.decoded == nil {
+	if r.view.decoded != nil {
+		// Inflating a span kept its whole units (inflate): what it did
+		// not keep is the unit across each span boundary, of which a
+		// span holds only part, and pieces of outsize spans, inflated
+		// apart (readIndexed gives one slice per span, in order).
+		var unit []byte
+		pos := off
+		for i, piece := range h.slices {
+			if start, stop := x.Span(pos); stop-start > heldSpanFactor*r.view.span {
+				r.keepDecoded(piece, pos)
+			}
+			if b := pos; i > 0 && b%decodedUnit != 0 {
+				from := b / decodedUnit * decodedUnit
+				if to := min(from+decodedUnit, r.member.UncompressedSize); from >= off && to <= end {
+					if unit == nil {
+						unit = make([]byte, decodedUnit)
+					}
+					u := unit[:to-from]
+					for j, at := 0, off; j < len(h.slices) && at < to; j++ {
+						s := h.slices[j]
+						if lo, hi := max(at, from), min(at+int64(len(s)), to); lo < hi {
+							copy(u[lo-from:], s[lo-at:hi-at])
+						}
+						at += int64(len(s))
+					}
+					r.keepDecoded(u, from)
+				}
+			}
+			pos += int64(len(piece))
+		}
+	}
+	if refs {
 		return h, nil
 	}
 	h.copyTo(p)
 	h.Release()
-	r.keepDecoded(p, off)
 	return whole, nil
 }
 
