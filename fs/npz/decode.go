@@ -108,13 +108,18 @@ func (f *inflater) setBit(bit int) {
 //   - A literal/length table entry carries one or two literals, or the
 //     length base with its extra bit count, and the bits to consume in
 //     all; so does a distance entry.
-//   - out's size is a power of two with spare bytes past it: literals are
-//     stored at a masked index, with no bounds check. The output is
+//   - Literals are stored with no bounds check (store16): the output is
 //     checked against stopAt once per group of literals or per match:
 //     out has room past stopMax for the largest group and for match
 //     copies in 8-byte words that overrun the match's end.
 func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int) {
 	out, w := f.out, f.w
+	// The literal steps store through outp without a check. Each group
+	// of them starts at w < stopAt <= stopMax and stores at most 8
+	// bytes, so every store is below stopMax+8, inside out; w is never
+	// negative (it starts at f.w and only grows).
+	outp := unsafe.Pointer(out)
+	stopAt = min(stopAt, f.stopMax())
 	lit := f.lit
 	// lastBit is the last bit offset whose byte has 8 bytes of in from
 	// it: the only check a refill needs.
@@ -135,32 +140,28 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int)
 			bits >>= e & 63
 			bit += int(uint8(e))
 			v := uint16(e >> 8)
-			out[w&outMask] = byte(v)
-			out[w&outMask+1] = byte(v >> 8)
+			store16(outp, w, v)
 			w += int(e >> litCount)
 			e = lit[bits&(1<<litTableBits-1)]
 			if e>>litCount != 0 {
 				bits >>= e & 63
 				bit += int(uint8(e))
 				v := uint16(e >> 8)
-				out[w&outMask] = byte(v)
-				out[w&outMask+1] = byte(v >> 8)
+				store16(outp, w, v)
 				w += int(e >> litCount)
 				e = lit[bits&(1<<litTableBits-1)]
 				if e>>litCount != 0 {
 					bits >>= e & 63
 					bit += int(uint8(e))
 					v := uint16(e >> 8)
-					out[w&outMask] = byte(v)
-					out[w&outMask+1] = byte(v >> 8)
+					store16(outp, w, v)
 					w += int(e >> litCount)
 					e = lit[bits&(1<<litTableBits-1)]
 					if e>>litCount != 0 {
 						bits >>= e & 63
 						bit += int(uint8(e))
 						v := uint16(e >> 8)
-						out[w&outMask] = byte(v)
-						out[w&outMask+1] = byte(v >> 8)
+						store16(outp, w, v)
 						w += int(e >> litCount)
 						e = lit[bits&(1<<litTableBits-1)]
 					}
@@ -262,6 +263,14 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int)
 		e = lit[bits&(1<<litTableBits-1)]
 	}
 	return bit, w, runStopped, 0
+}
+
+// store16 stores v little-endian at out[w], out[w+1] without a bounds
+// check: decodeRun's literal steps, whose bound is the output limit it
+// checks once per group. The check and the mask that kept the index in
+// bounds were two of a literal step's fifteen instructions.
+func store16(out unsafe.Pointer, w int, v uint16) {
+	binary.LittleEndian.PutUint16((*[2]byte)(unsafe.Add(out, w))[:], v)
 }
 
 // load64 returns the 8 bytes of in from i, little-endian, without the

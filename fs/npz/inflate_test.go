@@ -406,3 +406,31 @@ func TestPairLiterals(t *testing.T) {
 		}
 	}
 }
+
+// TestStepStaysInsideOut asks step for more output than out holds: the
+// decode loop's literal stores are unchecked, and stay inside out only
+// because it stops at stopMax whatever it is asked, so each call must
+// end there with the output still right.
+func TestStepStaysInsideOut(t *testing.T) {
+	data := walkData(3*outSize, 9) // literals, mostly: long groups
+	stream := npztest.Deflate(data, flate.DefaultCompression)
+	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), 1<<20, 1<<20)
+	var got []byte
+	done := 0
+	for f.state != streamDone {
+		if f.w >= f.stopMax() {
+			got = append(got, f.out[done:f.w]...)
+			f.slide()
+			done = f.w
+		}
+		if err := f.step(outSize + outSpare); err != nil {
+			t.Fatal(err)
+		}
+		if f.w > f.stopMax()+maxMatch {
+			t.Fatalf("step ran to %d, past stopMax %d and a match", f.w, f.stopMax())
+		}
+	}
+	if got = append(got, f.out[done:f.w]...); !bytes.Equal(got, data) {
+		t.Fatalf("output differs (%d bytes, want %d)", len(got), len(data))
+	}
+}
