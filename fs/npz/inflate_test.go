@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"errors"
+	"fmt"
 	"math/bits"
 	"math/rand/v2"
 	"strings"
@@ -414,23 +415,16 @@ func TestPairLiterals(t *testing.T) {
 func TestStepStaysInsideOut(t *testing.T) {
 	data := walkData(3*outSize, 9) // literals, mostly: long groups
 	stream := npztest.Deflate(data, flate.DefaultCompression)
-	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), 1<<20, 1<<20)
-	var got []byte
-	done := 0
-	for f.state != streamDone {
-		if f.w >= f.stopMax() {
-			got = append(got, f.out[done:f.w]...)
-			f.slide()
-			done = f.w
-		}
-		if err := f.step(outSize + outSpare); err != nil {
-			t.Fatal(err)
-		}
+	got, err := inflateAsking(stream, outSize+outSpare, func(f *inflater) error {
 		if f.w > f.stopMax()+maxMatch {
-			t.Fatalf("step ran to %d, past stopMax %d and a match", f.w, f.stopMax())
+			return fmt.Errorf("step ran to %d, past stopMax %d and a match", f.w, f.stopMax())
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got = append(got, f.out[done:f.w]...); !bytes.Equal(got, data) {
+	if !bytes.Equal(got, data) {
 		t.Fatalf("output differs (%d bytes, want %d)", len(got), len(data))
 	}
 }
