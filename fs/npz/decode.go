@@ -19,9 +19,10 @@ const (
 )
 
 // huffman decodes a compressed block into out until stopAt or the end of
-// the block. decodeRun does the work straight from buf; when fewer than 8
-// bytes are left there it loads the next chunk, and at the end of the
-// data it decodes the last bytes from a copy padded with zeros.
+// the block. decodeRun does the work straight from buf; when it stops
+// short of the end of buf (at most 15 bytes before) it loads the next
+// chunk, and at the end of the data it decodes the last bytes from a copy
+// padded with zeros, long enough that decodeRun gets past them.
 func (f *inflater) huffman(stopAt int) error {
 	if f.nbits < f.pad {
 		return nil // past the end already: step reports it
@@ -44,7 +45,7 @@ func (f *inflater) huffman(stopAt int) error {
 		if f.err != nil {
 			return nil // step reports it
 		}
-		var tail [8 + 16]byte
+		var tail [15 + 17]byte // past 15 bytes of data, decodeRun's stop is at least 137 bits in
 		n := copy(tail[:], f.buf[f.pos:])
 		next, f.w, end, d = f.decodeRun(tail[:], next&7, stopAt)
 		if next > n*8 {
@@ -84,45 +85,61 @@ func (f *inflater) setBit(bit int) {
 }
 
 // decodeRun decodes the block from bit offset bit of in into out until
-// stopAt, the end of the block, an error, or fewer than 8 bytes left in
-// in. It returns the offset of the next bit to decode, the new end of the
-// output, why it stopped, and for a distance too far back, the distance.
+// stopAt, the end of the block, an error, or fewer than 15 bytes left in
+// in past the bits it holds. It returns the offset of the next bit to
+// decode, the new end of the output, why it stopped, and for a distance
+// too far back, the distance.
 //
 // It is the hot path of every read and of every index build, measured by
 // BenchmarkInflate, and is one long function on purpose: the bit buffer,
 // the positions and the tables live in registers for the whole run,
 // which a call per symbol or per match would spill (so would a call on
 // any path through the loop, even a rare one). It does what libdeflate's
-// decode loop does, in Go, with the bit buffer kept another way:
+// decode loop does, in Go:
 //
-//   - A refill is one unaligned 8-byte load at the byte of the next bit,
-//     shifted by the bit within the byte: at least 57 bits, with no
-//     branch, and its address depends only on the bit offset (a sum of
-//     code lengths), not on the bits left in the buffer. Its one check
-//     is against lastBit; the load itself is unchecked (load64).
-//   - 57 bits hold five main-table codes (at most 11 bits each), or one
+//   - A refill ORs the 8 bytes at pos in above the bits left, and
+//     advances pos by the whole bytes that fit: at least 56 bits, with
+//     no branch. pos is known a whole group of lookups before the load,
+//     so the load does not wait on the lookups, and input not yet in the
+//     nearest cache costs nothing on the chain of dependent lookups (a
+//     refill from the bit offset, whose address is the sum of the code
+//     lengths just decoded, did wait: 5-9% slower, the most with the
+//     input past the L2 cache). Its one check is against lastPos; the
+//     load itself is unchecked (load64).
+//   - 56 bits hold five main-table codes (at most 11 bits each), or one
 //     length and distance with their extra bits (at most 20 and 28):
 //     after each refill the loop decodes up to four literal lookups and
-//     looks up the code after them before the refill that consumes it,
-//     or one match, with no check of the bits left.
+//     looks up the code after them before the refill, or one match, with
+//     no check of the bits left.
 //   - A literal/length table entry carries one or two literals, or the
 //     length base with its extra bit count, and the bits to consume in
 //     all; so does a distance entry.
-//   - out's size is a power of two with spare bytes past it: literals are
-//     stored at a masked index, with no bounds check. The output is
+//   - Literals are stored with no bounds check (store16): the output is
 //     checked against stopAt once per group of literals or per match:
 //     out has room past stopMax for the largest group and for match
 //     copies in 8-byte words that overrun the match's end.
 func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int) {
 	out, w := f.out, f.w
+	// The literal steps store through outp without a check. Each group
+	// of them starts at w < stopAt <= stopMax and stores at most 8
+	// bytes, so every store is below stopMax+8, inside out; w is never
+	// negative (it starts at f.w and only grows).
+	outp := unsafe.Pointer(out)
+	stopAt = min(stopAt, f.stopMax())
 	lit := f.lit
-	// lastBit is the last bit offset whose byte has 8 bytes of in from
-	// it: the only check a refill needs.
-	lastBit := (len(in)-8)*8 + 7
-	if bit < 0 || bit > lastBit { // never below 0 (load64's bounds rest on it); it only grows from here
+	// lastPos is the last byte offset with 8 bytes of in from it: the
+	// only check a refill needs. pos is the next byte to load: it is
+	// never negative (load64's bounds rest on it), and only grows.
+	lastPos := len(in) - 8
+	pos := bit >> 3
+	if bit < 0 || pos+7 > lastPos {
 		return bit, w, runInput, 0
 	}
-	bits := load64(in, bit>>3) >> (bit & 7)
+	// bits holds the input from the next bit on: its low byte of nbits
+	// counts the valid bits (the rest of nbits is what subtracting
+	// whole table entries leaves there, never read), and the bits
+	// above them are the input that follows, or zeros.
+	bits, pos, nbits := refill(in, load64(in, pos)>>(bit&7), pos+7, uint(56-bit&7))
 	e := lit[bits&(1<<litTableBits-1)]
 	for w < stopAt {
 		// Literals come in runs (float data is mostly literals): an
@@ -133,95 +150,94 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int)
 			// a loop, or a function inlined four times, makes the
 			// compiler keep the bit buffer on the stack.
 			bits >>= e & 63
-			bit += int(uint8(e))
+			nbits -= uint(e)
 			v := uint16(e >> 8)
-			out[w&outMask] = byte(v)
-			out[w&outMask+1] = byte(v >> 8)
+			store16(outp, w, v)
 			w += int(e >> litCount)
 			e = lit[bits&(1<<litTableBits-1)]
 			if e>>litCount != 0 {
 				bits >>= e & 63
-				bit += int(uint8(e))
+				nbits -= uint(e)
 				v := uint16(e >> 8)
-				out[w&outMask] = byte(v)
-				out[w&outMask+1] = byte(v >> 8)
+				store16(outp, w, v)
 				w += int(e >> litCount)
 				e = lit[bits&(1<<litTableBits-1)]
 				if e>>litCount != 0 {
 					bits >>= e & 63
-					bit += int(uint8(e))
+					nbits -= uint(e)
 					v := uint16(e >> 8)
-					out[w&outMask] = byte(v)
-					out[w&outMask+1] = byte(v >> 8)
+					store16(outp, w, v)
 					w += int(e >> litCount)
 					e = lit[bits&(1<<litTableBits-1)]
 					if e>>litCount != 0 {
 						bits >>= e & 63
-						bit += int(uint8(e))
+						nbits -= uint(e)
 						v := uint16(e >> 8)
-						out[w&outMask] = byte(v)
-						out[w&outMask+1] = byte(v >> 8)
+						store16(outp, w, v)
 						w += int(e >> litCount)
 						e = lit[bits&(1<<litTableBits-1)]
 					}
 				}
 			}
-			if bit > lastBit {
-				return bit, w, runInput, 0
+			if pos > lastPos {
+				return pos*8 - int(uint8(nbits)), w, runInput, 0
 			}
-			bits = load64(in, bit>>3) >> (bit & 7)
+			bits, pos, nbits = refill(in, bits, pos, nbits)
 			if w >= stopAt {
-				return bit, w, runStopped, 0
+				return pos*8 - int(nbits), w, runStopped, 0
 			}
 		}
 		if e&exceptFlag != 0 {
 			if e&linkFlag != 0 {
 				// A code longer than the main table's bits.
 				bits >>= e & 63
-				bit += int(uint8(e))
+				nbits -= uint(e)
 				e = lit[int(e>>valueShift)+int(bits&(1<<(e>>8&63)-1))]
 				if e>>litCount != 0 {
-					bit += int(uint8(e))
+					bits >>= e & 63
+					nbits -= uint(e)
 					out[w&outMask] = byte(e >> 8)
 					w++
-					if bit > lastBit {
-						return bit, w, runInput, 0
+					if pos > lastPos {
+						return pos*8 - int(uint8(nbits)), w, runInput, 0
 					}
-					bits = load64(in, bit>>3) >> (bit & 7)
+					bits, pos, nbits = refill(in, bits, pos, nbits)
 					e = lit[bits&(1<<litTableBits-1)]
 					continue
 				}
 			}
 			if e&eobFlag != 0 {
-				return bit + int(uint8(e)), w, runBlockEnd, 0
+				return pos*8 - int(uint8(nbits-uint(e))), w, runBlockEnd, 0
 			}
 			if e&exceptFlag != 0 {
-				return bit, w, runBadLitLen, 0
+				return pos*8 - int(uint8(nbits)), w, runBadLitLen, 0
 			}
 		}
 		// A length: its base, plus the extra bits after the code.
 		saved := bits
 		bits >>= e & 63
-		bit += int(uint8(e))
+		nbits -= uint(e)
 		length := int(e>>valueShift) + int(saved&(1<<(e&63)-1)>>(e>>8&63))
 
 		dist := f.dist
 		e = dist[bits&(1<<distTableBits-1)]
 		if e&exceptFlag != 0 {
 			if e&linkFlag == 0 {
-				return bit, w, runBadDist, 0
+				return pos*8 - int(uint8(nbits)), w, runBadDist, 0
 			}
 			bits >>= e & 63
-			bit += int(uint8(e))
+			nbits -= uint(e)
 			e = dist[int(e>>valueShift)+int(bits&(1<<(e>>8&63)-1))]
 			if e&exceptFlag != 0 {
-				return bit, w, runBadDist, 0
+				return pos*8 - int(uint8(nbits)), w, runBadDist, 0
 			}
 		}
-		bit += int(uint8(e))
-		d := int(e>>valueShift) + int(bits&(1<<(e&63)-1)>>(e>>8&63))
+		saved = bits
+		bits >>= e & 63
+		nbits -= uint(e)
+		d := int(e>>valueShift) + int(saved&(1<<(e&63)-1)>>(e>>8&63))
 		if d > w {
-			return bit, w, runBadDistance, d
+			return pos*8 - int(uint8(nbits)), w, runBadDistance, d
 		}
 		if refs := f.refs; refs != nil {
 			// The match at output offset at copies from d back: mark
@@ -255,21 +271,37 @@ func (f *inflater) decodeRun(in []byte, bit, stopAt int) (int, int, runEnd, int)
 			}
 		}
 		w += length
-		if bit > lastBit {
-			return bit, w, runInput, 0
+		if pos > lastPos {
+			return pos*8 - int(uint8(nbits)), w, runInput, 0
 		}
-		bits = load64(in, bit>>3) >> (bit & 7)
+		bits, pos, nbits = refill(in, bits, pos, nbits)
 		e = lit[bits&(1<<litTableBits-1)]
 	}
-	return bit, w, runStopped, 0
+	return pos*8 - int(uint8(nbits)), w, runStopped, 0
+}
+
+// refill is decodeRun's refill: bits with the 8 bytes at pos ORed in
+// above its valid bits (the low byte of nbits), pos past the bytes that
+// fit whole, and their count, at least 56. pos <= len(in)-8 (unchecked).
+func refill(in []byte, bits uint64, pos int, nbits uint) (uint64, int, uint) {
+	n := uint(uint8(nbits))
+	return bits | load64(in, pos)<<(n&63), pos + int(63-n)>>3, n | 56
+}
+
+// store16 stores v little-endian at out[w], out[w+1] without a bounds
+// check: decodeRun's literal steps, whose bound is the output limit it
+// checks once per group. The check and the mask that kept the index in
+// bounds were two of a literal step's fifteen instructions.
+func store16(out unsafe.Pointer, w int, v uint16) {
+	binary.LittleEndian.PutUint16((*[2]byte)(unsafe.Add(out, w))[:], v)
 }
 
 // load64 returns the 8 bytes of in from i, little-endian, without the
 // bounds checks of in[i:]: every refill of decodeRun checks that they are
-// in (bit <= lastBit) just before, which the compiler cannot see, and its
+// in (pos <= lastPos) just before, which the compiler cannot see, and its
 // checks of the slice and of the load cost a quarter of a literal step's
 // instructions and a register in the loop. i is never negative:
-// decodeRun checks its starting bit offset, and offsets only grow.
+// decodeRun checks its starting bit offset, and positions only grow.
 func load64(in []byte, i int) uint64 {
 	return binary.LittleEndian.Uint64((*[8]byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(in)), i))[:])
 }

@@ -12,6 +12,12 @@ import (
 // inflateAll decodes a whole raw deflate stream with the package's
 // inflater, as BuildIndex does but keeping all output.
 func inflateAll(stream []byte) ([]byte, error) {
+	return inflateAsking(stream, outSize-outSlack, nil)
+}
+
+// inflateAsking is inflateAll with each step asked for stopAt, and
+// after each step, if not nil, check (whose error ends the decoding).
+func inflateAsking(stream []byte, stopAt int, check func(f *inflater) error) ([]byte, error) {
 	f := newInflater(bytes.NewReader(stream), 0, int64(len(stream)), 1<<20, 1<<20)
 	var out []byte
 	done := 0
@@ -21,8 +27,13 @@ func inflateAll(stream []byte) ([]byte, error) {
 			f.slide()
 			done = f.w
 		}
-		if err := f.step(f.stopMax()); err != nil {
+		if err := f.step(stopAt); err != nil {
 			return out, err
+		}
+		if check != nil {
+			if err := check(f); err != nil {
+				return out, err
+			}
 		}
 	}
 	return append(out, f.out[done:f.w]...), nil

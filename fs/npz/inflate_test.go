@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"errors"
+	"fmt"
 	"math/bits"
 	"math/rand/v2"
 	"strings"
@@ -404,5 +405,26 @@ func TestPairLiterals(t *testing.T) {
 		if pairs == 0 {
 			t.Errorf("case %d: no pairs: the case tests nothing", c)
 		}
+	}
+}
+
+// TestStepStaysInsideOut asks step for more output than out holds: the
+// decode loop's literal stores are unchecked, and stay inside out only
+// because it stops at stopMax whatever it is asked, so each call must
+// end there with the output still right.
+func TestStepStaysInsideOut(t *testing.T) {
+	data := walkData(3*outSize, 9) // literals, mostly: long groups
+	stream := npztest.Deflate(data, flate.DefaultCompression)
+	got, err := inflateAsking(stream, outSize+outSpare, func(f *inflater) error {
+		if f.w > f.stopMax()+maxMatch {
+			return fmt.Errorf("step ran to %d, past stopMax %d and a match", f.w, f.stopMax())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("output differs (%d bytes, want %d)", len(got), len(data))
 	}
 }
