@@ -296,7 +296,7 @@ func BenchmarkBlockHeaders(b *testing.B) {
 				if err := h.header(); err != nil {
 					b.Fatal(err)
 				}
-				if h.lit == &h.dynLit {
+				if h.lit == &h.t.dynLit {
 					blocks++
 				}
 			}

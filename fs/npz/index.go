@@ -768,6 +768,8 @@ type Buffers struct {
 	in [inClasses]sync.Pool
 	// windows holds decompressors of access points' windows.
 	windows sync.Pool
+	// tables holds inflaters' *decodeTables.
+	tables sync.Pool
 }
 
 const (
@@ -810,6 +812,11 @@ func (b *Buffers) lend(f *inflater, first int) {
 	if out, ok := b.out.Get().(*outBuffer); ok {
 		f.out = out
 	}
+	// Left as the last block built them: every dynamic block builds
+	// its tables whole before they are used.
+	if t, ok := b.tables.Get().(*decodeTables); ok {
+		f.t = t
+	}
 	if c := inClass(first+first/4, true); c >= 0 {
 		if in, ok := b.in[c].Get().(*[]byte); ok {
 			f.buf = (*in)[:0]
@@ -823,11 +830,12 @@ func (b *Buffers) take(f *inflater) {
 		return
 	}
 	b.out.Put(f.out)
+	b.tables.Put(f.t)
 	if c := inClass(cap(f.buf), false); c >= 0 {
 		in := f.buf[:0]
 		b.in[c].Put(&in)
 	}
-	f.out, f.buf = nil, nil
+	f.out, f.buf, f.t, f.lit, f.dist = nil, nil, nil, nil, nil
 }
 
 // inflated is how much content c has inflated.

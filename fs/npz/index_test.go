@@ -424,3 +424,47 @@ func TestRowPoints(t *testing.T) {
 		})
 	}
 }
+
+// Inflaters made from one Buffers reuse each other's buffers and Huffman
+// tables, left as the last block built them: streams whose blocks build
+// different tables (a walk's dynamic codes, text's, fixed codes), read
+// in turns through one Buffers, must each read right.
+func TestBuffersReusedAcrossStreams(t *testing.T) {
+	inputs := testInputs()
+	type stream struct {
+		name   string
+		data   []byte
+		stream []byte
+		x      *Index
+	}
+	var streams []stream
+	for _, s := range []struct {
+		name  string
+		data  []byte
+		level int
+	}{
+		{"walk", walkData(1<<20, 9), flate.DefaultCompression},
+		{"text", inputs["text"], flate.BestCompression},
+		{"walk, Huffman only", walkData(600<<10, 3), flate.HuffmanOnly},
+		{"random", inputs["random"], flate.BestSpeed},
+	} {
+		if len(s.data) == 0 {
+			t.Fatalf("no %s input", s.name)
+		}
+		st := npztest.Deflate(s.data, s.level)
+		streams = append(streams, stream{s.name, s.data, st, streamIndex(t, st, s.data, 128<<10)})
+	}
+	bufs := new(Buffers)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for round := range 200 {
+		s := streams[round%len(streams)]
+		n := 1 + rng.IntN(200<<10)
+		off := rng.Int64N(int64(len(s.data)))
+		p := make([]byte, n)
+		got, _, err := s.x.ReadAtInflating(bytes.NewReader(s.stream), p, off, bufs)
+		want := s.data[off:min(off+int64(n), int64(len(s.data)))]
+		if (err != nil && !errors.Is(err, io.EOF)) || got != len(want) || !bytes.Equal(p[:got], want) {
+			t.Fatalf("round %d, %s: %d bytes at %d: got %d, %v, right: %v", round, s.name, n, off, got, err, bytes.Equal(p[:got], want))
+		}
+	}
+}

@@ -83,9 +83,18 @@ type inflater struct {
 	stored int // bytes left in the current stored block
 
 	// lit and dist are the current block's tables: the fixed ones, or
-	// dynLit and dynDist, rebuilt for every dynamic block.
-	lit     *litTable
-	dist    *distTable
+	// t's dynLit and dynDist, rebuilt for every dynamic block.
+	lit  *litTable
+	dist *distTable
+	t    *decodeTables
+}
+
+// decodeTables is what an inflater builds for each dynamic block (about
+// 28 KB). Buffers lends them as it lends out and buf: an inflater is made
+// for every span a read inflates, and tables of its own landed on fresh
+// heap pages each time, whose first writes (page faults) cost more than
+// building the tables.
+type decodeTables struct {
 	dynLit  litTable
 	dynDist distTable
 	clen    clenTable
@@ -115,6 +124,9 @@ func newInflaterWith(src io.ReaderAt, base, limit int64, first, after int, bufs 
 	bufs.lend(f, first)
 	if f.out == nil {
 		f.out = new(outBuffer)
+	}
+	if f.t == nil {
+		f.t = new(decodeTables)
 	}
 	return f
 }
@@ -325,29 +337,29 @@ func (f *inflater) dynamicHeader() error {
 		f.need(3)
 		cl[clenOrder[i]] = uint8(f.take(3))
 	}
-	if err := buildTable(f.clen[:], cl[:], clenSyms[:], clenTableBits, nil); err != nil {
+	if err := buildTable(f.t.clen[:], cl[:], clenSyms[:], clenTableBits, nil); err != nil {
 		return fmt.Errorf("code length code: %w", err)
 	}
-	lengths := f.lengths[:nlit+ndist]
+	lengths := f.t.lengths[:nlit+ndist]
 	if err := f.readLengths(lengths); err != nil {
 		return err
 	}
 	if lengths[256] == 0 {
 		return fmt.Errorf("%w: dynamic block has no end-of-block code", ErrCorrupt)
 	}
-	if err := buildTable(f.dynLit[:], lengths[:nlit], litSyms[:], litTableBits, &f.firsts); err != nil {
+	if err := buildTable(f.t.dynLit[:], lengths[:nlit], litSyms[:], litTableBits, &f.t.firsts); err != nil {
 		return fmt.Errorf("literal/length code: %w", err)
 	}
-	pairLiterals(&f.dynLit, &f.firsts, &f.pairs)
-	if err := buildTable(f.dynDist[:], lengths[nlit:], distSyms[:], distTableBits, nil); err != nil {
+	pairLiterals(&f.t.dynLit, &f.t.firsts, &f.t.pairs)
+	if err := buildTable(f.t.dynDist[:], lengths[nlit:], distSyms[:], distTableBits, nil); err != nil {
 		return fmt.Errorf("distance code: %w", err)
 	}
-	f.lit, f.dist = &f.dynLit, &f.dynDist
+	f.lit, f.dist = &f.t.dynLit, &f.t.dynDist
 	return nil
 }
 
 // readLengths reads the code lengths of a dynamic block's codes with the
-// code length code in f.clen.
+// code length code in f.t.clen.
 func (f *inflater) readLengths(lengths []uint8) error {
 	// The bit buffer in locals: a few hundred codes per block, and
 	// blocks of float data are short.
@@ -358,7 +370,7 @@ func (f *inflater) readLengths(lengths []uint8) error {
 			f.refill()
 			bits, nbits = f.bits, f.nbits
 		}
-		e := f.clen[bits&(clenTableLen-1)]
+		e := f.t.clen[bits&(clenTableLen-1)]
 		if e&exceptFlag != 0 {
 			return fmt.Errorf("%w: invalid code length code", ErrCorrupt)
 		}
