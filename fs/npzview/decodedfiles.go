@@ -155,6 +155,10 @@ type memberCheck struct {
 	verified bool
 	file     *os.File
 	data     cache.FileIdentity
+	// taken is the identity of the checked file the kernel took as a
+	// backing file once (TryBacking), or zero: it takes the same file
+	// again, so the try is not repeated on every open.
+	taken    cache.FileIdentity
 	checking bool
 	// identityAt is when the name was last found to be the checked
 	// file's.
@@ -491,6 +495,10 @@ func (v *View) SetBackingFiles(b BackingFiles) {
 // an open of a member whose passthrough opens are live is then refused
 // by the kernel (EIO). A file the kernel refuses is served by bgbfs; the
 // first refusal is logged at warn, with the reason, later ones at debug.
+//
+// A file the kernel took is not tried again while it is the member's
+// checked file: numpy opens a member about four times a sample, seldom
+// while another open of it is live, and each try is two ioctls.
 func (a *Archive) TryBacking(f *os.File, m Member) bool {
 	s := a.view.decoded
 	if s == nil {
@@ -500,9 +508,25 @@ func (a *Archive) TryBacking(f *os.File, m Member) bool {
 	if b == nil {
 		return true
 	}
+	key := s.id(a.obj, m.member)
+	s.mu.Lock()
+	c := s.checks[key]
+	known := c != nil && c.verified && c.taken != (cache.FileIdentity{}) && c.taken == c.data
+	s.mu.Unlock()
+	if known {
+		return true
+	}
 	id, errno := (*b).RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
 	if errno == 0 {
 		(*b).UnregisterBackingFd(id)
+		if fi, err := f.Stat(); err == nil {
+			taken := cache.IdentityOf(fi)
+			s.mu.Lock()
+			if c := s.checks[key]; c != nil && c.verified && c.data == taken {
+				c.taken = taken
+			}
+			s.mu.Unlock()
+		}
 		return true
 	}
 	level := slog.LevelDebug
@@ -598,7 +622,7 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 		}
 		// Removed (trimmed, or found damaged), or made anew since:
 		// counted and checked again once complete.
-		stale, c.file, c.verified = c.file, nil, false
+		stale, c.file, c.verified, c.taken = c.file, nil, false, cache.FileIdentity{}
 		c.counted, c.countedAt = false, time.Time{}
 		s.held--
 	}
@@ -745,7 +769,7 @@ func (s *decodedStore) closeChecked() {
 	for _, c := range s.checks {
 		if c.file != nil {
 			files = append(files, c.file)
-			c.file, c.verified = nil, false
+			c.file, c.verified, c.taken = nil, false, cache.FileIdentity{}
 			s.held--
 		}
 	}

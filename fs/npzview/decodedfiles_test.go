@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/bgbfs/bgbfs/fs/npz/npztest"
 	"github.com/bgbfs/bgbfs/s3backend"
 	"github.com/bgbfs/bgbfs/s3backend/memstore"
+	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // decodedFixture is an archive in a memstore.Faulty and a local cache
@@ -713,5 +716,69 @@ func TestDecodedEpochKeepsEveryUnit(t *testing.T) {
 	readAll(t, r, reads, want)
 	if n := d.store.Gets.Load() - gets; n != 0 {
 		t.Errorf("the next epoch made %d GETs", n)
+	}
+}
+
+// countingBacking is the kernel's side of TryBacking: it counts the
+// files asked for and those registered, and refuses them all if refuse
+// is set.
+type countingBacking struct {
+	asked, registered, unregistered atomic.Int64
+	refuse                          bool
+}
+
+func (b *countingBacking) RegisterBackingFd(*fuse.BackingMap) (int32, syscall.Errno) {
+	b.asked.Add(1)
+	if b.refuse {
+		return 0, syscall.EINVAL
+	}
+	return int32(b.registered.Add(1)), 0
+}
+
+func (b *countingBacking) UnregisterBackingFd(int32) syscall.Errno {
+	b.unregistered.Add(1)
+	return 0
+}
+
+// A checked file the kernel took as a backing file once is not tried
+// again on later opens (each try is two ioctls, and numpy opens a member
+// about four times a sample); a file it refuses is tried, and refused,
+// every time.
+func TestTryBackingOncePerFile(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		refuse    bool
+		wantAsked int64
+	}{
+		{"taken", false, 1},
+		{"refused", true, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, view, a, m, want := newDirectFixture(t)
+			d.readWhole(t, view, a, "windows.npy", want)
+			if f := pollDirect(view, a, m); f == nil {
+				t.Fatal("the member read whole is not handed out")
+			} else {
+				f.Close()
+			}
+			kernel := &countingBacking{refuse: tt.refuse}
+			view.SetBackingFiles(kernel)
+			for i := range 4 {
+				f := a.DirectFile(context.Background(), m)
+				if f == nil {
+					t.Fatalf("open %d: no checked file", i)
+				}
+				if got := a.TryBacking(f, m); got == tt.refuse {
+					t.Errorf("open %d: TryBacking = %v", i, got)
+				}
+				f.Close()
+			}
+			if got := kernel.asked.Load(); got != tt.wantAsked {
+				t.Errorf("the kernel was asked %d times, want %d", got, tt.wantAsked)
+			}
+			if kernel.unregistered.Load() != kernel.registered.Load() {
+				t.Errorf("registered %d, unregistered %d", kernel.registered.Load(), kernel.unregistered.Load())
+			}
+		})
 	}
 }
