@@ -244,25 +244,34 @@ func (o *ObjectFile) MissingUnits() (int64, error) {
 	return missing, nil
 }
 
-// HashData writes the whole data file of a pair, as it is on disk
-// (unchecked), to h: for a check of the whole byte string against a
-// checksum of its own. It reads around the page cache where the file
-// system allows (O_DIRECT): the bytes are read once more by whoever
-// reads them next, but this process does not pay for filling the cache
-// with them (zeroing and copying pages was the better part of its cost).
+// HashData writes the whole data file of a pair, as it is on disk or in
+// the page cache (unchecked), to h: for a check of the whole byte string
+// against a checksum of its own. A stretch the kernel holds whole in its
+// page cache is read from there: a passthrough reader of the file reads
+// those same pages, so the check then costs a copy, not a second read of
+// the disk beside the reader's (an epoch after a restart read the disk
+// twice). Other stretches are read around the page cache where the file
+// system allows (O_DIRECT): the bytes are read once more by whoever reads
+// them next, but this process does not pay for filling the cache with
+// them (zeroing and copying pages was the better part of its cost).
 func (o *ObjectFile) HashData(h io.Writer) error {
-	var src io.ReaderAt = o.f
 	buf := alignedBuffer(hashChunk)
+	var direct *os.File
 	if f, err := os.OpenFile(o.f.Name(), os.O_RDONLY|syscall.O_DIRECT, 0); err == nil {
 		defer f.Close()
 		if fi, err := f.Stat(); err == nil && IdentityOf(fi) == o.data {
-			src = f
+			direct = f
 		}
 	}
 	for off := int64(0); off < o.size; {
+		left := min(int64(len(buf)), o.size-off)
+		src := io.ReaderAt(o.f)
+		if direct != nil && off%objectHeaderPage == 0 && !pagesCached(o.f, off, left) {
+			src = direct
+		}
 		n, err := src.ReadAt(buf, off)
-		if n == 0 && err != nil && src != o.f && !errors.Is(err, io.EOF) {
-			src = o.f // a short O_DIRECT read left an unaligned offset
+		if n == 0 && err != nil && src == direct && !errors.Is(err, io.EOF) {
+			direct = nil // the file system refused this O_DIRECT read: read the rest through the cache
 			continue
 		}
 		if n == 0 && err != nil {
@@ -271,11 +280,27 @@ func (o *ObjectFile) HashData(h io.Writer) error {
 			}
 			return fmt.Errorf("%w: %w", ErrDirNotReadable, err)
 		}
-		n = int(min(int64(n), o.size-off))
+		n = int(min(int64(n), left))
 		h.Write(buf[:n])
 		off += int64(n)
 	}
 	return nil
+}
+
+// pagesCached reports whether the page cache holds every page of f's
+// n bytes at off (cachestat(2), Linux 6.5); false where it cannot tell.
+func pagesCached(f *os.File, off, n int64) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var st unix.Cachestat_t
+	r := unix.CachestatRange{Off: uint64(off), Len: uint64(n)}
+	if cerr := rc.Control(func(fd uintptr) { err = unix.Cachestat(uint(fd), &r, &st, 0) }); cerr != nil || err != nil {
+		return false
+	}
+	first, last := off/objectHeaderPage, (off+n-1)/objectHeaderPage
+	return st.Cache >= uint64(last-first+1)
 }
 
 // hashChunk is what HashData reads at once.

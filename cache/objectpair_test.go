@@ -3,12 +3,18 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"io"
 	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pairFixture is objectFixture kept as a pair in pages.
@@ -205,6 +211,96 @@ func TestObjectPairTrimmedWhole(t *testing.T) {
 			}
 		})
 	}
+}
+
+// HashData reads from the page cache what it holds whole, and the rest
+// around it: a check of a file whose pages a reader has just read (or
+// the daemon just wrote) reads nothing from the disk, and a check of a
+// file not in the cache leaves it out of the cache. Disk reads are the
+// kernel's count for this process (/proc/self/io read_bytes).
+func TestObjectPairHashDataReadsCachedPagesOnce(t *testing.T) {
+	size := 4*hashChunk + 3*objectHeaderPage + 77
+	o := newPairFixture(t, size)
+	o.writePair(t, 0, int64(size))
+	path := filepath.Join(o.root, o.name)
+	data, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer data.Close()
+	if err := data.Sync(); err != nil { // written back: DONTNEED drops clean pages only
+		t.Fatal(err)
+	}
+	if f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0); err != nil {
+		t.Skipf("the test dir's file system refuses O_DIRECT: %v", err)
+	} else {
+		f.Close()
+	}
+	if _, err := cachedPages(data, int64(size)); err != nil {
+		t.Skipf("no cachestat(2) here: %v", err)
+	}
+	if _, err := diskReadBytes(); err != nil {
+		t.Skipf("no I/O accounting here: %v", err)
+	}
+	pages := uint64((size + objectHeaderPage - 1) / objectHeaderPage)
+	for _, tc := range []struct {
+		name       string
+		cached     bool
+		wantDisk   bool   // the check reads the disk
+		wantCached uint64 // pages cached after the check
+	}{
+		{"evicted", false, true, 0},
+		{"cached", true, false, pages},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := unix.Fadvise(int(data.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+				t.Fatal(err)
+			}
+			if tc.cached {
+				if _, err := io.Copy(io.Discard, io.NewSectionReader(data, 0, int64(size))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err := o.d.OpenObjectPair(o.name, o.id, int64(size), MinUnitSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			before, _ := diskReadBytes()
+			var got bytes.Buffer
+			if err := r.HashData(&got); err != nil || !bytes.Equal(got.Bytes(), o.data) {
+				t.Fatalf("HashData wrote %d bytes, %v; want the data", got.Len(), err)
+			}
+			after, _ := diskReadBytes()
+			if read := after - before; (read >= int64(size)) != tc.wantDisk {
+				t.Errorf("the check read %d bytes from the disk (file of %d); want the whole file read: %v", read, size, tc.wantDisk)
+			}
+			if n, _ := cachedPages(data, int64(size)); n != tc.wantCached {
+				t.Errorf("%d of %d pages cached after the check, want %d", n, pages, tc.wantCached)
+			}
+		})
+	}
+}
+
+// cachedPages is how many pages of f's first n bytes the page cache holds.
+func cachedPages(f *os.File, n int64) (uint64, error) {
+	var st unix.Cachestat_t
+	err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{Len: uint64(n)}, &st, 0)
+	return st.Cache, err
+}
+
+// diskReadBytes is what this process has read from storage so far.
+func diskReadBytes() (int64, error) {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "read_bytes: "); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, errors.New("no read_bytes in /proc/self/io")
 }
 
 // HashData hashes the data file whole, whatever its size against the
