@@ -129,6 +129,8 @@ type Dir struct {
 	// gives what it makes to: the owner of the root.
 	giveTo *[2]int
 	statfs func(path string) (free, total int64, err error)
+	// bootID is this boot's (see checkstamp.go); "" if unknown.
+	bootID string
 	// removed counts the files this process removed: trimmed or damaged.
 	removed atomic.Int64
 	// full is set when the last trim found the dir at its bound with no
@@ -163,7 +165,7 @@ func openDir(root string, limit int64, logger *slog.Logger, statfs func(string) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Dir{root: abs, limit: limit, logger: logger, life: NewLifetime(context.Background()), statfs: statfs}
+	d := &Dir{root: abs, limit: limit, logger: logger, life: NewLifetime(context.Background()), statfs: statfs, bootID: readBootID()}
 	d.reads = dirGate{what: "reads", dir: abs, logger: logger}
 	d.writes = dirGate{what: "writes", dir: abs, logger: logger, onResume: func() { d.readOnly.Store(false) }}
 	if err := d.mkdirAll(abs); err != nil {

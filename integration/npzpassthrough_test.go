@@ -7,8 +7,10 @@ package integration
 // numpy's reads (np.load whole, and with mmap_mode="r" a window at a
 // time) get the bytes numpy wrote with no GET (counted at a
 // CountingProxy) and without the daemon reading them (its rchar, from
-// /proc, grows by far less than the bytes read). A data file damaged on
-// disk fails the check: right bytes, fetched again, and a log line.
+// /proc, grows by far less than the bytes read). A later daemon of the
+// same boot trusts those checks instead of reading each file whole
+// again. A data file damaged on disk fails the check: right bytes,
+// fetched again, and a log line.
 // Page-cached and passthrough opens of one member never fail an open,
 // whatever their order. --npz-passthrough=false serves every read
 // through the daemon.
@@ -32,6 +34,7 @@ const (
 	passthroughArchives = 3
 	metricVerified      = "bgbfs_npz_decoded_verified_total"
 	metricVerifyFailed  = "bgbfs_npz_decoded_verify_failed_total"
+	metricStampsTrusted = "bgbfs_npz_decoded_stamps_trusted_total"
 	metricPassthrough   = "bgbfs_npz_passthrough_opens_total"
 	passthroughOnMsg    = "decoded members served by FUSE passthrough"
 	passthroughOffMsg   = "decoded members served by bgbfs, not by FUSE passthrough"
@@ -219,6 +222,38 @@ func TestNPZPassthrough(t *testing.T) {
 		if daemonRead > read/20 {
 			t.Errorf("the daemon read %d bytes while numpy read %d of windows: the reads went through it", daemonRead, read)
 		}
+		if n := m.metric(t, metricPassthrough); n == 0 {
+			t.Errorf("%s = 0", metricPassthrough)
+		}
+	})
+
+	// A new daemon of the same boot trusts the checks the last one
+	// stamped: its first opens are passthrough without it reading each
+	// member's file whole again (it did before: an epoch after a restart
+	// read the disk twice).
+	t.Run("restart trusts this boot's checks", func(t *testing.T) {
+		m.Unmount(t)
+		dropPageCache(t)
+		m = mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: proxy.URL})
+		if !m.waitLog(passthroughOnMsg) {
+			t.Fatalf("no %q line; stderr:\n%s", passthroughOnMsg, lastBytes(m.Stderr(), 3000))
+		}
+		before := procReadBytes(m.Pid())
+		touchMembers(t, m.Mountpoint, archives)
+		m.waitMetric(t, metricVerified, passthroughArchives)
+		daemonRead := procReadBytes(m.Pid()) - before
+		var whole int64
+		for _, a := range archives {
+			whole += int64(len(a.Windows.Data))
+		}
+		t.Logf("checks of %d members' files (%d bytes): the daemon read %d bytes", passthroughArchives, whole, daemonRead)
+		if daemonRead > whole/10 {
+			t.Errorf("the daemon read %d bytes to check %d bytes of files the last mount checked", daemonRead, whole)
+		}
+		if n := m.metric(t, metricStampsTrusted); n != passthroughArchives {
+			t.Errorf("%s = %v, want %d", metricStampsTrusted, n, passthroughArchives)
+		}
+		mustReadWindows(t, m.Mountpoint, archives, "rows")
 		if n := m.metric(t, metricPassthrough); n == 0 {
 			t.Errorf("%s = 0", metricPassthrough)
 		}

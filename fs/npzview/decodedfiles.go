@@ -117,7 +117,7 @@ type decodedStore struct {
 	// recountIdle is recountIdle, or what a test sets.
 	recountIdle time.Duration
 
-	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed atomic.Int64
+	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed, stampsTrusted atomic.Int64
 }
 
 // memberCheck is what a mount knows of one member's decoded file, under
@@ -444,8 +444,10 @@ type DecodedStats struct {
 	BytesWritten, WritesSkipped, Damaged int64
 	// Verified counts complete decoded files checked whole against
 	// their member's CRC-32 (then handed out by DirectFile),
-	// VerifyFailed those that failed (removed; also in Damaged).
-	Verified, VerifyFailed int64
+	// VerifyFailed those that failed (removed; also in Damaged);
+	// StampsTrusted those of Verified not read again: a mount of this
+	// boot checked them, and they have not changed since.
+	Verified, VerifyFailed, StampsTrusted int64
 }
 
 func (s *decodedStore) stats() DecodedStats {
@@ -453,7 +455,7 @@ func (s *decodedStore) stats() DecodedStats {
 		return DecodedStats{}
 	}
 	return DecodedStats{Hits: s.hits.Load(), HitBytes: s.hitBytes.Load(), BytesWritten: s.bytesWritten.Load(), WritesSkipped: s.writesSkipped.Load(), Damaged: s.damaged.Load(),
-		Verified: s.verified.Load(), VerifyFailed: s.verifyFailed.Load()}
+		Verified: s.verified.Load(), VerifyFailed: s.verifyFailed.Load(), StampsTrusted: s.stampsTrusted.Load()}
 }
 
 // wait waits for the writes started so far.
@@ -738,18 +740,31 @@ func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.Obje
 	if missing, err := f.MissingUnits(); err != nil || missing > 0 {
 		return nil, missing, err
 	}
-	h := crc32.NewIEEE()
-	if err := f.HashData(h); err != nil {
-		if errors.Is(err, cache.ErrDamaged) {
-			s.damage(obj, m, err)
+	if f.CheckedThisBoot() {
+		// Checked by a mount of this boot (this one's predecessor, or
+		// another sharing the dir), and not changed since: a restart
+		// does not read every member whole again.
+		s.stampsTrusted.Add(1)
+	} else {
+		before, verr := f.DataVersion()
+		h := crc32.NewIEEE()
+		if err := f.HashData(h); err != nil {
+			if errors.Is(err, cache.ErrDamaged) {
+				s.damage(obj, m, err)
+				return nil, unitsOf(m), nil
+			}
+			return nil, 0, err
+		}
+		if got := h.Sum32(); got != m.CRC32 {
+			s.verifyFailed.Add(1)
+			s.damage(obj, m, f.Drop(fmt.Sprintf("content fails the member's CRC-32 (%08x, want %08x)", got, m.CRC32)))
 			return nil, unitsOf(m), nil
 		}
-		return nil, 0, err
-	}
-	if got := h.Sum32(); got != m.CRC32 {
-		s.verifyFailed.Add(1)
-		s.damage(obj, m, f.Drop(fmt.Sprintf("content fails the member's CRC-32 (%08x, want %08x)", got, m.CRC32)))
-		return nil, unitsOf(m), nil
+		if verr == nil {
+			if err := f.StampChecked(before); err != nil {
+				s.logger.Debug("decoded member checked, not stamped", "member", m.Name, "err", err)
+			}
+		}
 	}
 	data, err := f.DupData()
 	if err != nil {

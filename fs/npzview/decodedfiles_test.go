@@ -186,6 +186,17 @@ func TestDecodedHeadKeptOnceChecked(t *testing.T) {
 		t.Fatalf("after a head read without an index: %+v; want nothing written", s)
 	}
 	readAll(t, openMember(t, a, "windows.npy"), [][2]int64{{500 << 10, 128 << 10}}, want)
+	// The head is kept in the background (keepHead), after the index
+	// build: a restart before it is written would find it missing.
+	id := view.decoded.id(r.obj, r.member)
+	deadline := time.Now().Add(10 * time.Second)
+	for !headHeld(d, id, int64(len(want))) {
+		if time.Now().After(deadline) {
+			t.Fatal("the head was never kept")
+		}
+		time.Sleep(10 * time.Millisecond)
+		view.decoded.wait()
+	}
 
 	view, a = d.view(t)
 	r = openMember(t, a, "windows.npy")
@@ -194,6 +205,17 @@ func TestDecodedHeadKeptOnceChecked(t *testing.T) {
 	if n, s := d.store.Gets.Load()-gets, view.Stats(); n != 0 || s.Decoded.Hits != 1 {
 		t.Errorf("head after a restart: %d GETs, %+v; want it from the dir", n, s)
 	}
+}
+
+// headHeld reports whether the dir holds the head of decoded file id.
+func headHeld(d *decodedFixture, id cache.ObjectID, size int64) bool {
+	f, err := d.dir.OpenObjectPair(id.Name(decodedArea), id, size, decodedUnit)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	held, err := f.ReadAt(make([]byte, min(headRegion, size)), 0)
+	return held && err == nil
 }
 
 // A damaged unit is never returned: the read inflates its bytes again

@@ -25,6 +25,7 @@ func (v *View) RegisterMetrics(reg prometheus.Registerer) {
 		cache.Counter("bgbfs_npz_decoded_written_bytes_total", "Decoded bytes of compressed members written to --cache-dir.", func(s Stats) int64 { return s.Decoded.BytesWritten }),
 		cache.Counter("bgbfs_npz_decoded_writes_skipped_total", "Writes of decoded bytes to --cache-dir not made (backlog full, dir full or paused).", func(s Stats) int64 { return s.Decoded.WritesSkipped }),
 		cache.Counter("bgbfs_npz_decoded_verified_total", "Complete decoded members in --cache-dir checked whole against their CRC-32, then read by the kernel directly (FUSE passthrough).", func(s Stats) int64 { return s.Decoded.Verified }),
+		cache.Counter("bgbfs_npz_decoded_stamps_trusted_total", "Of the decoded members verified, those a mount of this boot had checked and that have not changed since (their check not repeated).", func(s Stats) int64 { return s.Decoded.StampsTrusted }),
 		cache.Counter("bgbfs_npz_decoded_verify_failed_total", "Complete decoded members in --cache-dir that failed the check against their CRC-32 (removed, and inflated again).", func(s Stats) int64 { return s.Decoded.VerifyFailed }),
 		cache.Counter("bgbfs_npz_decoded_damaged_total", "Decoded files or units in --cache-dir found damaged (dropped, and inflated again).", func(s Stats) int64 { return s.Decoded.Damaged }),
 		cache.Counter("bgbfs_npz_index_files_ignored_total", "Index files in --cache-dir not trusted (corrupt, truncated, another format or archive version) and built again.", func(s Stats) int64 { return s.IndexFilesIgnored }),
