@@ -81,6 +81,7 @@ var statsLines = []struct {
 	{"npz_decoded_writes_skipped", "bgbfs_npz_decoded_writes_skipped_total", nil},
 	{"npz_decoded_damaged", "bgbfs_npz_decoded_damaged_total", nil},
 	{"npz_decoded_verified", "bgbfs_npz_decoded_verified_total", nil},
+	{"npz_decoded_stamps_trusted", "bgbfs_npz_decoded_stamps_trusted_total", nil},
 	{"npz_decoded_verify_failed", "bgbfs_npz_decoded_verify_failed_total", nil},
 	{"npz_passthrough_opens", "bgbfs_npz_passthrough_opens_total", nil},
 }

@@ -67,6 +67,11 @@ const (
 	// epoch in epoch 2's order, nothing dropped while it runs (see
 	// decodedEpoch2).
 	eegCeilingEpoch = "local .npy, mmap_mode=\"r\": a whole epoch in epoch 2's order, pages kept"
+	// eegCeilingEpochAgain is the same epoch once more, after epoch 3:
+	// the bgbfs epochs are compared with the mean of the two, so that a
+	// machine that slows down or speeds up during the run does not tilt
+	// the ratio.
+	eegCeilingEpochAgain = "local .npy, mmap_mode=\"r\": the same epoch again, after epoch 3"
 	// The decoded windows a daemon keeps in a local --cache-dir: one
 	// daemon reads every window once, shuffled (epoch 1), so every
 	// member is whole in the dir; a new one with the same dir reads
@@ -103,7 +108,7 @@ type eegSet struct {
 	srv              *testbed.MinIO
 	counting         *testbed.CountingProxy
 	ceilingDone      bool
-	ceilingEpochDone bool
+	ceilingEpochDone, ceilingAgainDone bool
 	// daemon is what each row's daemon said (at /stats), by row key.
 	daemon map[string]daemonStats
 	// index is the part about kept indexes: `bgbfs index` runs and the view after a
@@ -137,7 +142,7 @@ func counterDelta(before, after map[string]int64, cpu rowCPU) daemonStats {
 // a miss (and a fetch) in epoch 2.
 func printDecodedCounters(system string, before, after map[string]int64) {
 	names := []string{"npz_decoded_hits", "npz_decoded_read_bytes", "npz_decoded_written_bytes", "npz_decoded_writes_skipped", "npz_decoded_damaged",
-		"npz_decoded_verified", "npz_decoded_verify_failed", "npz_passthrough_opens"}
+		"npz_decoded_verified", "npz_decoded_stamps_trusted", "npz_decoded_verify_failed", "npz_passthrough_opens"}
 	var line strings.Builder
 	for _, n := range names {
 		if d := after[n] - before[n]; d != 0 {
@@ -569,6 +574,10 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 			}
 			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed2)...))
 			b.eegMeasure(profile, eegDecoded3, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed3)...))
+			if !e.ceilingAgainDone {
+				e.ceilingAgainDone = true
+				b.eegMeasure("local", eegCeilingEpochAgain, nil, b.eegTrainer(ctx, e.npy, append([]string{"--view", "--epoch", "--seed", eegDecodedSeed2}, verify...)...))
+			}
 		}},
 		{eegDecoded2NoFP, append(slices.Clone(decoded), "--npz-passthrough=false"), "", func(m *eegMounted) {
 			b.eegMeasure(profile, eegDecoded2NoFP, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeedNo)...))
@@ -648,10 +657,19 @@ func (b *bench) eegTargets(p string) []target {
 				fmt.Sprintf("%.2f MB = %.2f×", perWindow/1e6, r), verdict(r <= 1.5)})
 		}
 	}
+	// The local epoch: the mean of its runs before epoch 2 and after
+	// epoch 3.
+	local, haveLocal := 0.0, false
+	if l, ok := b.find("i", "local", eegCeilingEpoch); ok {
+		local, haveLocal = l.m.value, true
+		if l2, ok := b.find("i", "local", eegCeilingEpochAgain); ok && l2.m.value > 0 {
+			local = (l.m.value + l2.m.value) / 2
+		}
+	}
 	if d2, ok := b.find("i", p, eegDecoded2); ok && d2.m.bytesRead > 0 {
-		if l, ok := b.find("i", "local", eegCeilingEpoch); ok {
-			r := d2.m.value / l.m.value
-			out = append(out, target{"(i) epoch 2 from the dir's decoded windows ≥ 0.9× local uncompressed .npy (the same epoch)", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d2.m.value, l.m.value), verdict(r >= 0.9)})
+		if haveLocal {
+			r := d2.m.value / local
+			out = append(out, target{"(i) epoch 2 from the dir's decoded windows ≥ 0.9× local uncompressed .npy (the same epoch, mean of the two local runs)", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d2.m.value, local), verdict(r >= 0.9)})
 		}
 		windows := float64(d2.m.bytesRead) / windowBytes
 		if d, ok := e.daemon[eegKey(p, eegDecoded2)]; ok {
@@ -660,9 +678,9 @@ func (b *bench) eegTargets(p string) []target {
 		}
 		out = append(out, target{"(i) epoch 2 from the dir's decoded windows: no GET", p, fmt.Sprintf("%d GETs, %.1f MB", d2.gets, float64(d2.fetched)/1e6), verdict(d2.gets == 0)})
 		if d3, ok := b.find("i", p, eegDecoded3); ok && d3.m.value > 0 {
-			if l, ok := b.find("i", "local", eegCeilingEpoch); ok {
-				r := d3.m.value / l.m.value
-				out = append(out, target{"(i) epoch 3 on epoch 2's daemon (members checked) ≥ 0.9× local uncompressed .npy (an epoch)", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d3.m.value, l.m.value), verdict(r >= 0.9)})
+			if haveLocal {
+				r := d3.m.value / local
+				out = append(out, target{"(i) epoch 3 on epoch 2's daemon (members checked) ≥ 0.9× local uncompressed .npy (an epoch, mean of the two local runs)", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d3.m.value, local), verdict(r >= 0.9)})
 			}
 		}
 	}
