@@ -118,6 +118,9 @@ type decodedStore struct {
 	recountIdle time.Duration
 	// onKeep, if set, is told each stretch handed to the writers (tests).
 	onKeep func(off, n int64)
+	// startCheck starts a check that beginCheckLocked marked (the view's
+	// startVerify).
+	startCheck func(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck)
 
 	hits, hitBytes, bytesWritten, writesSkipped, damaged, verified, verifyFailed, stampsTrusted atomic.Int64
 }
@@ -391,7 +394,7 @@ func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off i
 		s.bytesWritten.Add(n)
 		if n > 0 {
 			// Only the last unit may be short.
-			s.noteWritten(id, (n+decodedUnit-1)/decodedUnit)
+			s.noteWritten(obj, m, id, (n+decodedUnit-1)/decodedUnit)
 		}
 	})
 	if taken == 0 {
@@ -587,10 +590,7 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 			s.mu.Lock()
 			c.learned(missing, err)
 		}
-		start := !c.checking && c.counted && c.missing <= 0 && s.holdLocked()
-		if start {
-			c.checking, c.reading, c.wroteDuring, c.done = true, true, 0, make(chan struct{})
-		}
+		start := s.beginCheckLocked(c)
 		checking, done := c.checking, c.done
 		s.mu.Unlock()
 		if start {
@@ -640,13 +640,38 @@ func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 	return nil
 }
 
-// noteWritten counts units this mount wrote to the decoded file id.
-func (s *decodedStore) noteWritten(id cache.ObjectID, units int64) {
+// noteWritten counts units this mount wrote to member m's decoded file
+// id. The write that makes the count say complete starts the file's
+// check, as the member's next open would: in a shuffled epoch the write
+// of a member's last units comes from the read of its last window, and
+// no open of it may follow in the epoch. Checked now, while its pages
+// are in the page cache, the file is handed to the kernel from this
+// mount's next open of it, and the next mount of this boot trusts the
+// check's stamp instead of reading the file whole.
+func (s *decodedStore) noteWritten(obj s3backend.Version, m npz.Member, id cache.ObjectID, units int64) {
 	s.mu.Lock()
-	if c := s.checks[id]; c != nil {
+	c := s.checks[id]
+	start := false
+	if c != nil {
 		c.wrote(units)
+		start = s.startCheck != nil && s.direct.Load() && !c.verified && !c.reading && s.beginCheckLocked(c)
 	}
 	s.mu.Unlock()
+	if start {
+		s.startCheck(obj, m, id, c)
+	}
+}
+
+// beginCheckLocked marks a check of c's file as started, if the count
+// says the file complete, none is running, and the mount may hold one
+// more file; the caller then starts it (startVerify). Called with s.mu
+// held.
+func (s *decodedStore) beginCheckLocked(c *memberCheck) bool {
+	if c.checking || !c.counted || c.missing > 0 || !s.holdLocked() {
+		return false
+	}
+	c.checking, c.reading, c.wroteDuring, c.done = true, true, 0, make(chan struct{})
+	return true
 }
 
 // countMissing reads the records of member m's decoded file and returns

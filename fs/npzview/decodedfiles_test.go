@@ -582,6 +582,40 @@ func newDirectFixture(t *testing.T) (*decodedFixture, *View, *Archive, Member, [
 	return d, view, a, memberNamed(t, a, "windows.npy"), want
 }
 
+// The write that completes a member's decoded file starts its check,
+// with no open after it (in a shuffled epoch the read of a member's last
+// window is often its last open): the file is checked and stamped, so
+// that a restart trusts it.
+func TestDecodedCheckedOnceWrittenWhole(t *testing.T) {
+	d, view, a, m, want := newDirectFixture(t)
+	if f := a.DirectFile(context.Background(), m); f != nil { // the first open: counts
+		t.Fatal("DirectFile of a member never read returned a file")
+	}
+	var reads [][2]int64
+	for off := int64(0); off < int64(len(want)); off += 128 << 10 {
+		reads = append(reads, [2]int64{off, 128 << 10})
+	}
+	readAll(t, openMember(t, a, "windows.npy"), reads, want)
+	deadline := time.Now().Add(10 * time.Second)
+	for view.Stats().Decoded.Verified < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the member written whole was never checked: %+v", view.Stats().Decoded)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	view, a = d.view(t) // a restart
+	view.SetDirectFiles(true)
+	m = memberNamed(t, a, "windows.npy")
+	f := pollDirect(view, a, m)
+	if f == nil {
+		t.Fatal("the member checked by the last mount is not handed out")
+	}
+	f.Close()
+	if s := view.Stats().Decoded; s.StampsTrusted != 1 {
+		t.Errorf("after a restart: %+v; want the last mount's check trusted", s)
+	}
+}
+
 // bytesRead is what the kernel counts this process read through
 // read-like calls (rchar).
 func bytesRead(t *testing.T) int64 {

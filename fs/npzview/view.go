@@ -202,6 +202,7 @@ func New(blocks *cache.BlockCache, c Config) (*View, error) {
 	}
 	if c.Decoded != nil {
 		v.decoded = newDecodedStore(*c.Decoded, c.Logger)
+		v.decoded.startCheck = v.startVerify
 	}
 	v.kernelReadAhead.Store(defaultKernelReadAhead)
 	return v, nil
