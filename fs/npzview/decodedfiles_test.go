@@ -696,13 +696,21 @@ func TestDecodedDirectFileIncompleteCostsNothing(t *testing.T) {
 
 // The count errs towards complete, and the check corrects it: a unit
 // whose record was cleared after this mount wrote it (as another
-// process finding it damaged does) makes the check find the file
-// incomplete, no file is handed out, and once a read writes the unit
-// again the file is checked and handed out.
+// process finding it damaged does), before the write that completes the
+// count, makes the check find the file incomplete, no file is handed
+// out, and once a read writes the unit again the file is checked and
+// handed out.
 func TestDecodedDirectFileCountCorrected(t *testing.T) {
 	d, view, a, m, want := newDirectFixture(t)
 	a.DirectFile(context.Background(), m)
-	d.readWhole(t, view, a, "windows.npy", want)
+	var reads [][2]int64
+	for off := int64(0); off < int64(len(want)); off += 128 << 10 {
+		reads = append(reads, [2]int64{off, 128 << 10})
+	}
+	last := len(reads) - 1
+	r := openMember(t, a, "windows.npy")
+	readAll(t, r, reads[:last], want)
+	view.decoded.wait()
 	id := view.decoded.id(a.obj, m.member)
 	records := filepath.Join(d.root, id.Name(decodedArea)) + cache.RecordsSuffix
 	rf, err := os.OpenFile(records, os.O_RDWR, 0)
@@ -714,6 +722,8 @@ func TestDecodedDirectFileCountCorrected(t *testing.T) {
 		t.Fatal(err)
 	}
 	rf.Close()
+	readAll(t, r, reads[last:], want) // completes the count: the check starts
+	view.decoded.wait()
 	if f := pollDirect(view, a, m); f != nil {
 		f.Close()
 		t.Fatal("a file missing a unit was handed out")
