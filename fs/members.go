@@ -133,18 +133,13 @@ type openKinds struct {
 // takes it as a backing file, the shared file if passthrough opens are.
 // The caller closes unused, f when not taken.
 func (k *openKinds) open(f *os.File, try func(*os.File) bool) (direct, unused *os.File) {
+	// The first passthrough open: go-fuse registers f for it, and a
+	// registration that fails would turn passthrough off for the whole
+	// mount (see npzview.Archive.TryBacking). Tried with no lock held;
+	// the counts may change meanwhile, and are read again below.
+	refused := f != nil && k.none() && !try(f)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	refused := false
-	if k.direct == 0 && f != nil && k.cached == 0 {
-		// The first passthrough open: go-fuse registers f for it, and a
-		// registration that fails would turn passthrough off for the
-		// whole mount (see npzview.Archive.TryBacking). Tried with no
-		// lock held; the counts may change meanwhile.
-		k.mu.Unlock()
-		refused = !try(f)
-		k.mu.Lock()
-	}
 	if k.direct == 0 && (f == nil || k.cached > 0 || refused) {
 		k.cached++
 		return nil, f
@@ -154,6 +149,13 @@ func (k *openKinds) open(f *os.File, try func(*os.File) bool) (direct, unused *o
 	}
 	k.direct++
 	return k.file, f
+}
+
+// none reports whether no open is counted.
+func (k *openKinds) none() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.direct == 0 && k.cached == 0
 }
 
 // release uncounts an open of the kind open said; after the last

@@ -275,35 +275,7 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64, re
 		return nil, err
 	}
 	if r.view.decoded != nil {
-		// Inflating a span kept its whole units (inflate): what it did
-		// not keep is the unit across each span boundary, of which a
-		// span holds only part, and pieces of outsize spans, inflated
-		// apart (readIndexed gives one slice per span, in order).
-		var unit []byte
-		pos := off
-		for i, piece := range h.slices {
-			if start, stop := x.Span(pos); stop-start > heldSpanFactor*r.view.span {
-				r.keepDecoded(piece, pos)
-			}
-			if b := pos; i > 0 && b%decodedUnit != 0 {
-				from := b / decodedUnit * decodedUnit
-				if to := min(from+decodedUnit, r.member.UncompressedSize); from >= off && to <= end {
-					if unit == nil {
-						unit = make([]byte, decodedUnit)
-					}
-					u := unit[:to-from]
-					for j, at := 0, off; j < len(h.slices) && at < to; j++ {
-						s := h.slices[j]
-						if lo, hi := max(at, from), min(at+int64(len(s)), to); lo < hi {
-							copy(u[lo-from:], s[lo-at:hi-at])
-						}
-						at += int64(len(s))
-					}
-					r.keepDecoded(u, from)
-				}
-			}
-			pos += int64(len(piece))
-		}
+		r.keepBetweenSpans(x, h.slices, off, end)
 	}
 	if refs {
 		return h, nil
@@ -311,6 +283,42 @@ func (r *MemberReader) readDeflated(ctx context.Context, p []byte, off int64, re
 	h.copyTo(p)
 	h.Release()
 	return whole, nil
+}
+
+// keepBetweenSpans keeps what inflating the spans of the read [off, end)
+// did not (inflate keeps each span's whole units): the unit across each
+// span boundary, of which either span holds only part, and the pieces of
+// outsize spans, inflated apart. slices are the read, one per span, in
+// order (readIndexed).
+func (r *MemberReader) keepBetweenSpans(x *npz.Index, slices [][]byte, off, end int64) {
+	var unit []byte
+	pos := off
+	for i, piece := range slices {
+		if start, stop := x.Span(pos); stop-start > heldSpanFactor*r.view.span {
+			r.keepDecoded(piece, pos)
+		}
+		from := pos / decodedUnit * decodedUnit
+		if to := min(from+decodedUnit, r.member.UncompressedSize); i > 0 && from != pos && from >= off && to <= end {
+			if unit == nil {
+				unit = make([]byte, decodedUnit)
+			}
+			gather(unit[:to-from], slices, off, from)
+			r.keepDecoded(unit[:to-from], from)
+		}
+		pos += int64(len(piece))
+	}
+}
+
+// gather copies into dst the bytes at from of the content that slices
+// hold from off on.
+func gather(dst []byte, slices [][]byte, off, from int64) {
+	to := from + int64(len(dst))
+	for _, s := range slices {
+		if lo, hi := max(off, from), min(off+int64(len(s)), to); lo < hi {
+			copy(dst[lo-from:], s[lo-off:hi-off])
+		}
+		off += int64(len(s))
+	}
 }
 
 // readIndexed reads the content [off, end) through the index x, as

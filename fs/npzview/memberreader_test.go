@@ -234,3 +234,25 @@ func TestMemberReadsAskAheadOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestGather(t *testing.T) {
+	slices := [][]byte{[]byte("abc"), []byte("de"), nil, []byte("fghi")}
+	for _, tc := range []struct {
+		from int64
+		n    int
+		want string
+	}{
+		{10, 9, "abcdefghi"},
+		{11, 3, "bcd"},
+		{13, 2, "de"},
+		{12, 4, "cdef"},
+		{17, 2, "hi"},
+		{15, 1, "f"},
+	} {
+		got := make([]byte, tc.n)
+		gather(got, slices, 10, tc.from)
+		if string(got) != tc.want {
+			t.Errorf("gather %d bytes at %d: %q, want %q", tc.n, tc.from, got, tc.want)
+		}
+	}
+}
