@@ -24,7 +24,7 @@ const UnitSize = 64 << 10
 // An object file holds some of the units of one byte string of a known
 // size (an object version, or bytes derived from one), named
 // AREA/XX/<32 hex digits of its ObjectID>, in units of UnitSize (or of
-// the unit OpenObjectUnits was given, which the header says):
+// the unit openObjectUnits was given, which the header says):
 //
 //	[0, size)           the bytes, unit k at k×unit; a unit not
 //	                    written is a hole (the file is sparse)
@@ -92,7 +92,7 @@ type ObjectFile struct {
 	name string
 	id   ObjectID
 	size int64
-	unit int64 // UnitSize, or what OpenObjectUnits was given
+	unit int64 // UnitSize, or what openObjectUnits was given
 	tail int64 // where the header starts
 	// rf holds the records: f itself, or a pair's records file; they
 	// start at recBase in it.
@@ -137,19 +137,19 @@ func objectHeaderFormat(id ObjectID, size, unit int64, format uint32) []byte {
 // id (it is removed), ErrDirNotReadable if it cannot be read. It counts
 // as a use of the file.
 func (d *Dir) OpenObject(name string, id ObjectID, size int64) (*ObjectFile, error) {
-	return d.OpenObjectUnits(name, id, size, UnitSize)
+	return d.openObjectUnits(name, id, size, UnitSize)
 }
 
 // MinUnitSize is the smallest unit an object file may have: a page, the
 // unit in which the kernel reads a file.
 const MinUnitSize = objectHeaderPage
 
-// OpenObjectUnits is OpenObject for a file of units of unit bytes, a
+// openObjectUnits is OpenObject for a file of units of unit bytes, a
 // power of two from MinUnitSize to UnitSize: bytes derived from an
 // object that are written as the kernel read them, page by page, keep
 // smaller units than the blocks fetched from S3. A file of the same
 // name with other units is not a file of id (it is removed).
-func (d *Dir) OpenObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
+func (d *Dir) openObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
 	p, err := d.objectPath(name, unit)
 	if err != nil {
 		return nil, err
@@ -172,12 +172,12 @@ func (d *Dir) OpenObjectUnits(name string, id ObjectID, size, unit int64) (*Obje
 // It fails with ErrDirNotWritable while writes are paused, and
 // ErrDirFull while the dir takes no blocks.
 func (d *Dir) CreateObject(name string, id ObjectID, size int64) (*ObjectFile, error) {
-	return d.CreateObjectUnits(name, id, size, UnitSize)
+	return d.createObjectUnits(name, id, size, UnitSize)
 }
 
-// CreateObjectUnits is CreateObject for a file of units of unit bytes
-// (see OpenObjectUnits).
-func (d *Dir) CreateObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
+// createObjectUnits is CreateObject for a file of units of unit bytes
+// (see openObjectUnits).
+func (d *Dir) createObjectUnits(name string, id ObjectID, size, unit int64) (*ObjectFile, error) {
 	p, err := d.objectPath(name, unit)
 	if err != nil {
 		return nil, err
@@ -337,8 +337,8 @@ func (d *Dir) objectPath(name string, unit int64) (string, error) {
 	return d.path(name)
 }
 
-// checkUnit checks a unit size asked of OpenObjectUnits or
-// CreateObjectUnits.
+// checkUnit checks a unit size asked of openObjectUnits or
+// createObjectUnits.
 func checkUnit(unit int64) error {
 	if unit < MinUnitSize || unit > UnitSize || unit&(unit-1) != 0 {
 		return fmt.Errorf("cache dir: unit of %d bytes is not a power of two from %d to %d", unit, MinUnitSize, UnitSize)

@@ -328,7 +328,7 @@ func TestDirCountsObjectFilesByDiskSpace(t *testing.T) {
 func TestObjectFileSmallUnits(t *testing.T) {
 	o := newObjectFixture(t, 10*MinUnitSize+77) // 11 pages, the last short
 	size := int64(len(o.data))
-	w, err := o.d.CreateObjectUnits(o.name, o.id, size, MinUnitSize)
+	w, err := o.d.createObjectUnits(o.name, o.id, size, MinUnitSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestObjectFileSmallUnits(t *testing.T) {
 		t.Fatalf("write of the short last page = %d, %v", n, err)
 	}
 	w.Close()
-	r, err := o.d.OpenObjectUnits(o.name, o.id, size, MinUnitSize)
+	r, err := o.d.openObjectUnits(o.name, o.id, size, MinUnitSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +367,7 @@ func TestObjectFileSmallUnits(t *testing.T) {
 	}
 	f.WriteAt([]byte{o.data[4*MinUnitSize+9] ^ 1}, 4*MinUnitSize+9)
 	f.Close()
-	r, err = o.d.OpenObjectUnits(o.name, o.id, size, MinUnitSize)
+	r, err = o.d.openObjectUnits(o.name, o.id, size, MinUnitSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestObjectFileSmallUnits(t *testing.T) {
 		t.Errorf("opened with the dir's own units: %v; want ErrDamaged", err)
 	}
 	for _, unit := range []int64{0, 2048, 3 * MinUnitSize, 2 * UnitSize} {
-		if _, err := o.d.CreateObjectUnits(o.name, o.id, size, unit); err == nil {
+		if _, err := o.d.createObjectUnits(o.name, o.id, size, unit); err == nil {
 			t.Errorf("units of %d bytes taken", unit)
 		}
 	}
