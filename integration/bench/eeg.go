@@ -32,6 +32,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -72,6 +73,13 @@ const (
 	// machine that slows down or speeds up during the run does not tilt
 	// the ratio.
 	eegCeilingEpochAgain = "local .npy, mmap_mode=\"r\": the same epoch again, after epoch 3"
+	// eegFUSEFloor is the same epoch read through go-fuse's own loopback
+	// example over the local copies: every file passed through to the
+	// kernel (FUSE passthrough), nothing else done. What it costs over
+	// the local epoch is what any go-fuse daemon costs per open on this
+	// machine (numpy's 3 opens a sample, each an OPEN, an IOCTL for
+	// Python's isatty and a RELEASE), which bgbfs's epoch 3 pays too.
+	eegFUSEFloor = "local .npy through go-fuse's loopback example (FUSE passthrough): the same epoch"
 	// The decoded windows a daemon keeps in a local --cache-dir: one
 	// daemon reads every window once, shuffled (epoch 1), so every
 	// member is whole in the dir; a new one with the same dir reads
@@ -103,12 +111,12 @@ type eegSet struct {
 	archives                 float64 // bytes of all the archives
 	// Every deflated member (windows and labels): what `bgbfs index`
 	// inflates.
-	deflated         float64
-	deflatedMembers  int
-	srv              *testbed.MinIO
-	counting         *testbed.CountingProxy
-	ceilingDone      bool
-	ceilingEpochDone, ceilingAgainDone bool
+	deflated                                      float64
+	deflatedMembers                               int
+	srv                                           *testbed.MinIO
+	counting                                      *testbed.CountingProxy
+	ceilingDone                                   bool
+	ceilingEpochDone, ceilingAgainDone, floorDone bool
 	// daemon is what each row's daemon said (at /stats), by row key.
 	daemon map[string]daemonStats
 	// index is the part about kept indexes: `bgbfs index` runs and the view after a
@@ -574,6 +582,10 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 			}
 			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed2)...))
 			b.eegMeasure(profile, eegDecoded3, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed3)...))
+			if !e.floorDone {
+				e.floorDone = true
+				b.eegFloor(ctx, verify)
+			}
 			if !e.ceilingAgainDone {
 				e.ceilingAgainDone = true
 				b.eegMeasure("local", eegCeilingEpochAgain, nil, b.eegTrainer(ctx, e.npy, append([]string{"--view", "--epoch", "--seed", eegDecodedSeed2}, verify...)...))
@@ -682,6 +694,10 @@ func (b *bench) eegTargets(p string) []target {
 				r := d3.m.value / local
 				out = append(out, target{"(i) epoch 3 on epoch 2's daemon (members checked) ≥ 0.9× local uncompressed .npy (an epoch, mean of the two local runs)", p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d3.m.value, local), verdict(r >= 0.9)})
 			}
+			if f, ok := b.find("i", "local", eegFUSEFloor); ok && f.m.value > 0 && haveLocal {
+				r := d3.m.value / f.m.value
+				out = append(out, target{fmt.Sprintf("(i) epoch 3 ≥ 0.9× the same epoch through go-fuse's loopback example (passthrough, %.2f× the local epoch): bgbfs's cost beyond FUSE's per open", f.m.value/local), p, fmt.Sprintf("%.2f× (%.1f vs %.1f samples/s)", r, d3.m.value, f.m.value), verdict(r >= 0.9)})
+			}
 		}
 	}
 	if pass, ok := b.find("i", p, eegShapes); ok {
@@ -692,6 +708,32 @@ func (b *bench) eegTargets(p string) []target {
 			target{"(i) dataset pass: ≤ 1 MiB fetched per archive", p, fmt.Sprintf("%.2f MiB", mib), verdict(mib <= 1)})
 	}
 	return append(out, b.eegIndexTargets(p)...)
+}
+
+// eegFloor reads the local epoch through go-fuse's loopback example
+// (see eegFUSEFloor), built from the go-fuse module bgbfs uses.
+func (b *bench) eegFloor(ctx context.Context, verify []string) {
+	e := b.eeg
+	fail := func(err error) {
+		b.rows = append(b.rows, row{workload: "i", profile: "local", system: eegFUSEFloor, err: err.Error()})
+	}
+	bin := filepath.Join(b.work, "gofuse-loopback")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/hanwen/go-fuse/v2/example/loopback").CombinedOutput(); err != nil {
+		fail(fmt.Errorf("go build of go-fuse's loopback example: %w: %s", err, out))
+		return
+	}
+	mp, err := os.MkdirTemp(b.work, "mnt-loopback-")
+	if err != nil {
+		fail(err)
+		return
+	}
+	m, err := startDaemon(exec.Command(bin, "-q", "-ro", mp, e.npy), mp, os.Environ())
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer m.stop()
+	b.eegMeasure("local", eegFUSEFloor, nil, b.eegTrainer(ctx, mp, append([]string{"--view", "--epoch", "--seed", eegDecodedSeed2}, verify...)...))
 }
 
 // eegSection describes workload i and details its rows: per window read,
