@@ -175,7 +175,9 @@ func touchMembers(t testing.TB, mp string, archives []*idxArchive) {
 
 // epochOne reads every window of the archives through a mount with
 // cache dir dir, so that every member is whole in the dir (unmounting
-// waits for the writes), and returns their data files.
+// waits for the writes), and returns their data files. Each member is
+// checked once its file is complete, with no open after that (the read
+// of a member's last window is its last open here).
 func epochOne(t *testing.T, dir, endpoint string, archives []*idxArchive) map[string]string {
 	t.Helper()
 	m := mountIdx(t, idxMountSpec{CacheDir: dir, Endpoint: endpoint})
@@ -183,6 +185,7 @@ func epochOne(t *testing.T, dir, endpoint string, archives []*idxArchive) map[st
 		t.Fatalf("no %q line at start (this test runs as root on Linux 6.9 or later); stderr:\n%s", passthroughOnMsg, lastBytes(m.Stderr(), 3000))
 	}
 	mustReadWindows(t, m.Mountpoint, archives, "rows")
+	m.waitMetric(t, metricVerified, float64(len(archives)))
 	m.Unmount(t)
 	return decodedDataFiles(t, dir, archives)
 }
