@@ -44,9 +44,13 @@ type DataVersion struct {
 // DataVersion returns the version of the pair's data file now; take it
 // before a check, and stamp it after (StampChecked).
 func (o *ObjectFile) DataVersion() (DataVersion, error) {
-	var st syscall.Stat_t
-	if err := fstat(o.f, &st); err != nil {
+	fi, err := o.f.Stat()
+	if err != nil {
 		return DataVersion{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return DataVersion{}, errors.New("no stat_t for the data file")
 	}
 	return DataVersion{
 		file:  FileIdentity{Dev: uint64(st.Dev), Ino: st.Ino},
@@ -125,15 +129,4 @@ func readBootID() string {
 		return id
 	}
 	return ""
-}
-
-func fstat(f *os.File, st *syscall.Stat_t) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	if cerr := rc.Control(func(fd uintptr) { err = syscall.Fstat(int(fd), st) }); cerr != nil {
-		return cerr
-	}
-	return err
 }

@@ -288,19 +288,25 @@ func (o *ObjectFile) HashData(h io.Writer) error {
 }
 
 // pagesCached reports whether the page cache holds every page of f's
-// n bytes at off (cachestat(2), Linux 6.5); false where it cannot tell.
+// n bytes at off; false where it cannot tell.
 func pagesCached(f *os.File, off, n int64) bool {
+	cached, err := cachedPages(f, off, n)
+	return err == nil && cached >= uint64((off+n-1)/objectHeaderPage-off/objectHeaderPage+1)
+}
+
+// cachedPages is how many pages of f's n bytes at off the page cache
+// holds (cachestat(2), Linux 6.5).
+func cachedPages(f *os.File, off, n int64) (uint64, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return false
+		return 0, err
 	}
 	var st unix.Cachestat_t
 	r := unix.CachestatRange{Off: uint64(off), Len: uint64(n)}
-	if cerr := rc.Control(func(fd uintptr) { err = unix.Cachestat(uint(fd), &r, &st, 0) }); cerr != nil || err != nil {
-		return false
+	if cerr := rc.Control(func(fd uintptr) { err = unix.Cachestat(uint(fd), &r, &st, 0) }); cerr != nil {
+		return 0, cerr
 	}
-	first, last := off/objectHeaderPage, (off+n-1)/objectHeaderPage
-	return st.Cache >= uint64(last-first+1)
+	return st.Cache, err
 }
 
 // hashChunk is what HashData reads at once.

@@ -236,7 +236,7 @@ func TestObjectPairHashDataReadsCachedPagesOnce(t *testing.T) {
 	} else {
 		f.Close()
 	}
-	if _, err := cachedPages(data, int64(size)); err != nil {
+	if _, err := cachedPages(data, 0, int64(size)); err != nil {
 		t.Skipf("no cachestat(2) here: %v", err)
 	}
 	if _, err := diskReadBytes(); err != nil {
@@ -275,18 +275,11 @@ func TestObjectPairHashDataReadsCachedPagesOnce(t *testing.T) {
 			if read := after - before; (read >= int64(size)) != tc.wantDisk {
 				t.Errorf("the check read %d bytes from the disk (file of %d); want the whole file read: %v", read, size, tc.wantDisk)
 			}
-			if n, _ := cachedPages(data, int64(size)); n != tc.wantCached {
+			if n, _ := cachedPages(data, 0, int64(size)); n != tc.wantCached {
 				t.Errorf("%d of %d pages cached after the check, want %d", n, pages, tc.wantCached)
 			}
 		})
 	}
-}
-
-// cachedPages is how many pages of f's first n bytes the page cache holds.
-func cachedPages(f *os.File, n int64) (uint64, error) {
-	var st unix.Cachestat_t
-	err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{Len: uint64(n)}, &st, 0)
-	return st.Cache, err
 }
 
 // diskReadBytes is what this process has read from storage so far.
