@@ -507,7 +507,7 @@ func (v *View) SetBackingFiles(b BackingFiles) {
 // first refusal is logged at warn, with the reason, later ones at debug.
 //
 // A file the kernel took is not tried again while it is the member's
-// checked file: numpy opens a member about four times a sample, seldom
+// checked file: numpy opens a member three times a sample, seldom
 // while another open of it is live, and each try is two ioctls.
 func (a *Archive) TryBacking(f *os.File, m Member) bool {
 	s := a.view.decoded
@@ -567,8 +567,9 @@ func (a *Archive) PassthroughLost() {
 // reads the check saves. An open of a member not known complete neither
 // starts a check nor waits. It returns nil if the file is not (yet)
 // checked. The caller closes the file. Nothing read through it is
-// checked again: a file changed on disk after the check goes unnoticed
-// until the next mount.
+// checked again: a file changed after the check goes unnoticed until the
+// next mount, or, if its ctime did not move (a change on the medium
+// alone), until the next reboot (see cache.ObjectFile.CheckedThisBoot).
 func (a *Archive) DirectFile(ctx context.Context, m Member) *os.File {
 	v, mm := a.view, m.member
 	s := v.decoded
@@ -677,18 +678,29 @@ func (s *decodedStore) beginCheckLocked(c *memberCheck) bool {
 // countMissing reads the records of member m's decoded file and returns
 // how many of its units it lacks (all of them if there is no file).
 func (s *decodedStore) countMissing(obj s3backend.Version, m npz.Member, id cache.ObjectID) (int64, error) {
-	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
-	if err != nil {
-		if errors.Is(err, cache.ErrDamaged) {
-			s.damage(obj, m, err)
-		}
-		if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, cache.ErrDamaged) {
-			return unitsOf(m), nil
-		}
-		return 0, err
+	f, missing, err := s.openPair(obj, m, id)
+	if f == nil {
+		return missing, err
 	}
 	defer f.Close()
 	return f.MissingUnits()
+}
+
+// openPair opens member m's decoded file; if there is none (or it was
+// damaged, then removed and logged), it returns nil and the units it
+// lacks (all), or the error that kept it from telling.
+func (s *decodedStore) openPair(obj s3backend.Version, m npz.Member, id cache.ObjectID) (*cache.ObjectFile, int64, error) {
+	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
+	if err == nil {
+		return f, 0, nil
+	}
+	if errors.Is(err, cache.ErrDamaged) {
+		s.damage(obj, m, err)
+	}
+	if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, cache.ErrDamaged) {
+		return nil, unitsOf(m), nil
+	}
+	return nil, 0, err
 }
 
 // unitsOf is how many units member m's decoded file has.
@@ -756,15 +768,9 @@ func (v *View) startVerify(obj s3backend.Version, m npz.Member, id cache.ObjectI
 // file lacks (all of them once removed), or the error that kept it from
 // telling.
 func (s *decodedStore) verify(obj s3backend.Version, m npz.Member, id cache.ObjectID) (*os.File, int64, error) {
-	f, err := s.files.Dir.OpenObjectPair(id.Name(decodedArea), id, m.UncompressedSize, decodedUnit)
-	if err != nil {
-		if errors.Is(err, cache.ErrDamaged) {
-			s.damage(obj, m, err)
-		}
-		if errors.Is(err, iofs.ErrNotExist) || errors.Is(err, cache.ErrDamaged) {
-			return nil, unitsOf(m), nil
-		}
-		return nil, 0, err
+	f, missing, err := s.openPair(obj, m, id)
+	if f == nil {
+		return nil, missing, err
 	}
 	defer f.Close()
 	if missing, err := f.MissingUnits(); err != nil || missing > 0 {
