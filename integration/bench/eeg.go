@@ -93,9 +93,10 @@ const (
 	eegDecodedSeed1  = "31"
 	eegDecodedSeed2  = "32"
 	eegDecodedSeedNo = "33"
-	// eegDecoded3 is another epoch on epoch 2's daemon: every member was
-	// checked whole during epoch 2 (a read of the whole data file, once
-	// per mount), so this one shows the kernel's reads alone.
+	// eegDecoded3 is another epoch on epoch 2's daemon: every member's
+	// check is known to it (epoch 2's first open of each read its
+	// stamp, or checked it whole), so this one shows the kernel's reads
+	// and the opens alone.
 	eegDecoded3     = "bgbfs view, local --cache-dir: epoch 3, on epoch 2's daemon (every member checked)"
 	eegDecodedSeed3 = "34"
 )
@@ -578,17 +579,17 @@ func (b *bench) runEEG(ctx context.Context, profile string) {
 				e.ceilingEpochDone = true
 				// --verify as epoch 2 does: the CRC-32 of every window
 				// is CPU the loaders spend on either side.
-				b.eegMeasure("local", eegCeilingEpoch, nil, b.eegTrainer(ctx, e.npy, append([]string{"--view", "--epoch", "--seed", eegDecodedSeed2}, verify...)...))
+				b.eegMeasure("local", eegCeilingEpoch, nil, b.eegTrainer(ctx, e.npy, decodedEpoch2(eegDecodedSeed2)...))
 			}
 			b.eegMeasure(profile, eegDecoded2, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed2)...))
 			b.eegMeasure(profile, eegDecoded3, m, b.eegTrainer(ctx, train(m), decodedEpoch2(eegDecodedSeed3)...))
 			if !e.floorDone {
 				e.floorDone = true
-				b.eegFloor(ctx, verify)
+				b.eegFloor(ctx, decodedEpoch2(eegDecodedSeed2))
 			}
 			if !e.ceilingAgainDone {
 				e.ceilingAgainDone = true
-				b.eegMeasure("local", eegCeilingEpochAgain, nil, b.eegTrainer(ctx, e.npy, append([]string{"--view", "--epoch", "--seed", eegDecodedSeed2}, verify...)...))
+				b.eegMeasure("local", eegCeilingEpochAgain, nil, b.eegTrainer(ctx, e.npy, decodedEpoch2(eegDecodedSeed2)...))
 			}
 		}},
 		{eegDecoded2NoFP, append(slices.Clone(decoded), "--npz-passthrough=false"), "", func(m *eegMounted) {
@@ -710,9 +711,10 @@ func (b *bench) eegTargets(p string) []target {
 	return append(out, b.eegIndexTargets(p)...)
 }
 
-// eegFloor reads the local epoch through go-fuse's loopback example
-// (see eegFUSEFloor), built from the go-fuse module bgbfs uses.
-func (b *bench) eegFloor(ctx context.Context, verify []string) {
+// eegFloor reads the local epoch (trainer arguments args) through
+// go-fuse's loopback example (see eegFUSEFloor), built from the go-fuse
+// module bgbfs uses.
+func (b *bench) eegFloor(ctx context.Context, args []string) {
 	e := b.eeg
 	fail := func(err error) {
 		b.rows = append(b.rows, row{workload: "i", profile: "local", system: eegFUSEFloor, err: err.Error()})
@@ -733,7 +735,7 @@ func (b *bench) eegFloor(ctx context.Context, verify []string) {
 		return
 	}
 	defer m.stop()
-	b.eegMeasure("local", eegFUSEFloor, nil, b.eegTrainer(ctx, mp, append([]string{"--view", "--epoch", "--seed", eegDecodedSeed2}, verify...)...))
+	b.eegMeasure("local", eegFUSEFloor, nil, b.eegTrainer(ctx, mp, args...))
 }
 
 // eegSection describes workload i and details its rows: per window read,
