@@ -116,8 +116,6 @@ type decodedStore struct {
 	heldFull      bool
 	// recountIdle is recountIdle, or what a test sets.
 	recountIdle time.Duration
-	// onKeep, if set, is told each stretch handed to the writers (tests).
-	onKeep func(off, n int64)
 	// startCheck starts a check that beginCheckLocked marked (the view's
 	// startVerify).
 	startCheck func(obj s3backend.Version, m npz.Member, id cache.ObjectID, c *memberCheck)
@@ -375,9 +373,6 @@ func (s *decodedStore) keep(obj s3backend.Version, m npz.Member, p []byte, off i
 	if dir.WriteErr() != nil || !dir.TakesBlocks() {
 		s.writesSkipped.Add(1)
 		return
-	}
-	if s.onKeep != nil {
-		s.onKeep(from, to-from)
 	}
 	id := s.id(obj, m)
 	taken := s.writes.Start([][]byte{p[from-off : to-off]}, func(data []byte, _ int) {

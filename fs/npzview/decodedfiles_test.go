@@ -785,31 +785,6 @@ func TestDecodedEpochKeepsEveryUnit(t *testing.T) {
 	}
 }
 
-// An epoch's sequential reads hand each unit to the writers about once:
-// an inflation that goes on from a held one does not hand over again
-// what the held part did (it handed over the span from its start each
-// time: 9.1 MB for this 1.8 MB member).
-func TestDecodedKeepsEachUnitOnce(t *testing.T) {
-	want := npztest.NPY(12, 150<<10, 3)
-	d := newDecodedFixture(t, archiveOf(npztest.Deflated, map[string][]byte{"windows.npy": want, "labels.npy": npztest.Floats(1000, 2)}))
-	d.span = 1 << 20 // the default --npz-checkpoint-span: spans of many reads
-	view, a := d.view(t)
-	var offered atomic.Int64
-	view.decoded.onKeep = func(_, n int64) { offered.Add(n) }
-	r := openMember(t, a, "windows.npy")
-	var reads [][2]int64
-	for off := int64(0); off < int64(len(want)); off += 128 << 10 {
-		reads = append(reads, [2]int64{off, 128 << 10})
-	}
-	readAll(t, r, reads, want)
-	view.decoded.wait()
-	// Besides each unit once: the head (kept apart, once the index is
-	// built) and a unit across each span boundary.
-	if n, most := offered.Load(), int64(len(want))+headRegion+int64(len(want))/d.span*decodedUnit+decodedUnit; n > most {
-		t.Errorf("%d bytes handed to the writers for a member of %d, want at most %d", n, len(want), most)
-	}
-}
-
 // countingBacking is the kernel's side of TryBacking: it counts the
 // files asked for and those registered, and refuses them all if refuse
 // is set.

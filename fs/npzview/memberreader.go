@@ -680,9 +680,8 @@ func (r *MemberReader) inflate(x *npz.Index, start, limit int64) (inflatedSpan, 
 		return inflatedSpan{held: true}, nil
 	}
 	_, stop := x.Span(start)
-	s, buf, kept := r.heldInflater(start)
+	s, buf := r.heldInflater(start)
 	if s == nil {
-		kept = start
 		buf = r.view.spanBuffers.get(stop - start)
 		var err error
 		if s, err = x.SpanInflater(start, r.view.buffers, buf.data); err != nil {
@@ -699,11 +698,8 @@ func (r *MemberReader) inflate(x *npz.Index, start, limit int64) (inflatedSpan, 
 	}
 	// Kept decoded (copied now, while this inflation holds the
 	// buffer) as far as it was inflated, past what this read asks: the
-	// kernel may read a few pages more next epoch. An inflation that
-	// went on from a held one keeps from the unit the held part ended
-	// in: the whole units before it were kept when it was inflated.
-	from := max(start, kept/decodedUnit*decodedUnit)
-	r.keepDecoded(data[from-start:], from)
+	// kernel may read a few pages more next epoch.
+	r.keepDecoded(data, start)
 	held := decodedSpan{start: start, stop: start + int64(len(data)), data: data, buf: buf}
 	if held.stop < stop {
 		held.more = s
@@ -805,16 +801,16 @@ func (r *MemberReader) heldSpan(start, upto int64) ([]byte, *spanBuffer, bool) {
 
 // heldInflater returns the inflater of the span at start this open
 // holds part of, to go on from where it stopped, with a reference to the
-// buffer it inflates into, and where the part held ends; nil if there is
-// none. Only the inflation of that span (one at a time) uses it.
-func (r *MemberReader) heldInflater(start int64) (*npz.SpanInflater, *spanBuffer, int64) {
+// buffer it inflates into; nil if there is none. Only the inflation of
+// that span (one at a time) uses it.
+func (r *MemberReader) heldInflater(start int64) (*npz.SpanInflater, *spanBuffer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.spans {
 		if s.start == start && s.more != nil {
 			s.buf.acquire()
-			return s.more, s.buf, s.stop
+			return s.more, s.buf
 		}
 	}
-	return nil, nil, 0
+	return nil, nil
 }
